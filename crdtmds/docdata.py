@@ -1,0 +1,106 @@
+"""Plain Python data in and out of Automerge documents.
+
+Writes always go through `automerge.core` with an explicit `ScalarType` (the convenience
+wrapper stores booleans as integers), and reads return plain dicts, lists and scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from automerge.core import ROOT, Document, ObjType, ScalarType, extract
+
+from crdtmds.errors import ValidationError
+
+__all__ = [
+    "ROOT",
+    "child_id",
+    "hex_heads",
+    "insert_value",
+    "put_value",
+    "read",
+    "replace_list",
+    "unhex_heads",
+]
+
+
+def _scalar_type(value: Any) -> ScalarType:
+    # bool before int: bool is a subclass of int.
+    if value is None:
+        return ScalarType.Null
+    if isinstance(value, bool):
+        return ScalarType.Boolean
+    if isinstance(value, int):
+        return ScalarType.Int
+    if isinstance(value, float):
+        return ScalarType.F64
+    if isinstance(value, str):
+        return ScalarType.Str
+    if isinstance(value, bytes):
+        return ScalarType.Bytes
+    raise ValidationError(f"cannot store a value of type {type(value).__name__}")
+
+
+def put_value(tx: Any, obj: bytes, key: str, value: Any) -> None:
+    """Store `value` (scalar, list or dict, nested) under `key` of the map `obj`."""
+    if isinstance(value, Mapping):
+        child = tx.put_object(obj, key, ObjType.Map)
+        for k, v in value.items():
+            put_value(tx, child, k, v)
+    elif isinstance(value, list | tuple):
+        child = tx.put_object(obj, key, ObjType.List)
+        _fill_list(tx, child, value)
+    else:
+        tx.put(obj, key, _scalar_type(value), value)
+
+
+def insert_value(tx: Any, obj: bytes, index: int, value: Any) -> None:
+    """Insert `value` at `index` of the list `obj`."""
+    if isinstance(value, Mapping):
+        child = tx.insert_object(obj, index, ObjType.Map)
+        for k, v in value.items():
+            put_value(tx, child, k, v)
+    elif isinstance(value, list | tuple):
+        child = tx.insert_object(obj, index, ObjType.List)
+        _fill_list(tx, child, value)
+    else:
+        tx.insert(obj, index, _scalar_type(value), value)
+
+
+def _fill_list(tx: Any, obj: bytes, values: Sequence[Any]) -> None:
+    for i, v in enumerate(values):
+        insert_value(tx, obj, i, v)
+
+
+def replace_list(tx: Any, obj: bytes, key: str, values: Sequence[Any]) -> None:
+    """Give the map `obj` a fresh list under `key` (a whole-field write: last writer wins)."""
+    put_value(tx, obj, key, list(values))
+
+
+def child_id(doc: Document | Any, parent: bytes, key: str | int) -> bytes | None:
+    """The object id stored under `key` of `parent`, or None if absent or a scalar."""
+    got = doc.get(parent, key)
+    if got is None:
+        return None
+    value, obj_id = got
+    if isinstance(value, ObjType):
+        return obj_id
+    return None
+
+
+def read(doc: Document, obj: bytes = ROOT) -> Any:
+    """The whole object `obj` as plain Python data."""
+    return extract(doc, obj)
+
+
+def hex_heads(heads: Sequence[bytes]) -> list[str]:
+    """Heads as sorted hex strings: the form used in APIs, JSON and revision entries."""
+    return sorted(h.hex() for h in heads)
+
+
+def unhex_heads(heads: Sequence[str]) -> list[bytes]:
+    try:
+        return [bytes.fromhex(h) for h in heads]
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"invalid heads: {exc}") from None

@@ -1,0 +1,493 @@
+"""A domain: the live Automerge document of one customer's or site's policy.
+
+`Domain` owns the live document; `DomainState` is a plain-data view of it (objects,
+layers with their rules and order, revisions) that every read is served from. Reading
+a whole Automerge document is slow (tens of microseconds per field), so the view is
+kept, not rebuilt: a publish from this server hands over the session's view, and changes
+merged from peers are applied by re-reading only the entities their patches touch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from automerge.core import ROOT, Document
+
+from crdtmds import model
+from crdtmds.docdata import child_id, put_value, read
+from crdtmds.errors import InvalidParameter, ObjectNotFound, ValidationError
+
+# ---------------------------------------------------------------- plain-data view
+
+
+@dataclass(slots=True)
+class Layer:
+    uid: str
+    name: str
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
+    """The raw order list as stored: may hold repeats after concurrent moves."""
+
+    def copy(self) -> Layer:
+        return Layer(self.uid, self.name, dict(self.rules), list(self.order))
+
+    def ordered_uids(self) -> list[str]:
+        return model.effective_order(self.order, self.rules)
+
+
+@dataclass(slots=True)
+class DomainState:
+    """Plain data of a domain at some heads. Records are never mutated in place, so a
+    copy shares them safely with its original."""
+
+    name: str
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[str, Layer] = field(default_factory=dict)
+    revisions: list[dict[str, Any]] = field(default_factory=list)
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Object name -> uids holding it (more than one only after concurrent creates)."""
+
+    @classmethod
+    def from_plain(cls, root: Mapping[str, Any]) -> DomainState:
+        state = cls(name=str(root.get("name", "")))
+        for uid, record in (root.get("objects") or {}).items():
+            if isinstance(record, dict):
+                state.put_object(uid, record)
+        for uid, layer in (root.get("layers") or {}).items():
+            if isinstance(layer, dict):
+                state.layers[uid] = layer_from_plain(uid, layer)
+        # Non-map entries (never written by crdtmds) stay as placeholders so that list
+        # indices keep matching the document's.
+        state.revisions = [r if isinstance(r, dict) else {} for r in root.get("revisions") or []]
+        return state
+
+    def copy(self) -> DomainState:
+        return DomainState(
+            name=self.name,
+            objects=dict(self.objects),
+            layers={uid: layer.copy() for uid, layer in self.layers.items()},
+            revisions=list(self.revisions),
+            names=dict(self.names),
+        )
+
+    # -- maintenance of the name index
+
+    def put_object(self, uid: str, record: dict[str, Any]) -> None:
+        old = self.objects.get(uid)
+        if old is not None:
+            self._unindex(uid, old.get("name"))
+        self.objects[uid] = record
+        name = record.get("name")
+        if isinstance(name, str):
+            self.names[name] = tuple(sorted((*self.names.get(name, ()), uid)))
+
+    def remove_object(self, uid: str) -> None:
+        old = self.objects.pop(uid, None)
+        if old is not None:
+            self._unindex(uid, old.get("name"))
+
+    def _unindex(self, uid: str, name: Any) -> None:
+        uids = tuple(u for u in self.names.get(name, ()) if u != uid)
+        if uids:
+            self.names[name] = uids
+        else:
+            self.names.pop(name, None)
+
+    # -- reads
+
+    def find_object(self, ref: str) -> dict[str, Any] | None:
+        """An object by uid or name (the lowest uid if concurrent creates share a name)."""
+        record = self.objects.get(ref)
+        if record is not None:
+            return record
+        uids = self.names.get(ref)
+        return self.objects[uids[0]] if uids else None
+
+    def get_object(self, ref: Any, obj_type: str | None = None) -> dict[str, Any]:
+        if not isinstance(ref, str) or not ref:
+            raise InvalidParameter("an object is named by 'uid' or 'name'")
+        record = self.find_object(ref)
+        if record is None or (obj_type is not None and record.get("type") != obj_type):
+            kind = obj_type or "object"
+            raise ObjectNotFound(f"{kind} '{ref}' not found", details={"reference": ref})
+        return record
+
+    def objects_of_type(self, obj_type: str) -> list[dict[str, Any]]:
+        found = [r for r in self.objects.values() if r.get("type") == obj_type]
+        return sorted(found, key=lambda r: (str(r.get("name", "")), r["uid"]))
+
+    def get_layer(self, ref: Any = None) -> Layer:
+        """A layer by uid or name; the default layer when `ref` is None."""
+        if ref is None:
+            ref = model.DEFAULT_LAYER_NAME
+        if not isinstance(ref, str):
+            raise InvalidParameter("'layer' must be a layer name or uid")
+        if ref in self.layers:
+            return self.layers[ref]
+        matches = sorted(uid for uid, layer in self.layers.items() if layer.name == ref)
+        if not matches:
+            raise ObjectNotFound(f"access layer '{ref}' not found", details={"reference": ref})
+        return self.layers[matches[0]]
+
+    def rulebase(self, layer_ref: Any = None) -> list[dict[str, Any]]:
+        """Rules of a layer in order, each with its 1-based `rule-number`."""
+        layer = self.get_layer(layer_ref)
+        return [
+            {**layer.rules[uid], "type": "access-rule", "rule-number": number}
+            for number, uid in enumerate(layer.ordered_uids(), start=1)
+        ]
+
+    def get_rule(self, layer: Layer, ref: Any) -> dict[str, Any]:
+        """A rule of `layer` by uid, name or rule number."""
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            ordered = layer.ordered_uids()
+            if 1 <= ref <= len(ordered):
+                return layer.rules[ordered[ref - 1]]
+        elif isinstance(ref, str) and ref:
+            if ref in layer.rules:
+                return layer.rules[ref]
+            named = sorted(uid for uid, rule in layer.rules.items() if rule.get("name") == ref)
+            if named:
+                return layer.rules[named[0]]
+        raise ObjectNotFound(
+            f"access rule '{ref}' not found in layer '{layer.name}'",
+            details={"reference": ref, "layer": layer.name},
+        )
+
+    def where_used(self, uid: str) -> list[dict[str, Any]]:
+        """Every group and rule that refers to object `uid`."""
+        uses: list[dict[str, Any]] = [
+            {"type": "group", "uid": g["uid"], "name": g.get("name")}
+            for g in self.objects.values()
+            if g.get("type") == "group" and uid in g.get("members", ())
+        ]
+        for layer in self.layers.values():
+            for number, rule_uid in enumerate(layer.ordered_uids(), start=1):
+                rule = layer.rules[rule_uid]
+                for column in model.RULE_REFERENCE_FIELDS:
+                    if uid in rule.get(column, ()):
+                        uses.append(
+                            {
+                                "type": "access-rule",
+                                "uid": rule_uid,
+                                "name": rule.get("name", ""),
+                                "layer": layer.name,
+                                "rule-number": number,
+                                "column": column,
+                            }
+                        )
+        return uses
+
+    def revision(self, ref: str) -> dict[str, Any]:
+        for entry in self.revisions:
+            if entry.get("uid") == ref:
+                return entry
+        raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})
+
+    def verify(self) -> list[dict[str, Any]]:
+        """What concurrent publishes from different servers can leave behind.
+
+        Duplicate object or layer names, and references (group members, rule columns)
+        to objects that a concurrent publish deleted. An empty list means sound.
+        """
+        problems: list[dict[str, Any]] = [
+            {"type": "duplicate-name", "name": name, "uids": list(uids)}
+            for name, uids in sorted(self.names.items())
+            if len(uids) > 1
+        ]
+        layer_names: dict[str, list[str]] = {}
+        for layer in self.layers.values():
+            layer_names.setdefault(layer.name, []).append(layer.uid)
+        problems.extend(
+            {"type": "duplicate-layer-name", "name": name, "uids": sorted(uids)}
+            for name, uids in sorted(layer_names.items())
+            if len(uids) > 1
+        )
+        problems.extend(self._dangling_references())
+        return problems
+
+    def _dangling_references(self) -> Iterator[dict[str, Any]]:
+        for group in self.objects.values():
+            for member in group.get("members", ()) if group.get("type") == "group" else ():
+                if member not in self.objects:
+                    yield {
+                        "type": "dangling-reference",
+                        "holder": {"type": "group", "uid": group["uid"], "name": group["name"]},
+                        "field": "members",
+                        "missing": member,
+                    }
+        for layer in self.layers.values():
+            for rule_uid in layer.ordered_uids():
+                rule = layer.rules[rule_uid]
+                for column in model.RULE_REFERENCE_FIELDS:
+                    for ref in rule.get(column, ()):
+                        if ref != model.ANY_UID and ref not in self.objects:
+                            yield {
+                                "type": "dangling-reference",
+                                "holder": {
+                                    "type": "access-rule",
+                                    "uid": rule_uid,
+                                    "layer": layer.name,
+                                },
+                                "field": column,
+                                "missing": ref,
+                            }
+
+
+def layer_from_plain(uid: str, plain: Mapping[str, Any]) -> Layer:
+    rules = {k: v for k, v in (plain.get("rules") or {}).items() if isinstance(v, dict)}
+    order = [u for u in plain.get("order") or [] if isinstance(u, str)]
+    return Layer(uid=uid, name=str(plain.get("name", "")), rules=rules, order=order)
+
+
+# ---------------------------------------------------------------- patch parsing
+
+_PATCH_OBJ = r'(?:Root|Id\(\d+, ActorID\("[0-9a-f]*"\), \d+\))'
+_PATCH_PROP = r'(?:Map\("([^"\\]*)"\)|Seq\((\d+)\))'
+_PATCH_RE = re.compile(
+    r"^Patch \{ obj: " + _PATCH_OBJ + r", path: \[((?:\(" + _PATCH_OBJ + ", " + _PATCH_PROP
+    + r"\)(?:, )?)*)\], action: (\w+) \{ (?:key: \"([^\"\\]*)\"|index: (\d+))?"
+)  # fmt: skip
+_PATH_PROP_RE = re.compile(_PATCH_PROP)
+
+
+def parse_patch(text: str) -> tuple[list[str | int], str, str | int | None] | None:
+    """(path, action, key-or-index) of a Patch repr, or None if it is not understood.
+
+    The binding exposes patches only through their repr; anything unexpected makes the
+    caller fall back to a full re-read, which is always correct.
+    """
+    match = _PATCH_RE.match(text)
+    if match is None:
+        return None
+    path: list[str | int] = [
+        key if index == "" else int(index) for key, index in _PATH_PROP_RE.findall(match.group(1))
+    ]
+    key: str | int | None = match.group(5)
+    if key is None and match.group(6) is not None:
+        key = int(match.group(6))
+    return path, match.group(4), key
+
+
+Touch = tuple[Any, ...]
+FULL: Touch = ("full",)
+
+
+def touched_by(path: list[str | int], key: str | int | None) -> Touch:
+    """Which entity of a domain a patch at `path` (acting on `key`) changes."""
+    here = [*path, key] if key is not None else list(path)
+    if not here:
+        return FULL
+    head = here[0]
+    if head == "name" and len(here) == 1:
+        return ("name",)
+    if head == "objects" and len(here) >= 2 and isinstance(here[1], str):
+        return ("object", here[1])
+    if head == "revisions" and len(here) >= 2 and isinstance(here[1], int):
+        return ("revisions", here[1])
+    if head == "layers" and len(here) >= 2 and isinstance(here[1], str):
+        return _touched_in_layer(here[1], here[2:])
+    return FULL
+
+
+def _touched_in_layer(layer: str, rest: list[str | int]) -> Touch:
+    if not rest or rest[0] not in ("rules", "order", "name", "uid"):
+        return ("layer", layer)
+    if rest[0] == "rules":
+        if len(rest) >= 2 and isinstance(rest[1], str):
+            return ("rule", layer, rest[1])
+        return ("layer", layer)
+    if rest[0] == "order":
+        return ("order", layer) if len(rest) >= 2 else ("layer", layer)
+    return ("layer-name", layer)
+
+
+# ---------------------------------------------------------------- the live document
+
+
+class Domain:
+    """The live document of one domain and its plain-data view."""
+
+    def __init__(self, document_id: str, doc: Document) -> None:
+        self.document_id = document_id
+        self.doc = doc
+        self._state: DomainState | None = None
+        self._state_heads: list[bytes] = []
+
+    @classmethod
+    def create(cls, name: str, document_id: str) -> Domain:
+        """A new domain with the default access layer, in one change."""
+        name = model.check_name(name, "name")
+        doc = Document()
+        layer_uid = model.new_uid()
+        with doc.transaction() as tx:
+            put_value(tx, ROOT, "name", name)
+            put_value(tx, ROOT, "objects", {})
+            put_value(
+                tx,
+                ROOT,
+                "layers",
+                {
+                    layer_uid: {
+                        "uid": layer_uid,
+                        "name": model.DEFAULT_LAYER_NAME,
+                        "rules": {},
+                        "order": [],
+                    }
+                },
+            )
+            put_value(tx, ROOT, "revisions", [])
+        return cls(document_id, doc)
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    def heads(self) -> list[bytes]:
+        return self.doc.get_heads()
+
+    @property
+    def state(self) -> DomainState:
+        """The plain-data view at the current heads, brought up to date on demand."""
+        heads = self.doc.get_heads()
+        if self._state is None:
+            self._state = DomainState.from_plain(read(self.doc))
+        elif heads != self._state_heads:
+            self._state = refresh_state(self.doc, self._state, self._state_heads)
+        self._state_heads = heads
+        return self._state
+
+    def adopt_state(self, state: DomainState) -> None:
+        """Take `state` as the view at the current heads (a publish nobody raced)."""
+        self._state = state
+        self._state_heads = self.doc.get_heads()
+
+    def state_at(self, heads: Iterable[bytes]) -> DomainState:
+        """The domain as it was at `heads` (a past revision)."""
+        try:
+            past = self.doc.fork_at(list(heads))
+        except Exception as exc:  # the binding raises plain Exception for unknown heads
+            raise ValidationError(f"unknown heads: {exc}") from None
+        return DomainState.from_plain(read(past))
+
+    def is_domain_document(self) -> bool:
+        """Whether the document has the shape of a domain (it may be a fresh, empty copy
+        still waiting for its first sync)."""
+        return child_id(self.doc, ROOT, "objects") is not None
+
+
+def refresh_state(doc: Document, state: DomainState, since: list[bytes]) -> DomainState:
+    """`state` (valid at heads `since`) brought to the document's current heads.
+
+    Only entities that the patches between the two touch are re-read; an unexpected patch
+    means a full re-read.
+    """
+    touches: set[Touch] = set()
+    for patch in doc.diff(since, doc.get_heads()):
+        parsed = parse_patch(repr(patch))
+        touch = FULL if parsed is None else touched_by(parsed[0], parsed[2])
+        if touch == FULL:
+            return DomainState.from_plain(read(doc))
+        touches.add(touch)
+    fresh = state.copy()
+    reader = _EntityReader(doc)
+    for touch in sorted(touches, key=_touch_rank):
+        if not reader.apply(fresh, touch):
+            return DomainState.from_plain(read(doc))
+    return fresh
+
+
+def _touch_rank(touch: Touch) -> tuple[int, Any]:
+    # Whole layers first, so that their rules and order are not re-read twice; the
+    # earliest revision index first, so the history is re-read once.
+    if touch[0] == "layer":
+        return (0, touch[1])
+    if touch[0] == "revisions":
+        return (1, touch[1])
+    return (2, repr(touch))
+
+
+class _EntityReader:
+    """Re-reads single entities of a domain document into a DomainState."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.objects = child_id(doc, ROOT, "objects")
+        self.layers = child_id(doc, ROOT, "layers")
+        self.reloaded_layers: set[str] = set()
+        self.revisions_from: int | None = None
+
+    def apply(self, state: DomainState, touch: Touch) -> bool:
+        kind = touch[0]
+        if self.objects is None or self.layers is None:
+            return False
+        if kind == "name":
+            got = self.doc.get(ROOT, "name")
+            state.name = str(got[0][1]) if got else ""
+        elif kind == "object":
+            self._reload_object(state, touch[1])
+        elif kind == "revisions":
+            return self._reload_revisions(state, touch[1])
+        elif touch[1] in self.reloaded_layers:
+            return True
+        elif kind == "layer":
+            self._reload_layer(state, touch[1])
+            self.reloaded_layers.add(touch[1])
+        else:
+            self._reload_layer_part(state, kind, touch)
+        return True
+
+    def _reload_revisions(self, state: DomainState, start: int) -> bool:
+        # Revisions are only ever inserted, so entries before the first touched index
+        # are unchanged; re-reading from there keeps a long history cheap.
+        if self.revisions_from is not None and self.revisions_from <= start:
+            return True
+        revisions = child_id(self.doc, ROOT, "revisions")
+        if revisions is None:
+            return False
+        fresh = state.revisions[:start]
+        for index in range(start, self.doc.length(revisions)):
+            entry = child_id(self.doc, revisions, index)
+            fresh.append(read(self.doc, entry) if entry else {})
+        state.revisions = [r if isinstance(r, dict) else {} for r in fresh]
+        self.revisions_from = start
+        return True
+
+    def _reload_object(self, state: DomainState, uid: str) -> None:
+        obj = child_id(self.doc, self.objects, uid)
+        if obj is None:
+            state.remove_object(uid)
+        else:
+            state.put_object(uid, read(self.doc, obj))
+
+    def _reload_layer(self, state: DomainState, uid: str) -> None:
+        layer = child_id(self.doc, self.layers, uid)
+        if layer is None:
+            state.layers.pop(uid, None)
+        else:
+            state.layers[uid] = layer_from_plain(uid, read(self.doc, layer))
+
+    def _reload_layer_part(self, state: DomainState, kind: str, touch: Touch) -> None:
+        layer_id = child_id(self.doc, self.layers, touch[1])
+        current = state.layers.get(touch[1])
+        if layer_id is None or current is None:
+            self._reload_layer(state, touch[1])
+            self.reloaded_layers.add(touch[1])
+            return
+        if kind == "layer-name":
+            got = self.doc.get(layer_id, "name")
+            current.name = str(got[0][1]) if got else ""
+        elif kind == "order":
+            order_id = child_id(self.doc, layer_id, "order")
+            plain = read(self.doc, order_id) if order_id else []
+            current.order = [u for u in plain if isinstance(u, str)]
+        elif kind == "rule":
+            rules_id = child_id(self.doc, layer_id, "rules")
+            rule_id = child_id(self.doc, rules_id, touch[2]) if rules_id else None
+            if rule_id is None:
+                current.rules.pop(touch[2], None)
+            else:
+                current.rules[touch[2]] = read(self.doc, rule_id)

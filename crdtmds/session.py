@@ -1,0 +1,588 @@
+"""An administrator's session: a private draft of one domain.
+
+A session is a fork of the domain document taken when it opens. Every edit is validated
+against the session's own view of the domain (so names are unique as the session sees
+them), then written to the fork as one Automerge change. Nobody else sees the fork.
+Publishing hands the fork's own changes to the caller to persist, then merges them into
+the live document; discarding drops the fork.
+
+This class does no I/O: the caller persists `take_unsaved_changes()` after each edit and
+the changes returned by `prepare_publish()` before `complete_publish()`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from automerge.core import ROOT, Document
+
+from crdtmds import model
+from crdtmds.docdata import child_id, hex_heads, insert_value, put_value, read, unhex_heads
+from crdtmds.domain import Domain, DomainState, Layer
+from crdtmds.errors import (
+    InvalidParameter,
+    NameInUse,
+    ObjectInUse,
+    ObjectNotFound,
+    PublishFailed,
+    ValidationError,
+)
+
+Change = tuple[bytes, bytes]
+"""(hash, bytes) of one Automerge change."""
+
+
+@dataclass(slots=True)
+class PendingPublish:
+    """A publish whose revision entry is written to the fork but not yet merged."""
+
+    revision: dict[str, Any]
+    changes: list[Change]
+    heads_before_revision: list[bytes]
+
+
+@dataclass(slots=True)
+class _Touched:
+    """What the draft changed since its base, so show-changes need not scan everything."""
+
+    objects: set[str] = field(default_factory=set)
+    rules: set[tuple[str, str]] = field(default_factory=set)
+    orders: set[str] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.objects) + len(self.rules)
+
+
+class Session:
+    """A private draft of a domain. Construct with `Session.open` or `Session.restore`."""
+
+    def __init__(
+        self,
+        *,
+        uid: str,
+        domain: Domain,
+        admin: str,
+        server: str,
+        fork: Document,
+        base_heads: list[bytes],
+        base: DomainState,
+        view: DomainState,
+        name: str = "",
+        description: str = "",
+        created_at: float | None = None,
+        own_changes: list[Change] | None = None,
+    ) -> None:
+        self.uid = uid
+        self.domain = domain
+        self.admin = admin
+        self.server = server
+        self.name = name
+        self.description = description
+        self.created_at = created_at if created_at is not None else time.time()
+        self.last_active = self.created_at
+        self.fork = fork
+        self.base_heads = base_heads
+        self.base = base
+        self.view = view
+        self._own_changes: list[Change] = list(own_changes or [])
+        self._unsaved: list[bytes] = []
+        self._touched = _Touched()
+        self._pending: PendingPublish | None = None
+        if own_changes:
+            self._touch_everything()
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        domain: Domain,
+        *,
+        admin: str,
+        server: str,
+        name: str = "",
+        description: str = "",
+        uid: str | None = None,
+    ) -> Session:
+        base = domain.state
+        return cls(
+            uid=uid or model.new_uid(),
+            domain=domain,
+            admin=admin,
+            server=server,
+            fork=domain.doc.fork(),
+            base_heads=domain.heads(),
+            base=base,
+            view=base.copy(),
+            name=name,
+            description=description,
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        domain: Domain,
+        *,
+        uid: str,
+        admin: str,
+        server: str,
+        base_heads: list[bytes],
+        actor: bytes,
+        changes: list[bytes],
+        name: str = "",
+        description: str = "",
+        created_at: float | None = None,
+    ) -> Session:
+        """A session rebuilt after a restart from its base heads and its own changes."""
+        base_doc = domain.doc.fork_at(base_heads)
+        fork = Document.load(base_doc.save() + b"".join(changes))
+        fork.set_actor(actor)
+        own = [(c.hash, c.bytes) for c in fork.get_changes(base_heads)]
+        return cls(
+            uid=uid,
+            domain=domain,
+            admin=admin,
+            server=server,
+            fork=fork,
+            base_heads=base_heads,
+            base=DomainState.from_plain(read(base_doc)),
+            view=DomainState.from_plain(read(fork)),
+            name=name,
+            description=description,
+            created_at=created_at,
+            own_changes=own,
+        )
+
+    @property
+    def actor(self) -> bytes:
+        return self.fork.get_actor()
+
+    @property
+    def own_change_bytes(self) -> list[bytes]:
+        return [data for _, data in self._own_changes]
+
+    def take_unsaved_changes(self) -> list[bytes]:
+        """Change chunks written since the last call: persist them to keep the draft."""
+        unsaved, self._unsaved = self._unsaved, []
+        return unsaved
+
+    def has_changes(self) -> bool:
+        return bool(self._own_changes)
+
+    # ------------------------------------------------------------ objects
+
+    def add_object(self, obj_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        record = model.build_object(obj_type, params, self.view.find_object)
+        self._check_name_free(record["name"], record["uid"])
+        objects = self._objects_id()
+        self._commit(lambda tx: put_value(tx, objects, record["uid"], record))
+        self.view.put_object(record["uid"], record)
+        self._touched.objects.add(record["uid"])
+        return record
+
+    def set_object(self, obj_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        current = self.view.get_object(_object_ref(params), obj_type)
+        record = model.build_object(obj_type, params, self.view.find_object, existing=current)
+        if record["name"] != current["name"]:
+            self._check_name_free(record["name"], record["uid"])
+        if record != current:
+            self._write_fields(self._object_id(current["uid"]), current, record)
+            self.view.put_object(record["uid"], record)
+            self._touched.objects.add(record["uid"])
+        return record
+
+    def delete_object(self, obj_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        record = self.view.get_object(_object_ref(params), obj_type)
+        uses = self.view.where_used(record["uid"])
+        if uses:
+            raise ObjectInUse(
+                f"{obj_type} '{record['name']}' is still used by {len(uses)} rule(s) or group(s)",
+                details={"where-used": uses},
+            )
+        objects = self._objects_id()
+        self._commit(lambda tx: tx.delete(objects, record["uid"]))
+        self.view.remove_object(record["uid"])
+        self._touched.objects.add(record["uid"])
+        return record
+
+    def _check_name_free(self, name: str, uid: str) -> None:
+        holders = [u for u in self.view.names.get(name, ()) if u != uid]
+        if holders:
+            raise NameInUse(
+                f"the name '{name}' is already in use",
+                details={"name": name, "uid": holders[0]},
+            )
+
+    # ------------------------------------------------------------ rules
+
+    def add_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        layer = self.view.get_layer(params.get("layer"))
+        position = model.check_position(params.get("position", "top"))
+        rule = model.build_rule(params, self.view.find_object)
+        index = self._raw_index(layer, position)
+        rules_id, order_id = self._layer_ids(layer.uid)
+
+        def write(tx: Any) -> None:
+            put_value(tx, rules_id, rule["uid"], rule)
+            insert_value(tx, order_id, index, rule["uid"])
+
+        self._commit(write)
+        layer.rules[rule["uid"]] = rule
+        layer.order.insert(index, rule["uid"])
+        self._touched.rules.add((layer.uid, rule["uid"]))
+        self._touched.orders.add(layer.uid)
+        return self._numbered(layer, rule)
+
+    def set_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        layer = self.view.get_layer(params.get("layer"))
+        current = self.view.get_rule(layer, _rule_ref(params))
+        rule = model.build_rule(params, self.view.find_object, existing=current)
+        if rule != current:
+            rule_id = child_id(self.fork, self._layer_ids(layer.uid)[0], rule["uid"])
+            if rule_id is None:
+                raise ObjectNotFound(f"access rule '{rule['uid']}' not found")
+            self._write_fields(rule_id, current, rule)
+            layer.rules[rule["uid"]] = rule
+            self._touched.rules.add((layer.uid, rule["uid"]))
+        if "new-position" in params:
+            self._move_rule(layer, rule["uid"], model.check_position(params["new-position"]))
+        return self._numbered(layer, layer.rules[rule["uid"]])
+
+    def delete_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        layer = self.view.get_layer(params.get("layer"))
+        rule = self.view.get_rule(layer, _rule_ref(params))
+        rules_id, order_id = self._layer_ids(layer.uid)
+        indices = _indices_of(layer.order, rule["uid"])
+
+        def write(tx: Any) -> None:
+            tx.delete(rules_id, rule["uid"])
+            for index in reversed(indices):
+                tx.delete(order_id, index)
+
+        self._commit(write)
+        del layer.rules[rule["uid"]]
+        layer.order = [u for u in layer.order if u != rule["uid"]]
+        self._touched.rules.add((layer.uid, rule["uid"]))
+        self._touched.orders.add(layer.uid)
+        return rule
+
+    def _move_rule(self, layer: Layer, uid: str, position: Any) -> None:
+        if isinstance(position, dict) and next(iter(position.values())) in (
+            uid,
+            layer.rules[uid].get("name") or None,
+        ):
+            raise ValidationError("a rule cannot be moved relative to itself")
+        indices = _indices_of(layer.order, uid)
+        remaining = [u for u in layer.order if u != uid]
+        target = self._raw_index(Layer(layer.uid, layer.name, layer.rules, remaining), position)
+        _, order_id = self._layer_ids(layer.uid)
+
+        def write(tx: Any) -> None:
+            for index in reversed(indices):
+                tx.delete(order_id, index)
+            insert_value(tx, order_id, target, uid)
+
+        self._commit(write)
+        remaining.insert(target, uid)
+        layer.order = remaining
+        self._touched.orders.add(layer.uid)
+
+    def _raw_index(self, layer: Layer, position: Any) -> int:
+        """Index in the stored order list for a position given against the visible order."""
+        if position == "top":
+            return 0
+        if position == "bottom":
+            return len(layer.order)
+        visible = layer.ordered_uids()
+        if isinstance(position, int):
+            if position > len(visible):
+                return len(layer.order)
+            return layer.order.index(visible[position - 1])
+        ((where, ref),) = position.items()
+        anchor = self.view.get_rule(layer, ref)["uid"]
+        if anchor not in layer.order:
+            return len(layer.order)
+        index = layer.order.index(anchor)
+        return index if where == "above" else index + 1
+
+    def _numbered(self, layer: Layer, rule: dict[str, Any]) -> dict[str, Any]:
+        number = layer.ordered_uids().index(rule["uid"]) + 1
+        return {**rule, "type": "access-rule", "layer": layer.uid, "rule-number": number}
+
+    # ------------------------------------------------------------ changes
+
+    def show_changes(self) -> dict[str, list[dict[str, Any]]]:
+        """What the draft adds, modifies (field by field, old -> new) and deletes."""
+        added: list[dict[str, Any]] = []
+        modified: list[dict[str, Any]] = []
+        deleted: list[dict[str, Any]] = []
+        for uid in sorted(self._touched.objects):
+            _classify(self.base.objects.get(uid), self.view.objects.get(uid), added, modified,
+                      deleted)  # fmt: skip
+        for layer_uid, uid in sorted(self._touched.rules):
+            old_layer = self.base.layers.get(layer_uid)
+            new_layer = self.view.layers.get(layer_uid)
+            old = old_layer.rules.get(uid) if old_layer else None
+            new = new_layer.rules.get(uid) if new_layer else None
+            _classify(_as_rule(old, old_layer), _as_rule(new, new_layer), added, modified,
+                      deleted)  # fmt: skip
+        modified.extend(self._moved_rules(already={m["uid"] for m in modified}))
+        return {"added": added, "modified": modified, "deleted": deleted}
+
+    def _moved_rules(self, already: set[str]) -> list[dict[str, Any]]:
+        moved: list[dict[str, Any]] = []
+        for layer_uid in sorted(self._touched.orders):
+            old_layer, new_layer = self.base.layers.get(layer_uid), self.view.layers.get(layer_uid)
+            if old_layer is None or new_layer is None:
+                continue
+            before = {u: n for n, u in enumerate(old_layer.ordered_uids(), start=1)}
+            for number, uid in enumerate(new_layer.ordered_uids(), start=1):
+                if uid in before and before[uid] != number and uid not in already:
+                    rule = new_layer.rules[uid]
+                    moved.append(
+                        {
+                            "uid": uid,
+                            "type": "access-rule",
+                            "name": rule.get("name", ""),
+                            "layer": new_layer.name,
+                            "fields": {"rule-number": {"old": before[uid], "new": number}},
+                        }
+                    )
+        return moved
+
+    def change_count(self) -> int:
+        changes = self.show_changes()
+        return sum(len(v) for v in changes.values())
+
+    # ------------------------------------------------------------ publish / discard / revert
+
+    def prepare_publish(self, comments: str = "") -> PendingPublish:
+        """Write the revision entry to the fork; persist `changes` before completing."""
+        if self._pending is not None:
+            return self._pending
+        comments = model.check_string(comments, "comments")
+        heads_before = self.fork.get_heads()
+        revision = {
+            "uid": model.new_uid(),
+            "admin": self.admin,
+            "server": self.server,
+            "session": self.uid,
+            "published-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "comments": comments,
+            "heads": hex_heads(heads_before),
+            "changes": self.change_count(),
+        }
+        revisions = child_id(self.fork, ROOT, "revisions")
+        if revisions is None:
+            raise PublishFailed("the domain document has no revision list")
+        index = self.fork.length(revisions)
+        self._commit(lambda tx: insert_value(tx, revisions, index, revision))
+        self.view.revisions.append(revision)
+        self._pending = PendingPublish(revision, list(self._own_changes), heads_before)
+        return self._pending
+
+    def abort_publish(self) -> None:
+        """Undo `prepare_publish` after the changes could not be persisted."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        actor = self.fork.get_actor()
+        self.fork = self.fork.fork_at(pending.heads_before_revision)
+        self.fork.set_actor(actor)
+        self._own_changes = self._own_changes[:-1]
+        self.view.revisions.pop()
+
+    def complete_publish(self) -> dict[str, Any]:
+        """Merge the persisted draft into the live document; the session goes on from it."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise PublishFailed("nothing prepared to publish")
+        live = self.domain
+        raced = live.heads() != self.base_heads
+        live.doc.merge(self.fork)
+        if not raced:
+            live.adopt_state(self.view)
+        self._rebase()
+        return pending.revision
+
+    def discard(self) -> int:
+        """Drop the draft; returns how many objects and rules it had changed."""
+        count = self.change_count()
+        self.fork = self.domain.doc.fork()
+        self._rebase()
+        return count
+
+    def revert_to(self, revision_ref: str) -> dict[str, Any]:
+        """Make the draft's content that of a past revision (published as a new one)."""
+        revision = self.view.revision(revision_ref)
+        heads = revision.get("heads")
+        if not isinstance(heads, list):
+            raise ValidationError(f"revision '{revision_ref}' has no content heads")
+        target = self.domain.state_at(unhex_heads(heads))
+        objects = self._objects_id()
+        self._commit(lambda tx: self._write_objects_like(tx, objects, target))
+        layers = child_id(self.fork, ROOT, "layers")
+        if layers is None:
+            raise ValidationError("the domain document has no layers")
+        self._commit(lambda tx: self._write_layers_like(tx, layers, target))
+        self.view = DomainState.from_plain(read(self.fork))
+        self._touch_everything()
+        return revision
+
+    def _write_objects_like(self, tx: Any, objects: bytes, target: DomainState) -> None:
+        for uid in self.view.objects.keys() - target.objects.keys():
+            tx.delete(objects, uid)
+        for uid, record in target.objects.items():
+            current = self.view.objects.get(uid)
+            if current is None:
+                put_value(tx, objects, uid, record)
+            elif current != record:
+                obj = child_id(tx, objects, uid)
+                if obj is None:
+                    put_value(tx, objects, uid, record)
+                else:
+                    self._put_changed_fields(tx, obj, current, record)
+
+    def _write_layers_like(self, tx: Any, layers: bytes, target: DomainState) -> None:
+        for uid in self.view.layers.keys() - target.layers.keys():
+            tx.delete(layers, uid)
+        for uid, layer in target.layers.items():
+            plain = {"uid": uid, "name": layer.name, "rules": layer.rules, "order": layer.order}
+            current = self.view.layers.get(uid)
+            layer_id = child_id(tx, layers, uid) if current else None
+            if layer_id is None:
+                put_value(tx, layers, uid, plain)
+                continue
+            rules_id = child_id(tx, layer_id, "rules")
+            if rules_id is None:
+                put_value(tx, layers, uid, plain)
+                continue
+            if current.name != layer.name:
+                put_value(tx, layer_id, "name", layer.name)
+            for rule_uid in current.rules.keys() - layer.rules.keys():
+                tx.delete(rules_id, rule_uid)
+            for rule_uid, rule in layer.rules.items():
+                if current.rules.get(rule_uid) != rule:
+                    put_value(tx, rules_id, rule_uid, rule)
+            if current.order != layer.order:
+                put_value(tx, layer_id, "order", layer.order)
+
+    def _rebase(self) -> None:
+        self.fork.merge(self.domain.doc)
+        self.base_heads = self.domain.heads()
+        self.base = self.domain.state
+        self.view = self.base.copy()
+        self._own_changes = []
+        self._unsaved = []
+        self._touched = _Touched()
+
+    def _touch_everything(self) -> None:
+        for state in (self.base, self.view):
+            self._touched.objects.update(state.objects)
+            for layer in state.layers.values():
+                self._touched.rules.update((layer.uid, uid) for uid in layer.rules)
+                self._touched.orders.add(layer.uid)
+
+    # ------------------------------------------------------------ writing the fork
+
+    def _commit(self, write: Any) -> None:
+        """Run `write(tx)` as one change of the fork and remember that change."""
+        if self._pending is not None:
+            raise PublishFailed("a publish of this session is in progress")
+        with self.fork.transaction() as tx:
+            write(tx)
+        change = self.fork.get_last_local_change()
+        if change is not None:
+            self._own_changes.append((change.hash, change.bytes))
+            self._unsaved.append(change.bytes)
+        self.last_active = time.time()
+
+    def _write_fields(self, obj: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        self._commit(lambda tx: self._put_changed_fields(tx, obj, old, new))
+
+    @staticmethod
+    def _put_changed_fields(
+        tx: Any, obj: bytes, old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        # Field-level writes: concurrent edits of different fields of one record both survive.
+        for key, value in new.items():
+            if old.get(key) != value or key not in old:
+                put_value(tx, obj, key, value)
+        for key in old.keys() - new.keys():
+            tx.delete(obj, key)
+
+    def _objects_id(self) -> bytes:
+        objects = child_id(self.fork, ROOT, "objects")
+        if objects is None:
+            raise ValidationError("the domain document has no object map")
+        return objects
+
+    def _object_id(self, uid: str) -> bytes:
+        obj = child_id(self.fork, self._objects_id(), uid)
+        if obj is None:
+            raise ObjectNotFound(f"object '{uid}' not found")
+        return obj
+
+    def _layer_ids(self, layer_uid: str) -> tuple[bytes, bytes]:
+        layers = child_id(self.fork, ROOT, "layers")
+        layer = child_id(self.fork, layers, layer_uid) if layers else None
+        rules = child_id(self.fork, layer, "rules") if layer else None
+        order = child_id(self.fork, layer, "order") if layer else None
+        if rules is None or order is None:
+            raise ObjectNotFound(f"access layer '{layer_uid}' not found")
+        return rules, order
+
+
+def _object_ref(params: Mapping[str, Any]) -> str:
+    ref = params.get("uid", params.get("name"))
+    if not isinstance(ref, str) or not ref:
+        raise InvalidParameter("name the object with 'uid' or 'name'")
+    return ref
+
+
+def _rule_ref(params: Mapping[str, Any]) -> Any:
+    for key in ("uid", "rule-number", "name"):
+        if key in params:
+            return params[key]
+    raise InvalidParameter("name the rule with 'uid', 'rule-number' or 'name'")
+
+
+def _indices_of(order: list[str], uid: str) -> list[int]:
+    return [i for i, u in enumerate(order) if u == uid]
+
+
+def _as_rule(rule: dict[str, Any] | None, layer: Layer | None) -> dict[str, Any] | None:
+    if rule is None or layer is None:
+        return None
+    return {**rule, "type": "access-rule", "layer": layer.name}
+
+
+def _classify(
+    old: dict[str, Any] | None,
+    new: dict[str, Any] | None,
+    added: list[dict[str, Any]],
+    modified: list[dict[str, Any]],
+    deleted: list[dict[str, Any]],
+) -> None:
+    if old is None and new is not None:
+        added.append(new)
+    elif new is None and old is not None:
+        deleted.append(old)
+    elif old is not None and new is not None and old != new:
+        fields = {
+            key: {"old": old.get(key), "new": new.get(key)}
+            for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)
+        }
+        modified.append(
+            {
+                "uid": new["uid"],
+                "type": new.get("type"),
+                "name": new.get("name", ""),
+                "fields": fields,
+            }
+        )
