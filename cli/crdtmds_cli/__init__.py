@@ -1,0 +1,1 @@
+"""The `crdtmds` command line."""

@@ -1,0 +1,178 @@
+"""The cluster document: servers, domains and administrators, shared by every server.
+
+It is an Automerge document like a domain, gossiped the same way, so a Secondary learns
+the whole cluster by syncing one document, and an administrator added on any server can
+log in on every server.
+
+    { "cluster-id": "...",
+      "servers": { <name>: { "name", "url", "region", "role", "joined-at" } },
+      "domains": { <name>: { "name", "uid", "document-id", "created-at", "created-by" } },
+      "administrators": { <name>: { "name", "password-hash", "superuser",
+                                     "domains": { <domain name or "*">: "read-only" |
+                                                  "read-write" } } } }
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from automerge.core import ROOT, Document
+
+from crdtmds import model
+from crdtmds.docdata import child_id, put_value, read
+from crdtmds.errors import ClusterError, InvalidParameter, NameInUse, ObjectNotFound
+
+ROLE_PRIMARY = "primary"
+ROLE_SECONDARY = "secondary"
+READ_ONLY = "read-only"
+READ_WRITE = "read-write"
+SUPERUSER = "superuser"
+PERMISSION_LEVELS = (READ_ONLY, READ_WRITE, SUPERUSER)
+ALL_DOMAINS = "*"
+
+Change = tuple[bytes, bytes]
+
+
+class ClusterDocument:
+    """Reads and writes of the cluster document; each write is one persisted change."""
+
+    def __init__(self, document_id: str, doc: Document) -> None:
+        self.document_id = document_id
+        self.doc = doc
+        self._cache: dict[str, Any] | None = None
+        self._cache_heads: list[bytes] = []
+
+    @classmethod
+    def create(cls, cluster_id: str, document_id: str) -> ClusterDocument:
+        doc = Document()
+        with doc.transaction() as tx:
+            put_value(tx, ROOT, "cluster-id", cluster_id)
+            for section in ("servers", "domains", "administrators"):
+                put_value(tx, ROOT, section, {})
+        return cls(document_id, doc)
+
+    # ------------------------------------------------------------ reads
+
+    def plain(self) -> dict[str, Any]:
+        """The whole document as plain data (small; cached by heads)."""
+        heads = self.doc.get_heads()
+        if self._cache is None or heads != self._cache_heads:
+            self._cache = read(self.doc)
+            self._cache_heads = heads
+        return self._cache
+
+    def is_ready(self) -> bool:
+        """False for an empty copy still waiting for its first sync."""
+        return child_id(self.doc, ROOT, "servers") is not None
+
+    @property
+    def cluster_id(self) -> str:
+        return str(self.plain().get("cluster-id", ""))
+
+    def servers(self) -> dict[str, dict[str, Any]]:
+        return dict(self.plain().get("servers") or {})
+
+    def domains(self) -> dict[str, dict[str, Any]]:
+        return dict(self.plain().get("domains") or {})
+
+    def administrators(self) -> dict[str, dict[str, Any]]:
+        return dict(self.plain().get("administrators") or {})
+
+    def domain_by_ref(self, ref: Any) -> dict[str, Any]:
+        """A domain entry by name, uid or document id."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidParameter("'domain' must be a domain name or uid")
+        domains = self.domains()
+        if ref in domains:
+            return domains[ref]
+        for entry in domains.values():
+            if ref in (entry.get("uid"), entry.get("document-id")):
+                return entry
+        raise ObjectNotFound(f"domain '{ref}' not found", details={"reference": ref})
+
+    def permission(self, admin: str, domain: str | None) -> str | None:
+        """The administrator's level on `domain` (None: system-wide), or None for no access."""
+        record = self.administrators().get(admin)
+        if record is None:
+            return None
+        if record.get("superuser"):
+            return SUPERUSER
+        if domain is None:
+            return READ_ONLY
+        grants = record.get("domains") or {}
+        level = grants.get(domain, grants.get(ALL_DOMAINS))
+        return level if level in PERMISSION_LEVELS else None
+
+    # ------------------------------------------------------------ writes
+
+    def add_server(self, name: str, url: str, region: str, role: str) -> Change:
+        model.check_name(name, "name")
+        entry = {
+            "name": name,
+            "url": url,
+            "region": region,
+            "role": role,
+            "joined-at": time.time(),
+        }
+        return self._write("servers", name, entry)
+
+    def add_domain(self, name: str, document_id: str, *, created_by: str) -> dict[str, Any]:
+        name = model.check_name(name, "name")
+        if name in self.domains():
+            raise NameInUse(f"domain '{name}' already exists", details={"name": name})
+        entry = {
+            "name": name,
+            "uid": model.new_uid(),
+            "document-id": document_id,
+            "created-at": time.time(),
+            "created-by": created_by,
+        }
+        self._write("domains", name, entry)
+        return entry
+
+    def add_administrator(
+        self,
+        name: str,
+        password_hash: str,
+        *,
+        superuser: bool = False,
+        domains: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        name = model.check_name(name, "name")
+        if name in self.administrators():
+            raise NameInUse(f"administrator '{name}' already exists", details={"name": name})
+        grants = dict(domains or {})
+        for domain, level in grants.items():
+            if level not in (READ_ONLY, READ_WRITE):
+                raise InvalidParameter(
+                    f"permission on '{domain}' must be {READ_ONLY} or {READ_WRITE}, not {level!r}"
+                )
+        entry = {
+            "name": name,
+            "password-hash": password_hash,
+            "superuser": bool(superuser),
+            "domains": grants,
+        }
+        self._write("administrators", name, entry)
+        return entry
+
+    def last_change(self) -> Change:
+        change = self.doc.get_last_local_change()
+        if change is None:
+            raise ClusterError("the cluster document has no local change")
+        return change.hash, change.bytes
+
+    def _write(self, section: str, key: str, entry: Mapping[str, Any]) -> Change:
+        section_id = child_id(self.doc, ROOT, section)
+        if section_id is None:
+            raise ClusterError("the cluster document is not initialised yet")
+        with self.doc.transaction() as tx:
+            put_value(tx, section_id, key, entry)
+        return self.last_change()
+
+
+def public_administrator(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An administrator record without its password hash, for replies and logs."""
+    return {k: v for k, v in entry.items() if k != "password-hash"}
