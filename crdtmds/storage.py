@@ -1,0 +1,708 @@
+"""Durable storage of one crdtmds server: a single SQLite file in WAL mode, through aiosqlite.
+
+Storage knows nothing of networking or of the policy model. It keeps:
+
+- every Automerge document as an append-only log of change chunks (``changes``, keyed by
+  ``(document_id, change hash)``) plus at most one snapshot (``snapshots``) written by
+  compaction; a document loads in one ``Document.load`` of the snapshot followed by its
+  change rows;
+- administrator sessions (``sessions``) and the change chunks of each session's fork, in
+  order (``session_changes``);
+- node metadata as JSON values (``meta``).
+
+Every write is one transaction on the single connection, serialized by an ``asyncio.Lock``,
+and committed with ``synchronous=FULL`` before the call returns; on any SQLite error it is
+rolled back and a `StorageError` is raised, so nothing is ever half-written.
+
+Compaction is the caller's decision: `Storage.append_changes` returns how many change rows
+a document has outside its snapshot; past `DEFAULT_COMPACT_THRESHOLD` the caller saves the
+document and hands the snapshot and the hashes it covers to `Storage.save_snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import automerge.core
+
+from crdtmds.errors import StorageCorruption, StorageError, StorageVersionError
+
+SCHEMA_VERSION = 1
+DEFAULT_COMPACT_THRESHOLD = 1000
+
+HEAD_SIZE = 32
+
+_SCHEMA = """
+CREATE TABLE changes (
+    id INTEGER PRIMARY KEY,
+    document_id TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (document_id, hash)
+);
+CREATE TABLE snapshots (
+    id INTEGER PRIMARY KEY,
+    document_id TEXT NOT NULL,
+    heads BLOB NOT NULL,
+    data BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX snapshots_by_document ON snapshots (document_id, id);
+CREATE TABLE sessions (
+    uid TEXT PRIMARY KEY,
+    document_id TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    admin TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    base_heads BLOB NOT NULL,
+    actor BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    last_active REAL NOT NULL
+);
+CREATE TABLE session_changes (
+    session_uid TEXT NOT NULL REFERENCES sessions (uid) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (session_uid, seq)
+);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+# Change rows are read in insertion order: Automerge loads changes that arrive after their
+# dependencies far faster than a shuffled log.
+_SELECT_LATEST_SNAPSHOTS = """
+SELECT s.document_id, s.data FROM snapshots AS s
+ WHERE s.id = (SELECT max(id) FROM snapshots WHERE document_id = s.document_id)
+"""
+_SELECT_ALL_CHANGES = "SELECT document_id, data FROM changes ORDER BY id"
+
+_UPSERT_SESSION = """
+INSERT INTO sessions (uid, document_id, domain, admin, name, description, base_heads, actor,
+                      created_at, last_active)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (uid) DO UPDATE SET
+    document_id = excluded.document_id, domain = excluded.domain, admin = excluded.admin,
+    name = excluded.name, description = excluded.description,
+    base_heads = excluded.base_heads, actor = excluded.actor,
+    created_at = excluded.created_at, last_active = excluded.last_active
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProblem:
+    """A stored document that could not be loaded, and the row found to be at fault.
+
+    ``row_id`` is None when every row is well-formed on its own but the rows do not load
+    together (for example a change whose dependency is missing).
+    """
+
+    document_id: str
+    table: str
+    row_id: int | None
+    message: str
+
+
+@dataclass(slots=True)
+class LoadedDocuments:
+    """The result of `Storage.load_all`: the documents that loaded, and why others did not."""
+
+    documents: dict[str, automerge.core.Document]
+    problems: list[LoadProblem]
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """An administrator session: its metadata and the change chunks of its fork, in order."""
+
+    uid: str
+    document_id: str
+    domain: str
+    admin: str
+    name: str
+    description: str
+    base_heads: list[bytes]
+    actor: bytes
+    created_at: float
+    last_active: float
+    changes: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _DocumentRows:
+    """The stored rows of one document: its latest snapshot (if any) and its change rows."""
+
+    snapshot: tuple[int, bytes] | None = None
+    changes: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def concatenated(self) -> bytes:
+        chunks = [data for _, data in self.changes]
+        if self.snapshot is not None:
+            chunks.insert(0, self.snapshot[1])
+        return b"".join(chunks)
+
+
+class Storage:
+    """The SQLite store of one server. Create it with `await Storage.open(path)`."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self._connection: aiosqlite.Connection | None = connection
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> Storage:
+        """Open (creating if needed) the store at ``path``.
+
+        A new directory is created 0700 and a new file 0600 (SQLite gives its ``-wal`` and
+        ``-shm`` files the mode of the database file). Raises `StorageVersionError` for a
+        file written by a newer schema and `StorageError` for a file that is not SQLite.
+        """
+        path = Path(path)
+        _create_private_file(path)
+        try:
+            connection = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {path}: {exc}", details={"path": str(path)}) from exc
+        try:
+            await _prepare_database(connection, path)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection, path)
+
+    async def close(self) -> None:
+        """Close the connection; further calls raise `StorageError`. Closing twice is fine."""
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await connection.close()
+
+    # -- documents -------------------------------------------------------------------------
+
+    async def append_changes(self, document_id: str, changes: Sequence[tuple[bytes, bytes]]) -> int:
+        """Store ``(change hash, change bytes)`` pairs of a document, durably, in one transaction.
+
+        Pairs already stored for this document are ignored. Returns the number of change rows
+        of the document not yet covered by a snapshot; compact when it passes a threshold.
+        """
+        rows = [(document_id, change_hash, data) for change_hash, data in changes]
+        async with self._write(f"append changes to {document_id}") as connection:
+            await connection.executemany(
+                "INSERT INTO changes (document_id, hash, data) VALUES (?, ?, ?)"
+                " ON CONFLICT (document_id, hash) DO NOTHING",
+                rows,
+            )
+            return await _count_changes(connection, document_id)
+
+    async def save_snapshot(
+        self, document_id: str, snapshot: bytes, covered_hashes: Sequence[bytes]
+    ) -> None:
+        """Compact a document: store ``snapshot`` (a ``Document.save()``) in one transaction,
+        drop older snapshots, and drop the change rows whose hash is in ``covered_hashes``.
+
+        Change rows not named in ``covered_hashes`` (appended concurrently) are kept. The
+        caller vouches that the snapshot contains every covered change. Raises `StorageError`
+        if ``snapshot`` is not a well-formed Automerge document chunk, before touching anything.
+        """
+        try:
+            heads = _document_chunk_heads(snapshot)
+        except ValueError as exc:
+            raise StorageError(f"snapshot of {document_id} is not a document: {exc}") from exc
+        hash_rows = [(document_id, change_hash) for change_hash in covered_hashes]
+        async with self._write(f"save snapshot of {document_id}") as connection:
+            cursor = await connection.execute(
+                "INSERT INTO snapshots (document_id, heads, data, created_at) VALUES (?, ?, ?, ?)",
+                (document_id, b"".join(heads), snapshot, time.time()),
+            )
+            await connection.execute(
+                "DELETE FROM snapshots WHERE document_id = ? AND id < ?",
+                (document_id, cursor.lastrowid),
+            )
+            await connection.executemany(
+                "DELETE FROM changes WHERE document_id = ? AND hash = ?", hash_rows
+            )
+
+    async def load_document(self, document_id: str) -> automerge.core.Document | None:
+        """The stored document, or None if nothing is stored under ``document_id``.
+
+        Raises `StorageCorruption` naming the faulty table and row if it cannot be loaded.
+        """
+        stored = await self._document_rows(document_id)
+        if stored is None:
+            return None
+        try:
+            return automerge.core.Document.load(stored.concatenated())
+        except Exception as exc:  # the binding raises a bare Exception for malformed input
+            raise _corruption_error(document_id, _diagnose(document_id, stored, str(exc))) from exc
+
+    async def load_all(self) -> LoadedDocuments:
+        """Every stored document, each from one ``Document.load`` of its snapshot and changes.
+
+        A document that fails to load is left out and described by `LoadProblem` entries
+        naming the faulty rows; the other documents load regardless.
+        """
+        async with self._read("load all documents") as connection:
+            snapshot_rows = await connection.execute_fetchall(_SELECT_LATEST_SNAPSHOTS)
+            change_rows = await connection.execute_fetchall(_SELECT_ALL_CHANGES)
+        result = LoadedDocuments(documents={}, problems=[])
+        for document_id, chunks in _chunks_by_document(snapshot_rows, change_rows).items():
+            try:
+                result.documents[document_id] = automerge.core.Document.load(b"".join(chunks))
+            except Exception as exc:  # the binding raises a bare Exception for malformed input
+                stored = await self._document_rows(document_id) or _DocumentRows()
+                result.problems.extend(_diagnose(document_id, stored, str(exc)))
+        return result
+
+    async def document_ids(self) -> list[str]:
+        """The ids of every stored document, sorted."""
+        async with self._read("list documents") as connection:
+            rows = await connection.execute_fetchall(
+                "SELECT document_id FROM changes UNION SELECT document_id FROM snapshots ORDER BY 1"
+            )
+        return [document_id for (document_id,) in rows]
+
+    async def uncompacted_count(self, document_id: str) -> int:
+        """How many change rows of the document no snapshot covers yet."""
+        async with self._read(f"count changes of {document_id}") as connection:
+            return await _count_changes(connection, document_id)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def save_session(self, record: SessionRecord) -> None:
+        """Insert or update a session's metadata; its changes are left as stored."""
+        row = (
+            record.uid,
+            record.document_id,
+            record.domain,
+            record.admin,
+            record.name,
+            record.description,
+            _join_heads(record.base_heads),
+            record.actor,
+            record.created_at,
+            record.last_active,
+        )
+        async with self._write(f"save session {record.uid}") as connection:
+            await connection.execute(_UPSERT_SESSION, row)
+
+    async def append_session_changes(self, uid: str, changes: Sequence[bytes]) -> None:
+        """Append change chunks to a saved session's fork, after those already stored."""
+        async with self._write(f"append changes to session {uid}") as connection:
+            await _require_session(connection, uid)
+            rows = await connection.execute_fetchall(
+                "SELECT coalesce(max(seq) + 1, 0) FROM session_changes WHERE session_uid = ?",
+                (uid,),
+            )
+            next_seq = next(iter(rows))[0]
+            await _insert_session_changes(connection, uid, changes, next_seq)
+
+    async def replace_session_changes(
+        self, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
+    ) -> None:
+        """Rebase a saved session: new base heads and the fork's whole new change list."""
+        async with self._write(f"replace changes of session {uid}") as connection:
+            await _require_session(connection, uid)
+            await connection.execute(
+                "UPDATE sessions SET base_heads = ? WHERE uid = ?", (_join_heads(base_heads), uid)
+            )
+            await connection.execute("DELETE FROM session_changes WHERE session_uid = ?", (uid,))
+            await _insert_session_changes(connection, uid, changes, 0)
+
+    async def touch_session(self, uid: str, last_active: float) -> None:
+        """Record a session's last activity; a session no longer stored is ignored."""
+        async with self._write(f"touch session {uid}") as connection:
+            await connection.execute(
+                "UPDATE sessions SET last_active = ? WHERE uid = ?", (last_active, uid)
+            )
+
+    async def delete_session(self, uid: str) -> None:
+        """Remove a session and its changes; deleting an unknown session is a no-op."""
+        async with self._write(f"delete session {uid}") as connection:
+            await connection.execute("DELETE FROM sessions WHERE uid = ?", (uid,))
+
+    async def load_sessions(self) -> list[SessionRecord]:
+        """Every stored session with its changes, oldest session first."""
+        async with self._read("load sessions") as connection:
+            session_rows = await connection.execute_fetchall(
+                "SELECT uid, document_id, domain, admin, name, description, base_heads, actor,"
+                " created_at, last_active FROM sessions ORDER BY created_at, uid"
+            )
+            change_rows = await connection.execute_fetchall(
+                "SELECT session_uid, data FROM session_changes ORDER BY session_uid, seq"
+            )
+        changes: dict[str, list[bytes]] = {}
+        for uid, data in change_rows:
+            changes.setdefault(uid, []).append(data)
+        return [_session_from_row(row, changes.get(row[0], [])) for row in session_rows]
+
+    # -- node metadata ---------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> Any | None:
+        """The JSON value stored under ``key``, or None."""
+        async with self._read(f"read meta {key}") as connection:
+            rows = list(
+                await connection.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+            )
+        return json.loads(rows[0][0]) if rows else None
+
+    async def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-serializable value under ``key``, replacing any previous one."""
+        encoded = json.dumps(value)
+        async with self._write(f"write meta {key}") as connection:
+            await connection.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, encoded),
+            )
+
+    async def _document_rows(self, document_id: str) -> _DocumentRows | None:
+        """The latest snapshot and the change rows of one document, with their row ids."""
+        async with self._read(f"read rows of {document_id}") as connection:
+            snapshots = await connection.execute_fetchall(
+                "SELECT id, data FROM snapshots WHERE document_id = ? ORDER BY id DESC LIMIT 1",
+                (document_id,),
+            )
+            changes = await connection.execute_fetchall(
+                "SELECT id, data FROM changes WHERE document_id = ? ORDER BY id", (document_id,)
+            )
+        stored = _DocumentRows(
+            snapshot=next(iter(snapshots), None),  # type: ignore[arg-type]
+            changes=list(changes),  # type: ignore[arg-type]
+        )
+        if stored.snapshot is None and not stored.changes:
+            return None
+        return stored
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _write(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: committed if the block succeeds, rolled back otherwise."""
+        async with self._lock:
+            connection = self._open_connection()
+            try:
+                await connection.execute("BEGIN IMMEDIATE")
+                yield connection
+                await connection.execute("COMMIT")
+            except BaseException as exc:
+                await _rollback_quietly(connection)
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"{action}: {exc}", details={"action": action}) from exc
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _read(self, action: str) -> AsyncIterator[aiosqlite.Connection]:
+        """Reads take the lock too, so they never see a write transaction half done."""
+        async with self._lock:
+            connection = self._open_connection()
+            try:
+                yield connection
+            except sqlite3.Error as exc:
+                raise StorageError(f"{action}: {exc}", details={"action": action}) from exc
+
+    def _open_connection(self) -> aiosqlite.Connection:
+        if self._connection is None:
+            raise StorageError(f"storage {self.path} is closed")
+        return self._connection
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the parent directory (0700) and the database file (0600) if they are missing."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700)
+        directory.chmod(0o700)  # the umask may have cleared bits of mkdir's mode
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc}", details={"path": str(path)}) from exc
+    os.close(descriptor)
+
+
+async def _prepare_database(connection: aiosqlite.Connection, path: Path) -> None:
+    """Check the schema version, switch to WAL and create the schema of a new file."""
+    try:
+        version = await _user_version(connection)
+        if version > SCHEMA_VERSION:
+            raise StorageVersionError(
+                f"{path} has schema version {version}, newer than version {SCHEMA_VERSION}"
+                " that this crdtmds supports",
+                details={"path": str(path), "found": version, "supported": SCHEMA_VERSION},
+            )
+        rows = await connection.execute_fetchall("PRAGMA journal_mode = WAL")
+        mode = next(iter(rows))[0]
+        if mode != "wal":
+            raise StorageError(f"{path}: cannot enable WAL (journal mode is {mode})")
+        await connection.execute("PRAGMA synchronous = FULL")
+        await connection.execute("PRAGMA foreign_keys = ON")
+        if version == 0:
+            await _create_schema(connection)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open {path}: {exc}", details={"path": str(path)}) from exc
+
+
+async def _user_version(connection: aiosqlite.Connection) -> int:
+    rows = await connection.execute_fetchall("PRAGMA user_version")
+    return int(next(iter(rows))[0])
+
+
+async def _create_schema(connection: aiosqlite.Connection) -> None:
+    """Create every table and stamp the version, all in one transaction."""
+    await connection.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                await connection.execute(statement)
+        await connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await connection.execute("COMMIT")
+    except BaseException:
+        await _rollback_quietly(connection)
+        raise
+
+
+async def _rollback_quietly(connection: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is open (SQLite may already have rolled back on SQLITE_FULL)."""
+    if connection.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            await connection.execute("ROLLBACK")
+
+
+# -- statements shared by several operations ------------------------------------------------
+
+
+async def _count_changes(connection: aiosqlite.Connection, document_id: str) -> int:
+    rows = await connection.execute_fetchall(
+        "SELECT count(*) FROM changes WHERE document_id = ?", (document_id,)
+    )
+    return int(next(iter(rows))[0])
+
+
+async def _require_session(connection: aiosqlite.Connection, uid: str) -> None:
+    rows = await connection.execute_fetchall("SELECT 1 FROM sessions WHERE uid = ?", (uid,))
+    if not list(rows):
+        raise StorageError(f"no stored session {uid}", details={"session_uid": uid})
+
+
+async def _insert_session_changes(
+    connection: aiosqlite.Connection, uid: str, changes: Sequence[bytes], first_seq: int
+) -> None:
+    await connection.executemany(
+        "INSERT INTO session_changes (session_uid, seq, data) VALUES (?, ?, ?)",
+        [(uid, first_seq + offset, data) for offset, data in enumerate(changes)],
+    )
+
+
+def _session_from_row(row: sqlite3.Row | tuple[Any, ...], changes: list[bytes]) -> SessionRecord:
+    (uid, document_id, domain, admin, name, description, heads, actor, created, active) = row
+    return SessionRecord(
+        uid=uid,
+        document_id=document_id,
+        domain=domain,
+        admin=admin,
+        name=name,
+        description=description,
+        base_heads=_split_heads(heads),
+        actor=actor,
+        created_at=created,
+        last_active=active,
+        changes=changes,
+    )
+
+
+def _join_heads(heads: Sequence[bytes]) -> bytes:
+    for head in heads:
+        if len(head) != HEAD_SIZE:
+            raise ValueError(f"a head is a {HEAD_SIZE}-byte change hash, got {len(head)} bytes")
+    return b"".join(heads)
+
+
+def _split_heads(joined: bytes) -> list[bytes]:
+    return [joined[start : start + HEAD_SIZE] for start in range(0, len(joined), HEAD_SIZE)]
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _chunks_by_document(snapshot_rows: Any, change_rows: Any) -> dict[str, list[bytes]]:
+    """Each document's chunks: its latest snapshot first, then its changes in row order."""
+    chunks: dict[str, list[bytes]] = {document_id: [data] for document_id, data in snapshot_rows}
+    for document_id, data in change_rows:
+        document_chunks = chunks.get(document_id)
+        if document_chunks is None:
+            chunks[document_id] = [data]
+        else:
+            document_chunks.append(data)
+    return chunks
+
+
+def _diagnose(document_id: str, stored: _DocumentRows, load_error: str) -> list[LoadProblem]:
+    """Name the rows that are malformed on their own; else blame the document as a whole."""
+    problems: list[LoadProblem] = []
+    if stored.snapshot is not None:
+        row_id, data = stored.snapshot
+        message = _snapshot_problem(data)
+        if message is not None:
+            problems.append(LoadProblem(document_id, "snapshots", row_id, message))
+    for row_id, data in stored.changes:
+        message = _change_chunk_problem(data)
+        if message is not None:
+            problems.append(LoadProblem(document_id, "changes", row_id, message))
+    if not problems:
+        problems.append(LoadProblem(document_id, "changes", None, load_error))
+    return problems
+
+
+def _corruption_error(document_id: str, problems: list[LoadProblem]) -> StorageCorruption:
+    first = problems[0]
+    where = first.table if first.row_id is None else f"{first.table} row {first.row_id}"
+    return StorageCorruption(
+        f"cannot load {document_id}, {where}: {first.message}",
+        details={
+            "document_id": document_id,
+            "table": first.table,
+            "row_id": first.row_id,
+            "problems": [
+                {"table": p.table, "row_id": p.row_id, "message": p.message} for p in problems
+            ],
+        },
+    )
+
+
+def _snapshot_problem(data: bytes) -> str | None:
+    try:
+        _document_chunk_heads(data)
+        automerge.core.Document.load(data)
+    except Exception as exc:  # ValueError from the parser, bare Exception from the binding
+        return f"snapshot does not load: {exc}"
+    return None
+
+
+def _change_chunk_problem(data: bytes) -> str | None:
+    try:
+        _check_change_chunk(data)
+    except ValueError as exc:
+        return f"malformed change chunk: {exc}"
+    return None
+
+
+# -- Automerge binary chunks -----------------------------------------------------------------
+#
+# A chunk is: magic (4 bytes), checksum (first 4 bytes of the SHA-256 of what follows it,
+# taken over the uncompressed form), chunk type (0 document, 1 change, 2 deflated change),
+# body length (unsigned LEB128), body. A change's hash is the whole SHA-256 of type, length
+# and body of its uncompressed form. These checks let a failed load name the row at fault.
+
+_MAGIC = b"\x85\x6f\x4a\x83"
+_DOCUMENT_CHUNK = 0
+_CHANGE_CHUNK = 1
+_DEFLATED_CHANGE_CHUNK = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    chunk_type: int
+    checksum: bytes
+    body: bytes
+
+
+def _read_uleb128(data: bytes, position: int) -> tuple[int, int]:
+    """The unsigned LEB128 integer at ``position`` and the position after it."""
+    value = 0
+    shift = 0
+    while True:
+        if position >= len(data):
+            raise ValueError("truncated integer")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+        if shift > 63:
+            raise ValueError("integer too long")
+
+
+def _encode_uleb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _parse_chunk(data: bytes) -> _Chunk:
+    """Split one whole chunk into its parts; the data must hold exactly that chunk."""
+    if len(data) < 10:
+        raise ValueError(f"{len(data)} bytes is too short for a chunk")
+    if data[:4] != _MAGIC:
+        raise ValueError("invalid magic bytes")
+    chunk_type = data[8]
+    length, start = _read_uleb128(data, 9)
+    if len(data) - start != length:
+        raise ValueError(f"body is {len(data) - start} bytes, header says {length}")
+    return _Chunk(chunk_type, data[4:8], data[start:])
+
+
+def _uncompressed_hash(chunk_type: int, body: bytes) -> bytes:
+    return hashlib.sha256(bytes([chunk_type]) + _encode_uleb128(len(body)) + body).digest()
+
+
+def _check_change_chunk(data: bytes) -> None:
+    """Raise ValueError unless ``data`` is one whole change chunk with a valid checksum."""
+    chunk = _parse_chunk(data)
+    body = chunk.body
+    if chunk.chunk_type == _DEFLATED_CHANGE_CHUNK:
+        try:
+            body = zlib.decompress(body, wbits=-15)
+        except zlib.error as exc:
+            raise ValueError(f"cannot inflate: {exc}") from exc
+    elif chunk.chunk_type != _CHANGE_CHUNK:
+        raise ValueError(f"chunk type {chunk.chunk_type} is not a change")
+    if _uncompressed_hash(_CHANGE_CHUNK, body)[:4] != chunk.checksum:
+        raise ValueError("checksum mismatch")
+
+
+def _document_chunk_heads(data: bytes) -> list[bytes]:
+    """Check a document chunk's structure and checksum; return the heads in its header."""
+    chunk = _parse_chunk(data)
+    if chunk.chunk_type != _DOCUMENT_CHUNK:
+        raise ValueError(f"chunk type {chunk.chunk_type} is not a document")
+    if _uncompressed_hash(_DOCUMENT_CHUNK, chunk.body)[:4] != chunk.checksum:
+        raise ValueError("checksum mismatch")
+    body = chunk.body
+    actor_count, position = _read_uleb128(body, 0)
+    for _ in range(actor_count):
+        actor_length, position = _read_uleb128(body, position)
+        position += actor_length
+    head_count, position = _read_uleb128(body, position)
+    end = position + head_count * HEAD_SIZE
+    if end > len(body):
+        raise ValueError("truncated heads")
+    return _split_heads(body[position:end])
