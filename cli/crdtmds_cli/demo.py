@@ -1,7 +1,188 @@
-"""Command group (registered by main)."""
+"""`crdtmds demo`: a local cluster doing real, concurrent publishes, converging on every server."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from crdtmds.localcluster import LocalCluster
+
+if TYPE_CHECKING:
+    from crdtmds.client import Client
+
+T = TypeVar("T")
+CONVERGENCE_TIMEOUT = 30.0
+
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to `app`."""
+    """Add the `demo` command to `app`."""
+    app.command("demo")(demo)
+
+
+def demo(
+    nodes: int = typer.Option(3, "--nodes", min=2, max=9, help="Servers in the local cluster."),
+    domain: str = typer.Option("acme", "--domain", help="Name of the domain the demo edits."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the data directory afterwards."),
+) -> None:
+    """Start a local cluster on loopback, publish concurrently on every server, and show
+    the rulebase converging everywhere, with timings. Stops everything when done."""
+    root = Path(tempfile.mkdtemp(prefix="crdtmds-demo-"))
+    typer.echo(f"data directory: {root}")
+    cluster = LocalCluster(root, nodes)
+    try:
+        _step(f"start {nodes} servers (1 init, {nodes - 1} join)", cluster.start)
+        for server in cluster.servers:
+            typer.echo(f"    {server.name}  {server.url}")
+        asyncio.run(_scenario(cluster, domain))
+    except KeyboardInterrupt:
+        typer.echo("interrupted; stopping the servers", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        _step("stop every server", cluster.stop)
+        if not keep:
+            _remove_tree(root)
+        else:
+            typer.echo(f"kept {root}")
+
+
+async def _scenario(cluster: LocalCluster, domain: str) -> None:
+    from crdtmds.client import Client
+
+    urls = cluster.urls
+    async with Client(urls[:1], user=cluster.admin, password=cluster.password) as admin:
+        await _astep(f"add domain {domain!r} on {cluster.servers[0].name}",
+                     lambda: admin.call("add-domain", name=domain))  # fmt: skip
+    await _astep("domain reaches every server", lambda: _wait_for_domain(cluster, domain))
+    clients = [
+        Client([url], user=cluster.admin, password=cluster.password, domain=domain,
+               session_name=f"demo on {server.name}")
+        for url, server in zip(urls, cluster.servers, strict=True)
+    ]  # fmt: skip
+    try:
+        for client in clients:
+            await client.login()
+        await _astep(
+            f"{len(clients)} concurrent sessions edit objects and rules",
+            lambda: asyncio.gather(*(_edit(c, i + 1) for i, c in enumerate(clients))),
+        )
+        published = await _astep(
+            "publish all sessions at once",
+            lambda: asyncio.gather(*(c.call("publish", comments="demo") for c in clients)),
+        )
+        typer.echo(f"    {len(published)} revisions published")
+        rulebases = await _astep(
+            "rulebase identical on every server", lambda: _wait_for_convergence(clients)
+        )
+        _print_rulebase(rulebases[0])
+        problems = await clients[-1].call("verify-policy")
+        typer.echo(f"verify-policy on {cluster.servers[-1].name}: {_describe(problems)}")
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def _edit(client: Client, n: int) -> None:
+    await client.call("add-host", **{"name": f"web{n}", "ipv4-address": f"192.0.2.{10 + n}"})
+    await client.call("add-network", **{"name": f"lan{n}", "subnet4": f"10.{n}.0.0",
+                                         "mask-length4": 16})  # fmt: skip
+    await client.call("add-service-tcp", name=f"app{n}", port=str(8000 + n))
+    await client.call("add-group", name=f"web-servers{n}", members=[f"web{n}"])
+    await client.call(
+        "add-access-rule",
+        layer="Network",
+        position="top",
+        name=f"lan{n} to web{n}",
+        source=[f"lan{n}"],
+        destination=[f"web-servers{n}"],
+        service=[f"app{n}"],
+        action="Accept",
+        track={"type": "Log"},
+    )
+    await client.call("add-access-rule", layer="Network", position="bottom",
+                      name=f"cleanup {n}", action="Drop")  # fmt: skip
+
+
+async def _wait_for_domain(cluster: LocalCluster, domain: str) -> None:
+    from crdtmds.client import Client
+
+    async def visible(url: str) -> bool:
+        async with Client([url], user=cluster.admin, password=cluster.password) as c:
+            reply = await c.call("show-domains")
+            return any(d.get("name") == domain for d in reply.get("objects", []))
+
+    await _until(lambda: _all(visible(url) for url in cluster.urls))
+
+
+async def _wait_for_convergence(clients: list[Client]) -> list[dict[str, Any]]:
+    latest: list[dict[str, Any]] = []
+
+    async def identical() -> bool:
+        nonlocal latest
+        latest = list(await asyncio.gather(
+            *(c.call("show-access-rulebase", name="Network", limit=500) for c in clients)
+        ))  # fmt: skip
+        keys = {tuple((r["uid"], r["rule-number"]) for r in rb["rulebase"]) for rb in latest}
+        return len(keys) == 1 and latest[0]["total"] > 0
+
+    await _until(identical)
+    return latest
+
+
+async def _all(checks: Any) -> bool:
+    return all(await asyncio.gather(*checks))
+
+
+async def _until(check: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + CONVERGENCE_TIMEOUT
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"not converged within {CONVERGENCE_TIMEOUT:.0f} s")
+
+
+def _step(title: str, action: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    result = action()
+    typer.echo(f"[{(time.perf_counter() - started) * 1000:8.1f} ms] {title}")
+    return result
+
+
+async def _astep(title: str, action: Callable[[], Awaitable[T]]) -> T:
+    started = time.perf_counter()
+    result = await action()
+    typer.echo(f"[{(time.perf_counter() - started) * 1000:8.1f} ms] {title}")
+    return result
+
+
+def _print_rulebase(rulebase: dict[str, Any]) -> None:
+    names = {o["uid"]: o.get("name", o["uid"]) for o in rulebase.get("objects-dictionary", [])}
+
+    def cell(uids: list[str]) -> str:
+        return ", ".join(names.get(u, u) for u in uids)
+
+    rows = [
+        (str(r["rule-number"]), r.get("name", ""), cell(r.get("source", [])),
+         cell(r.get("destination", [])), cell(r.get("service", [])), r.get("action", ""))
+        for r in rulebase["rulebase"]
+    ]  # fmt: skip
+    header = ("No.", "Name", "Source", "Destination", "Service", "Action")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)))
+
+
+def _describe(reply: dict[str, Any]) -> str:
+    problems = reply.get("problems", reply.get("errors", []))
+    return "no problems" if not problems else f"{len(problems)} problem(s): {problems}"
+
+
+def _remove_tree(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)

@@ -12,6 +12,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def root() -> None:
+    """Active/active multi-domain security management configuration store."""
+
+
 server_commands.register(app)
 admin_commands.register(app)
 demo.register(app)

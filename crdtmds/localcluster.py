@@ -1,0 +1,174 @@
+"""A cluster of real crdtmds server processes on loopback, for the demo, tests and benchmarks.
+
+Each server is a separate `crdtmds start` process with its own data directory and an
+OS-chosen port. The first is initialised as the Primary; the others join it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crdtmds.errors import ClusterError
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def cli_command(*args: str) -> list[str]:
+    """The argv that runs the crdtmds command line with this interpreter."""
+    return [sys.executable, "-m", "crdtmds_cli.main", *args]
+
+
+@dataclass
+class LocalServer:
+    name: str
+    data_dir: Path
+    region: str = "default"
+    process: subprocess.Popen[str] | None = None
+    url: str = ""
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *, log_level: str = "warning", timeout: float = START_TIMEOUT) -> str:
+        """Start the server process and wait for its `listening on URL` line."""
+        if self.running:
+            return self.url
+        log_path = self.data_dir / "server.log"
+        self.process = subprocess.Popen(
+            cli_command("start", "--data", str(self.data_dir), "--log-level", log_level,
+                        *self.extra_args),
+            stdout=subprocess.PIPE,
+            stderr=open(log_path, "a"),  # noqa: SIM115 - owned by the child process
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        self.url = _read_listening_line(self.process, timeout, log_path)
+        return self.url
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def _read_listening_line(process: subprocess.Popen[str], timeout: float, log: Path) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                raise ClusterError(f"server exited with code {process.returncode}: {_tail(log)}")
+            continue
+        if line.startswith("listening on "):
+            return line.split("listening on ", 1)[1].strip()
+    process.kill()
+    raise ClusterError(f"server did not start within {timeout:.0f} s: {_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _run_cli(*args: str, timeout: float = START_TIMEOUT) -> str:
+    result = subprocess.run(
+        cli_command(*args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise ClusterError(f"crdtmds {args[0]} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+class LocalCluster:
+    """N servers on 127.0.0.1 under `root`; use as a context manager to stop them all."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: int = 3,
+        *,
+        admin: str = "admin",
+        password: str = "admin-password",
+        regions: list[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.admin = admin
+        self.password = password
+        self.secret = ""
+        self.servers = [
+            LocalServer(
+                name=f"s{i + 1}",
+                data_dir=self.root / f"s{i + 1}",
+                region=(regions[i % len(regions)] if regions else "default"),
+            )
+            for i in range(size)
+        ]
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers]
+
+    def start(self) -> LocalCluster:
+        """Initialise the Primary, start it, then join and start every Secondary."""
+        primary = self.servers[0]
+        output = _run_cli(
+            "init", "--data", str(primary.data_dir), "--name", primary.name,
+            "--listen", "127.0.0.1:0", "--region", primary.region,
+            "--admin", self.admin, "--password", self.password, "--json",
+        )  # fmt: skip
+        self.secret = json.loads(output)["secret"]
+        primary.start()
+        for server in self.servers[1:]:
+            self.join(server, peer=primary.url)
+            server.start()
+        return self
+
+    def join(self, server: LocalServer, *, peer: str) -> None:
+        _run_cli(
+            "join", "--data", str(server.data_dir), "--name", server.name,
+            "--listen", "127.0.0.1:0", "--region", server.region,
+            "--peer", peer, "--secret", self.secret,
+        )  # fmt: skip
+
+    def add_server(self, name: str, *, region: str = "default") -> LocalServer:
+        """Join one more server (a late joiner) through the first running server."""
+        server = LocalServer(name=name, data_dir=self.root / name, region=region)
+        peer = next(s.url for s in self.servers if s.running)
+        self.join(server, peer=peer)
+        server.start()
+        self.servers.append(server)
+        return server
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
