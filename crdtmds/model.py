@@ -65,7 +65,7 @@ RULE_REFERENCE_FIELDS = ("source", "destination", "service")
 
 MAX_NAME_LENGTH = 128
 MAX_TEXT_LENGTH = 4096
-_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+_PORT_RE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
 Resolver = Callable[[str], Mapping[str, Any] | None]
 """Looks an object up by uid or name, as the editing session sees the domain."""
@@ -130,6 +130,11 @@ def check_ip(value: Any, field: str, version: int | None = None) -> str:
         raise ValidationError(
             f"'{field}' is not a valid IP address: {text!r}", details={"parameter": field}
         ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        # A zone index names an interface of one machine; it means nothing in a policy.
+        raise ValidationError(
+            f"'{field}' must not carry a zone index: {text!r}", details={"parameter": field}
+        )
     if version is not None and address.version != version:
         raise ValidationError(
             f"'{field}' must be an IPv{version} address: {text!r}", details={"parameter": field}
@@ -139,13 +144,18 @@ def check_ip(value: Any, field: str, version: int | None = None) -> str:
 
 def check_mask_length(value: Any, field: str, version: int) -> int:
     limit = 32 if version == 4 else 128
-    if isinstance(value, str) and value.isdigit():
+    if _is_ascii_number(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
         raise ValidationError(
             f"'{field}' must be an integer from 0 to {limit}", details={"parameter": field}
         )
     return value
+
+
+def _is_ascii_number(value: Any) -> bool:
+    # str.isdigit() also accepts digits int() cannot parse, such as "²".
+    return isinstance(value, str) and value.isascii() and value.isdigit()
 
 
 def check_port(value: Any) -> str:
@@ -283,6 +293,13 @@ def _build_range(record: dict[str, Any], params: Mapping[str, Any], _: Resolver)
             address = check_ip(fields.pop(generic), generic)
             version = ipaddress.ip_address(address).version
             fields[f"ipv{version}-address-{end}"] = address
+    firsts = {v for v in (4, 6) if f"ipv{v}-address-first" in fields}
+    lasts = {v for v in (4, 6) if f"ipv{v}-address-last" in fields}
+    if firsts and lasts and firsts.isdisjoint(lasts):
+        raise ValidationError(
+            "an address range must start and end in the same IP version",
+            details={"parameter": "ip-address-last"},
+        )
     for version in (4, 6):
         first_key, last_key = f"ipv{version}-address-first", f"ipv{version}-address-last"
         for key in (first_key, last_key):
@@ -488,7 +505,7 @@ def check_position(value: Any, field: str = "position") -> Any:
     if isinstance(value, str):
         if value in ("top", "bottom"):
             return value
-        if value.isdigit():
+        if _is_ascii_number(value):
             value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:

@@ -241,6 +241,11 @@ class Session:
         layer = self.view.get_layer(params.get("layer"))
         current = self.view.get_rule(layer, _rule_ref(params))
         rule = model.build_rule(params, self.view.find_object, existing=current)
+        # Resolve the move before writing anything, so a bad position rejects the whole edit.
+        target = None
+        if "new-position" in params:
+            position = model.check_position(params["new-position"], "new-position")
+            target = self._raw_index(layer, position, moving=rule["uid"])
         if rule != current:
             rule_id = child_id(self.fork, self._layer_ids(layer.uid)[0], rule["uid"])
             if rule_id is None:
@@ -248,8 +253,8 @@ class Session:
             self._write_fields(rule_id, current, rule)
             layer.rules[rule["uid"]] = rule
             self._touched.rules.add((layer.uid, rule["uid"]))
-        if "new-position" in params:
-            self._move_rule(layer, rule["uid"], model.check_position(params["new-position"]))
+        if target is not None:
+            self._move_rule(layer, rule["uid"], target)
         return self._numbered(layer, layer.rules[rule["uid"]])
 
     def delete_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,15 +275,10 @@ class Session:
         self._touched.orders.add(layer.uid)
         return rule
 
-    def _move_rule(self, layer: Layer, uid: str, position: Any) -> None:
-        if isinstance(position, dict) and next(iter(position.values())) in (
-            uid,
-            layer.rules[uid].get("name") or None,
-        ):
-            raise ValidationError("a rule cannot be moved relative to itself")
+    def _move_rule(self, layer: Layer, uid: str, target: int) -> None:
+        """Move rule `uid` to index `target` of the order list without it."""
         indices = _indices_of(layer.order, uid)
         remaining = [u for u in layer.order if u != uid]
-        target = self._raw_index(Layer(layer.uid, layer.name, layer.rules, remaining), position)
         _, order_id = self._layer_ids(layer.uid)
 
         def write(tx: Any) -> None:
@@ -291,22 +291,30 @@ class Session:
         layer.order = remaining
         self._touched.orders.add(layer.uid)
 
-    def _raw_index(self, layer: Layer, position: Any) -> int:
-        """Index in the stored order list for a position given against the visible order."""
+    def _raw_index(self, layer: Layer, position: Any, *, moving: str | None = None) -> int:
+        """Index in the stored order list for a position given against the visible order.
+
+        With `moving`, the index is in the order list once that rule is taken out of it,
+        and a rule number is where the moved rule ends up.
+        """
+        order = [u for u in layer.order if u != moving]
         if position == "top":
             return 0
         if position == "bottom":
-            return len(layer.order)
-        visible = layer.ordered_uids()
+            return len(order)
         if isinstance(position, int):
-            if position > len(visible):
-                return len(layer.order)
-            return layer.order.index(visible[position - 1])
-        ((where, ref),) = position.items()
-        anchor = self.view.get_rule(layer, ref)["uid"]
-        if anchor not in layer.order:
-            return len(layer.order)
-        index = layer.order.index(anchor)
+            others = {u: r for u, r in layer.rules.items() if u != moving}
+            visible = model.effective_order(order, others)
+            where, anchor = "above", visible[position - 1] if position <= len(visible) else None
+        else:
+            ((where, ref),) = position.items()
+            anchor = self.view.get_rule(layer, ref)["uid"]
+            if anchor == moving:
+                raise ValidationError("a rule cannot be moved relative to itself")
+        # Rules missing from the order list are shown last, after everything in it.
+        if anchor is None or anchor not in order:
+            return len(order)
+        index = order.index(anchor)
         return index if where == "above" else index + 1
 
     def _numbered(self, layer: Layer, rule: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +388,7 @@ class Session:
         if revisions is None:
             raise PublishFailed("the domain document has no revision list")
         index = self.fork.length(revisions)
-        self._commit(lambda tx: insert_value(tx, revisions, index, revision))
+        self._commit(lambda tx: insert_value(tx, revisions, index, revision), draft=False)
         self.view.revisions.append(revision)
         self._pending = PendingPublish(revision, list(self._own_changes), heads_before)
         return self._pending
@@ -479,6 +487,7 @@ class Session:
         self._own_changes = []
         self._unsaved = []
         self._touched = _Touched()
+        self._pending = None
 
     def _touch_everything(self) -> None:
         for state in (self.base, self.view):
@@ -489,16 +498,25 @@ class Session:
 
     # ------------------------------------------------------------ writing the fork
 
-    def _commit(self, write: Any) -> None:
-        """Run `write(tx)` as one change of the fork and remember that change."""
+    def _commit(self, write: Any, *, draft: bool = True) -> None:
+        """Run `write(tx)` as one change of the fork and remember that change.
+
+        A `draft` change is also handed out by `take_unsaved_changes`; the revision entry
+        is not, since it only ever reaches storage as part of a publish.
+        """
         if self._pending is not None:
             raise PublishFailed("a publish of this session is in progress")
+        heads_before = self.fork.get_heads()
         with self.fork.transaction() as tx:
             write(tx)
-        change = self.fork.get_last_local_change()
-        if change is not None:
-            self._own_changes.append((change.hash, change.bytes))
-            self._unsaved.append(change.bytes)
+        # A transaction that wrote nothing makes no change; the last local change is then
+        # an older one, already remembered.
+        if self.fork.get_heads() != heads_before:
+            change = self.fork.get_last_local_change()
+            if change is not None:
+                self._own_changes.append((change.hash, change.bytes))
+                if draft:
+                    self._unsaved.append(change.bytes)
         self.last_active = time.time()
 
     def _write_fields(self, obj: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
