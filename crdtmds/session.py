@@ -12,8 +12,9 @@ the changes returned by `prepare_publish()` before `complete_publish()`.
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -338,29 +339,40 @@ class Session:
             new = new_layer.rules.get(uid) if new_layer else None
             _classify(_as_rule(old, old_layer), _as_rule(new, new_layer), added, modified,
                       deleted)  # fmt: skip
-        modified.extend(self._moved_rules(already={m["uid"] for m in modified}))
+        self._add_moved_rules(modified)
         return {"added": added, "modified": modified, "deleted": deleted}
 
-    def _moved_rules(self, already: set[str]) -> list[dict[str, Any]]:
-        moved: list[dict[str, Any]] = []
+    def _add_moved_rules(self, modified: list[dict[str, Any]]) -> None:
+        """Report rules the draft moved as a change of their `rule-number`.
+
+        A rule counts as moved when its order relative to the other rules changed; a rule
+        that only shifted because others were added, deleted or moved around it does not.
+        """
+        listed = {entry["uid"]: entry for entry in modified}
         for layer_uid in sorted(self._touched.orders):
             old_layer, new_layer = self.base.layers.get(layer_uid), self.view.layers.get(layer_uid)
             if old_layer is None or new_layer is None:
                 continue
             before = {u: n for n, u in enumerate(old_layer.ordered_uids(), start=1)}
-            for number, uid in enumerate(new_layer.ordered_uids(), start=1):
-                if uid in before and before[uid] != number and uid not in already:
-                    rule = new_layer.rules[uid]
-                    moved.append(
-                        {
-                            "uid": uid,
-                            "type": "access-rule",
-                            "name": rule.get("name", ""),
-                            "layer": new_layer.name,
-                            "fields": {"rule-number": {"old": before[uid], "new": number}},
-                        }
-                    )
-        return moved
+            after = {u: n for n, u in enumerate(new_layer.ordered_uids(), start=1)}
+            kept = [u for u in after if u in before]
+            in_place = _longest_increasing(kept, before.__getitem__)
+            for uid in kept:
+                if uid in in_place:
+                    continue
+                number = {"rule-number": {"old": before[uid], "new": after[uid]}}
+                if uid in listed:
+                    listed[uid]["fields"].update(number)
+                    continue
+                modified.append(
+                    {
+                        "uid": uid,
+                        "type": "access-rule",
+                        "name": new_layer.rules[uid].get("name", ""),
+                        "layer": new_layer.name,
+                        "fields": number,
+                    }
+                )
 
     def change_count(self) -> int:
         changes = self.show_changes()
@@ -571,6 +583,29 @@ def _rule_ref(params: Mapping[str, Any]) -> Any:
 
 def _indices_of(order: list[str], uid: str) -> list[int]:
     return [i for i, u in enumerate(order) if u == uid]
+
+
+def _longest_increasing(items: list[str], key: Callable[[str], int]) -> set[str]:
+    """The items of one longest subsequence of `items` whose keys increase."""
+    tails: list[int] = []  # tails[k]: index of the smallest last item of a run of length k+1
+    tail_keys: list[int] = []
+    previous: list[int | None] = []
+    for index, item in enumerate(items):
+        k = key(item)
+        length = bisect.bisect_left(tail_keys, k)
+        previous.append(tails[length - 1] if length else None)
+        if length == len(tails):
+            tails.append(index)
+            tail_keys.append(k)
+        else:
+            tails[length] = index
+            tail_keys[length] = k
+    found: set[str] = set()
+    cursor = tails[-1] if tails else None
+    while cursor is not None:
+        found.add(items[cursor])
+        cursor = previous[cursor]
+    return found
 
 
 def _as_rule(rule: dict[str, Any] | None, layer: Layer | None) -> dict[str, Any] | None:
