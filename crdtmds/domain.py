@@ -247,9 +247,11 @@ def layer_from_plain(uid: str, plain: Mapping[str, Any]) -> Layer:
 
 _PATCH_OBJ = r'(?:Root|Id\(\d+, ActorID\("[0-9a-f]*"\), \d+\))'
 _PATCH_PROP = r'(?:Map\("([^"\\]*)"\)|Seq\((\d+)\))'
+# A Conflict names its key as `prop: Map("k")` / `prop: Seq(i)`, the others as `key:`/`index:`.
+_PATCH_KEY = r'(?:key: "([^"\\]*)"|index: (\d+)|prop: ' + _PATCH_PROP + ")"
 _PATCH_RE = re.compile(
     r"^Patch \{ obj: " + _PATCH_OBJ + r", path: \[((?:\(" + _PATCH_OBJ + ", " + _PATCH_PROP
-    + r"\)(?:, )?)*)\], action: (\w+) \{ (?:key: \"([^\"\\]*)\"|index: (\d+))?"
+    + r"\)(?:, )?)*)\], action: (\w+) \{ " + _PATCH_KEY + "?"
 )  # fmt: skip
 _PATH_PROP_RE = re.compile(_PATCH_PROP)
 
@@ -266,9 +268,10 @@ def parse_patch(text: str) -> tuple[list[str | int], str, str | int | None] | No
     path: list[str | int] = [
         key if index == "" else int(index) for key, index in _PATH_PROP_RE.findall(match.group(1))
     ]
-    key: str | int | None = match.group(5)
-    if key is None and match.group(6) is not None:
-        key = int(match.group(6))
+    key: str | int | None = match.group(5) if match.group(5) is not None else match.group(7)
+    index = match.group(6) or match.group(8)
+    if key is None and index is not None:
+        key = int(index)
     return path, match.group(4), key
 
 

@@ -1,0 +1,556 @@
+"""The live domain document and its incrementally kept plain-data view.
+
+The view must always equal a full re-read of the document: after local publishes, after
+changes merged from a peer, and after concurrent moves; and publishing the same drafts in
+any order must give identical documents everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from unittest import mock
+
+import pytest
+from automerge.core import ROOT, Document, ScalarType
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crdtmds import model
+from crdtmds.docdata import child_id, put_value, read, unhex_heads
+from crdtmds.domain import FULL, Domain, DomainState, parse_patch, refresh_state, touched_by
+from crdtmds.errors import CrdtmdsError
+from crdtmds.session import Session
+
+
+def full_read(doc: Document) -> DomainState:
+    return DomainState.from_plain(read(doc))
+
+
+def publish(session: Session, comments: str = "") -> dict[str, Any]:
+    session.prepare_publish(comments)
+    return session.complete_publish()
+
+
+def rule_names(state: DomainState) -> list[str]:
+    return [rule["name"] for rule in state.rulebase()]
+
+
+def build_base() -> Domain:
+    domain = Domain.create("acme", "doc-domain")
+    setup = Session.open(domain, admin="setup", server="s1")
+    setup.add_object("host", {"name": "web", "ipv4-address": "10.0.0.1"})
+    setup.add_object("host", {"name": "db", "ipv4-address": "10.0.0.2"})
+    setup.add_object("network", {"name": "lan", "subnet4": "10.0.0.0", "mask-length4": 24})
+    setup.add_object("service-tcp", {"name": "https", "port": 443})
+    setup.add_object("group", {"name": "servers", "members": ["web", "db"]})
+    for name in "ABCD":
+        setup.add_rule({"name": name, "position": "bottom", "destination": ["servers"]})
+    publish(setup, "base")
+    return domain
+
+
+BASE_BYTES = build_base().doc.save()
+
+
+def load_base(document_id: str = "doc-domain") -> Domain:
+    return Domain(document_id, Document.load(BASE_BYTES))
+
+
+def peer_of(domain: Domain) -> Domain:
+    """Another server's copy of the same document."""
+    return Domain(domain.document_id, Document.load(domain.doc.save()))
+
+
+@contextmanager
+def no_full_reads() -> Iterator[None]:
+    """Fail if the view is rebuilt from a full read instead of being refreshed."""
+
+    def refuse(cls: type, root: Any) -> DomainState:
+        raise AssertionError("full re-read of the domain")
+
+    with mock.patch.object(DomainState, "from_plain", classmethod(refuse)):
+        yield
+
+
+# ---------------------------------------------------------------- creation and shape
+
+
+def test_create() -> None:
+    domain = Domain.create("  acme  ", "doc-x")
+    assert domain.name == "acme"
+    assert domain.document_id == "doc-x"
+    assert domain.is_domain_document()
+    assert [layer.name for layer in domain.state.layers.values()] == ["Network"]
+    assert domain.state.rulebase() == []
+    assert domain.state.revisions == []
+    assert domain.state == full_read(domain.doc)
+    assert len(domain.heads()) == 1
+
+
+@pytest.mark.parametrize("name", ["", "Any", 5])
+def test_create_refuses_bad_names(name: Any) -> None:
+    with pytest.raises(CrdtmdsError):
+        Domain.create(name, "doc-x")
+
+
+def test_an_empty_copy_waits_for_its_first_sync() -> None:
+    source = load_base()
+    empty = Domain(source.document_id, Document())
+    assert not empty.is_domain_document()
+    assert empty.state.objects == {}
+    empty.doc.merge(source.doc)
+    assert empty.is_domain_document()
+    assert empty.state == full_read(source.doc)
+
+
+# ---------------------------------------------------------------- incremental view
+
+
+def test_view_follows_local_publishes() -> None:
+    domain = load_base()
+    session = Session.open(domain, admin="alice", server="s1")
+    session.add_object("host", {"name": "new", "ip-address": "10.0.0.9"})
+    session.set_object("group", {"name": "servers", "members": ["new"]})
+    session.add_rule({"name": "E", "position": 2, "source": ["new"]})
+    session.set_rule({"name": "A", "new-position": "bottom", "action": "Accept"})
+    session.delete_rule({"name": "C"})
+    publish(session)
+    assert domain.state == full_read(domain.doc)
+    assert rule_names(domain.state) == ["E", "B", "D", "A"]
+
+    session.delete_object("host", {"name": "web"})
+    revision = publish(session)
+    assert domain.state == full_read(domain.doc)
+    session.revert_to(domain.state.revisions[0]["uid"])
+    publish(session)
+    assert domain.state == full_read(domain.doc)
+    assert rule_names(domain.state) == ["A", "B", "C", "D"]
+    assert domain.state.revisions[-2] == revision
+
+
+def test_view_follows_changes_merged_from_a_peer() -> None:
+    domain = load_base()
+    before = domain.state
+    peer = peer_of(domain)
+    editor = Session.open(peer, admin="bob", server="s2")
+    editor.add_object("address-range", {"name": "pool", "ip-address-first": "10.0.0.10",
+                                        "ip-address-last": "10.0.0.20"})  # fmt: skip
+    editor.set_object("host", {"name": "web", "new-name": "www", "tags": ["dmz"]})
+    editor.delete_object("service-tcp", {"name": "https"})
+    editor.add_rule({"name": "E", "position": {"above": "B"}, "source": ["pool"]})
+    editor.set_rule({"name": "D", "new-position": "top", "enabled": False})
+    editor.delete_rule({"name": "C"})
+    publish(editor, "from s2")
+
+    with no_full_reads():
+        domain.doc.merge(peer.doc)
+        state = domain.state
+    assert state == full_read(domain.doc)
+    assert state == peer.state
+    assert rule_names(state) == ["D", "A", "E", "B"]
+    assert state.find_object("www")["tags"] == ["dmz"]
+    assert state.find_object("web") is None
+    assert state.revisions[-1]["comments"] == "from s2"
+    # The earlier view is a value: refreshing did not change it.
+    assert before == full_read(Document.load(BASE_BYTES))
+
+
+def test_view_follows_raw_peer_edits_outside_sessions() -> None:
+    domain = load_base()
+    domain.state  # noqa: B018 - keep a view to be refreshed
+    peer = peer_of(domain)
+    layers = child_id(peer.doc, ROOT, "layers")
+    with peer.doc.transaction() as tx:
+        tx.put(ROOT, "name", ScalarType.Str, "acme-renamed")
+        put_value(tx, layers, "second", {"uid": "second", "name": "Second", "rules": {},
+                                         "order": []})  # fmt: skip
+    assert domain.state.name == "acme"
+    domain.doc.merge(peer.doc)
+    assert domain.state == full_read(domain.doc)
+    assert domain.name == "acme-renamed"
+    assert domain.state.get_layer("Second").uid == "second"
+
+    layer_id = child_id(peer.doc, layers, "second")
+    with peer.doc.transaction() as tx:
+        tx.put(layer_id, "name", ScalarType.Str, "Renamed")
+    with peer.doc.transaction() as tx:
+        tx.delete(layers, domain.state.get_layer().uid)
+    domain.doc.merge(peer.doc)
+    assert domain.state == full_read(domain.doc)
+    assert [layer.name for layer in domain.state.layers.values()] == ["Renamed"]
+
+
+def test_view_survives_foreign_shapes() -> None:
+    """Data crdtmds never writes (a scalar where a record belongs) is read, not fatal."""
+    domain = load_base()
+    domain.state  # noqa: B018
+    peer = peer_of(domain)
+    objects = child_id(peer.doc, ROOT, "objects")
+    revisions = child_id(peer.doc, ROOT, "revisions")
+    with peer.doc.transaction() as tx:
+        tx.put(objects, "junk", ScalarType.Str, "not a record")
+        tx.insert(revisions, 0, ScalarType.Int, 7)
+    domain.doc.merge(peer.doc)
+    assert domain.state == full_read(domain.doc)
+    assert "junk" not in domain.state.objects
+    assert domain.state.revisions[0] == {}
+
+
+def test_concurrent_moves_leave_repeats_that_reads_drop() -> None:
+    domain = load_base()
+    peer = peer_of(domain)
+    here = Session.open(domain, admin="alice", server="s1")
+    there = Session.open(peer, admin="bob", server="s2")
+    here.set_rule({"name": "A", "new-position": "bottom"})
+    there.set_rule({"name": "A", "new-position": 3})
+    there.set_rule({"name": "D", "new-position": "top"})
+    publish(here)
+    publish(there)
+    with no_full_reads():
+        domain.doc.merge(peer.doc)
+        state = domain.state
+    peer.doc.merge(domain.doc)
+    assert sorted(domain.heads()) == sorted(peer.heads())
+    assert state == full_read(domain.doc) == peer.state
+
+    layer = state.get_layer()
+    raw = read(domain.doc)["layers"][layer.uid]["order"]
+    assert layer.order == raw
+    rule_a = state.get_rule(layer, "A")["uid"]
+    assert Counter(raw)[rule_a] == 2
+    names = rule_names(state)
+    assert sorted(names) == ["A", "B", "C", "D"]
+    assert [r["uid"] for r in state.rulebase()] == model.effective_order(raw, layer.rules)
+    assert [r["rule-number"] for r in state.rulebase()] == [1, 2, 3, 4]
+
+    # Sessions opened on the merged document work against the visible order.
+    fixer = Session.open(domain, admin="carol", server="s1")
+    fixer.set_rule({"name": "A", "new-position": 1})
+    fixer.add_rule({"name": "E", "position": 2})
+    assert rule_names(fixer.view)[:2] == ["A", "E"]
+    publish(fixer)
+    assert domain.state == full_read(domain.doc)
+    # A move takes out every copy of the rule it moves.
+    assert domain.state.get_layer().order.count(rule_a) == 1
+
+
+def test_state_at_a_past_revision() -> None:
+    domain = load_base()
+    first = domain.state.revisions[0]
+    at_first = domain.state.copy()
+    session = Session.open(domain, admin="alice", server="s1")
+    session.add_object("host", {"name": "later", "ip-address": "10.0.0.9"})
+    session.delete_rule({"name": "A"})
+    second = publish(session)
+    past = domain.state_at(unhex_heads(first["heads"]))
+    assert past.objects == at_first.objects
+    assert past.rulebase() == at_first.rulebase()
+    assert past.revisions == []  # the heads are those of the content, before its entry
+    between = domain.state_at(unhex_heads(second["heads"]))
+    assert between.find_object("later") is not None
+    assert between.revisions == [first]
+    assert domain.state.find_object("later") is not None
+
+
+def test_state_at_unknown_heads() -> None:
+    domain = load_base()
+    with pytest.raises(CrdtmdsError) as caught:
+        domain.state_at([bytes(32)])
+    assert caught.value.code == "err_validation_failed"
+
+
+# ---------------------------------------------------------------- patch parsing
+
+
+def patches_of(domain: Domain, edit: Any) -> list[str]:
+    before = domain.heads()
+    session = Session.open(domain, admin="alice", server="s1")
+    edit(session)
+    publish(session)
+    return [repr(p) for p in domain.doc.diff(before, domain.heads())]
+
+
+def test_parse_patch_on_real_patches() -> None:
+    domain = load_base()
+    state = domain.state
+    layer = state.get_layer()
+    web = state.find_object("web")["uid"]
+    rule_a = state.get_rule(layer, "A")["uid"]
+    rule_b = state.get_rule(layer, "B")["uid"]
+
+    def edit(session: Session) -> None:
+        session.set_object("host", {"name": "web", "comments": "c"})
+        session.delete_object("service-tcp", {"name": "https"})
+        session.set_rule({"name": "A", "source": ["lan"], "new-position": "bottom"})
+        session.delete_rule({"name": "B"})
+
+    parsed = [parse_patch(text) for text in patches_of(domain, edit)]
+    assert None not in parsed
+    https = next(u for u, o in state.objects.items() if o["name"] == "https")
+    expected = {
+        (("objects", web), "PutMap", "comments"),
+        (("objects",), "DeleteMap", https),
+        (("layers", layer.uid, "rules", rule_a), "PutMap", "source"),
+        (("layers", layer.uid, "rules"), "DeleteMap", rule_b),
+        (("layers", layer.uid, "order"), "DeleteSeq", 0),
+        (("layers", layer.uid, "order"), "Insert", 2),
+        (("revisions",), "Insert", 1),
+        (("revisions", 1), "PutMap", "admin"),
+        (("revisions", 1, "heads"), "Insert", 0),
+    }
+    seen = {(tuple(path), action, key) for path, action, key in parsed}
+    assert expected <= seen, expected - seen
+    touched = {touched_by(path, key) for path, _, key in parsed}
+    assert touched == {
+        ("object", web),
+        ("object", https),
+        ("rule", layer.uid, rule_a),
+        ("rule", layer.uid, rule_b),
+        ("order", layer.uid),
+        ("revisions", 1),
+    }
+
+
+def test_parse_patch_of_a_root_conflict() -> None:
+    domain = load_base()
+    domain.state  # noqa: B018
+    peer = peer_of(domain)
+    with peer.doc.transaction() as tx:
+        tx.put(ROOT, "name", ScalarType.Str, "there")
+    with domain.doc.transaction() as tx:
+        tx.put(ROOT, "name", ScalarType.Str, "here")
+    before = domain.heads()
+    domain.doc.merge(peer.doc)
+    (text,) = [repr(p) for p in domain.doc.diff(before, domain.heads())]
+    # Which value wins depends on the random actor ids: a PutMap if the peer's does, a
+    # Conflict (naming its key as a prop) if ours does.
+    path, action, key = parse_patch(text)
+    assert (path, key) == ([], "name")
+    assert action in ("PutMap", "Conflict")
+    assert touched_by(path, key) == ("name",)
+    assert domain.state == full_read(domain.doc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Patch { obj: Root, path: [], action: Mystery }",
+        'Patch { obj: Root, path: [(Root, Map("a\\"b"))], action: PutMap { key: "x" } }',
+        'Patch { obj: Id(1, ActorID("zz"), 0), path: [], action: PutMap { key: "x" } }',
+        "not a patch at all",
+    ],
+)
+def test_parse_patch_refuses_what_it_does_not_know(text: str) -> None:
+    assert parse_patch(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ('Patch { obj: Root, path: [], action: Conflict { prop: Map("name") } }',
+         ([], "Conflict", "name")),
+        ('Patch { obj: Id(8, ActorID("ab12"), 1), path: [(Root, Map("layers")), '
+         '(Id(3, ActorID("ab12"), 1), Map("L")), (Id(4, ActorID("ab12"), 1), Map("order"))], '
+         "action: Conflict { prop: Seq(2) } }",
+         (["layers", "L", "order"], "Conflict", 2)),
+        # A key the pattern cannot read leaves the containing entity to re-read.
+        ('Patch { obj: Root, path: [(Root, Map("objects"))], action: PutMap { key: "a\\"b", '
+         "value: x } }",
+         (["objects"], "PutMap", None)),
+    ],
+)  # fmt: skip
+def test_parse_patch_forms(text: str, parsed: tuple[Any, ...]) -> None:
+    assert parse_patch(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "touch"),
+    [
+        ([], None, FULL),
+        ([], "name", ("name",)),
+        ([], "objects", FULL),
+        (["objects"], None, FULL),
+        (["objects"], "u1", ("object", "u1")),
+        (["objects", "u1", "members"], 0, ("object", "u1")),
+        (["revisions"], 4, ("revisions", 4)),
+        (["revisions", 2, "heads"], 0, ("revisions", 2)),
+        (["layers"], "L", ("layer", "L")),
+        (["layers", "L"], "name", ("layer-name", "L")),
+        (["layers", "L"], "order", ("layer", "L")),
+        (["layers", "L"], "rules", ("layer", "L")),
+        (["layers", "L"], "other", ("layer", "L")),
+        (["layers", "L", "order"], 3, ("order", "L")),
+        (["layers", "L", "rules"], "R", ("rule", "L", "R")),
+        (["layers", "L", "rules", "R", "source"], 0, ("rule", "L", "R")),
+        (["layers"], None, FULL),
+        (["other"], "x", FULL),
+    ],
+)
+def test_touched_by(path: list[Any], key: Any, touch: tuple[Any, ...]) -> None:
+    assert touched_by(path, key) == touch
+
+
+def test_refresh_state_falls_back_to_a_full_read() -> None:
+    domain = load_base()
+    stale = domain.state
+    since = domain.heads()
+    with domain.doc.transaction() as tx:
+        put_value(tx, ROOT, "objects", {})
+    fresh = refresh_state(domain.doc, stale, since)
+    assert fresh == full_read(domain.doc)
+    assert fresh.objects == {}
+    assert stale.objects != {}
+
+
+# ---------------------------------------------------------------- publish order
+
+
+class _FixedClock(datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> datetime:
+        return datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@contextmanager
+def deterministic_revision(session_uid: str) -> Iterator[None]:
+    """The revision entry a session writes depends only on the session, not the moment."""
+    with (
+        mock.patch("crdtmds.session.datetime", _FixedClock),
+        mock.patch.object(model, "new_uid", lambda: f"revision-of-{session_uid}"),
+    ):
+        yield
+
+
+POOL = ["h0", "h1", "h2", "grp", "svc", "web", "db", "lan"]
+EDITS = st.tuples(
+    st.sampled_from(
+        ["add-host", "add-group", "add-service", "set-object", "delete-object", "add-rule",
+         "set-rule", "move-rule", "delete-rule"]
+    ),
+    st.integers(0, 50),
+    st.integers(0, 50),
+)  # fmt: skip
+POSITIONS = ["top", "bottom", 1, 2, 3, 9, "above", "below"]
+
+
+def pick(items: list[Any], k: int) -> Any:
+    return items[k % len(items)] if items else None
+
+
+def position_for(view: DomainState, k: int) -> Any:
+    position = pick(POSITIONS, k)
+    if position in ("above", "below"):
+        rules = view.rulebase()
+        if not rules:
+            return "top"
+        return {position: pick(rules, k // 7)["uid"]}
+    return position
+
+
+def apply_edit(session: Session, op: str, a: int, b: int) -> None:
+    view = session.view
+    objects = sorted(view.objects.values(), key=lambda r: r["uid"])
+    networks = [o for o in objects if o["type"] in model.NETWORK_TYPES]
+    rules = view.rulebase()
+    name = pick(POOL, a)
+    if op == "add-host":
+        session.add_object("host", {"name": name, "ip-address": f"10.1.{a}.{b}"})
+    elif op == "add-group":
+        members = [o["uid"] for i, o in enumerate(networks) if (b >> i) & 1]
+        session.add_object("group", {"name": name, "members": members})
+    elif op == "add-service":
+        session.add_object("service-udp", {"name": name, "port": 1000 + b})
+    elif op == "set-object" and objects:
+        target = pick(objects, b)
+        params: dict[str, Any] = {"uid": target["uid"], "comments": f"c{a}"}
+        if a % 3 == 0:
+            params["new-name"] = name
+        if a % 3 == 1:
+            params["color"] = "red"
+        session.set_object(target["type"], params)
+    elif op == "delete-object" and objects:
+        target = pick(objects, b)
+        session.delete_object(target["type"], {"uid": target["uid"]})
+    elif op == "add-rule":
+        source = [pick(networks, b)["uid"]] if networks and b % 2 else ["Any"]
+        session.add_rule({"name": f"r{a}", "position": position_for(view, a), "source": source})
+    elif op == "set-rule" and rules:
+        params = {"uid": pick(rules, a)["uid"], "action": pick(list(model.ACTIONS), b)}
+        if b % 2:
+            params["comments"] = f"c{b}"
+        session.set_rule(params)
+    elif op == "move-rule" and rules:
+        session.set_rule({"uid": pick(rules, a)["uid"], "new-position": position_for(view, b)})
+    elif op == "delete-rule" and rules:
+        session.delete_rule({"uid": pick(rules, a)["uid"]})
+
+
+def run_edits(session: Session, edits: list[tuple[str, int, int]]) -> None:
+    for op, a, b in edits:
+        heads = session.fork.get_heads()
+        try:
+            apply_edit(session, op, a, b)
+        except CrdtmdsError:
+            assert session.fork.get_heads() == heads
+
+
+def publish_deterministically(session: Session) -> None:
+    with deterministic_revision(session.uid):
+        session.prepare_publish(f"by {session.admin}")
+    session.complete_publish()
+
+
+def check_rulebase(state: DomainState) -> None:
+    for layer in state.layers.values():
+        uids = [rule["uid"] for rule in state.rulebase(layer.uid)]
+        assert sorted(uids) == sorted(layer.rules)
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(st.lists(EDITS, max_size=8), min_size=2, max_size=3))
+def test_publishing_in_any_order_converges(drafts: list[list[tuple[str, int, int]]]) -> None:
+    origin = load_base()
+    sessions = []
+    for number, edits in enumerate(drafts):
+        session = Session.open(
+            origin, admin=f"admin{number}", server=f"s{number}", uid=f"s{number}"
+        )
+        run_edits(session, edits)
+        assert session.view == full_read(session.fork)
+        sessions.append(session)
+    saved = [
+        (s.uid, s.admin, s.server, s.base_heads, s.actor, s.take_unsaved_changes())
+        for s in sessions
+    ]
+
+    # The sessions themselves publish in their own order on the original document...
+    for session in sessions:
+        publish_deterministically(session)
+    expected_heads = sorted(origin.heads())
+    expected_content = read(origin.doc)
+    assert origin.state == full_read(origin.doc)
+    check_rulebase(origin.state)
+
+    # ...and every other order, replayed from the saved drafts on fresh copies, agrees.
+    for order in itertools.permutations(saved):
+        copy = load_base()
+        for uid, admin, server, base_heads, actor, changes in order:
+            restored = Session.restore(
+                copy, uid=uid, admin=admin, server=server, base_heads=base_heads,
+                actor=actor, changes=changes,
+            )  # fmt: skip
+            publish_deterministically(restored)
+            assert copy.state == full_read(copy.doc)
+        assert sorted(copy.heads()) == expected_heads
+        assert read(copy.doc) == expected_content
+        check_rulebase(copy.state)
