@@ -190,8 +190,9 @@ class DomainState:
     def verify(self) -> list[dict[str, Any]]:
         """What concurrent publishes from different servers can leave behind.
 
-        Duplicate object or layer names, and references (group members, rule columns)
-        to objects that a concurrent publish deleted. An empty list means sound.
+        Duplicate object or layer names, references (group members, rule columns) to
+        objects that a concurrent publish deleted, and groups that concurrent edits made
+        contain themselves. An empty list means sound.
         """
         problems: list[dict[str, Any]] = [
             {"type": "duplicate-name", "name": name, "uids": list(uids)}
@@ -207,7 +208,24 @@ class DomainState:
             if len(uids) > 1
         )
         problems.extend(self._dangling_references())
+        problems.extend(self._group_cycles())
         return problems
+
+    def _group_cycles(self) -> Iterator[dict[str, Any]]:
+        groups = {
+            uid: list(record.get("members", ()))
+            for uid, record in self.objects.items()
+            if record.get("type") == "group"
+        }
+        reachable = {uid: _groups_reachable(uid, groups) for uid in groups}
+        reported: set[frozenset[str]] = set()
+        for uid in sorted(groups):
+            if uid not in reachable[uid]:
+                continue
+            cycle = frozenset(other for other in reachable[uid] if uid in reachable[other])
+            if cycle not in reported:
+                reported.add(cycle)
+                yield {"type": "group-cycle", "uids": sorted(cycle)}
 
     def _dangling_references(self) -> Iterator[dict[str, Any]]:
         for group in self.objects.values():
@@ -235,6 +253,18 @@ class DomainState:
                                 "field": column,
                                 "missing": ref,
                             }
+
+
+def _groups_reachable(start: str, groups: Mapping[str, list[str]]) -> set[str]:
+    """Groups that group `start` contains, directly or through other groups."""
+    seen: set[str] = set()
+    pending = list(groups[start])
+    while pending:
+        uid = pending.pop()
+        if uid in groups and uid not in seen:
+            seen.add(uid)
+            pending.extend(groups[uid])
+    return seen
 
 
 def layer_from_plain(uid: str, plain: Mapping[str, Any]) -> Layer:

@@ -87,9 +87,22 @@ def require(params: Mapping[str, Any], key: str) -> Any:
 def check_string(value: Any, field: str, *, limit: int = MAX_TEXT_LENGTH) -> str:
     if not isinstance(value, str):
         raise InvalidParameter(f"'{field}' must be a string", details={"parameter": field})
+    if not _is_utf8_text(value):
+        raise InvalidParameter(
+            f"'{field}' is not valid Unicode text (lone surrogate)", details={"parameter": field}
+        )
     if len(value) > limit:
         raise ValidationError(f"'{field}' is longer than {limit} characters")
     return value
+
+
+def _is_utf8_text(value: str) -> bool:
+    # JSON may carry "\ud800"; Automerge stores UTF-8 and would fail mid-transaction.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_name(value: Any, field: str = "name") -> str:

@@ -587,6 +587,18 @@ def test_invalid_common_fields(session: Session, params: dict[str, Any], code: s
     rejects(session, code, session.set_object, "host", {"name": "web", **params})
 
 
+def test_text_that_cannot_be_stored(session: Session) -> None:
+    bad = "x\ud800"  # a lone surrogate: valid in JSON, not encodable as UTF-8
+    host = {"name": "h", "ip-address": "1.1.1.1"}
+    rejects(session, INVALID, session.add_object, "host", {**host, "name": bad})
+    rejects(session, INVALID, session.add_object, "host", {**host, "comments": bad})
+    rejects(session, INVALID, session.add_object, "host", {**host, "tags": [bad]})
+    rejects(session, INVALID, session.set_object, "host", {"name": "web", "new-name": bad})
+    rejects(session, INVALID, session.add_rule, {"name": bad})
+    rejects(session, INVALID, session.set_rule, {"name": "r1", "comments": bad})
+    rejects(session, INVALID, session.prepare_publish, bad)
+
+
 def test_unknown_object_type(session: Session) -> None:
     rejects(session, INVALID, session.add_object, "router", {"name": "r"})
 

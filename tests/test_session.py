@@ -635,6 +635,30 @@ def test_concurrent_creation_of_one_name_is_reported(domain: Domain) -> None:
     assert domain.state.verify() == []
 
 
+def test_concurrent_group_cycle_is_reported(domain: Domain) -> None:
+    setup = Session.open(domain, admin="setup", server="s1")
+    a = setup.add_object("group", {"name": "a"})
+    b = setup.add_object("group", {"name": "b"})
+    c = setup.add_object("group", {"name": "c", "members": ["a"]})
+    publish(setup)
+    first = Session.open(domain, admin="alice", server="s1")
+    second = Session.open(domain, admin="bob", server="s2")
+    first.set_object("group", {"name": "a", "members": ["b"]})
+    second.set_object("group", {"name": "b", "members": ["a"]})
+    publish(first)
+    publish(second)
+    assert domain.state.verify() == [{"type": "group-cycle", "uids": sorted([a["uid"], b["uid"]])}]
+    assert c["uid"] not in domain.state.verify()[0]["uids"]
+    # With the cycle in place, edits still validate, and none can add to it.
+    fixer = Session.open(domain, admin="carol", server="s1")
+    with pytest.raises(CrdtmdsError) as caught:
+        fixer.set_object("group", {"name": "c", "members": ["a", "c"]})
+    assert caught.value.code == "err_validation_failed"
+    fixer.set_object("group", {"name": "b", "members": []})
+    publish(fixer)
+    assert domain.state.verify() == []
+
+
 def test_any_is_never_dangling(domain: Domain, session: Session) -> None:
     session.add_rule({"name": "any", "source": ["Any"]})
     publish(session)
