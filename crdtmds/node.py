@@ -1,26 +1,78 @@
 """A crdtmds server: storage, the cluster document, domains, sessions, and their gossip.
 
-`Node` composes the pieces of DESIGN.md. Its core (this part) keeps every document in
-memory, persists every change before anything else sees it, and tells gossip which
-documents changed. The network side (WebSocket listener on /sync and /api, dialers with
-backoff) moves bytes between sockets and the sans-I/O `Gossip` and `AdminAPI` objects.
+`Node` composes the pieces of DESIGN.md. Its core keeps every document in memory, persists
+every change before anything else sees it, and tells gossip which documents changed. Its
+network side moves bytes between sockets and the sans-I/O objects:
+
+- one WebSocket listener: ``/sync`` speaks the automerge-repo protocol through the `Gossip`
+  hub (other servers, and administrators' automerge-repo clients), ``/api`` carries the
+  admin API (JSON text frames), anything else is answered HTTP 404;
+- one dialer per remote server (every server of the cluster document, plus configured
+  peers), reconnecting with capped exponential backoff and jitter;
+- per connection, a reader task feeding frames to the hub (received changes are persisted
+  before the hub may forward them) and a sender task draining what the hub has to send,
+  woken whenever a document changes.
+
+Servers authenticate each other with an HMAC of the cluster secret over a fresh nonce
+(`auth.ServerCredentials`), carried in the join's peer metadata under ``crdtmds``; the
+listener answers with its own proof over the dialer's nonce. A join without that metadata
+is an administrator's automerge-repo client, authenticated by the credentials in the URL
+query; it may read the domains its administrator may read and write nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import inspect
+import json
 import logging
-from collections.abc import Callable
+import random
+import secrets
+import signal
+import socket
+import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from automerge.core import Document
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response as HttpResponse
 
 from crdtmds import auth
 from crdtmds.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
 from crdtmds.domain import Domain
-from crdtmds.errors import ClusterError, NameInUse, ObjectNotFound, SessionError, StorageError
-from crdtmds.protocol import new_document_id
+from crdtmds.errors import (
+    AuthenticationFailed,
+    ClusterError,
+    CrdtmdsError,
+    NameInUse,
+    ObjectNotFound,
+    ProtocolError,
+    SessionError,
+    StorageError,
+    UnknownCommand,
+)
+from crdtmds.gossip import (
+    ConnectionFailed,
+    DocumentChanged,
+    DocumentUnavailableFromPeer,
+    Event,
+    Gossip,
+    JoinReceived,
+    PeerConnected,
+    PeerInfo,
+)
+from crdtmds.protocol import Error, Join, Peer, Request, Sync, decode, encode, new_document_id
 from crdtmds.session import Session
 from crdtmds.storage import DEFAULT_COMPACT_THRESHOLD, LoadProblem, SessionRecord, Storage
 
@@ -28,6 +80,17 @@ log = logging.getLogger("crdtmds.node")
 
 DATABASE_FILE = "crdtmds.sqlite3"
 CONFIG_KEY = "node-config"
+
+SYNC_PATH = "/sync"
+API_PATH = "/api"
+METADATA_KEY = "crdtmds"
+"""The key of crdtmds' own facts inside automerge-repo peer metadata."""
+BACKOFF_INITIAL = 0.1
+BACKOFF_MAX = 5.0
+OPEN_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
+JOIN_TIMEOUT = 60.0
+MAX_CLOSE_REASON = 120
 
 
 @dataclass(slots=True)
@@ -73,6 +136,14 @@ class Node:
         self.load_problems: list[LoadProblem] = []
         self._uncompacted: dict[str, list[bytes] | None] = {}
         self._change_listeners: list[Callable[[str], None]] = []
+        self.gossip = Gossip(
+            f"crdtmds-{config.name}-{secrets.token_hex(4)}",
+            self,
+            max_message_size=config.max_message_size,
+            on_peer=self._verify_listener,
+        )
+        self.on_document_changed(self._schedule_gossip)
+        self._net = _Network()
 
     # ------------------------------------------------------------ creation and loading
 
@@ -264,13 +335,31 @@ class Node:
             self.adopt_empty_document(doc_id)
         return missing
 
+    def listed_domain_ids(self) -> set[str]:
+        """Document ids of the domains the cluster document lists."""
+        return {
+            entry["document-id"]
+            for entry in self.cluster.domains().values()
+            if entry.get("document-id")
+        }
+
+    def _cluster_document_updated(self) -> None:
+        """Ask peers for newly listed domains, and dial newly listed servers."""
+        for doc_id in self._attach_known_domains():
+            self._notify(doc_id)
+        if self._net.running:
+            self._refresh_dial_targets()
+
     def on_document_changed(self, listener: Callable[[str], None]) -> None:
         """Call `listener(document_id)` after every persisted change to a live document."""
         self._change_listeners.append(listener)
 
     def _changed(self, document_id: str) -> None:
+        self._notify(document_id)
         if document_id == self.cluster.document_id:
-            self._attach_known_domains()
+            self._cluster_document_updated()
+
+    def _notify(self, document_id: str) -> None:
         for listener in self._change_listeners:
             listener(document_id)
 
@@ -282,7 +371,7 @@ class Node:
         changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
         await self._persist(document_id, changes)
         if document_id == self.cluster.document_id:
-            self._attach_known_domains()
+            self._cluster_document_updated()
         return len(changes)
 
     async def _persist(self, document_id: str, changes: list[tuple[bytes, bytes]]) -> None:
@@ -439,6 +528,818 @@ class Node:
             heads = sorted(h.hex() for h in doc.get_heads()) if doc is not None else []
             result[name] = {"document-id": entry.get("document-id"), "heads": heads}
         return result
+
+    def connected_peers(self) -> list[str]:
+        """Names of the servers this one has a live, authenticated connection with."""
+        return sorted(
+            {
+                link.peer_name
+                for link in self._net.links.values()
+                if link.peer_name is not None and self.gossip.peer(link.conn_id) is not None
+            }
+        )
+
+    def local_status(self) -> dict[str, Any]:
+        """This server's own view: identity, connections and the heads of every document."""
+        servers = [
+            {key: entry.get(key) for key in ("name", "url", "region", "role")}
+            for _, entry in sorted(self.cluster.servers().items())
+        ]
+        clients = sum(1 for link in self._net.links.values() if link.admin is not None)
+        return {
+            "name": self.name,
+            "region": self.config.region,
+            "role": self.config.role,
+            "url": self.config.url,
+            "cluster-id": self.config.cluster_id,
+            "peers": self.connected_peers(),
+            "repo-clients": clients,
+            "servers": servers,
+            "domains": self.domain_heads(),
+            "cluster-document": {
+                "document-id": self.cluster.document_id,
+                "heads": sorted(h.hex() for h in self.cluster.doc.get_heads()),
+            },
+        }
+
+    # ------------------------------------------------------------ gossip's document store
+
+    def get_document(self, document_id: str) -> Document | None:
+        return self.document(document_id)
+
+    def accept_document(self, document_id: str, peer: PeerInfo) -> Document | None:
+        """Servers may hand us any document of the cluster; repo clients create none."""
+        return self.adopt_empty_document(document_id) if peer.is_server else None
+
+    def shared_documents(self, peer: PeerInfo) -> Iterable[str]:
+        """Servers are offered everything; repo clients ask for what they want."""
+        return self.document_ids() if peer.is_server else []
+
+    def _schedule_gossip(self, document_id: str) -> None:
+        self.gossip.document_changed(document_id)
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for link in self._net.links.values():
+            link.wake.set()
+
+    # ------------------------------------------------------------ network: lifecycle
+
+    async def start(
+        self, *, listen: bool = True, mesh: bool = True, peers: Iterable[str] = ()
+    ) -> None:
+        """Listen (unless `listen` is False), then dial the servers and peers to dial.
+
+        Every server of the cluster document is dialed when `mesh` is true; besides them,
+        or alone when it is false, the configured peers and `peers`. Port 0 binds a free
+        port; the port and the URL it gives are saved in the configuration and in the
+        cluster document, so a restart listens where the other servers dial.
+        """
+        net = self._net
+        if net.running:
+            raise RuntimeError("the node is already started")
+        net.running = True
+        net.mesh = mesh
+        net.extra_peers = [_normalise_url(url) for url in peers]
+        if listen:
+            await self._listen()
+            await self.register_self()
+        self._refresh_dial_targets()
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection, then close the storage."""
+        net = self._net
+        if net.running:
+            net.running = False
+            outgoing = [link.ws for link in net.links.values() if link.outgoing]
+            await asyncio.gather(
+                *(ws.close(CloseCode.GOING_AWAY) for ws in outgoing), return_exceptions=True
+            )
+            dialers = [*net.dialers.values(), *net.retired]
+            for task in dialers:
+                task.cancel()
+            if net.server is not None:
+                net.server.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(net.server.wait_closed(), CLOSE_TIMEOUT * 2)
+            await asyncio.gather(*dialers, return_exceptions=True)
+            net.dialers.clear()
+        await self.close()
+
+    def request_stop(self) -> None:
+        """Make `serve_forever` return (signal handlers call this)."""
+        self._net.stop_requested.set()
+
+    async def serve_forever(
+        self,
+        *,
+        on_ready: Callable[[str], None] | None = None,
+        mesh: bool = True,
+        peers: Iterable[str] = (),
+    ) -> None:
+        """Run until SIGINT or SIGTERM (or `request_stop`), then shut down gracefully.
+
+        `on_ready(url)` is called once the listener is bound. Raises the storage error that
+        stopped the server, if one did.
+        """
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for signum in signals:
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            await self.start(mesh=mesh, peers=peers)
+            if on_ready is not None:
+                on_ready(self.config.url)
+            await self._net.stop_requested.wait()
+            log.info("stopping")
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            await self.stop()
+        if self._net.fatal is not None:
+            raise self._net.fatal
+
+    async def _listen(self) -> None:
+        config = self.config
+        server = await serve(
+            self._handle_connection,
+            config.listen_host,
+            config.listen_port,
+            process_request=self._route_request,
+            max_size=config.max_message_size,
+            ssl=self._server_ssl(),
+            compression=None,
+            close_timeout=CLOSE_TIMEOUT,
+        )
+        self._net.server = server
+        port = int(server.sockets[0].getsockname()[1])
+        url = _advertised_url(config, port)
+        if (port, url) != (config.listen_port, config.url):
+            config.listen_port, config.url = port, url
+            await self.storage.set_meta(CONFIG_KEY, config.to_meta())
+        log.info("listening on %s (%s:%d)", url, config.listen_host, port)
+
+    def _server_ssl(self) -> ssl.SSLContext | None:
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if not cert and not key:
+            return None
+        if not cert or not key:
+            raise ClusterError("TLS needs both a certificate and its key")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        return context
+
+    def _client_ssl(self, url: str) -> ssl.SSLContext | None:
+        """For wss peers: the system's trust store plus our own certificate, so that the
+        servers of a cluster sharing one self-signed certificate trust each other."""
+        if not url.startswith("wss:"):
+            return None
+        return client_ssl_context(self.config.tls_cert)
+
+    def _fail_fatally(self, exc: BaseException) -> None:
+        log.critical("storage failed; stopping the server: %s", exc)
+        if self._net.fatal is None:
+            self._net.fatal = exc
+        self.request_stop()
+
+    # ------------------------------------------------------------ network: listener
+
+    def _route_request(
+        self, connection: ServerConnection, request: HttpRequest
+    ) -> HttpResponse | None:
+        path = urlsplit(request.path).path
+        if path in (SYNC_PATH, API_PATH):
+            return None
+        return connection.respond(
+            HTTPStatus.NOT_FOUND, f"nothing at {path}; endpoints: {SYNC_PATH}, {API_PATH}\n"
+        )
+
+    async def _handle_connection(self, ws: ServerConnection) -> None:
+        assert ws.request is not None, "the handler runs after the opening handshake"
+        parts = urlsplit(ws.request.path)
+        if parts.path == API_PATH:
+            await self._serve_api(ws)
+            return
+        link = _Link(self._net.next_conn_id("in"), ws, outgoing=False)
+        link.query = dict(parse_qsl(parts.query))
+        await self._run_link(link)
+
+    async def _serve_api(self, ws: ServerConnection) -> None:
+        api = self._admin_api()
+        source = _format_address(ws.remote_address)
+        conn = api.connect(source) if api is not None else _StatusOnlyApi(self)
+        try:
+            async for message in ws:
+                text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+                await ws.send(await conn.handle_text(text))
+        except ConnectionClosed:
+            pass
+        finally:
+            await conn.close()
+
+    def _admin_api(self) -> Any | None:
+        """The admin API (`crdtmds.api`), created on first use; None where it is absent."""
+        net = self._net
+        if net.api is None:
+            try:
+                from crdtmds.api import AdminAPI
+            except ImportError as exc:
+                log.warning("admin API unavailable (%s); serving show-status only", exc)
+                net.api = False
+            else:
+                net.api = AdminAPI(self)
+        return net.api or None
+
+    # ------------------------------------------------------------ network: connections
+
+    async def _run_link(self, link: _Link) -> None:
+        """Drive one /sync connection until it closes: a reader here, a sender task."""
+        gossip, net = self.gossip, self._net
+        metadata = self._dialer_metadata(link) if link.outgoing else {}
+        gossip.open_connection(link.conn_id, dialer=link.outgoing, local_metadata=metadata)
+        net.links[link.conn_id] = link
+        sender = asyncio.create_task(self._send_loop(link), name=f"send {link.conn_id}")
+        link.wake.set()
+        try:
+            await self._receive_loop(link)
+            if gossip.is_closed(link.conn_id):
+                link.wake.set()  # the sender flushes the error frame, then closes
+                with contextlib.suppress(TimeoutError, ConnectionClosed):
+                    await asyncio.wait_for(asyncio.shield(sender), CLOSE_TIMEOUT)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            net.links.pop(link.conn_id, None)
+            gossip.close_connection(link.conn_id)
+            if link.peer_name is not None:
+                log.info("disconnected from %s", link.describe())
+
+    async def _receive_loop(self, link: _Link) -> None:
+        gossip, net = self.gossip, self._net
+        try:
+            async for frame in link.ws:
+                if isinstance(frame, str):
+                    message = "text frames are not part of the automerge-repo protocol"
+                    log.warning("closing %s: %s", link.describe(), message)
+                    link.failure = message
+                    gossip.reject(link.conn_id, message)
+                    return
+                if net.peer_heads is not None:
+                    self._note_peer_heads(frame)
+                for event in gossip.receive(link.conn_id, frame):
+                    await self._handle_event(link, event)
+                self._wake_all()
+                net.progress.set()
+                if gossip.is_closed(link.conn_id):
+                    return
+        except ConnectionClosed as exc:
+            log.log(_close_log_level(exc), "connection %s closed: %s", link.describe(), exc)
+
+    async def _send_loop(self, link: _Link) -> None:
+        """The only writer of the socket: what the hub has to send, whenever woken."""
+        gossip = self.gossip
+        while True:
+            await link.wake.wait()
+            link.wake.clear()
+            for frame in gossip.data_to_send(link.conn_id):
+                await link.ws.send(frame)
+            if gossip.is_closed(link.conn_id):
+                reason = _close_reason(link.failure)
+                code = CloseCode.POLICY_VIOLATION if link.failure else CloseCode.NORMAL_CLOSURE
+                await link.ws.close(code, reason)
+                return
+
+    async def _handle_event(self, link: _Link, event: Event) -> None:
+        match event:
+            case JoinReceived():
+                await self._admit(link, event.join)
+            case PeerConnected():
+                log.info("connected to %s", link.describe())
+            case DocumentChanged():
+                await self._persist_from_peer(event)
+            case DocumentUnavailableFromPeer():
+                log.debug("%s does not have %s", link.describe(), event.document_id)
+            case ConnectionFailed():
+                link.failure = event.message
+                log.warning("closing %s: %s", link.describe(), event.message)
+
+    async def _persist_from_peer(self, event: DocumentChanged) -> None:
+        """Persist, then let the hub forward. If the disk fails the document stays held:
+        nothing that is not on disk here leaves this server."""
+        try:
+            await self.persist_received(event.document_id, event.before_heads)
+        except StorageError as exc:
+            self._fail_fatally(exc)
+            return
+        self.gossip.persisted(event.document_id)
+
+    # ------------------------------------------------------------ network: authentication
+
+    def _identity(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "cluster": config.cluster_id,
+            "server": config.name,
+            "name": config.name,
+            "region": config.region,
+            "role": config.role,
+            "url": config.url,
+            "cluster-document": config.cluster_document_id,
+        }
+
+    def _dialer_metadata(self, link: _Link) -> dict[str, Any]:
+        """Our join metadata: who we are and a fresh proof of the cluster secret."""
+        creds = auth.ServerCredentials.create(
+            self.config.secret, self.config.cluster_id, self.config.name
+        )
+        link.nonce = creds.nonce
+        return {"isEphemeral": False, METADATA_KEY: {**self._identity(), **creds.to_metadata()}}
+
+    async def _admit(self, link: _Link, join: Join) -> None:
+        """Accept or refuse the peer whose join arrived on a listening connection."""
+        metadata = dict(join.peer_metadata or {})
+        try:
+            if METADATA_KEY in metadata:
+                info, reply = self._admit_server(join, metadata[METADATA_KEY])
+                link.peer_name = str(info.metadata.get("server"))
+            else:
+                info, reply = await self._admit_repo_client(link, join)
+        except CrdtmdsError as exc:
+            log.warning("refused %s: %s", link.describe(), exc.message)
+            link.failure = exc.message
+            self.gossip.reject(link.conn_id, exc.message)
+            return
+        self.gossip.accept(link.conn_id, info, reply)
+        log.info("accepted %s", link.describe())
+
+    def _admit_server(self, join: Join, meta: Any) -> tuple[PeerInfo, dict[str, Any]]:
+        creds = auth.ServerCredentials.from_metadata(meta)
+        self._net.verifier(self.config).verify(creds)
+        cluster_document = meta.get("cluster-document")
+        if cluster_document not in (None, "", self.config.cluster_document_id):
+            raise AuthenticationFailed("the server serves another cluster document")
+        if creds.server == self.name:
+            raise AuthenticationFailed(f"'{self.name}' is the name of this server itself")
+        info = PeerInfo(peer_id=join.sender_id, metadata=dict(meta), may_write=True, is_server=True)
+        proof = auth.answer_proof(
+            self.config.secret, self.config.cluster_id, self.name, creds.nonce
+        )
+        return info, {"isEphemeral": False, METADATA_KEY: {**self._identity(), "proof": proof}}
+
+    async def _admit_repo_client(self, link: _Link, join: Join) -> tuple[PeerInfo, dict[str, Any]]:
+        """An administrator's automerge-repo client: credentials in the URL query."""
+        api = self._admin_api()
+        if api is None:
+            raise AuthenticationFailed("this server admits only crdtmds servers on /sync")
+        result = api.authenticate_repo_client(dict(link.query))
+        if inspect.isawaitable(result):
+            result = await result
+        admin, may_read = result
+        link.admin = str(admin)
+        info = PeerInfo(
+            peer_id=join.sender_id,
+            metadata=dict(join.peer_metadata or {}),
+            may_write=False,
+            may_read=self._repo_client_reader(may_read),
+            is_server=False,
+        )
+        identity = {k: v for k, v in self._identity().items() if k in ("name", "region", "role")}
+        return info, {"isEphemeral": False, METADATA_KEY: identity}
+
+    def _repo_client_reader(self, may_read: Callable[[str], bool]) -> Callable[[str], bool]:
+        """Domains only (never the cluster document, which holds password hashes)."""
+
+        def reader(document_id: str) -> bool:
+            return document_id in self.listed_domain_ids() and bool(may_read(document_id))
+
+        return reader
+
+    def _verify_listener(self, conn_id: str, peer: Peer) -> PeerInfo:
+        """Gossip's check of a listener's `peer` reply on a connection we dialed."""
+        link = self._net.links.get(conn_id)
+        if link is None:
+            raise AuthenticationFailed("unknown connection")
+        meta = check_listener_proof(peer, self.config.secret, self.config.cluster_id, link.nonce)
+        if meta.get("cluster-document") != self.config.cluster_document_id:
+            raise AuthenticationFailed("the peer serves another cluster document")
+        link.peer_name = str(meta.get("server"))
+        return PeerInfo(peer_id=peer.sender_id, metadata=meta, may_write=True, is_server=True)
+
+    # ------------------------------------------------------------ network: dialing
+
+    def _dial_targets(self) -> set[str]:
+        net = self._net
+        targets = {_normalise_url(url) for url in self.config.peers} | set(net.extra_peers)
+        if net.mesh:
+            for name, entry in self.cluster.servers().items():
+                url = entry.get("url")
+                if name != self.name and isinstance(url, str):
+                    targets.add(_normalise_url(url))
+        targets.discard(_normalise_url(self.config.url))
+        return {url for url in targets if _dialable(url)}
+
+    def _refresh_dial_targets(self) -> None:
+        """One dialer per URL to dial; dialers of URLs no longer listed stop."""
+        net = self._net
+        wanted = self._dial_targets()
+        for url in list(net.dialers):
+            if url not in wanted:
+                task = net.dialers.pop(url)
+                task.cancel()
+                net.retired.add(task)
+                task.add_done_callback(net.retired.discard)
+        for url in sorted(wanted - net.dialers.keys()):
+            net.dialers[url] = asyncio.create_task(self._dial_forever(url), name=f"dial {url}")
+
+    async def _dial_forever(self, url: str) -> None:
+        """Keep one connection to `url`, redialing with capped exponential backoff."""
+        delay = BACKOFF_INITIAL
+        reported = False
+        while self._net.running:
+            link: _Link | None = None
+            try:
+                async with connect(
+                    _endpoint(url, SYNC_PATH),
+                    ssl=self._client_ssl(url),
+                    max_size=self.config.max_message_size,
+                    compression=None,
+                    proxy=None,
+                    open_timeout=OPEN_TIMEOUT,
+                    close_timeout=CLOSE_TIMEOUT,
+                ) as ws:
+                    link = _Link(self._net.next_conn_id("out"), ws, outgoing=True)
+                    link.target = url
+                    await self._run_link(link)
+            except InvalidURI as exc:
+                log.error("not dialing %s: %s", url, exc)
+                return
+            except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
+                if not reported:
+                    log.info("cannot reach %s: %s", url, exc)
+                    reported = True
+            if link is not None and link.peer_name is not None and link.failure is None:
+                delay, reported = BACKOFF_INITIAL, False
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    # ------------------------------------------------------------ joining
+
+    async def fetch_from_peers(self, timeout: float = JOIN_TIMEOUT) -> None:
+        """Join's second half: dial the configured peer (without listening), wait until
+        the cluster document and every domain match what the peer announced, and register
+        this server in the cluster document."""
+        self._net.peer_heads = {}
+        await self.start(listen=False, mesh=False)
+        await self._wait_for(
+            self._caught_up_with_peer, timeout, "the cluster document and every domain"
+        )
+        await self.register_self()
+        try:
+            await self._wait_for(self._peer_has_our_cluster_heads, 5.0, "the registration")
+        except ClusterError:
+            log.warning("the peer has not confirmed the registration; it will follow on start")
+
+    def _note_peer_heads(self, frame: bytes) -> None:
+        try:
+            message = decode(frame, max_size=self.config.max_message_size)
+        except ProtocolError:
+            return
+        if isinstance(message, Sync | Request) and self._net.peer_heads is not None:
+            heads = sync_message_heads(message.data)
+            if heads is not None:
+                self._net.peer_heads[message.document_id] = heads
+
+    def _caught_up_with_peer(self) -> bool:
+        announced = self._net.peer_heads or {}
+        if not self.cluster.is_ready():
+            return False
+        for document_id in (self.cluster.document_id, *self.listed_domain_ids()):
+            doc = self.document(document_id)
+            theirs = announced.get(document_id)
+            if doc is None or theirs is None or sorted(doc.get_heads()) != sorted(theirs):
+                return False
+        return True
+
+    def _peer_has_our_cluster_heads(self) -> bool:
+        theirs = (self._net.peer_heads or {}).get(self.cluster.document_id)
+        return theirs is not None and sorted(theirs) == sorted(self.cluster.doc.get_heads())
+
+    async def _wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        progress = self._net.progress
+        while True:
+            progress.clear()
+            if condition():
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), min(remaining, 0.5))
+
+
+# ---------------------------------------------------------------- network state
+
+
+@dataclass(eq=False, slots=True)
+class _Link:
+    """One /sync WebSocket connection."""
+
+    conn_id: str
+    ws: Any
+    outgoing: bool
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    query: dict[str, str] = field(default_factory=dict)
+    target: str = ""
+    nonce: str = ""
+    """The nonce of our credentials (connections we dialed)."""
+    peer_name: str | None = None
+    admin: str | None = None
+    failure: str | None = None
+
+    def describe(self) -> str:
+        who = (
+            f"server {self.peer_name}"
+            if self.peer_name
+            else f"admin {self.admin}"
+            if self.admin
+            else "peer"
+        )
+        where = self.target or _format_address(getattr(self.ws, "remote_address", None))
+        return f"{who} ({self.conn_id}, {where})"
+
+
+@dataclass(slots=True)
+class _Network:
+    running: bool = False
+    mesh: bool = True
+    extra_peers: list[str] = field(default_factory=list)
+    server: Server | None = None
+    links: dict[str, _Link] = field(default_factory=dict)
+    dialers: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    retired: set[asyncio.Task[None]] = field(default_factory=set)
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after every processed frame (what `_wait_for` waits on)."""
+    peer_heads: dict[str, list[bytes]] | None = None
+    """While joining: the latest heads the peer announced, per document."""
+    api: Any = None
+    fatal: BaseException | None = None
+    _verifier: auth.NonceVerifier | None = None
+    _counter: int = 0
+
+    def next_conn_id(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}-{self._counter}"
+
+    def verifier(self, config: NodeConfig) -> auth.NonceVerifier:
+        """One replay memory per server lifetime."""
+        if self._verifier is None:
+            self._verifier = auth.NonceVerifier(config.secret, config.cluster_id)
+        return self._verifier
+
+
+class _StatusOnlyApi:
+    """The admin API of a server whose `crdtmds.api` is missing: `show-status` alone."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    async def handle_text(self, text: str) -> str:
+        try:
+            request = json.loads(text)
+        except ValueError:
+            request = None
+        request_id = request.get("id") if isinstance(request, dict) else None
+        command = request.get("command") if isinstance(request, dict) else None
+        if command != "show-status":
+            error = UnknownCommand(f"unknown command {command!r}")
+            return json.dumps({"id": request_id, "error": error.to_reply()})
+        return json.dumps({"id": request_id, "result": self._node.local_status()})
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------- joining a cluster
+
+
+async def join_cluster(
+    data_dir: str | Path,
+    *,
+    name: str,
+    listen_host: str,
+    listen_port: int,
+    region: str,
+    peer: str,
+    secret: str,
+    url: str = "",
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    timeout: float = JOIN_TIMEOUT,
+) -> NodeConfig:
+    """Make a Secondary: prove the secret to `peer`, learn the cluster document id from
+    its answer, then fetch the cluster document and every domain and register.
+
+    Raises AuthenticationFailed when the peer refuses the secret (nothing is written),
+    ClusterError when the peer cannot be reached or the fetch times out (what was written
+    is removed, so the join can be retried).
+    """
+    path = Path(data_dir)
+    if (path / DATABASE_FILE).exists():
+        raise ClusterError(f"{path} already holds a crdtmds server")
+    cluster_id = auth.cluster_id_of_secret(secret)
+    peer = _normalise_url(peer)
+    meta = await asyncio.wait_for(
+        introduce(peer, secret, cluster_id, name, client_ssl_context(tls_cert)), timeout
+    )
+    config = await Node.prepare_join(
+        path,
+        name=name,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        url=url or advertised_url_for(listen_host, listen_port, tls=bool(tls_cert)),
+        region=region,
+        peer=peer,
+        secret=secret,
+        cluster_id=cluster_id,
+        cluster_document_id=str(meta["cluster-document"]),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+    try:
+        node = await Node.open(path)
+        try:
+            await node.fetch_from_peers(timeout)
+        finally:
+            await node.stop()
+    except BaseException:
+        _remove_database(path)
+        raise
+    return config
+
+
+async def introduce(
+    peer: str,
+    secret: str,
+    cluster_id: str,
+    name: str,
+    ssl_context: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
+    """Dial `peer` once with our proof of the secret; return its verified metadata."""
+    creds = auth.ServerCredentials.create(secret, cluster_id, name)
+    join = Join(
+        sender_id=f"crdtmds-{name}-join-{secrets.token_hex(4)}",
+        peer_metadata={
+            "isEphemeral": False,
+            METADATA_KEY: {**creds.to_metadata(), "name": name, "role": ROLE_SECONDARY},
+        },
+    )
+    try:
+        async with connect(
+            _endpoint(peer, SYNC_PATH),
+            ssl=ssl_context if peer.startswith("wss:") else None,
+            compression=None,
+            proxy=None,
+            open_timeout=OPEN_TIMEOUT,
+        ) as ws:
+            await ws.send(encode(join))
+            frame = await ws.recv()
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        raise ClusterError(f"cannot reach {peer}: {exc}") from exc
+    except ConnectionClosed as exc:
+        raise ClusterError(f"{peer} closed the connection: {exc}") from exc
+    if isinstance(frame, str):
+        raise ClusterError(f"{peer} does not speak the automerge-repo protocol")
+    message = decode(frame)
+    if isinstance(message, Error):
+        raise AuthenticationFailed(f"{peer} refused '{name}': {message.message}")
+    if not isinstance(message, Peer):
+        raise ClusterError(f"{peer} answered the join with an unexpected message")
+    meta = check_listener_proof(message, secret, cluster_id, creds.nonce)
+    if not isinstance(meta.get("cluster-document"), str) or not meta["cluster-document"]:
+        raise ClusterError(f"{peer} did not name its cluster document")
+    return meta
+
+
+def check_listener_proof(peer: Peer, secret: str, cluster_id: str, nonce: str) -> dict[str, Any]:
+    """The listener's crdtmds metadata, once its proof over our nonce checks out."""
+    meta = (peer.peer_metadata or {}).get(METADATA_KEY)
+    if not isinstance(meta, dict):
+        raise AuthenticationFailed("the peer is not a crdtmds server")
+    if meta.get("cluster") != cluster_id:
+        raise AuthenticationFailed("the peer belongs to another cluster")
+    expected = auth.answer_proof(secret, cluster_id, str(meta.get("server")), nonce)
+    if not hmac.compare_digest(expected, str(meta.get("proof", ""))):
+        raise AuthenticationFailed("the peer could not prove it knows the cluster secret")
+    return dict(meta)
+
+
+def client_ssl_context(extra_ca: str | None = None) -> ssl.SSLContext:
+    """The system's trust store, plus `extra_ca` (a certificate file) when given."""
+    context = ssl.create_default_context()
+    if extra_ca:
+        context.load_verify_locations(extra_ca)
+    return context
+
+
+def sync_message_heads(data: bytes) -> list[bytes] | None:
+    """The sender's heads at the start of an Automerge sync message; None if malformed."""
+    if len(data) < 2 or data[0] not in (0x42, 0x43):
+        return None
+    count, position, shift = 0, 1, 0
+    while position < len(data) and shift < 64:
+        byte = data[position]
+        position += 1
+        count |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    end = position + count * 32
+    if end > len(data):
+        return None
+    return [data[i : i + 32] for i in range(position, end, 32)]
+
+
+# ---------------------------------------------------------------- URLs and addresses
+
+
+def _normalise_url(url: str) -> str:
+    """`ws://host:port` without a trailing slash or a /sync path."""
+    parts = urlsplit(url.strip())
+    path = parts.path.rstrip("/")
+    if path == SYNC_PATH:
+        path = ""
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _endpoint(url: str, path: str) -> str:
+    parts = urlsplit(_normalise_url(url))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path + path, "", ""))
+
+
+def _dialable(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("ws", "wss") and bool(parts.hostname) and port != 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def advertised_url_for(host: str, port: int, *, tls: bool) -> str:
+    """The URL other servers dial; empty while the port is still to be chosen (0)."""
+    if port == 0:
+        return ""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"{'wss' if tls else 'ws'}://{_url_host(host)}:{port}"
+
+
+def _advertised_url(config: NodeConfig, port: int) -> str:
+    """The configured URL, unless it is empty or names port 0; then one built from the
+    listening address."""
+    if config.url:
+        try:
+            configured_port = urlsplit(config.url).port
+        except ValueError:
+            configured_port = 0
+        if configured_port != 0:
+            return config.url
+    return advertised_url_for(config.listen_host, port, tls=bool(config.tls_cert))
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{_url_host(str(address[0]))}:{address[1]}"
+    return str(address)
+
+
+def _close_log_level(exc: ConnectionClosed) -> int:
+    """INFO for a normal close or a server going away, WARNING for anything else (a frame
+    too big, a network failure)."""
+    frame = exc.rcvd or exc.sent
+    normal = frame is not None and frame.code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY)
+    return logging.INFO if normal else logging.WARNING
+
+
+def _close_reason(message: str | None) -> str:
+    """A WebSocket close reason (at most 123 bytes of UTF-8)."""
+    reason = (message or "").encode()[:MAX_CLOSE_REASON]
+    return reason.decode("utf-8", "ignore")
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            (path / (DATABASE_FILE + suffix)).unlink()
 
 
 async def _open_fresh(path: Path) -> Storage:
