@@ -486,10 +486,27 @@ class Session:
             for rule_uid in current.rules.keys() - layer.rules.keys():
                 tx.delete(rules_id, rule_uid)
             for rule_uid, rule in layer.rules.items():
-                if current.rules.get(rule_uid) != rule:
+                old = current.rules.get(rule_uid)
+                rule_id = child_id(tx, rules_id, rule_uid) if old is not None else None
+                if rule_id is None:
                     put_value(tx, rules_id, rule_uid, rule)
+                elif old != rule:
+                    self._put_changed_fields(tx, rule_id, old, rule)
             if current.order != layer.order:
-                put_value(tx, layer_id, "order", layer.order)
+                self._rewrite_order(tx, layer_id, layer.order)
+
+    @staticmethod
+    def _rewrite_order(tx: Any, layer_id: bytes, order: list[str]) -> None:
+        # Rewritten in place rather than replaced by a new list: a rule that another
+        # session inserts concurrently then stays in the list the layer keeps.
+        order_id = child_id(tx, layer_id, "order")
+        if order_id is None:
+            put_value(tx, layer_id, "order", order)
+            return
+        for index in reversed(range(tx.length(order_id))):
+            tx.delete(order_id, index)
+        for index, uid in enumerate(order):
+            insert_value(tx, order_id, index, uid)
 
     def _rebase(self) -> None:
         self.fork.merge(self.domain.doc)

@@ -470,6 +470,36 @@ def test_revert_to_a_revision(domain: Domain, session: Session) -> None:
     assert domain.state == full_read(domain.doc)
 
 
+def test_revert_keeps_concurrent_work_on_rules(domain: Domain) -> None:
+    target = domain.state.revisions[-1]
+    mover = Session.open(domain, admin="alice", server="s1")
+    mover.set_rule({"name": "A", "new-position": "bottom", "action": "Accept"})
+    publish(mover)
+    reverter = Session.open(domain, admin="alice", server="s1")
+    adder = Session.open(domain, admin="bob", server="s2")
+    reverter.revert_to(target["uid"])
+    adder.add_rule({"name": "N", "position": 2})
+    adder.set_rule({"name": "A", "comments": "kept"})
+    publish(reverter)
+    publish(adder)
+
+    state = domain.state
+    assert state == full_read(domain.doc)
+    layer = state.get_layer()
+    # The concurrent rule stays in the order list (not only in the rule map)...
+    assert sorted(model.effective_order(layer.order, layer.rules)) == sorted(layer.rules)
+    assert {layer.rules[u]["name"] for u in layer.order if u in layer.rules} == {"A", "B", "C", "N"}
+    assert rule_names(state)[:3] == ["A", "B", "C"]
+    # ...and the reverted rule keeps the other session's edit of another field.
+    rule_a = state.get_rule(layer, "A")
+    assert (rule_a["action"], rule_a["comments"]) == ("Drop", "kept")
+    # Positions given against that rulebase land exactly.
+    after = Session.open(domain, admin="carol", server="s1")
+    after.add_rule({"name": "X", "position": {"below": "N"}})
+    after.add_rule({"name": "Y", "position": {"above": "N"}})
+    assert rule_names(after.view)[-3:] == ["Y", "N", "X"]
+
+
 def test_revert_to_an_unknown_revision(session: Session) -> None:
     with pytest.raises(CrdtmdsError) as caught:
         session.revert_to("no-such-revision")
