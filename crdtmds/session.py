@@ -23,7 +23,7 @@ from automerge.core import ROOT, Document
 
 from crdtmds import model
 from crdtmds.docdata import child_id, hex_heads, insert_value, put_value, read, unhex_heads
-from crdtmds.domain import Domain, DomainState, Layer
+from crdtmds.domain import Domain, DomainState, Layer, refresh_state
 from crdtmds.errors import (
     InvalidParameter,
     NameInUse,
@@ -143,6 +143,11 @@ class Session:
         fork = Document.load(base_doc.save() + b"".join(changes))
         fork.set_actor(actor)
         own = [(c.hash, c.bytes) for c in fork.get_changes(base_heads)]
+        # Full reads are slow on a large domain: start from the live view when the draft
+        # is based on the current heads, and get the draft's view by applying its own
+        # changes to the base rather than by reading the whole fork.
+        at_live = sorted(base_heads) == sorted(domain.heads())
+        base = domain.state if at_live else DomainState.from_plain(read(base_doc))
         return cls(
             uid=uid,
             domain=domain,
@@ -150,8 +155,8 @@ class Session:
             server=server,
             fork=fork,
             base_heads=base_heads,
-            base=DomainState.from_plain(read(base_doc)),
-            view=DomainState.from_plain(read(fork)),
+            base=base,
+            view=refresh_state(fork, base, base_heads),
             name=name,
             description=description,
             created_at=created_at,

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtmds import model
-from crdtmds.docdata import child_id, put_value, read, unhex_heads
+from crdtmds.docdata import child_id, hex_heads, put_value, read, replace_list, unhex_heads
 from crdtmds.domain import FULL, Domain, DomainState, parse_patch, refresh_state, touched_by
 from crdtmds.errors import CrdtmdsError
 from crdtmds.session import Session
@@ -75,6 +75,48 @@ def no_full_reads() -> Iterator[None]:
 
     with mock.patch.object(DomainState, "from_plain", classmethod(refuse)):
         yield
+
+
+# ---------------------------------------------------------------- plain data in and out
+
+
+def test_plain_data_round_trip_keeps_scalar_types() -> None:
+    doc = Document()
+    value = {"t": True, "f": False, "i": -3, "x": 1.5, "n": None, "b": b"\x00\x01", "s": "é",
+             "l": [1, [2, {"k": "v"}], (3,)], "m": {}}  # fmt: skip
+    with doc.transaction() as tx:
+        put_value(tx, ROOT, "v", value)
+    assert read(doc) == {"v": {**value, "l": [1, [2, {"k": "v"}], [3]]}}
+    record = child_id(doc, ROOT, "v")
+    assert record is not None
+    assert doc.get(record, "t")[0] == (ScalarType.Boolean, True)
+    assert doc.get(record, "i")[0] == (ScalarType.Int, -3)
+    assert child_id(doc, record, "t") is None
+    assert child_id(doc, record, "missing") is None
+    assert child_id(doc, record, "l") is not None
+
+
+def test_replace_list_and_unstorable_values() -> None:
+    doc = Document()
+    with doc.transaction() as tx:
+        put_value(tx, ROOT, "l", ["a", "b"])
+        replace_list(tx, ROOT, "l", ("c",))
+    assert read(doc) == {"l": ["c"]}
+    heads = doc.get_heads()
+    with pytest.raises(CrdtmdsError) as caught, doc.transaction() as tx:
+        put_value(tx, ROOT, "bad", {1, 2})
+    assert caught.value.code == "err_validation_failed"
+    assert doc.get_heads() == heads
+
+
+def test_heads_as_hex() -> None:
+    heads = [bytes([2]) * 32, bytes([1]) * 32]
+    assert hex_heads(heads) == ["01" * 32, "02" * 32]
+    assert sorted(unhex_heads(hex_heads(heads))) == sorted(heads)
+    for bad in (["zz"], [5]):
+        with pytest.raises(CrdtmdsError) as caught:
+            unhex_heads(bad)
+        assert caught.value.code == "err_validation_failed"
 
 
 # ---------------------------------------------------------------- creation and shape
@@ -536,9 +578,9 @@ def test_publishing_in_any_order_converges(drafts: list[list[tuple[str, int, int
     # The sessions themselves publish in their own order on the original document...
     for session in sessions:
         publish_deterministically(session)
+        assert origin.state == full_read(origin.doc)
     expected_heads = sorted(origin.heads())
     expected_content = read(origin.doc)
-    assert origin.state == full_read(origin.doc)
     check_rulebase(origin.state)
 
     # ...and every other order, replayed from the saved drafts on fresh copies, agrees.
@@ -550,7 +592,8 @@ def test_publishing_in_any_order_converges(drafts: list[list[tuple[str, int, int
                 actor=actor, changes=changes,
             )  # fmt: skip
             publish_deterministically(restored)
-            assert copy.state == full_read(copy.doc)
         assert sorted(copy.heads()) == expected_heads
-        assert read(copy.doc) == expected_content
+        content = read(copy.doc)
+        assert content == expected_content
+        assert copy.state == DomainState.from_plain(content)
         check_rulebase(copy.state)
