@@ -31,8 +31,12 @@ def demo(
     domain: str = typer.Option("acme", "--domain", help="Name of the domain the demo edits."),
     keep: bool = typer.Option(False, "--keep", help="Keep the data directory afterwards."),
 ) -> None:
-    """Start a local cluster on loopback, publish concurrently on every server, and show
-    the rulebase converging everywhere, with timings. Stops everything when done."""
+    """Run a local cluster on loopback and watch concurrent publishes converge.
+
+    Starts the servers (one init, the others join) in a temporary data directory, logs in
+    on every server, publishes concurrent sessions of objects and rules from each, shows
+    the rulebase converging on all servers with per-step timings, and stops everything.
+    """
     root = Path(tempfile.mkdtemp(prefix="crdtmds-demo-"))
     typer.echo(f"data directory: {root}")
     cluster = LocalCluster(root, nodes)
