@@ -7,6 +7,7 @@ the first server, comes last.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import time
@@ -19,6 +20,7 @@ import typer
 from crdtmds_cli.main import app
 from typer.testing import CliRunner, Result
 
+from crdtmds.client import ApiError, Client
 from crdtmds.localcluster import LocalCluster
 
 CONVERGENCE_TIMEOUT = 20.0
@@ -233,6 +235,72 @@ def test_errors_print_code_and_message(cluster: LocalCluster, tmp_path: Path) ->
         "Error generic_err_object_not_found: ")  # fmt: skip
     domains = json.loads(ok("domain", "list", "--json", session=session))["objects"]
     assert [d["url"].startswith("automerge:") for d in domains] == [True]
+
+
+async def _concurrent_edits_on_two_servers(cluster: LocalCluster) -> None:
+    """Two administrators on servers 1 and 2 edit one host, then create one name."""
+    clients = [
+        Client([url], user=cluster.admin, password=cluster.password, domain=DOMAIN)
+        for url in cluster.urls[:2]
+    ]
+    first, second = clients
+    try:
+        await first.login()
+        await first.call("add-host", name="shared", **{"ipv4-address": "192.0.2.50"})
+        await first.call("publish")
+        await _until_async(lambda: _host_comments(second, "shared"))
+        await first.call("set-host", name="shared", comments="edited on 1")
+        await second.call("set-host", name="shared", comments="edited on 2")
+        await asyncio.gather(first.call("publish"), second.call("publish"))
+
+        async def same_value() -> str | None:
+            values = {await _host_comments(c, "shared") for c in clients}
+            return values.pop() if len(values) == 1 else None
+
+        assert await _until_async(same_value) in ("edited on 1", "edited on 2")
+        for client in clients:
+            assert (await client.call("verify-policy"))["problems"] == []
+
+        await first.call("add-host", name="twin", **{"ipv4-address": "192.0.2.61"})
+        await second.call("add-host", name="twin", **{"ipv4-address": "192.0.2.62"})
+        await asyncio.gather(first.call("publish"), second.call("publish"))
+
+        async def duplicate_seen_everywhere() -> bool:
+            reports = [await c.call("verify-policy") for c in clients]
+            return all(
+                [(p["type"], p.get("name")) for p in r["problems"]] == [("duplicate-name", "twin")]
+                for r in reports
+            )
+
+        await _until_async(duplicate_seen_everywhere)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def _host_comments(client: Client, name: str) -> str | None:
+    try:
+        return (await client.call("show-host", name=name))["comments"] or "(none)"
+    except ApiError as exc:
+        if exc.code != "generic_err_object_not_found":
+            raise
+        return None
+
+
+async def _until_async(check: Any, timeout: float = CONVERGENCE_TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_concurrent_edits_on_two_servers_converge_and_verify(cluster: LocalCluster) -> None:
+    asyncio.run(_concurrent_edits_on_two_servers(cluster))
 
 
 @pytest.mark.slow
