@@ -1,0 +1,268 @@
+"""Rulebase scaling: what one rule edit costs in layers of 10, 1,000 and 10,000 rules.
+
+One in-process server holds one domain per layer size. For each size, in one run with
+interleaved repetitions, an administrator's session:
+
+- adds one access rule and publishes (persisted to SQLite before publish returns);
+- moves one rule to another position and publishes;
+- reads the whole rulebase (every rule with its number) from the domain's view;
+
+and, for comparison, the same rulebase is extracted straight from the Automerge document.
+Target (issue 5): an edit + publish at 10,000 rules costs at most 2x the same at 10 rules
+(administrators of commercial managers report ~90 s per rule change at ~700 rules).
+
+The big layers are written into the live documents directly (many rules per change) and
+persisted as received changes, which is much faster than one session edit per rule.
+
+    .venv/bin/python bench/rulebase_scaling.py [--sizes 10,1000,10000] [--reps 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import common
+from automerge.core import ROOT
+
+from crdtmds import model
+from crdtmds.docdata import child_id, insert_value, put_value, read
+from crdtmds.node import Node
+
+NAME = "rulebase_scaling"
+TARGET_RATIO = 2.0
+STEPS = ("add", "publish add", "move", "publish move", "read view", "read document")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes",
+        default="10,1000,10000",
+        help="comma-separated rule counts per layer (default 10,1000,10000)",
+    )
+    parser.add_argument("--reps", type=int, default=15, help="interleaved repetitions")
+    parser.add_argument(
+        "--rules-per-change", type=int, default=100, help="rules per change while building"
+    )
+    args = parser.parse_args()
+    args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    return args
+
+
+# ---------------------------------------------------------------- building the layers
+
+
+async def build_domain(node: Node, size: int, args: argparse.Namespace) -> str:
+    """A domain whose default layer holds `size` rules over some hosts and services."""
+    name = f"rules-{size}"
+    await node.create_domain(name, created_by=common.BENCH_ADMIN)
+    generator = common.EditGenerator(seed=args.seed + size, prefix=f"s{size}")
+    session = await node.open_session(name, admin=common.BENCH_ADMIN)
+    for _ in range(50):
+        common.apply_edit(session, *generator.add_host())
+    for _ in range(10):
+        common.apply_edit(session, *generator.next_edit())
+    await node.publish(session)
+    await node.close_session(session)
+    domain = node.domain(name)
+    objects = domain.state.find_object
+    rng = random.Random(args.seed)
+    hosts = generator.hosts
+    for start in range(0, size, args.rules_per_change):
+        count = min(args.rules_per_change, size - start)
+        rules = [
+            model.build_rule(
+                {
+                    "name": f"bulk-{start + i}",
+                    "source": rng.sample(hosts, 2),
+                    "destination": [rng.choice(hosts)],
+                    "action": rng.choice(model.ACTIONS),
+                    "track": "Log",
+                },
+                objects,
+            )
+            for i in range(count)
+        ]
+        await append_rules(node, domain, rules)
+    return name
+
+
+async def append_rules(node: Node, domain: Any, rules: list[dict[str, Any]]) -> None:
+    """Append rules to the default layer in one change, persisted like a peer's change."""
+    layer = domain.state.get_layer(None)
+    layers = child_id(domain.doc, ROOT, "layers")
+    layer_id = child_id(domain.doc, layers, layer.uid)
+    rules_id = child_id(domain.doc, layer_id, "rules")
+    order_id = child_id(domain.doc, layer_id, "order")
+    end = domain.doc.length(order_id)
+    before = domain.heads()
+    with domain.doc.transaction() as tx:
+        for offset, rule in enumerate(rules):
+            put_value(tx, rules_id, rule["uid"], rule)
+            insert_value(tx, order_id, end + offset, rule["uid"])
+    await node.persist_received(domain.document_id, before)
+
+
+# ---------------------------------------------------------------- one measured round
+
+
+class LayerBench:
+    """One domain and a long-lived session on it, edited once per repetition."""
+
+    def __init__(self, node: Node, domain_name: str, seed: int) -> None:
+        self.node = node
+        self.domain_name = domain_name
+        self.rng = random.Random(seed)
+        self.session: Any = None
+        self.added = 0
+
+    async def open(self) -> None:
+        self.session = await self.node.open_session(self.domain_name, admin=common.BENCH_ADMIN)
+
+    async def round(self) -> dict[str, common.Timing]:
+        """Time each step once."""
+        times: dict[str, common.Timing] = {}
+        self.added += 1
+        rule = {"name": f"new-{self.added}", "action": "Accept", "position": "top"}
+        times["add"] = await common.measured(lambda: self.session.add_rule(rule))
+        times["publish add"] = await common.measured(lambda: self.node.publish(self.session))
+        layer = self.session.view.get_layer(None)
+        count = len(layer.rules)
+        move = {
+            "rule-number": self.rng.randint(1, count),
+            "new-position": self.rng.randint(1, count),
+        }
+        times["move"] = await common.measured(lambda: self.session.set_rule(move))
+        times["publish move"] = await common.measured(lambda: self.node.publish(self.session))
+        domain = self.node.domain(self.domain_name)
+        times["read view"] = await common.measured(lambda: domain.state.rulebase())
+        times["read document"] = await common.measured(lambda: read_layer_from_document(domain))
+        return times
+
+
+def read_layer_from_document(domain: Any) -> list[dict[str, Any]]:
+    layers = child_id(domain.doc, ROOT, "layers")
+    plain = read(domain.doc, layers)
+    layer = next(iter(plain.values()))
+    rules = layer["rules"]
+    return [rules[uid] for uid in model.effective_order(layer["order"], rules)]
+
+
+async def benchmark(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="crdtmds-bench-rules-") as tmp:
+        data_dir = Path(tmp) / "node"
+        await common.init_node_dir(data_dir)
+        node = await Node.open(data_dir)
+        try:
+            benches: dict[int, LayerBench] = {}
+            for size in args.sizes:
+                start = common.now()
+                name = await build_domain(node, size, args)
+                print(f"layer of {size} rules built in {common.now() - start:.1f} s", flush=True)
+                benches[size] = LayerBench(node, name, args.seed + size)
+                await benches[size].open()
+            samples = {size: {step: common.Samples() for step in STEPS} for size in args.sizes}
+            for repetition in range(args.reps):
+                order = args.sizes if repetition % 2 == 0 else args.sizes[::-1]
+                for size in order:
+                    for step, timing in (await benches[size].round()).items():
+                        samples[size][step].add(timing)
+        finally:
+            await node.close()
+    report(args, samples)
+
+
+# ---------------------------------------------------------------- report
+
+
+def combined(first: common.Samples, second: common.Samples) -> common.Samples:
+    """Per repetition, the sum of two steps (an edit and its publish)."""
+    total = common.Samples()
+    for wall_a, cpu_a, wall_b, cpu_b in zip(
+        first.wall, first.cpu, second.wall, second.cpu, strict=True
+    ):
+        total.add(common.Timing(wall_a + wall_b, cpu_a + cpu_b))
+    return total
+
+
+def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples]]) -> None:
+    for steps in samples.values():
+        steps["add + publish"] = combined(steps["add"], steps["publish add"])
+        steps["move + publish"] = combined(steps["move"], steps["publish move"])
+    medians = {
+        size: {step: values.medians() for step, values in steps.items()}
+        for size, steps in samples.items()
+    }
+    columns = ["add", "publish add", "add + publish", "move", "move + publish", "read view"]
+    columns.append("read document")
+    common.print_table(
+        f"Rulebase scaling: median wall ms over {args.reps} interleaved repetitions",
+        ["rules", *columns],
+        [[size, *(medians[size][c]["wall"] * 1000 for c in columns)] for size in medians],
+    )
+    smallest, largest = min(medians), max(medians)
+    ratios = {
+        step: {
+            clock: common.ratio(medians[largest][step][clock], medians[smallest][step][clock])
+            for clock in ("wall", "cpu")
+        }
+        for step in ("add + publish", "move + publish", "read view")
+    }
+    common.print_table(
+        f"Cost at {largest} rules relative to {smallest} rules (target: add + publish)",
+        ["operation", "wall ratio", "cpu ratio", "verdict (wall)"],
+        [
+            [
+                step,
+                value["wall"],
+                value["cpu"],
+                common.verdict(value["wall"], TARGET_RATIO, at_least=False)
+                if step == "add + publish"
+                else "",
+            ]
+            for step, value in ratios.items()
+        ],
+    )
+    print(f"target: add + publish at {largest} rules <= {TARGET_RATIO}x the cost at {smallest}")
+    common.write_results(
+        args.out,
+        NAME,
+        parameters=vars(args),
+        results={
+            "median_seconds": {str(size): steps for size, steps in medians.items()},
+            "samples_seconds": {
+                str(size): {step: values.to_json() for step, values in steps.items()}
+                for size, steps in samples.items()
+            },
+            "ratio_largest_to_smallest": ratios,
+        },
+        targets={"add_publish_ratio_at_most": TARGET_RATIO},
+    )
+    sizes = list(medians)
+
+    def draw(axes: Any) -> None:
+        for step in ("add + publish", "move + publish", "read view", "read document"):
+            values = [medians[size][step]["wall"] * 1000 for size in sizes]
+            axes.plot(sizes, values, marker="o", label=step)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("rules in the layer")
+        axes.set_ylabel("median ms")
+        axes.set_title("Cost of one rule operation vs rulebase size")
+        axes.legend()
+        axes.grid(True, which="both", alpha=0.3)
+
+    common.plot(args.out, NAME, draw, enabled=not args.no_plot)
+
+
+def main() -> None:
+    args = parse_args()
+    common.run(lambda: benchmark(args))
+
+
+if __name__ == "__main__":
+    main()
