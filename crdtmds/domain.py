@@ -52,16 +52,17 @@ class DomainState:
 
     @classmethod
     def from_plain(cls, root: Mapping[str, Any]) -> DomainState:
-        state = cls(name=str(root.get("name", "")))
-        for uid, record in (root.get("objects") or {}).items():
+        # Shapes crdtmds never writes (a peer's bug) read as empty rather than failing.
+        state = cls(name=_text(root.get("name")))
+        for uid, record in _map(root.get("objects")).items():
             if isinstance(record, dict):
                 state.put_object(uid, record)
-        for uid, layer in (root.get("layers") or {}).items():
+        for uid, layer in _map(root.get("layers")).items():
             if isinstance(layer, dict):
                 state.layers[uid] = layer_from_plain(uid, layer)
-        # Non-map entries (never written by crdtmds) stay as placeholders so that list
-        # indices keep matching the document's.
-        state.revisions = [r if isinstance(r, dict) else {} for r in root.get("revisions") or []]
+        # Non-map entries stay as placeholders so that list indices keep matching the
+        # document's.
+        state.revisions = [r if isinstance(r, dict) else {} for r in _list(root.get("revisions"))]
         return state
 
     def copy(self) -> DomainState:
@@ -268,9 +269,29 @@ def _groups_reachable(start: str, groups: Mapping[str, list[str]]) -> set[str]:
 
 
 def layer_from_plain(uid: str, plain: Mapping[str, Any]) -> Layer:
-    rules = {k: v for k, v in (plain.get("rules") or {}).items() if isinstance(v, dict)}
-    order = [u for u in plain.get("order") or [] if isinstance(u, str)]
-    return Layer(uid=uid, name=str(plain.get("name", "")), rules=rules, order=order)
+    rules = {k: v for k, v in _map(plain.get("rules")).items() if isinstance(v, dict)}
+    return Layer(
+        uid=uid,
+        name=_text(plain.get("name")),
+        rules=rules,
+        order=_order_from_plain(plain.get("order")),
+    )
+
+
+def _order_from_plain(plain: Any) -> list[str]:
+    return [u for u in _list(plain) if isinstance(u, str)]
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 # ---------------------------------------------------------------- patch parsing
@@ -458,8 +479,7 @@ class _EntityReader:
         if self.objects is None or self.layers is None:
             return False
         if kind == "name":
-            got = self.doc.get(ROOT, "name")
-            state.name = str(got[0][1]) if got else ""
+            state.name = self._text_at(ROOT, "name")
         elif kind == "object":
             self._reload_object(state, touch[1])
         elif kind == "revisions":
@@ -472,6 +492,11 @@ class _EntityReader:
         else:
             self._reload_layer_part(state, kind, touch)
         return True
+
+    def _text_at(self, obj: bytes, key: str) -> str:
+        got = self.doc.get(obj, key)
+        scalar = got[0] if got else None
+        return _text(scalar[1]) if isinstance(scalar, tuple) else ""
 
     def _reload_revisions(self, state: DomainState, start: int) -> bool:
         # Revisions are only ever inserted, so entries before the first touched index
@@ -511,12 +536,10 @@ class _EntityReader:
             self.reloaded_layers.add(touch[1])
             return
         if kind == "layer-name":
-            got = self.doc.get(layer_id, "name")
-            current.name = str(got[0][1]) if got else ""
+            current.name = self._text_at(layer_id, "name")
         elif kind == "order":
             order_id = child_id(self.doc, layer_id, "order")
-            plain = read(self.doc, order_id) if order_id else []
-            current.order = [u for u in plain if isinstance(u, str)]
+            current.order = _order_from_plain(read(self.doc, order_id) if order_id else [])
         elif kind == "rule":
             rules_id = child_id(self.doc, layer_id, "rules")
             rule_id = child_id(self.doc, rules_id, touch[2]) if rules_id else None

@@ -243,6 +243,31 @@ def test_view_survives_foreign_shapes() -> None:
     assert domain.state.revisions[0] == {}
 
 
+def test_view_survives_foreign_containers() -> None:
+    domain = load_base()
+    domain.state  # noqa: B018
+    layer_uid = domain.state.get_layer().uid
+    peer = peer_of(domain)
+    layer_id = child_id(peer.doc, child_id(peer.doc, ROOT, "layers"), layer_uid)
+    with peer.doc.transaction() as tx:
+        put_value(tx, layer_id, "rules", ["not", "a", "map"])
+        put_value(tx, layer_id, "order", {"not": "a list"})
+        put_value(tx, layer_id, "name", {"not": "text"})
+    domain.doc.merge(peer.doc)
+    layer = domain.state.layers[layer_uid]
+    assert (layer.name, layer.rules, layer.order) == ("", {}, [])
+    assert domain.state == full_read(domain.doc)
+
+    with peer.doc.transaction() as tx:
+        put_value(tx, ROOT, "name", ["not", "text"])
+        put_value(tx, ROOT, "objects", ["junk"])
+        put_value(tx, ROOT, "layers", "junk")
+        put_value(tx, ROOT, "revisions", {"a": 1})
+    domain.doc.merge(peer.doc)
+    assert domain.state == DomainState(name="")
+    assert domain.state == full_read(domain.doc)
+
+
 def test_concurrent_moves_leave_repeats_that_reads_drop() -> None:
     domain = load_base()
     peer = peer_of(domain)
