@@ -33,7 +33,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -90,6 +90,7 @@ BACKOFF_MAX = 5.0
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 JOIN_TIMEOUT = 60.0
+DUPLICATE_LINK_PAUSE = 0.5
 MAX_CLOSE_REASON = 120
 
 
@@ -545,7 +546,9 @@ class Node:
             {key: entry.get(key) for key in ("name", "url", "region", "role")}
             for _, entry in sorted(self.cluster.servers().items())
         ]
-        clients = sum(1 for link in self._net.links.values() if link.admin is not None)
+        links = [link for link in self._net.links.values() if not link.closing]
+        server_links = sum(1 for link in links if link.peer_name is not None)
+        clients = sum(1 for link in links if link.admin is not None)
         return {
             "name": self.name,
             "region": self.config.region,
@@ -553,7 +556,7 @@ class Node:
             "url": self.config.url,
             "cluster-id": self.config.cluster_id,
             "peers": self.connected_peers(),
-            "repo-clients": clients,
+            "connections": {"servers": server_links, "repo-clients": clients},
             "servers": servers,
             "domains": self.domain_heads(),
             "cluster-document": {
@@ -622,7 +625,7 @@ class Node:
                 net.server.close()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(net.server.wait_closed(), CLOSE_TIMEOUT * 2)
-            await asyncio.gather(*dialers, return_exceptions=True)
+            await asyncio.gather(*dialers, *net.background, return_exceptions=True)
             net.dialers.clear()
         await self.close()
 
@@ -815,6 +818,8 @@ class Node:
                 await self._admit(link, event.join)
             case PeerConnected():
                 log.info("connected to %s", link.describe())
+                self._net.url_names[link.target] = str(link.peer_name)
+                self._drop_duplicate_links(str(link.peer_name))
             case DocumentChanged():
                 await self._persist_from_peer(event)
             case DocumentUnavailableFromPeer():
@@ -871,6 +876,8 @@ class Node:
             return
         self.gossip.accept(link.conn_id, info, reply)
         log.info("accepted %s", link.describe())
+        if link.peer_name is not None:
+            self._drop_duplicate_links(link.peer_name)
 
     def _admit_server(self, join: Join, meta: Any) -> tuple[PeerInfo, dict[str, Any]]:
         creds = auth.ServerCredentials.from_metadata(meta)
@@ -927,6 +934,33 @@ class Node:
 
     # ------------------------------------------------------------ network: dialing
 
+    def _server_links(self, name: str) -> list[_Link]:
+        return [
+            link
+            for link in self._net.links.values()
+            if link.peer_name == name and self.gossip.peer(link.conn_id) is not None
+        ]
+
+    def _drop_duplicate_links(self, name: str) -> None:
+        """When two servers dial each other, keep the link dialed by the one with the
+        smaller name and close the other. Nothing is lost: every link syncs everything."""
+        we_dial = self.name < name
+        links = self._server_links(name)
+        if not any(link.outgoing == we_dial for link in links):
+            return
+        for link in links:
+            if link.outgoing != we_dial and not link.closing:
+                link.closing = True
+                log.info("closing duplicate link %s", link.describe())
+                self._net.spawn(link.ws.close(CloseCode.NORMAL_CLOSURE, "duplicate link"))
+
+    def _served_by_incoming(self, url: str) -> bool:
+        """Whether the server at `url` (one with a smaller name) already dialed us."""
+        name = self._net.url_names.get(url)
+        if name is None or self.name < name:
+            return False
+        return any(not link.outgoing for link in self._server_links(name))
+
     def _dial_targets(self) -> set[str]:
         net = self._net
         targets = {_normalise_url(url) for url in self.config.peers} | set(net.extra_peers)
@@ -948,6 +982,10 @@ class Node:
                 task.cancel()
                 net.retired.add(task)
                 task.add_done_callback(net.retired.discard)
+        if net.mesh:
+            for name, entry in self.cluster.servers().items():
+                if isinstance(entry.get("url"), str) and name != self.name:
+                    net.url_names.setdefault(_normalise_url(entry["url"]), name)
         for url in sorted(wanted - net.dialers.keys()):
             net.dialers[url] = asyncio.create_task(self._dial_forever(url), name=f"dial {url}")
 
@@ -956,6 +994,9 @@ class Node:
         delay = BACKOFF_INITIAL
         reported = False
         while self._net.running:
+            if self._served_by_incoming(url):
+                await asyncio.sleep(DUPLICATE_LINK_PAUSE)
+                continue
             link: _Link | None = None
             try:
                 async with connect(
@@ -1057,6 +1098,7 @@ class _Link:
     peer_name: str | None = None
     admin: str | None = None
     failure: str | None = None
+    closing: bool = False
 
     def describe(self) -> str:
         who = (
@@ -1084,10 +1126,19 @@ class _Network:
     """Set after every processed frame (what `_wait_for` waits on)."""
     peer_heads: dict[str, list[bytes]] | None = None
     """While joining: the latest heads the peer announced, per document."""
+    url_names: dict[str, str] = field(default_factory=dict)
+    """Server names learned per dialed URL (from the cluster document or a handshake)."""
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     api: Any = None
     fatal: BaseException | None = None
     _verifier: auth.NonceVerifier | None = None
     _counter: int = 0
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run `coroutine` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def next_conn_id(self, prefix: str) -> str:
         self._counter += 1

@@ -1,0 +1,253 @@
+"""The node's network side, in one process: listening on port 0, joining, gossip of a
+publish between two nodes, restart and redial, duplicate links, and the join handshake's
+checks. Real sockets on 127.0.0.1; multi-process scenarios are in test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from automerge.core import Document, SyncState
+from websockets.asyncio.server import ServerConnection, serve
+
+from crdtmds import auth
+from crdtmds.errors import AuthenticationFailed, ClusterError
+from crdtmds.node import (
+    DATABASE_FILE,
+    Node,
+    advertised_url_for,
+    introduce,
+    join_cluster,
+    sync_message_heads,
+)
+from crdtmds.protocol import Join, Peer, decode, encode
+
+pytestmark = pytest.mark.timeout(30)
+
+PASSWORD = "node-test-password"
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def start_primary(root: Path, name: str = "a", *, mesh: bool = True) -> Node:
+    await Node.initialise(
+        root / name, name=name, listen_host="127.0.0.1", listen_port=0, url="",
+        region="eu", admin="admin", password=PASSWORD,
+    )  # fmt: skip
+    node = await Node.open(root / name)
+    await node.start(mesh=mesh)
+    return node
+
+
+async def start_secondary(root: Path, name: str, peer: Node, *, mesh: bool = True) -> Node:
+    await join_cluster(
+        root / name, name=name, listen_host="127.0.0.1", listen_port=0, region="us",
+        peer=peer.config.url, secret=peer.config.secret, timeout=10,
+    )  # fmt: skip
+    node = await Node.open(root / name)
+    await node.start(mesh=mesh)
+    return node
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    a = await start_primary(tmp_path)
+    b = await start_secondary(tmp_path, "b", a)
+    try:
+        yield a, b
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def publish_host(node: Node, domain: str, name: str) -> None:
+    session = await node.open_session(domain, admin="admin")
+    session.add_object("host", {"name": name, "ipv4-address": "192.0.2.1"})
+    await node.publish(session)
+
+
+def host_names(node: Node, domain: str) -> list[str]:
+    return sorted(o["name"] for o in node.domain(domain).state.objects_of_type("host"))
+
+
+# ---------------------------------------------------------------- listening and status
+
+
+async def test_port_zero_is_recorded_and_kept_across_restarts(tmp_path: Path) -> None:
+    node = await start_primary(tmp_path)
+    port = node.config.listen_port
+    assert port != 0
+    assert node.config.url == f"ws://127.0.0.1:{port}"
+    assert node.cluster.servers()["a"]["url"] == node.config.url
+    await node.stop()
+
+    again = await Node.open(tmp_path / "a")
+    try:
+        assert again.config.listen_port == port
+        await again.start()
+        assert again.config.url == f"ws://127.0.0.1:{port}"
+    finally:
+        await again.stop()
+
+
+async def test_local_status_reports_identity_peers_and_heads(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    entry = await a.create_domain("acme", created_by="admin")
+    await wait_until(lambda: b.local_status()["domains"] == a.local_status()["domains"])
+
+    status = b.local_status()
+    assert (status["name"], status["region"], status["role"]) == ("b", "us", "secondary")
+    assert status["url"] == b.config.url
+    assert status["peers"] == ["a"]
+    assert status["connections"] == {"servers": 1, "repo-clients": 0}
+    assert status["domains"]["acme"]["document-id"] == entry["document-id"]
+    assert status["domains"]["acme"]["heads"] == a.domain_heads()["acme"]["heads"]
+    assert {s["name"]: s["role"] for s in status["servers"]} == {
+        "a": "primary",
+        "b": "secondary",
+    }
+    assert status["cluster-document"]["document-id"] == a.config.cluster_document_id
+
+
+# ---------------------------------------------------------------- gossip between nodes
+
+
+async def test_publish_reaches_the_other_node_and_is_persisted_there(
+    pair: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, b = pair
+    await a.create_domain("acme", created_by="admin")
+    await wait_until(lambda: "acme" in b.domain_heads() and b.domain_heads() == a.domain_heads())
+
+    await publish_host(b, "acme", "from-b")
+    await publish_host(a, "acme", "from-a")
+    await wait_until(lambda: a.domain_heads() == b.domain_heads())
+    assert host_names(a, "acme") == host_names(b, "acme") == ["from-a", "from-b"]
+
+    await b.stop()
+    reopened = await Node.open(tmp_path / "b")
+    try:
+        assert host_names(reopened, "acme") == ["from-a", "from-b"]
+    finally:
+        await reopened.close()
+
+
+async def test_dialer_reconnects_when_the_peer_comes_back(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await wait_until(lambda: a.connected_peers() == ["b"])
+    data_dir = b.data_dir
+    await b.stop()
+    await wait_until(lambda: a.connected_peers() == [])
+    await a.create_domain("while-b-was-away", created_by="admin")
+
+    back = await Node.open(data_dir)
+    try:
+        await back.start()
+        await wait_until(lambda: back.domain_heads() == a.domain_heads())
+        assert a.connected_peers() == ["b"]
+        assert "while-b-was-away" in back.domain_heads()
+    finally:
+        await back.stop()
+
+
+async def test_two_servers_dialing_each_other_keep_one_link(pair: tuple[Node, Node]) -> None:
+    a, b = pair  # b dials a (its join peer and the cluster document); a dials b (mesh)
+    await wait_until(lambda: a.connected_peers() == ["b"] and b.connected_peers() == ["a"])
+    await wait_until(
+        lambda: (
+            a.local_status()["connections"]["servers"] == 1
+            and b.local_status()["connections"]["servers"] == 1
+        )
+    )
+    await a.create_domain("after-dedup", created_by="admin")
+    await wait_until(lambda: b.domain_heads() == a.domain_heads())
+
+
+async def test_without_mesh_a_server_dials_only_its_peers(tmp_path: Path) -> None:
+    a = await start_primary(tmp_path, mesh=False)
+    b = await start_secondary(tmp_path, "b", a, mesh=False)
+    c = await start_secondary(tmp_path, "c", b, mesh=False)
+    try:
+        await a.create_domain("chain", created_by="admin")
+        await wait_until(lambda: c.domain_heads() == a.domain_heads())
+        assert "chain" in c.domain_heads()
+        assert c.connected_peers() == ["b"]
+        assert "c" not in a.connected_peers()
+    finally:
+        for node in (c, b, a):
+            await node.stop()
+
+
+# ---------------------------------------------------------------- joining
+
+
+async def test_join_with_a_wrong_secret_writes_nothing(tmp_path: Path) -> None:
+    a = await start_primary(tmp_path)
+    try:
+        wrong = auth.new_secret(a.config.cluster_id)
+        with pytest.raises(AuthenticationFailed, match="wrong cluster secret"):
+            await join_cluster(
+                tmp_path / "b", name="b", listen_host="127.0.0.1", listen_port=0,
+                region="us", peer=a.config.url, secret=wrong, timeout=10,
+            )  # fmt: skip
+        assert not (tmp_path / "b" / DATABASE_FILE).exists()
+    finally:
+        await a.stop()
+
+
+async def test_join_to_an_unreachable_peer_fails(tmp_path: Path) -> None:
+    secret = auth.new_secret("2yB46MEHywctRYGv2cProU5MNVQq")
+    with pytest.raises(ClusterError, match="cannot reach"):
+        await join_cluster(
+            tmp_path / "b", name="b", listen_host="127.0.0.1", listen_port=0,
+            region="us", peer="ws://127.0.0.1:9", secret=secret, timeout=10,
+        )  # fmt: skip
+    assert not (tmp_path / "b" / DATABASE_FILE).exists()
+
+
+async def test_introduce_refuses_a_listener_that_cannot_prove_the_secret() -> None:
+    secret = auth.new_secret("2yB46MEHywctRYGv2cProU5MNVQq")
+    cluster_id = auth.cluster_id_of_secret(secret)
+
+    async def impostor(ws: ServerConnection) -> None:
+        join = decode(await ws.recv())
+        assert isinstance(join, Join)
+        meta = {"cluster": cluster_id, "server": "x", "proof": "00" * 32,
+                "cluster-document": "2yB46MEHywctRYGv2cProU5MNVQq"}  # fmt: skip
+        await ws.send(encode(Peer("x", join.sender_id, peer_metadata={"crdtmds": meta})))
+
+    async with serve(impostor, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(AuthenticationFailed, match="could not prove"):
+            await introduce(f"ws://127.0.0.1:{port}", secret, cluster_id, "b")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def test_sync_message_heads_reads_the_senders_heads() -> None:
+    doc = Document()
+    with doc.transaction() as tx:
+        from automerge.core import ROOT, ScalarType
+
+        tx.put(ROOT, "k", ScalarType.Str, "v")
+    message = doc.generate_sync_message(SyncState())
+    assert message is not None
+    assert sync_message_heads(message.encode()) == doc.get_heads()
+    assert sync_message_heads(b"\x42\x05short") is None
+    assert sync_message_heads(b"not a sync message") is None
+
+
+def test_advertised_url() -> None:
+    assert advertised_url_for("127.0.0.1", 7400, tls=False) == "ws://127.0.0.1:7400"
+    assert advertised_url_for("::1", 7400, tls=True) == "wss://[::1]:7400"
+    assert advertised_url_for("127.0.0.1", 0, tls=False) == ""
