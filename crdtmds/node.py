@@ -834,7 +834,8 @@ class Node:
         try:
             await self.persist_received(event.document_id, event.before_heads)
         except StorageError as exc:
-            self._fail_fatally(exc)
+            if self._net.running:  # else the storage closed under a shutdown
+                self._fail_fatally(exc)
             return
         self.gossip.persisted(event.document_id)
 
@@ -1018,9 +1019,11 @@ class Node:
                 if not reported:
                     log.info("cannot reach %s: %s", url, exc)
                     reported = True
+            except Exception:  # a bug must not end the redialing for good
+                log.exception("connection to %s failed", url)
             if link is not None and link.peer_name is not None and link.failure is None:
                 delay, reported = BACKOFF_INITIAL, False
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, BACKOFF_MAX)
 
     # ------------------------------------------------------------ joining

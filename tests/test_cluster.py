@@ -245,6 +245,10 @@ async def test_killed_server_loses_nothing_and_catches_up(cluster: Cluster) -> N
     assert await host_names(b.url, "crash") == ["acked-on-b", "while-b-was-down"]
     assert await host_names(a.url, "crash") == ["acked-on-b", "while-b-was-down"]
 
+    b.stop()  # SIGTERM: a graceful shutdown
+    assert b.process is not None and b.process.returncode == 0
+    assert "stopping" in b.log()
+
 
 async def test_partitioned_groups_accept_publishes_and_converge_after_healing(
     cluster: Cluster,

@@ -48,13 +48,15 @@ async def start_primary(root: Path, name: str = "a", *, mesh: bool = True) -> No
     return node
 
 
-async def start_secondary(root: Path, name: str, peer: Node, *, mesh: bool = True) -> Node:
+async def start_secondary(
+    root: Path, name: str, peer: Node, *, mesh: bool = True, peers: tuple[str, ...] = ()
+) -> Node:
     await join_cluster(
         root / name, name=name, listen_host="127.0.0.1", listen_port=0, region="us",
         peer=peer.config.url, secret=peer.config.secret, timeout=10,
     )  # fmt: skip
     node = await Node.open(root / name)
-    await node.start(mesh=mesh)
+    await node.start(mesh=mesh, peers=peers)
     return node
 
 
@@ -182,6 +184,18 @@ async def test_without_mesh_a_server_dials_only_its_peers(tmp_path: Path) -> Non
         assert "chain" in c.domain_heads()
         assert c.connected_peers() == ["b"]
         assert "c" not in a.connected_peers()
+    finally:
+        for node in (c, b, a):
+            await node.stop()
+
+
+async def test_extra_peers_are_dialed_without_mesh(tmp_path: Path) -> None:
+    a = await start_primary(tmp_path, mesh=False)
+    b = await start_secondary(tmp_path, "b", a, mesh=False)
+    c = await start_secondary(tmp_path, "c", a, mesh=False, peers=(b.config.url + "/sync",))
+    try:
+        await wait_until(lambda: c.connected_peers() == ["a", "b"])
+        assert b.connected_peers() == ["a", "c"]
     finally:
         for node in (c, b, a):
             await node.stop()
