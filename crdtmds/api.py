@@ -707,6 +707,8 @@ def _decode_request(text: str | bytes) -> dict[str, Any]:
         request = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidSyntax(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:  # the json module parses nested arrays and objects recursively
+        raise InvalidSyntax("the request nests arrays or objects too deeply") from None
     if not isinstance(request, dict):
         raise InvalidSyntax("a request must be a JSON object")
     return request
