@@ -258,6 +258,9 @@ class Client:
         """
         if command == "login":
             return await self.login()
+        if command == "logout":
+            await self.logout()
+            return {"message": "OK"}
         async with self._lock:
             if self.sid is None and command != "show-status":
                 await self._login_somewhere(prefer=self._index, continuing=None)

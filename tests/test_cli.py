@@ -311,7 +311,9 @@ def test_failover_to_server_2_when_server_1_is_killed(
     login(cluster, session, 1, 2, extra=("--remember-password",))
     ok("host", "list", session=session)
     cluster.servers[0].kill()
-    listed = json.loads(ok("host", "list", "--json", session=session))
-    assert "web" in [h["name"] for h in listed["objects"]]
+    moved = crdtmds("host", "list", "--json", session=session)
+    assert moved.exit_code == 0, moved.output
+    assert "web" in [h["name"] for h in json.loads(moved.stdout)["objects"]]
+    assert "warning: lost server" in moved.stderr
     assert json.loads(session.read_text())["server"] == f"{cluster.urls[1]}/api"
     ok("host", "add", "after-failover", "--ip", "192.0.2.77", "--publish", session=session)

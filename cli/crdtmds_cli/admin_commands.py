@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import sys
@@ -162,6 +163,20 @@ def session_path(option: Path | None) -> Path:
 # ---------------------------------------------------------------- running and printing
 
 
+class _EchoWarnings(logging.Handler):
+    """Client log records as `warning: ...` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"warning: {record.getMessage()}", err=True)
+
+
+def show_client_warnings() -> None:
+    """Print the client's warnings (failover, drafts left behind) for the user to see."""
+    logger = logging.getLogger("crdtmds.client")
+    if not any(isinstance(h, _EchoWarnings) for h in logger.handlers):
+        logger.addHandler(_EchoWarnings(logging.WARNING))  # also stops the bare fallback output
+
+
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
     typer.echo(f"Error {code}: {message}", err=True)
     raise typer.Exit(exit_code)
@@ -175,6 +190,7 @@ def with_login(session_file: Path | None, work: Callable[[Client], Awaitable[T]]
     except CliFailure as failure:
         fail(failure.code, failure.message)
     client = stored.client()
+    show_client_warnings()
     try:
         return run(_run_and_close(client, work))
     except SessionLeftBehind as exc:
@@ -481,14 +497,13 @@ def logout_command(session_file: SessionFileOption = None) -> None:
         finally:
             await client.close()
 
+    show_client_warnings()
     try:
         run(work())
     except ApiError as exc:
         typer.echo(f"warning: {exc.code}: {exc.message}", err=True)
     finally:
         path.unlink(missing_ok=True)
-    if stored.unpublished:
-        typer.echo(f"unpublished changes stay in session {stored.session_uid} on {stored.server}")
     typer.echo("logged out")
 
 
