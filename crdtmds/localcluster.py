@@ -41,19 +41,35 @@ class LocalServer:
 
     def start(self, *, log_level: str = "warning", timeout: float = START_TIMEOUT) -> str:
         """Start the server process and wait for its `listening on URL` line."""
+        self.launch(log_level=log_level)
+        return self.wait_ready(timeout)
+
+    def launch(self, *, log_level: str = "warning") -> None:
+        """Start the server process without waiting for it (see `wait_ready`)."""
         if self.running:
-            return self.url
-        log_path = self.data_dir / "server.log"
-        self.process = subprocess.Popen(
-            cli_command("start", "--data", str(self.data_dir), "--log-level", log_level,
-                        *self.extra_args),
-            stdout=subprocess.PIPE,
-            stderr=open(log_path, "a"),  # noqa: SIM115 - owned by the child process
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        self.url = _read_listening_line(self.process, timeout, log_path)
+            return
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                cli_command("start", "--data", str(self.data_dir), "--log-level", log_level,
+                            *self.extra_args),
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        self.url = ""
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
+        """Wait for the launched process to print its URL; returns it."""
+        if self.process is None:
+            raise ClusterError(f"server {self.name} was not launched")
+        if not self.url:
+            self.url = _read_listening_line(self.process, timeout, self.log_path)
         return self.url
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
@@ -61,15 +77,24 @@ class LocalServer:
             self.process.kill()
             self.process.wait(STOP_TIMEOUT)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.process is None or self.process.poll() is not None:
+    def terminate(self) -> None:
+        """Ask the server to shut down gracefully (SIGTERM) without waiting."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Wait for the process to exit; SIGKILL it if it does not in time."""
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(STOP_TIMEOUT)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        self.terminate()
+        self.wait_stopped()
 
 
 def _read_listening_line(process: subprocess.Popen[str], timeout: float, log: Path) -> str:
@@ -95,12 +120,25 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _run_cli(*args: str, timeout: float = START_TIMEOUT) -> str:
-    result = subprocess.run(
-        cli_command(*args), capture_output=True, text=True, timeout=timeout, check=False
+    return _finish_cli(_launch_cli(*args), args[0], timeout)
+
+
+def _launch_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    if result.returncode != 0:
-        raise ClusterError(f"crdtmds {args[0]} failed: {result.stderr.strip()}")
-    return result.stdout
+
+
+def _finish_cli(process: subprocess.Popen[str], command: str, timeout: float) -> str:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise ClusterError(f"crdtmds {command} did not finish within {timeout:.0f} s") from None
+    if process.returncode != 0:
+        raise ClusterError(f"crdtmds {command} failed: {err.strip()}")
+    return out
 
 
 class LocalCluster:
@@ -139,7 +177,10 @@ class LocalCluster:
         return [s.url for s in self.servers]
 
     def start(self) -> LocalCluster:
-        """Initialise the Primary, start it, then join and start every Secondary."""
+        """Initialise and start the Primary, then join and start every Secondary.
+
+        The Secondaries join, and then start, in parallel: each is its own process.
+        """
         primary = self.servers[0]
         output = _run_cli(
             "init", "--data", str(primary.data_dir), "--name", primary.name,
@@ -148,13 +189,21 @@ class LocalCluster:
         )  # fmt: skip
         self.secret = json.loads(output)["secret"]
         primary.start()
-        for server in self.servers[1:]:
-            self.join(server, peer=primary.url)
-            server.start()
+        secondaries = self.servers[1:]
+        joins = [self._launch_join(server, peer=primary.url) for server in secondaries]
+        for join in joins:
+            _finish_cli(join, "join", START_TIMEOUT)
+        for server in secondaries:
+            server.launch()
+        for server in secondaries:
+            server.wait_ready()
         return self
 
     def join(self, server: LocalServer, *, peer: str) -> None:
-        _run_cli(
+        _finish_cli(self._launch_join(server, peer=peer), "join", START_TIMEOUT)
+
+    def _launch_join(self, server: LocalServer, *, peer: str) -> subprocess.Popen[str]:
+        return _launch_cli(
             "join", "--data", str(server.data_dir), "--name", server.name,
             "--listen", "127.0.0.1:0", "--region", server.region,
             "--peer", peer, "--secret", self.secret,
@@ -170,5 +219,8 @@ class LocalCluster:
         return server
 
     def stop(self) -> None:
+        """Stop every server: SIGTERM to all first, so they shut down in parallel."""
         for server in self.servers:
-            server.stop()
+            server.terminate()
+        for server in self.servers:
+            server.wait_stopped()

@@ -59,36 +59,38 @@ def demo(
 async def _scenario(cluster: LocalCluster, domain: str) -> None:
     from crdtmds.client import Client
 
-    urls = cluster.urls
-    async with Client(urls[:1], user=cluster.admin, password=cluster.password) as admin:
-        await _astep(f"add domain {domain!r} on {cluster.servers[0].name}",
-                     lambda: admin.call("add-domain", name=domain))  # fmt: skip
-    await _astep("domain reaches every server", lambda: _wait_for_domain(cluster, domain))
-    clients = [
-        Client([url], user=cluster.admin, password=cluster.password, domain=domain,
-               session_name=f"demo on {server.name}")
-        for url, server in zip(urls, cluster.servers, strict=True)
-    ]  # fmt: skip
+    def login(url: str, **options: Any) -> Client:
+        return Client([url], user=cluster.admin, password=cluster.password, **options)
+
+    names = [server.name for server in cluster.servers]
+    admins = [login(url) for url in cluster.urls]
+    editors = [
+        login(url, domain=domain, session_name=f"demo on {name}")
+        for url, name in zip(cluster.urls, names, strict=True)
+    ]
     try:
-        for client in clients:
-            await client.login()
+        await _astep("log in on every server", lambda: asyncio.gather(*(a.login() for a in admins)))
+        await _astep(f"add domain {domain!r} on {names[0]}",
+                     lambda: admins[0].call("add-domain", name=domain))  # fmt: skip
+        await _astep("domain reaches every server", lambda: _wait_for_domain(admins, domain))
+        await asyncio.gather(*(e.login() for e in editors))
         await _astep(
-            f"{len(clients)} concurrent sessions edit objects and rules",
-            lambda: asyncio.gather(*(_edit(c, i + 1) for i, c in enumerate(clients))),
+            f"{len(editors)} concurrent sessions edit objects and rules",
+            lambda: asyncio.gather(*(_edit(e, i + 1) for i, e in enumerate(editors))),
         )
         published = await _astep(
             "publish all sessions at once",
-            lambda: asyncio.gather(*(c.call("publish", comments="demo") for c in clients)),
+            lambda: asyncio.gather(*(e.call("publish", comments="demo") for e in editors)),
         )
         typer.echo(f"    {len(published)} revisions published")
         rulebases = await _astep(
-            "rulebase identical on every server", lambda: _wait_for_convergence(clients)
+            "rulebase identical on every server", lambda: _wait_for_convergence(editors)
         )
         _print_rulebase(rulebases[0])
-        problems = await clients[-1].call("verify-policy")
-        typer.echo(f"verify-policy on {cluster.servers[-1].name}: {_describe(problems)}")
+        problems = await editors[-1].call("verify-policy")
+        typer.echo(f"verify-policy on {names[-1]}: {_describe(problems)}")
     finally:
-        for client in clients:
+        for client in [*admins, *editors]:
             await client.close()
 
 
@@ -113,15 +115,12 @@ async def _edit(client: Client, n: int) -> None:
                       name=f"cleanup {n}", action="Drop")  # fmt: skip
 
 
-async def _wait_for_domain(cluster: LocalCluster, domain: str) -> None:
-    from crdtmds.client import Client
+async def _wait_for_domain(admins: list[Client], domain: str) -> None:
+    async def visible(admin: Client) -> bool:
+        reply = await admin.call("show-domains")
+        return any(d.get("name") == domain and d.get("available") for d in reply["objects"])
 
-    async def visible(url: str) -> bool:
-        async with Client([url], user=cluster.admin, password=cluster.password) as c:
-            reply = await c.call("show-domains")
-            return any(d.get("name") == domain for d in reply.get("objects", []))
-
-    await _until(lambda: _all(visible(url) for url in cluster.urls))
+    await _until(lambda: _all(visible(admin) for admin in admins))
 
 
 async def _wait_for_convergence(clients: list[Client]) -> list[dict[str, Any]]:
@@ -148,7 +147,7 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> None:
     while time.monotonic() < deadline:
         if await check():
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
     raise TimeoutError(f"not converged within {CONVERGENCE_TIMEOUT:.0f} s")
 
 
