@@ -8,7 +8,8 @@ network side moves bytes between sockets and the sans-I/O objects:
   hub (other servers, and administrators' automerge-repo clients), ``/api`` carries the
   admin API (JSON text frames), anything else is answered HTTP 404;
 - one dialer per remote server (every server of the cluster document, plus configured
-  peers), reconnecting with capped exponential backoff and jitter;
+  peers), reconnecting with capped exponential backoff and jitter; when two servers dial
+  each other, the one with the larger name drops its own outgoing link;
 - per connection, a reader task feeding frames to the hub (received changes are persisted
   before the hub may forward them) and a sender task draining what the hub has to send,
   woken whenever a document changes.
@@ -124,7 +125,8 @@ class NodeConfig:
 
 
 class Node:
-    """One server. Create with `Node.open(data_dir)` after `initialise`/`prepare_join`."""
+    """One server. Create with `Node.open(data_dir)` after `initialise` or `join_cluster`;
+    then `serve_forever()` (or `start()` ... `stop()`)."""
 
     def __init__(self, config: NodeConfig, storage: Storage, data_dir: Path) -> None:
         self.config = config
@@ -943,14 +945,17 @@ class Node:
         ]
 
     def _drop_duplicate_links(self, name: str) -> None:
-        """When two servers dial each other, keep the link dialed by the one with the
-        smaller name and close the other. Nothing is lost: every link syncs everything."""
-        we_dial = self.name < name
+        """When two servers dial each other, the one with the larger name closes its own
+        outgoing link (and its dialer waits while the incoming one lives). Only the dialer
+        closes, so a new link is never refused because an old one only looks alive; and
+        nothing is lost, since every link syncs everything."""
+        if self.name < name:
+            return
         links = self._server_links(name)
-        if not any(link.outgoing == we_dial for link in links):
+        if not any(not link.outgoing for link in links):
             return
         for link in links:
-            if link.outgoing != we_dial and not link.closing:
+            if link.outgoing and not link.closing:
                 link.closing = True
                 log.info("closing duplicate link %s", link.describe())
                 self._net.spawn(link.ws.close(CloseCode.NORMAL_CLOSURE, "duplicate link"))
@@ -1037,6 +1042,11 @@ class Node:
         await self._wait_for(
             self._caught_up_with_peer, timeout, "the cluster document and every domain"
         )
+        if self.name in self.cluster.servers():
+            raise NameInUse(
+                f"the cluster already has a server named '{self.name}'",
+                details={"name": self.name},
+            )
         await self.register_self()
         try:
             await self._wait_for(self._peer_has_our_cluster_heads, 5.0, "the registration")

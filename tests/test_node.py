@@ -14,7 +14,7 @@ from automerge.core import Document, SyncState
 from websockets.asyncio.server import ServerConnection, serve
 
 from crdtmds import auth
-from crdtmds.errors import AuthenticationFailed, ClusterError
+from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse
 from crdtmds.node import (
     DATABASE_FILE,
     Node,
@@ -216,6 +216,19 @@ async def test_join_with_a_wrong_secret_writes_nothing(tmp_path: Path) -> None:
         assert not (tmp_path / "b" / DATABASE_FILE).exists()
     finally:
         await a.stop()
+
+
+async def test_join_under_a_name_already_in_the_cluster_is_refused(
+    pair: tuple[Node, Node], tmp_path: Path
+) -> None:
+    a, _ = pair
+    with pytest.raises(NameInUse, match="already has a server named 'b'"):
+        await join_cluster(
+            tmp_path / "b2", name="b", listen_host="127.0.0.1", listen_port=0,
+            region="us", peer=a.config.url, secret=a.config.secret, timeout=10,
+        )  # fmt: skip
+    assert not (tmp_path / "b2" / DATABASE_FILE).exists()
+    assert a.cluster.servers()["b"]["region"] == "us"
 
 
 async def test_join_to_an_unreachable_peer_fails(tmp_path: Path) -> None:
