@@ -669,7 +669,8 @@ class ApiConnection:
             request = _decode_request(text)
             request_id, command = request.get("id"), request.get("command")
             result = await self.api.execute(self, request)
-            return json.dumps({"id": request_id, "result": result}, ensure_ascii=False)
+            # ASCII escapes keep any echoed text (even a lone surrogate) encodable as UTF-8.
+            return json.dumps({"id": request_id, "result": result})
         except CrdtmdsError as exc:
             reply = {"id": request_id, "error": exc.to_reply()}
         except Exception:
@@ -683,7 +684,7 @@ class ApiConnection:
                 },
             }
         try:
-            return json.dumps(reply, ensure_ascii=False)
+            return json.dumps(reply)
         except (TypeError, ValueError):
             return json.dumps({"id": None, "error": reply["error"]})
 

@@ -363,6 +363,18 @@ async def test_malformed_requests_get_clear_errors_and_change_nothing(api: Admin
     assert (await admin.ok("show-hosts"))["total"] == 0
 
 
+async def test_replies_are_ascii_so_any_echoed_text_can_be_sent(api: AdminAPI) -> None:
+    admin = connect(api)
+    text = await admin.connection.handle_text('{"id": "\\ud800", "command": "keepalive"}')
+    text.encode("utf-8")
+    assert text.isascii()
+    assert json.loads(text)["id"] == "\ud800"
+    unicode_name = await admin.connection.handle_text(
+        json.dumps({"id": 1, "command": "login", "params": {"user": "ünïcode", "password": "x"}})
+    )
+    assert json.loads(unicode_name)["error"]["code"] == "err_login_failed"
+
+
 async def test_an_unexpected_failure_is_an_internal_error_reply(
     api: AdminAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
