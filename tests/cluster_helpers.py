@@ -160,7 +160,7 @@ class Cluster:
         self, name: str, *, start_args: list[str] | None = None, start: bool = True
     ) -> NodeProcess:
         """The Primary (creates the cluster, superuser ADMIN/PASSWORD)."""
-        node = self._node(name, start_args)
+        node = self.add_node(name, start_args)
         output = run_cli(
             "init", "--data", str(node.data_dir), "--name", name, "--listen", "127.0.0.1:0",
             "--admin", ADMIN, "--password", PASSWORD, "--json",
@@ -180,7 +180,7 @@ class Cluster:
         region: str = "default",
     ) -> NodeProcess:
         """A Secondary fetched from `peer` (a URL)."""
-        node = self._node(name, start_args)
+        node = self.add_node(name, start_args)
         run_cli(
             "join", "--data", str(node.data_dir), "--name", name, "--listen", "127.0.0.1:0",
             "--peer", peer, "--secret", self.secret, "--region", region, "--timeout", "30",
@@ -189,7 +189,8 @@ class Cluster:
             node.start()
         return node
 
-    def _node(self, name: str, start_args: list[str] | None) -> NodeProcess:
+    def add_node(self, name: str, start_args: list[str] | None = None) -> NodeProcess:
+        """Track a server whose data directory the caller creates (for custom options)."""
         node = NodeProcess(name, self.root / name, list(start_args or []))
         self.nodes[name] = node
         return node

@@ -318,14 +318,14 @@ async def test_tls_cluster_over_wss(cluster: Cluster, tmp_path: Path) -> None:
         "--password", PASSWORD, "--json", *tls,
     )  # fmt: skip
     secret = json.loads(init.stdout)["secret"]
-    a = cluster._node("a", None)
+    a = cluster.add_node("a")
     url_a = await asyncio.to_thread(a.start)
     assert url_a.startswith("wss://127.0.0.1:")
     await asyncio.to_thread(
         run_cli, "join", "--data", str(data_b), "--name", "b", "--listen", "127.0.0.1:0",
         "--peer", url_a, "--secret", secret, *tls,
     )  # fmt: skip
-    b = cluster._node("b", None)
+    b = cluster.add_node("b")
     await asyncio.to_thread(b.start)
 
     for _ in range(100):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from automerge.core import Document, SyncState
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from crdtmds import auth
@@ -23,7 +24,7 @@ from crdtmds.node import (
     join_cluster,
     sync_message_heads,
 )
-from crdtmds.protocol import Join, Peer, decode, encode
+from crdtmds.protocol import Error, Join, Peer, decode, encode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -199,6 +200,24 @@ async def test_extra_peers_are_dialed_without_mesh(tmp_path: Path) -> None:
     finally:
         for node in (c, b, a):
             await node.stop()
+
+
+async def test_replayed_server_credentials_are_refused(tmp_path: Path) -> None:
+    a = await start_primary(tmp_path)
+    try:
+        secret = a.config.secret
+        creds = auth.ServerCredentials.create(secret, a.config.cluster_id, "replayer")
+        join = encode(Join("replayer-peer", peer_metadata={"crdtmds": creds.to_metadata()}))
+        replies = []
+        for _ in range(2):
+            async with connect(a.config.url + "/sync", proxy=None) as ws:
+                await ws.send(join)
+                replies.append(decode(await asyncio.wait_for(ws.recv(), 5)))
+        assert isinstance(replies[0], Peer)
+        assert isinstance(replies[1], Error)
+        assert replies[1].message == "replayed server credentials"
+    finally:
+        await a.stop()
 
 
 # ---------------------------------------------------------------- joining
