@@ -23,8 +23,11 @@ import os
 import platform
 import random
 import resource
+import socket
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,11 @@ CLI_ROOT = REPO_ROOT / "cli"
 for _path in (CLI_ROOT, REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+
+# Server processes started from here run `python -m crdtmds_cli.main`: give them the checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT), str(CLI_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
@@ -183,6 +191,16 @@ def memory_kib() -> dict[str, int]:
                 found[key] = int(value.split()[0])
     peak = found.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return {"rss": found.get("VmRSS", peak), "peak": peak}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds another process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def reset_peak_memory() -> bool:
@@ -419,6 +437,39 @@ def apply_edit(session: Any, command: str, params: Mapping[str, Any]) -> dict[st
     raise ValueError(f"no session method for {command}")
 
 
+def build_domain_documents(
+    count: int,
+    changes_per_domain: int,
+    *,
+    edits_per_publish: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Domains made by sessions and publishes in memory (no storage): document id -> doc.
+
+    Each domain gets publishes of `edits_per_publish` generated edits (one change each,
+    plus the revision entry) until it holds at least `changes_per_domain` changes.
+    """
+    from crdtmds.domain import Domain
+    from crdtmds.protocol import new_document_id
+    from crdtmds.session import Session
+
+    docs: dict[str, Any] = {}
+    for index in range(count):
+        domain = Domain.create(f"domain-{index + 1:03d}", new_document_id())
+        generator = EditGenerator(seed=seed * 100_003 + index, prefix=f"d{index + 1}")
+        session = Session.open(domain, admin=BENCH_ADMIN, server="bench-source")
+        made = len(domain.doc.get_changes([]))
+        while made < changes_per_domain:
+            edits = min(edits_per_publish, max(1, changes_per_domain - made - 1))
+            for _ in range(edits):
+                apply_edit(session, *generator.next_edit())
+            session.prepare_publish()
+            session.complete_publish()
+            made += edits + 1
+        docs[domain.document_id] = domain.doc
+    return docs
+
+
 # ---------------------------------------------------------------- nodes in this process
 
 BENCH_ADMIN = "admin"
@@ -490,3 +541,463 @@ async def populate_domains(
 def run(main: Callable[[], Awaitable[Any]]) -> Any:
     """Run an async benchmark entry point."""
     return asyncio.run(main())
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll `condition` every millisecond; return the seconds it took, or raise."""
+    start = now()
+    while not condition():
+        if now() - start > timeout:
+            raise TimeoutError(f"{what}: not done within {timeout:.0f} s")
+        await asyncio.sleep(0.001)
+    return now() - start
+
+
+# ---------------------------------------------------------------- server processes
+
+
+def run_cli(*args: str, timeout: float = 120.0) -> str:
+    """Run one `crdtmds` command to completion and return its standard output."""
+    from crdtmds.localcluster import cli_command
+
+    completed = subprocess.run(
+        cli_command(*args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"crdtmds {args[0]} failed: {completed.stderr.strip()[-2000:]}")
+    return completed.stdout
+
+
+async def read_node_config(data_dir: Path) -> dict[str, Any]:
+    """A server's stored configuration (name, cluster id, secret, ...) from its data dir."""
+    from crdtmds.node import CONFIG_KEY, DATABASE_FILE
+    from crdtmds.storage import Storage
+
+    storage = await Storage.open(data_dir / DATABASE_FILE)
+    try:
+        config = await storage.get_meta(CONFIG_KEY)
+    finally:
+        await storage.close()
+    if not isinstance(config, dict):
+        raise RuntimeError(f"{data_dir} holds no server configuration")
+    return config
+
+
+class BenchCluster:
+    """`size` real servers on 127.0.0.1 (processes of `crdtmds start`) under `root`.
+
+    Without a delay they form the default full mesh. With `delay_ms`, every server dials
+    every other one through its own delay proxy (one per direction of each link, with
+    `--no-mesh` and one `--peer` per proxy), and bytes between servers of different
+    regions take `delay_ms` longer each way. Servers are spread over `regions` regions
+    round-robin (default: each server is its own region).
+    """
+
+    def __init__(
+        self, root: Path, size: int, *, delay_ms: float = 0.0, regions: int | None = None
+    ) -> None:
+        from crdtmds.localcluster import LocalServer
+
+        self.root = root
+        self.size = size
+        self.delay = delay_ms / 1000.0
+        self.regions = regions or size
+        self.servers = [
+            LocalServer(
+                name=f"s{i + 1}",
+                data_dir=root / f"s{i + 1}",
+                region=f"region-{i % self.regions + 1}",
+            )
+            for i in range(size)
+        ]
+        self.proxies: DelayProxies | None = None
+        self.links: dict[tuple[int, int], ProxyLink] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def start(self) -> BenchCluster:
+        """Initialise the first server, then join and start the others through it."""
+        if self.delay > 0:
+            self._make_proxies()
+        first = self.servers[0]
+        run_cli(
+            "init", "--data", str(first.data_dir), "--name", first.name,
+            "--listen", "127.0.0.1:0", "--region", first.region,
+            "--admin", BENCH_ADMIN, "--password", BENCH_PASSWORD, "--json",
+        )  # fmt: skip
+        self._start_server(0)
+        for index in range(1, self.size):
+            server = self.servers[index]
+            peer = self.links[index, 0].url if self.links else first.url
+            run_cli(
+                "join", "--data", str(server.data_dir), "--name", server.name,
+                "--listen", "127.0.0.1:0", "--region", server.region,
+                "--peer", peer, "--secret", self.secret(), "--timeout", "60",
+            )  # fmt: skip
+            self._start_server(index)
+        return self
+
+    def secret(self) -> str:
+        return str(run_async_in_thread(read_node_config(self.servers[0].data_dir))["secret"])
+
+    def _make_proxies(self) -> None:
+        self.proxies = DelayProxies().start()
+        for a in range(self.size):
+            for b in range(self.size):
+                if a != b:
+                    delayed = self.servers[a].region != self.servers[b].region
+                    self.links[a, b] = self.proxies.add(self.delay if delayed else 0.0)
+        for a, server in enumerate(self.servers):
+            server.extra_args = ["--no-mesh"]
+            for b in range(self.size):
+                if a != b:
+                    server.extra_args += ["--peer", self.links[a, b].url]
+
+    def _start_server(self, index: int) -> None:
+        url = self.servers[index].start(log_level="warning")
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        for (_, b), link in self.links.items():
+            if b == index:
+                link.target_port = port
+
+    async def wait_connected(self, timeout: float = 60.0) -> float:
+        """Wait until every server has a live link with every other one."""
+        from crdtmds_cli.server_commands import query_status
+
+        async def all_linked() -> bool:
+            for url in self.urls:
+                try:
+                    status = await query_status(url, timeout=5.0)
+                except Exception:  # a server still starting: ask again
+                    return False
+                if len(status.get("peers", [])) < self.size - 1:
+                    return False
+            return True
+
+        start = now()
+        while not await all_linked():
+            if now() - start > timeout:
+                raise TimeoutError(f"the {self.size} servers did not all connect in {timeout} s")
+            await asyncio.sleep(0.1)
+        return now() - start
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        if self.proxies is not None:
+            self.proxies.close()
+
+    def __enter__(self) -> BenchCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_async_in_thread(coroutine: Awaitable[Any]) -> Any:
+    """Run a coroutine to completion from synchronous code, even inside a running loop."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coroutine)  # type: ignore[arg-type]
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+# ---------------------------------------------------------------- delay proxies
+
+
+@dataclass(slots=True)
+class ProxyLink:
+    """One listening port forwarding to 127.0.0.1:`target_port` with a one-way delay."""
+
+    delay: float
+    port: int = 0
+    target_port: int = 0
+    """Settable at any time: the target of connections accepted from then on."""
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+class DelayProxies:
+    """TCP proxies on 127.0.0.1 that hold every chunk for a fixed delay in each direction.
+
+    They run on their own event loop in a background thread, so the benchmark's own loop
+    does not slow them down. Order is kept and bandwidth is not limited: the delay is a
+    pure one-way latency, like a long link. A connection accepted before its target is
+    known is refused (closed), and the server dialing it retries.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._servers: list[asyncio.Server] = []
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    def start(self) -> DelayProxies:
+        self._thread.start()
+        return self
+
+    def add(self, delay: float) -> ProxyLink:
+        link = ProxyLink(delay)
+        future = asyncio.run_coroutine_threadsafe(self._listen(link), self._loop)
+        future.result(10)
+        return link
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _listen(self, link: ProxyLink) -> None:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._forward(link, reader, writer)
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        link.port = server.sockets[0].getsockname()[1]
+        self._servers.append(server)
+
+    async def _forward(
+        self, link: ProxyLink, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if not link.target_port:
+            writer.transport.abort()
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(
+                "127.0.0.1", link.target_port
+            )
+        except OSError:
+            writer.transport.abort()
+            return
+        for w in (writer, upstream_writer):
+            _set_nodelay(w)
+            self._transports.add(w.transport)
+        try:
+            await asyncio.gather(
+                _delayed_pump(reader, upstream_writer, link.delay),
+                _delayed_pump(upstream_reader, writer, link.delay),
+            )
+        finally:
+            for w in (writer, upstream_writer):
+                self._transports.discard(w.transport)
+                w.transport.abort()
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            server.close()
+        for transport in list(self._transports):
+            transport.abort()
+
+
+def _set_nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _delayed_pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+) -> None:
+    """Copy bytes, each chunk written `delay` seconds after it was read, until EOF."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def deliver() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                return
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            await writer.drain()
+
+    delivering = asyncio.create_task(deliver())
+    try:
+        while data := await reader.read(64 * 1024):
+            queue.put_nowait((loop.time() + delay, data))
+        queue.put_nowait((loop.time(), b""))
+        await delivering
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        delivering.cancel()
+        writer.transport.abort()
+
+
+# ---------------------------------------------------------------- an in-process sync peer
+
+MAX_FRAME = 256 * 1024 * 1024
+"""Frame size limit of the benchmark's own WebSocket peers (a whole domain may be one)."""
+
+
+class MemoryDocuments:
+    """Live documents of an in-process peer (the `DocumentStore` that `Gossip` needs)."""
+
+    def __init__(self, docs: Mapping[str, Any] | None = None, *, accept: bool = False) -> None:
+        self.docs: dict[str, Any] = dict(docs or {})
+        self.accept = accept
+
+    def get_document(self, document_id: str) -> Any:
+        return self.docs.get(document_id)
+
+    def accept_document(self, document_id: str, peer: Any) -> Any:
+        if not self.accept:
+            return None
+        from automerge.core import Document
+
+        doc = self.docs[document_id] = Document()
+        return doc
+
+    def shared_documents(self, peer: Any) -> list[str]:
+        return list(self.docs)
+
+
+def server_join_metadata(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Join metadata proving knowledge of a cluster's secret, as a server dialing it."""
+    from crdtmds.auth import ServerCredentials
+    from crdtmds.node import METADATA_KEY
+
+    creds = ServerCredentials.create(config["secret"], config["cluster_id"], name)
+    identity = {
+        "cluster": config["cluster_id"],
+        "server": name,
+        "name": name,
+        "region": "bench",
+        "role": "secondary",
+        "url": "",
+        "cluster-document": config["cluster_document_id"],
+    }
+    return {"isEphemeral": False, METADATA_KEY: {**identity, **creds.to_metadata()}}
+
+
+class SyncPeer:
+    """One automerge-repo connection from this process to a server's /sync endpoint.
+
+    The protocol work is `crdtmds.gossip.Gossip` (the servers' own sans-I/O engine); this
+    class only moves its frames over a WebSocket. Received changes are applied to the
+    documents of `store`; `on_changed(document_id, before_heads)` is called for each
+    batch. The heads the server announces in its sync messages are kept in
+    `announced_heads`, so a caller can tell when the server holds everything.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        store: MemoryDocuments,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        query: str = "",
+        name: str = "bench-peer",
+        on_changed: Callable[[str, list[bytes]], None] | None = None,
+    ) -> None:
+        from crdtmds.gossip import Gossip
+
+        self.url = url.rstrip("/") + "/sync" + (f"?{query}" if query else "")
+        self.store = store
+        self.metadata = dict(metadata or {"isEphemeral": True})
+        self.peer_id = f"{name}-{random.randrange(1 << 32):08x}"
+        self.gossip = Gossip(self.peer_id, store, max_message_size=MAX_FRAME)
+        self.on_changed = on_changed
+        self.announced_heads: dict[str, list[bytes]] = {}
+        self.frames_received = 0
+        self.bytes_received = 0
+        self.progress = asyncio.Event()
+        self._conn = "c"
+        self._ws: Any = None
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failure: str | None = None
+
+    async def start(self, timeout: float = 30.0) -> SyncPeer:
+        from websockets.asyncio.client import connect
+
+        self._ws = await connect(
+            self.url, proxy=None, max_size=MAX_FRAME, compression=None, open_timeout=timeout
+        )
+        self.gossip.open_connection(self._conn, dialer=True, local_metadata=self.metadata)
+        self._tasks = [
+            asyncio.create_task(self._send_loop()),
+            asyncio.create_task(self._receive_loop()),
+        ]
+        self._wake.set()
+        await asyncio.wait_for(self._connected.wait(), timeout)
+        return self
+
+    def request(self, document_id: str) -> None:
+        """Ask the server for a document (a repo client must, to be sent it)."""
+        self.gossip.request_document(self._conn, document_id)
+        self._wake.set()
+
+    def document_changed(self, document_id: str) -> None:
+        """A local change to one of `store`'s documents: offer it to the server."""
+        self.gossip.document_changed(document_id)
+        self._wake.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2)
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for frame in self.gossip.data_to_send(self._conn):
+                await self._ws.send(frame)
+
+    async def _receive_loop(self) -> None:
+        from crdtmds.gossip import ConnectionFailed, DocumentChanged, PeerConnected
+        from crdtmds.node import sync_message_heads
+        from crdtmds.protocol import Request, Sync, decode
+
+        try:
+            async for frame in self._ws:
+                self.frames_received += 1
+                self.bytes_received += len(frame)
+                message = decode(frame, max_size=MAX_FRAME)
+                if isinstance(message, Sync | Request):
+                    heads = sync_message_heads(message.data)
+                    if heads is not None:
+                        self.announced_heads[message.document_id] = heads
+                for event in self.gossip.receive(self._conn, frame):
+                    if isinstance(event, PeerConnected):
+                        self._connected.set()
+                    elif isinstance(event, DocumentChanged):
+                        if self.on_changed is not None:
+                            self.on_changed(event.document_id, event.before_heads)
+                        self.gossip.persisted(event.document_id)
+                    elif isinstance(event, ConnectionFailed):
+                        self.failure = event.message
+                self._wake.set()
+                self.progress.set()
+        except Exception as exc:  # a closed socket ends the peer; the caller sees `failure`
+            self.failure = self.failure or f"{type(exc).__name__}: {exc}"
+            self.progress.set()
+
+    def server_has(self, document_id: str, heads: Sequence[bytes]) -> bool:
+        """Whether the server's latest announced heads for the document are `heads`."""
+        return sorted(self.announced_heads.get(document_id, [])) == sorted(heads)
