@@ -1,0 +1,368 @@
+"""Convergence latency: publish -> visible on every server, in 3-, 5- and 9-server clusters.
+
+Each cluster is made of real ``crdtmds start`` processes on loopback. Administrators
+publish at a steady rate (default 50/s) on randomly chosen servers through the Python API
+client (``crdtmds.client.Client``); each publish adds one host. Visibility is observed
+without polling: this process keeps one automerge-repo connection (``/sync``, as an
+administrator's read-only repo client) to every server, and notes when each change
+reaches each server. A publish's latency runs from the moment its ``publish`` command is
+sent until the last server holds its changes.
+
+With ``--delay-ms D`` every server dials every other through a delay proxy, and bytes
+between servers of different regions (``--regions``, default one per server) take D ms
+longer each way, to simulate geography.
+
+Targets: p99 < 50 ms for 5 servers at 50 publishes/s without delay (DESIGN.md); with a
+delay, p99 within one delay plus 50 ms (issue 5).
+
+    .venv/bin/python bench/convergence.py [--sizes 3,5,9] [--rate 50] [--duration 10]
+        [--delay-ms 0] [--regions N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import common
+
+from crdtmds.client import Client
+
+NAME = "convergence"
+DOMAIN = "convergence"
+TARGET_P99_SECONDS = 0.050
+TARGET_SIZE = 5
+CLIENTS_PER_SERVER = 2
+
+
+def parse_args() -> argparse.Namespace:
+    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="3,5,9", help="cluster sizes (default 3,5,9)")
+    parser.add_argument("--rate", type=float, default=50.0, help="publishes per second (50)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing")
+    parser.add_argument("--warmup", type=float, default=1.0, help="first seconds not counted")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link")
+    parser.add_argument("--regions", type=int, default=None, help="regions (default: one each)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the rest")
+    args = parser.parse_args()
+    args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    return args
+
+
+# ---------------------------------------------------------------- observing every server
+
+
+@dataclass(slots=True)
+class Observer:
+    """When each change reached each server, as told by one repo connection per server."""
+
+    seen: list[dict[bytes, float]] = field(default_factory=list)
+    peers: list[common.SyncPeer] = field(default_factory=list)
+
+    async def attach(self, urls: list[str], document_id: str) -> None:
+        query = urlencode({"user": common.BENCH_ADMIN, "password": common.BENCH_PASSWORD})
+        for index, url in enumerate(urls):
+            seen: dict[bytes, float] = {}
+            store = common.MemoryDocuments(accept=True)
+            peer = common.SyncPeer(
+                url,
+                store,
+                query=query,
+                name=f"observer-{index + 1}",
+                on_changed=self._recorder(store, seen),
+            )
+            await peer.start()
+            peer.request(document_id)
+            self.seen.append(seen)
+            self.peers.append(peer)
+
+    @staticmethod
+    def _recorder(store: common.MemoryDocuments, seen: dict[bytes, float]) -> Any:
+        def record(document_id: str, before_heads: list[bytes]) -> None:
+            arrived = common.now()
+            for change in store.docs[document_id].get_changes(before_heads):
+                seen.setdefault(change.hash, arrived)
+
+        return record
+
+    def visible_everywhere(self, change: bytes) -> float | None:
+        """When the last server got `change`, or None if some server has not yet."""
+        times = [seen.get(change) for seen in self.seen]
+        return None if None in times else max(times)  # type: ignore[type-var]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(peer.close() for peer in self.peers))
+
+
+# ---------------------------------------------------------------- publishing
+
+
+@dataclass(slots=True)
+class Publish:
+    index: int
+    server: int
+    sent: float = 0.0
+    acknowledged: float = 0.0
+    change: bytes = b""
+    error: str = ""
+
+
+class Publishers:
+    """Logged-in API clients per server; a publish takes an idle one (or logs in anew)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.idle: list[list[Client]] = [[] for _ in urls]
+        self.all: list[Client] = []
+
+    async def login(self, server: int) -> Client:
+        client = Client(
+            [self.urls[server]],
+            user=common.BENCH_ADMIN,
+            password=common.BENCH_PASSWORD,
+            domain=DOMAIN,
+        )
+        await client.login()
+        self.all.append(client)
+        return client
+
+    async def prepare(self, per_server: int) -> None:
+        for server in range(len(self.urls)):
+            for _ in range(per_server):
+                self.idle[server].append(await self.login(server))
+
+    async def publish(self, publish: Publish, size: int) -> None:
+        pool = self.idle[publish.server]
+        client = pool.pop() if pool else await self.login(publish.server)
+        try:
+            octets = f"{publish.index >> 8 & 255}.{publish.index & 255}"
+            await client.call(
+                "add-host",
+                name=f"c{size}-{publish.index}",
+                **{"ipv4-address": f"10.{size}.{octets}"},
+            )
+            publish.sent = common.now()
+            reply = await client.call("publish")
+            publish.acknowledged = common.now()
+            publish.change = bytes.fromhex(reply["revision"]["heads"][0])
+        except Exception as exc:  # recorded and reported, the run goes on
+            publish.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            pool.append(client)
+
+    async def close(self) -> None:
+        for client in self.all:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+
+# ---------------------------------------------------------------- one cluster
+
+
+async def domain_document_id(url: str) -> str:
+    from crdtmds_cli.server_commands import query_status
+
+    status = await query_status(url, timeout=5.0)
+    return str(status["domains"][DOMAIN]["document-id"])
+
+
+async def wait_domain_everywhere(urls: list[str], timeout: float = 60.0) -> None:
+    from crdtmds_cli.server_commands import query_status
+
+    async def everywhere() -> bool:
+        for url in urls:
+            status = await query_status(url, timeout=5.0)
+            if DOMAIN not in status.get("domains", {}):
+                return False
+        return True
+
+    start = common.now()
+    while not await everywhere():
+        if common.now() - start > timeout:
+            raise TimeoutError(f"domain {DOMAIN} did not reach every server")
+        await asyncio.sleep(0.1)
+
+
+async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    print(f"starting {size} servers ...", flush=True)
+    with common.BenchCluster(
+        root / f"cluster-{size}", size, delay_ms=args.delay_ms, regions=args.regions
+    ) as cluster:
+        cluster.start()
+        await cluster.wait_connected()
+        urls = cluster.urls
+        async with Client(
+            [urls[0]], user=common.BENCH_ADMIN, password=common.BENCH_PASSWORD
+        ) as admin:
+            await admin.call("add-domain", name=DOMAIN)
+        await wait_domain_everywhere(urls)
+        observer = Observer()
+        publishers = Publishers(urls)
+        try:
+            await observer.attach(urls, await domain_document_id(urls[0]))
+            await publishers.prepare(CLIENTS_PER_SERVER)
+            publishes = await steady_publishing(size, args, publishers)
+            await wait_all_visible(observer, publishes, args.timeout)
+        finally:
+            await publishers.close()
+            await observer.close()
+    return summarise(size, args, publishes, observer)
+
+
+async def steady_publishing(
+    size: int, args: argparse.Namespace, publishers: Publishers
+) -> list[Publish]:
+    """Start one publish every 1/rate seconds on a random server (open loop)."""
+    rng = random.Random(args.seed + size)
+    count = int(args.duration * args.rate)
+    publishes = [Publish(index, rng.randrange(size)) for index in range(count)]
+    tasks = []
+    start = common.now()
+    for publish in publishes:
+        delay = start + publish.index / args.rate - common.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(publishers.publish(publish, size)))
+    await asyncio.gather(*tasks)
+    return publishes
+
+
+async def wait_all_visible(observer: Observer, publishes: list[Publish], timeout: float) -> None:
+    done = [p for p in publishes if p.change]
+    with contextlib.suppress(TimeoutError):
+        await common.wait_until(
+            lambda: all(observer.visible_everywhere(p.change) is not None for p in done),
+            timeout,
+            "every publish visible on every server",
+        )
+
+
+def summarise(
+    size: int, args: argparse.Namespace, publishes: list[Publish], observer: Observer
+) -> dict[str, Any]:
+    first = min((p.sent for p in publishes if p.sent), default=0.0)
+    counted = [p for p in publishes if p.change and p.sent - first >= args.warmup]
+    latencies, from_ack, missing = [], [], 0
+    for publish in counted:
+        visible = observer.visible_everywhere(publish.change)
+        if visible is None:
+            missing += 1
+            continue
+        latencies.append(visible - publish.sent)
+        from_ack.append(max(0.0, visible - publish.acknowledged))
+    acks = [p.acknowledged - p.sent for p in counted]
+    errors = [p.error for p in publishes if p.error]
+    return {
+        "servers": size,
+        "publishes": len(publishes),
+        "counted": len(counted),
+        "not_visible_in_time": missing,
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "achieved_rate": len(publishes) / max(1e-9, _span(publishes)),
+        "publish_to_visible": common.summary(latencies),
+        "ack_to_visible": common.summary(from_ack),
+        "publish_ack": common.summary(acks),
+        "latencies": latencies,
+    }
+
+
+def _span(publishes: list[Publish]) -> float:
+    sent = [p.sent for p in publishes if p.sent]
+    return max(sent) - min(sent) if len(sent) > 1 else 0.0
+
+
+# ---------------------------------------------------------------- report
+
+
+def target_seconds(args: argparse.Namespace) -> float:
+    return TARGET_P99_SECONDS + args.delay_ms / 1000.0
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    rows = []
+    for result in results:
+        visible = result["publish_to_visible"]
+        rows.append(
+            [
+                result["servers"],
+                result["counted"],
+                result["achieved_rate"],
+                result["publish_ack"]["p50"] * 1000,
+                visible["p50"] * 1000,
+                visible["p95"] * 1000,
+                visible["p99"] * 1000,
+                visible["max"] * 1000,
+                result["not_visible_in_time"] + result["errors"],
+            ]
+        )
+    delay = f", {args.delay_ms:g} ms one-way delay between regions" if args.delay_ms else ""
+    common.print_table(
+        f"Publish -> visible on every server, ms ({args.rate:g}/s for {args.duration:g} s{delay})",
+        ["servers", "publishes", "rate/s", "ack p50", "p50", "p95", "p99", "max", "lost/err"],
+        rows,
+    )
+    target = target_seconds(args)
+    verdict_rows = [
+        [
+            r["servers"],
+            r["publish_to_visible"]["p99"] * 1000,
+            target * 1000,
+            common.verdict(r["publish_to_visible"]["p99"], target, at_least=False),
+        ]
+        for r in results
+    ]
+    common.print_table(
+        f"p99 against the target (the target is set for {TARGET_SIZE} servers)",
+        ["servers", "p99 ms", "target < ms", "verdict"],
+        verdict_rows,
+    )
+    stored = [{k: v for k, v in r.items() if k != "latencies"} for r in results]
+    for entry, result in zip(stored, results, strict=True):
+        entry["latencies_ms"] = [round(x * 1000, 3) for x in result["latencies"]]
+    common.write_results(
+        args.out,
+        NAME,
+        parameters=vars(args),
+        results={"clusters": stored},
+        targets={"p99_seconds_below": target, "for_servers": TARGET_SIZE, "at_rate": 50},
+    )
+
+    def draw(axes: Any) -> None:
+        for result in results:
+            values = sorted(x * 1000 for x in result["latencies"])
+            if values:
+                fractions = [(i + 1) / len(values) for i in range(len(values))]
+                axes.plot(values, fractions, label=f"{result['servers']} servers")
+        axes.axvline(target * 1000, color="grey", linestyle="--", label="p99 target")
+        axes.set_xlabel("publish -> visible on every server (ms)")
+        axes.set_ylabel("fraction of publishes")
+        axes.set_title(f"Convergence latency at {args.rate:g} publishes/s{delay}")
+        axes.legend()
+        axes.grid(True, alpha=0.3)
+
+    common.plot(args.out, NAME, draw, enabled=not args.no_plot)
+
+
+async def benchmark(args: argparse.Namespace) -> None:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="crdtmds-bench-convergence-") as tmp:
+        for size in args.sizes:
+            results.append(await run_cluster(size, args, Path(tmp)))
+    report(args, results)
+
+
+def main() -> None:
+    args = parse_args()
+    common.run(lambda: benchmark(args))
+
+
+if __name__ == "__main__":
+    main()
