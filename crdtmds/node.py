@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import inspect
-import json
 import logging
 import random
 import secrets
@@ -50,6 +48,7 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 
 from crdtmds import auth
+from crdtmds.api import AdminAPI
 from crdtmds.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
 from crdtmds.domain import Domain
 from crdtmds.errors import (
@@ -61,7 +60,6 @@ from crdtmds.errors import (
     ProtocolError,
     SessionError,
     StorageError,
-    UnknownCommand,
 )
 from crdtmds.gossip import (
     ConnectionFailed,
@@ -730,9 +728,7 @@ class Node:
         await self._run_link(link)
 
     async def _serve_api(self, ws: ServerConnection) -> None:
-        api = self._admin_api()
-        source = _format_address(ws.remote_address)
-        conn = api.connect(source) if api is not None else _StatusOnlyApi(self)
+        conn = self._admin_api().connect(_format_address(ws.remote_address))
         try:
             async for message in ws:
                 text = message if isinstance(message, str) else message.decode("utf-8", "replace")
@@ -742,18 +738,11 @@ class Node:
         finally:
             await conn.close()
 
-    def _admin_api(self) -> Any | None:
-        """The admin API (`crdtmds.api`), created on first use; None where it is absent."""
-        net = self._net
-        if net.api is None:
-            try:
-                from crdtmds.api import AdminAPI
-            except ImportError as exc:
-                log.warning("admin API unavailable (%s); serving show-status only", exc)
-                net.api = False
-            else:
-                net.api = AdminAPI(self)
-        return net.api or None
+    def _admin_api(self) -> AdminAPI:
+        """The admin API, created on first use."""
+        if self._net.api is None:
+            self._net.api = AdminAPI(self)
+        return self._net.api
 
     # ------------------------------------------------------------ network: connections
 
@@ -898,13 +887,7 @@ class Node:
 
     async def _admit_repo_client(self, link: _Link, join: Join) -> tuple[PeerInfo, dict[str, Any]]:
         """An administrator's automerge-repo client: credentials in the URL query."""
-        api = self._admin_api()
-        if api is None:
-            raise AuthenticationFailed("this server admits only crdtmds servers on /sync")
-        result = api.authenticate_repo_client(dict(link.query))
-        if inspect.isawaitable(result):
-            result = await result
-        admin, may_read = result
+        admin, may_read = self._admin_api().authenticate_repo_client(dict(link.query))
         link.admin = str(admin)
         info = PeerInfo(
             peer_id=join.sender_id,
@@ -1142,7 +1125,7 @@ class _Network:
     url_names: dict[str, str] = field(default_factory=dict)
     """Server names learned per dialed URL (from the cluster document or a handshake)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-    api: Any = None
+    api: AdminAPI | None = None
     fatal: BaseException | None = None
     _verifier: auth.NonceVerifier | None = None
     _counter: int = 0
@@ -1162,28 +1145,6 @@ class _Network:
         if self._verifier is None:
             self._verifier = auth.NonceVerifier(config.secret, config.cluster_id)
         return self._verifier
-
-
-class _StatusOnlyApi:
-    """The admin API of a server whose `crdtmds.api` is missing: `show-status` alone."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    async def handle_text(self, text: str) -> str:
-        try:
-            request = json.loads(text)
-        except ValueError:
-            request = None
-        request_id = request.get("id") if isinstance(request, dict) else None
-        command = request.get("command") if isinstance(request, dict) else None
-        if command != "show-status":
-            error = UnknownCommand(f"unknown command {command!r}")
-            return json.dumps({"id": request_id, "error": error.to_reply()})
-        return json.dumps({"id": request_id, "result": self._node.local_status()})
-
-    async def close(self) -> None:
-        return None
 
 
 # ---------------------------------------------------------------- joining a cluster
