@@ -590,11 +590,18 @@ class BenchCluster:
     every other one through its own delay proxy (one per direction of each link, with
     `--no-mesh` and one `--peer` per proxy), and bytes between servers of different
     regions take `delay_ms` longer each way. Servers are spread over `regions` regions
-    round-robin (default: each server is its own region).
+    round-robin (default: each server is its own region). With `star` (and no delay),
+    the other servers dial only the first one, which relays between them.
     """
 
     def __init__(
-        self, root: Path, size: int, *, delay_ms: float = 0.0, regions: int | None = None
+        self,
+        root: Path,
+        size: int,
+        *,
+        delay_ms: float = 0.0,
+        regions: int | None = None,
+        star: bool = False,
     ) -> None:
         from crdtmds.localcluster import LocalServer
 
@@ -612,6 +619,9 @@ class BenchCluster:
         ]
         self.proxies: DelayProxies | None = None
         self.links: dict[tuple[int, int], ProxyLink] = {}
+        if star:
+            for server in self.servers:
+                server.extra_args = ["--no-mesh"]
 
     @property
     def urls(self) -> list[str]:
@@ -662,8 +672,8 @@ class BenchCluster:
             if b == index:
                 link.target_port = port
 
-    async def wait_connected(self, timeout: float = 60.0) -> float:
-        """Wait until every server has a live link with every other one."""
+    async def wait_connected(self, timeout: float = 60.0, *, links: int | None = None) -> float:
+        """Wait until every server has live links with `links` others (default: all)."""
         from crdtmds_cli.server_commands import query_status
 
         async def all_linked() -> bool:
@@ -672,7 +682,8 @@ class BenchCluster:
                     status = await query_status(url, timeout=5.0)
                 except Exception:  # a server still starting: ask again
                     return False
-                if len(status.get("peers", [])) < self.size - 1:
+                wanted = self.size - 1 if links is None else min(links, self.size - 1)
+                if len(status.get("peers", [])) < wanted:
                     return False
             return True
 
@@ -853,15 +864,19 @@ MAX_FRAME = 256 * 1024 * 1024
 class MemoryDocuments:
     """Live documents of an in-process peer (the `DocumentStore` that `Gossip` needs)."""
 
-    def __init__(self, docs: Mapping[str, Any] | None = None, *, accept: bool = False) -> None:
+    def __init__(
+        self, docs: Mapping[str, Any] | None = None, *, accept: bool | set[str] = False
+    ) -> None:
         self.docs: dict[str, Any] = dict(docs or {})
         self.accept = accept
+        """True: take any document a peer offers; a set: take only those ids."""
 
     def get_document(self, document_id: str) -> Any:
         return self.docs.get(document_id)
 
     def accept_document(self, document_id: str, peer: Any) -> Any:
-        if not self.accept:
+        wanted = self.accept if isinstance(self.accept, bool) else document_id in self.accept
+        if not wanted:
             return None
         from automerge.core import Document
 
@@ -941,7 +956,13 @@ class SyncPeer:
             asyncio.create_task(self._receive_loop()),
         ]
         self._wake.set()
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            await self.close()
+            raise TimeoutError(
+                f"no automerge-repo handshake with {self.url} in {timeout} s ({self.failure})"
+            ) from None
         return self
 
     def request(self, document_id: str) -> None:

@@ -1,0 +1,305 @@
+"""Propagation throughput: crdtmds servers vs Python `automerge.repo.Repo` peers.
+
+Both systems get the same workload through the same door, in one run. Three crdtmds
+servers and three Python repos (``automerge.repo.Repo`` with
+``automerge.transports.WebSocketServer`` / ``WebSocketClientTransport``), each a process
+of its own, are wired alike: a hub that the two others dial. A writer in this process
+connects to one of them over the automerge-repo protocol (to the servers, as a server of
+their cluster) and streams N changes into a new document, each change one host record,
+as fast as it can; one observer connection per peer notes when that peer holds all of
+them. Throughput is N divided by the time from the first write until every peer holds
+every change.
+
+- chain: the writer feeds a leaf; changes go leaf -> hub -> other leaf (two hops);
+- star: the writer feeds the hub; changes go to both leaves at once (one hop).
+
+Target (DESIGN.md): crdtmds at least 10x the throughput of the Python Repo. The crdtmds
+servers also commit every change to SQLite before forwarding it; the repos keep theirs
+in memory.
+
+    .venv/bin/python bench/peers.py [--changes 1000] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import common
+from automerge.core import ROOT, Document, ObjType, ScalarType
+
+from crdtmds.protocol import new_document_id
+
+NAME = "peers"
+TARGET_RATIO = 10.0
+TOPOLOGIES = ("chain", "star")
+SYSTEMS = ("crdtmds", "automerge.repo")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--changes", type=int, default=1000, help="changes per run (1000)")
+    parser.add_argument("--reps", type=int, default=3, help="runs per system and topology")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+# ---------------------------------------------------------------- a Python repo process
+
+
+async def repo_child(dial: list[str]) -> None:
+    """One `automerge.repo.Repo` with a WebSocket server; runs until stdin closes."""
+    from automerge.repo import InMemoryStorage, Repo
+    from automerge.transports import WebSocketClientTransport, WebSocketServer
+
+    warnings.simplefilter("ignore", DeprecationWarning)
+    repo = await Repo.load(InMemoryStorage())
+    await repo.start()
+    server = WebSocketServer(repo, "127.0.0.1", 0)
+    await server.start()
+    port = server._server.sockets[0].getsockname()[1]  # the helper keeps its server private
+    connections = []
+    for url in dial:
+        transport = await WebSocketClientTransport.connect(url)
+        connections.append(asyncio.create_task(repo.connect(transport)))
+    print(f"listening on ws://127.0.0.1:{port}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
+@dataclass
+class RepoProcess:
+    process: subprocess.Popen[str]
+    url: str
+
+
+def start_repo(dial: list[str], log: Path) -> RepoProcess:
+    command = [sys.executable, __file__, "--repo-child"]
+    for url in dial:
+        command += ["--dial", url]
+    with log.open("a") as errors:
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("listening on "):
+        process.kill()
+        raise RuntimeError(f"the repo process did not start: {log.read_text()[-2000:]}")
+    return RepoProcess(process, line.removeprefix("listening on ").strip())
+
+
+def stop_repo(repo: RepoProcess) -> None:
+    with contextlib.suppress(OSError):
+        assert repo.process.stdin is not None
+        repo.process.stdin.close()
+    try:
+        repo.process.wait(5)
+    except subprocess.TimeoutExpired:
+        repo.process.kill()
+        repo.process.wait(5)
+
+
+# ---------------------------------------------------------------- the peers under test
+
+
+@dataclass
+class Peers:
+    """Three peers of one system: index 0 is the hub, 1 and 2 dial it."""
+
+    system: str
+    urls: list[str]
+    join_metadata: Callable[[str], dict[str, Any] | None]
+    """Fresh join metadata for a connection of ours with this name (a proof is single-use)."""
+
+
+async def crdtmds_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
+    cluster = stack.enter_context(common.BenchCluster(root / "crdtmds", 3, star=True))
+    cluster.start()
+    await cluster.wait_connected(links=1)
+    config = await common.read_node_config(cluster.servers[0].data_dir)
+    return Peers("crdtmds", cluster.urls, lambda name: common.server_join_metadata(config, name))
+
+
+def repo_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
+    root.mkdir(parents=True, exist_ok=True)
+    hub = start_repo([], root / "repo-hub.log")
+    stack.callback(stop_repo, hub)
+    leaves = []
+    for index in (1, 2):
+        leaf = start_repo([hub.url], root / f"repo-leaf-{index}.log")
+        stack.callback(stop_repo, leaf)
+        leaves.append(leaf)
+    return Peers("automerge.repo", [hub.url, *(leaf.url for leaf in leaves)], lambda name: None)
+
+
+# ---------------------------------------------------------------- one run
+
+
+def host_change(doc: Document, objects: bytes, index: int) -> None:
+    """One change adding one host record, shaped like crdtmds' own."""
+    uid = f"00000000-0000-4000-8000-{index:012d}"
+    with doc.transaction() as tx:
+        host = tx.put_object(objects, uid, ObjType.Map)
+        for key, value in (
+            ("uid", uid),
+            ("type", "host"),
+            ("name", f"host-{index}"),
+            ("comments", ""),
+            ("color", "black"),
+            ("ipv4-address", f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"),
+        ):
+            tx.put(host, key, ScalarType.Str, value)
+        tx.put_object(host, "tags", ObjType.List)
+
+
+async def attach_observers(peers: Peers, document_id: str) -> list[common.SyncPeer]:
+    observers = []
+    for index, url in enumerate(peers.urls):
+        name = f"bench-observer-{index}"
+        observer = common.SyncPeer(
+            url,
+            common.MemoryDocuments(accept={document_id}),
+            metadata=peers.join_metadata(name),
+            name=name,
+        )
+        await observer.start()
+        observer.request(document_id)
+        observers.append(observer)
+    return observers
+
+
+def holds(observer: common.SyncPeer, document_id: str, heads: list[bytes]) -> bool:
+    doc = observer.store.docs.get(document_id)
+    return doc is not None and sorted(doc.get_heads()) == sorted(heads)
+
+
+async def propagate(peers: Peers, topology: str, changes: int, timeout: float) -> dict[str, Any]:
+    """Stream `changes` changes into one peer; seconds until all three hold them all."""
+    document_id = new_document_id()
+    source = Document()
+    with source.transaction() as tx:
+        objects = tx.put_object(ROOT, "objects", ObjType.Map)
+    entry = 1 if topology == "chain" else 0
+    writer = common.SyncPeer(
+        peers.urls[entry],
+        common.MemoryDocuments({document_id: source}),
+        metadata=peers.join_metadata("bench-writer"),
+        name="bench-writer",
+    )
+    await writer.start()
+    observers = await attach_observers(peers, document_id)
+    try:
+        heads = source.get_heads()
+        await common.wait_until(
+            lambda: all(holds(o, document_id, heads) for o in observers),
+            timeout,
+            "the new document on every peer",
+        )
+        start = common.now()
+        for index in range(changes):
+            host_change(source, objects, index)
+            writer.document_changed(document_id)
+            await asyncio.sleep(0)
+        written = common.now() - start
+        heads = source.get_heads()
+        await common.wait_until(
+            lambda: (
+                all(holds(o, document_id, heads) for o in observers)
+                or any(p.failure for p in (writer, *observers))
+            ),
+            timeout,
+            f"{changes} changes on every {peers.system} peer",
+        )
+        failures = [p.failure for p in (writer, *observers) if p.failure]
+        if failures:
+            raise RuntimeError(f"a {peers.system} peer dropped a connection: {failures[0]}")
+        seconds = common.now() - start
+    finally:
+        await asyncio.gather(writer.close(), *(o.close() for o in observers))
+    return {"seconds": seconds, "write_seconds": written, "changes_per_second": changes / seconds}
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def benchmark(args: argparse.Namespace) -> None:
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        system: {topology: [] for topology in TOPOLOGIES} for system in SYSTEMS
+    }
+    with tempfile.TemporaryDirectory(prefix="crdtmds-bench-peers-") as tmp:
+        root = Path(tmp)
+        with contextlib.ExitStack() as stack:
+            print("starting 3 crdtmds servers and 3 Python repos ...", flush=True)
+            systems = [await crdtmds_peers(root, stack), repo_peers(root, stack)]
+            for repetition in range(args.reps):
+                for topology in TOPOLOGIES:
+                    order = systems if repetition % 2 == 0 else systems[::-1]
+                    for peers in order:
+                        result = await propagate(peers, topology, args.changes, args.timeout)
+                        runs[peers.system][topology].append(result)
+                        print(
+                            f"  {peers.system:15s} {topology:5s} {result['seconds']:.3f} s"
+                            f" ({result['changes_per_second']:,.0f} changes/s)",
+                            flush=True,
+                        )
+    report(args, runs)
+
+
+def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    medians = {
+        system: {
+            topology: common.median([r["changes_per_second"] for r in results])
+            for topology, results in by_topology.items()
+        }
+        for system, by_topology in runs.items()
+    }
+    ratios = {
+        topology: common.ratio(medians["crdtmds"][topology], medians["automerge.repo"][topology])
+        for topology in TOPOLOGIES
+    }
+    common.print_table(
+        f"Propagation of {args.changes} changes to 3 peers, median changes/s of {args.reps} runs",
+        ["topology", "crdtmds", "automerge.repo", "ratio", "target >=", "verdict"],
+        [
+            [
+                topology,
+                medians["crdtmds"][topology],
+                medians["automerge.repo"][topology],
+                ratios[topology],
+                TARGET_RATIO,
+                common.verdict(ratios[topology], TARGET_RATIO, at_least=True),
+            ]
+            for topology in TOPOLOGIES
+        ],
+    )
+    common.write_results(
+        args.out,
+        NAME,
+        parameters={k: v for k, v in vars(args).items() if k not in ("repo_child", "dial")},
+        results={"runs": runs, "median_changes_per_second": medians, "ratio": ratios},
+        targets={"ratio_at_least": TARGET_RATIO},
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    if args.repo_child:
+        common.run(lambda: repo_child(args.dial))
+        return
+    common.run(lambda: benchmark(args))
+
+
+if __name__ == "__main__":
+    main()
