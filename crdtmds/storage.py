@@ -356,12 +356,22 @@ class Storage:
     # -- node metadata ---------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> Any | None:
-        """The JSON value stored under ``key``, or None."""
+        """The JSON value stored under ``key``, or None.
+
+        Raises `StorageCorruption` if the stored value is not JSON.
+        """
         async with self._read(f"read meta {key}") as connection:
             rows = list(
                 await connection.execute_fetchall("SELECT value FROM meta WHERE key = ?", (key,))
             )
-        return json.loads(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        try:
+            return json.loads(rows[0][0])
+        except (ValueError, TypeError) as exc:
+            raise StorageCorruption(
+                f"meta row {key!r} is not JSON: {exc}", details={"table": "meta", "key": key}
+            ) from exc
 
     async def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serializable value under ``key``, replacing any previous one."""
