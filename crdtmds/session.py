@@ -176,6 +176,11 @@ class Session:
         unsaved, self._unsaved = self._unsaved, []
         return unsaved
 
+    def return_unsaved_changes(self, changes: list[bytes]) -> None:
+        """Give back what `take_unsaved_changes` returned when persisting it failed: it is
+        handed out again, first, by the next call (later changes depend on it)."""
+        self._unsaved[:0] = changes
+
     def has_changes(self) -> bool:
         return bool(self._own_changes)
 
