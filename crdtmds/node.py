@@ -59,6 +59,7 @@ from crdtmds.errors import (
     ObjectNotFound,
     ProtocolError,
     SessionError,
+    StorageCorruption,
     StorageError,
 )
 from crdtmds.gossip import (
@@ -251,6 +252,8 @@ class Node:
         return node
 
     async def _load_documents(self) -> None:
+        """Load every stored document; refuse a store that does not load whole, since
+        serving what is left would show administrators (and peers) a wrong state."""
         loaded = await self.storage.load_all()
         self.load_problems = loaded.problems
         for problem in loaded.problems:
@@ -258,6 +261,8 @@ class Node:
                 "stored document %s is corrupt (%s row %s): %s",
                 problem.document_id, problem.table, problem.row_id, problem.message,
             )  # fmt: skip
+        if loaded.problems:
+            raise _damaged_store_error(self.data_dir, loaded.problems)
         for doc_id, doc in loaded.documents.items():
             self._uncompacted[doc_id] = None
             if doc_id == self.config.cluster_document_id:
@@ -272,18 +277,25 @@ class Node:
             if domain is None:
                 log.warning("session %s belongs to an unknown domain; kept on disk", record.uid)
                 continue
-            self.sessions[record.uid] = Session.restore(
-                domain,
-                uid=record.uid,
-                admin=record.admin,
-                server=self.config.name,
-                base_heads=record.base_heads,
-                actor=record.actor,
-                changes=record.changes,
-                name=record.name,
-                description=record.description,
-                created_at=record.created_at,
-            )
+            try:
+                self.sessions[record.uid] = Session.restore(
+                    domain,
+                    uid=record.uid,
+                    admin=record.admin,
+                    server=self.config.name,
+                    base_heads=record.base_heads,
+                    actor=record.actor,
+                    changes=record.changes,
+                    name=record.name,
+                    description=record.description,
+                    created_at=record.created_at,
+                )
+            except Exception as exc:  # the binding raises a bare Exception for bad chunks
+                raise StorageCorruption(
+                    f"{self.data_dir}: the stored draft of session {record.uid} "
+                    f"({record.admin}, domain {record.domain}) cannot be restored: {exc}",
+                    details={"table": "session_changes", "session": record.uid},
+                ) from exc
 
     async def close(self) -> None:
         await self.storage.close()
@@ -473,10 +485,18 @@ class Node:
         ]
 
     async def save_session_edits(self, session: Session) -> None:
-        """Persist the draft's new changes, so an unpublished session survives a restart."""
+        """Persist the draft's new changes, so an unpublished session survives a restart.
+
+        Changes that fail to persist (a full disk) are kept for the next call: later
+        changes depend on them, and a stored draft must never lack a dependency.
+        """
         unsaved = session.take_unsaved_changes()
         if unsaved:
-            await self.storage.append_session_changes(session.uid, unsaved)
+            try:
+                await self.storage.append_session_changes(session.uid, unsaved)
+            except StorageError:
+                session.return_unsaved_changes(unsaved)
+                raise
         await self.storage.touch_session(session.uid, session.last_active)
 
     async def publish(self, session: Session, comments: str = "") -> dict[str, Any]:
@@ -1365,6 +1385,24 @@ def _remove_database(path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             (path / (DATABASE_FILE + suffix)).unlink()
+
+
+def _damaged_store_error(path: Path, problems: list[LoadProblem]) -> StorageCorruption:
+    first = problems[0]
+    where = first.table if first.row_id is None else f"{first.table} row {first.row_id}"
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return StorageCorruption(
+        f"{path}: stored document {first.document_id} does not load, {where}: "
+        f"{first.message}{more}. Restore the data directory from a backup, or remove it "
+        "and join the cluster again",
+        details={
+            "problems": [
+                {"document-id": p.document_id, "table": p.table, "row": p.row_id,
+                 "message": p.message}
+                for p in problems
+            ]
+        },
+    )  # fmt: skip
 
 
 async def _open_fresh(path: Path) -> Storage:
