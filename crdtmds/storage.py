@@ -87,10 +87,10 @@ CREATE TABLE meta (
 # Change rows are read in insertion order: Automerge loads changes that arrive after their
 # dependencies far faster than a shuffled log.
 _SELECT_LATEST_SNAPSHOTS = """
-SELECT s.document_id, s.data FROM snapshots AS s
+SELECT s.document_id, s.data, s.heads FROM snapshots AS s
  WHERE s.id = (SELECT max(id) FROM snapshots WHERE document_id = s.document_id)
 """
-_SELECT_ALL_CHANGES = "SELECT document_id, data FROM changes ORDER BY id"
+_SELECT_ALL_CHANGES = "SELECT document_id, data, hash FROM changes ORDER BY id"
 
 _UPSERT_SESSION = """
 INSERT INTO sessions (uid, document_id, domain, admin, name, description, base_heads, actor,
@@ -262,13 +262,31 @@ class Storage:
         async with self._read("load all documents") as connection:
             snapshot_rows = await connection.execute_fetchall(_SELECT_LATEST_SNAPSHOTS)
             change_rows = await connection.execute_fetchall(_SELECT_ALL_CHANGES)
+        snapshot_heads = {
+            document_id: _split_heads(heads) for document_id, _, heads in snapshot_rows
+        }
+        change_hashes: dict[str, list[bytes]] = {}
+        for document_id, _, change_hash in change_rows:
+            change_hashes.setdefault(document_id, []).append(change_hash)
+        chunks_by_document = _chunks_by_document(
+            [row[:2] for row in snapshot_rows], [row[:2] for row in change_rows]
+        )
         result = LoadedDocuments(documents={}, problems=[])
-        for document_id, chunks in _chunks_by_document(snapshot_rows, change_rows).items():
+        for document_id, chunks in chunks_by_document.items():
             try:
-                result.documents[document_id] = automerge.core.Document.load(b"".join(chunks))
+                doc = automerge.core.Document.load(b"".join(chunks))
             except Exception as exc:  # the binding raises a bare Exception for malformed input
                 stored = await self._document_rows(document_id) or _DocumentRows()
                 result.problems.extend(_diagnose(document_id, stored, str(exc)))
+                continue
+            left_out = _changes_left_out(
+                doc, snapshot_heads.get(document_id), change_hashes.get(document_id, [])
+            )
+            if left_out:
+                message = f"{left_out} change rows do not load: a change they depend on is missing"
+                result.problems.append(LoadProblem(document_id, "changes", None, message))
+            else:
+                result.documents[document_id] = doc
         return result
 
     async def document_ids(self) -> list[str]:
@@ -566,6 +584,25 @@ def _chunks_by_document(snapshot_rows: Any, change_rows: Any) -> dict[str, list[
         else:
             document_chunks.append(data)
     return chunks
+
+
+def _changes_left_out(
+    doc: automerge.core.Document, snapshot_heads: list[bytes] | None, hashes: list[bytes]
+) -> int:
+    """How many stored change rows the loaded document lacks.
+
+    A load of change rows alone raises when a dependency is missing, but a snapshot
+    followed by such a change loads without the change; so a document loaded from a
+    snapshot must hold every change row, after the snapshot or covered by it.
+    """
+    if snapshot_heads is None or not hashes:
+        return 0
+    since_snapshot = {change.hash for change in doc.get_changes(snapshot_heads)}
+    missing = [h for h in hashes if h not in since_snapshot]
+    if not missing:
+        return 0
+    everything = {change.hash for change in doc.get_changes([])}  # rows the snapshot covers
+    return sum(1 for h in missing if h not in everything)
 
 
 def _diagnose(document_id: str, stored: _DocumentRows, load_error: str) -> list[LoadProblem]:
