@@ -398,4 +398,7 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    # Their debug records show request lines (credentials in /sync URL queries) and SQL
+    # parameters (the node configuration with the cluster secret, stored changes).
+    for noisy in ("websockets", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
