@@ -63,6 +63,8 @@ __all__ = [
 
 _EPHEMERAL_MEMORY = 4096
 """How many ephemeral message ids are remembered to stop them circling a mesh."""
+MAX_DOCUMENTS_PER_CONNECTION_DEFAULT = 10_000
+"""How many distinct documents one connection may involve (each costs a sync state)."""
 
 
 # --------------------------------------------------------------------------- peers, store
@@ -293,6 +295,8 @@ class Gossip:
        as ignored by the protocol are dropped.
     8. Outgoing messages carry our ``local_peer_id`` as senderId and the peer's id as
        targetId (forwarded ephemeral messages keep their original sender).
+    9. A peer that names a document beyond ``max_documents_per_connection`` distinct
+       documents on one connection gets an error and the connection closes.
 
     A peer "follows" a document when it was announced to it, it has sent a message about
     it, or we requested it from that peer. Servers are sent every document they may read
@@ -308,11 +312,13 @@ class Gossip:
         store: DocumentStore,
         *,
         max_message_size: int = MAX_MESSAGE_SIZE_DEFAULT,
+        max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
         on_peer: Callable[[str, Peer], PeerInfo] | None = None,
     ) -> None:
         self.local_peer_id = local_peer_id
         self._store = store
         self._max_message_size = max_message_size
+        self._max_documents = max_documents_per_connection
         self._peer_info_for = on_peer or (lambda _conn_id, peer: default_peer_info(peer))
         self._connections: dict[str, _Connection] = {}
         self._holds: dict[str, int] = {}
@@ -472,6 +478,7 @@ class Gossip:
     def _on_sync(self, conn: _Connection, message: Request | Sync) -> list[Event]:
         peer = self._peer_of(conn)
         document_id = message.document_id
+        self._check_document_count(conn, document_id)
         if not peer.may_read(document_id):
             self._answer_unavailable(conn, document_id)
             return []
@@ -502,11 +509,13 @@ class Gossip:
         return [DocumentChanged(conn.conn_id, document_id, before_heads)]
 
     def _on_doc_unavailable(self, conn: _Connection, message: DocUnavailable) -> list[Event]:
+        self._check_document_count(conn, message.document_id)
         conn.link(message.document_id)
         return [DocumentUnavailableFromPeer(conn.conn_id, message.document_id)]
 
     def _on_ephemeral(self, conn: _Connection, message: Ephemeral) -> list[Event]:
         document_id = message.document_id
+        self._check_document_count(conn, document_id)
         if not self._peer_of(conn).may_read(document_id):
             return []
         conn.link(document_id)
@@ -530,6 +539,12 @@ class Gossip:
         return []
 
     # ---------------------------------------------------------------- internals
+
+    def _check_document_count(self, conn: _Connection, document_id: str) -> None:
+        if document_id not in conn.links and len(conn.links) >= self._max_documents:
+            raise ProtocolError(
+                f"too many documents on one connection (the limit is {self._max_documents})"
+            )
 
     def _connect(self, conn: _Connection, peer: PeerInfo) -> None:
         conn.peer = peer
