@@ -32,7 +32,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -42,7 +42,12 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from automerge.core import Document
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidURI,
+)
 from websockets.frames import CloseCode
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
@@ -63,6 +68,7 @@ from crdtmds.errors import (
     StorageError,
 )
 from crdtmds.gossip import (
+    MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
     ConnectionFailed,
     DocumentChanged,
     DocumentUnavailableFromPeer,
@@ -123,14 +129,35 @@ class NodeConfig:
         return cls(**known)
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may cost a server (set by `crdtmds start` options)."""
+
+    max_message_size: int = 16 * 1024 * 1024
+    """Bytes in one WebSocket frame, on /sync and /api; larger frames close the socket."""
+    max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT
+    """Distinct documents one /sync connection may name."""
+    login_failures: int = 5
+    """Failed logins from one address before it must wait."""
+    login_lockout: float = 1.0
+    """Seconds of the first wait; each further failure doubles it (up to five minutes)."""
+    handshake_timeout: float = 10.0
+    """Seconds a /sync peer has, once connected, to be admitted (its join accepted)."""
+    idle_timeout: float = 900.0
+    """Seconds an /api connection may stay silent before it is closed."""
+
+
 class Node:
     """One server. Create with `Node.open(data_dir)` after `initialise` or `join_cluster`;
     then `serve_forever()` (or `start()` ... `stop()`)."""
 
-    def __init__(self, config: NodeConfig, storage: Storage, data_dir: Path) -> None:
+    def __init__(
+        self, config: NodeConfig, storage: Storage, data_dir: Path, limits: Limits | None = None
+    ) -> None:
         self.config = config
         self.storage = storage
         self.data_dir = data_dir
+        self.limits = limits or Limits(max_message_size=config.max_message_size)
         self.cluster: ClusterDocument = ClusterDocument(config.cluster_document_id, Document())
         self.domains: dict[str, Domain] = {}
         """Every domain document by document id (including empty copies awaiting sync)."""
@@ -141,7 +168,8 @@ class Node:
         self.gossip = Gossip(
             f"crdtmds-{config.name}-{secrets.token_hex(4)}",
             self,
-            max_message_size=config.max_message_size,
+            max_message_size=self.limits.max_message_size,
+            max_documents_per_connection=self.limits.max_documents_per_connection,
             on_peer=self._verify_listener,
         )
         self.on_document_changed(self._schedule_gossip)
@@ -233,8 +261,10 @@ class Node:
         return config
 
     @classmethod
-    async def open(cls, data_dir: str | Path) -> Node:
-        """Load a server from its data directory: every stored document and session."""
+    async def open(cls, data_dir: str | Path, *, limits: Limits | None = None) -> Node:
+        """Load a server from its data directory: every stored document and session.
+
+        Without `limits`, the defaults apply (and the stored maximum message size)."""
         path = Path(data_dir)
         if not (path / DATABASE_FILE).exists():
             raise ClusterError(f"{path} holds no crdtmds server (run init or join first)")
@@ -243,7 +273,7 @@ class Node:
             meta = await storage.get_meta(CONFIG_KEY)
             if not isinstance(meta, dict):
                 raise StorageError(f"{path} has no server configuration")
-            node = cls(NodeConfig.from_meta(meta), storage, path)
+            node = cls(NodeConfig.from_meta(meta), storage, path, limits)
             await node._load_documents()
             await node._load_sessions()
         except BaseException:
@@ -689,7 +719,7 @@ class Node:
             config.listen_host,
             config.listen_port,
             process_request=self._route_request,
-            max_size=config.max_message_size,
+            max_size=self.limits.max_message_size,
             ssl=self._server_ssl(),
             compression=None,
             close_timeout=CLOSE_TIMEOUT,
@@ -749,8 +779,14 @@ class Node:
 
     async def _serve_api(self, ws: ServerConnection) -> None:
         conn = self._admin_api().connect(_format_address(ws.remote_address))
+        idle_timeout = self.limits.idle_timeout
         try:
-            async for message in ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), idle_timeout)
+                except TimeoutError:
+                    await ws.close(CloseCode.NORMAL_CLOSURE, f"idle for {idle_timeout:g} s")
+                    return
                 text = message if isinstance(message, str) else message.decode("utf-8", "replace")
                 await ws.send(await conn.handle_text(text))
         except ConnectionClosed:
@@ -761,7 +797,10 @@ class Node:
     def _admin_api(self) -> AdminAPI:
         """The admin API, created on first use."""
         if self._net.api is None:
-            self._net.api = AdminAPI(self)
+            throttle = auth.LoginThrottle(
+                limit=self.limits.login_failures, base_delay=self.limits.login_lockout
+            )
+            self._net.api = AdminAPI(self, throttle=throttle)
         return self._net.api
 
     # ------------------------------------------------------------ network: connections
@@ -791,7 +830,7 @@ class Node:
     async def _receive_loop(self, link: _Link) -> None:
         gossip, net = self.gossip, self._net
         try:
-            async for frame in link.ws:
+            async for frame in self._frames(link):
                 if isinstance(frame, str):
                     message = "text frames are not part of the automerge-repo protocol"
                     log.warning("closing %s: %s", link.describe(), message)
@@ -808,6 +847,26 @@ class Node:
                     return
         except ConnectionClosed as exc:
             log.log(_close_log_level(exc), "connection %s closed: %s", link.describe(), exc)
+
+    async def _frames(self, link: _Link) -> AsyncIterator[str | bytes]:
+        """The frames of a /sync connection until it closes. A peer that dialed us must be
+        admitted within the handshake timeout, whatever it sends meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.handshake_timeout
+        while True:
+            try:
+                if link.outgoing or self.gossip.peer(link.conn_id) is not None:
+                    yield await link.ws.recv()
+                else:
+                    yield await asyncio.wait_for(link.ws.recv(), deadline - loop.time())
+            except ConnectionClosedOK:
+                return
+            except TimeoutError:
+                message = f"not admitted within {self.limits.handshake_timeout:g} s"
+                log.warning("closing %s: %s", link.describe(), message)
+                link.failure = message
+                self.gossip.reject(link.conn_id, message)
+                return
 
     async def _send_loop(self, link: _Link) -> None:
         """The only writer of the socket: what the hub has to send, whenever woken."""
@@ -1011,7 +1070,7 @@ class Node:
                 async with connect(
                     _endpoint(url, SYNC_PATH),
                     ssl=self._client_ssl(url),
-                    max_size=self.config.max_message_size,
+                    max_size=self.limits.max_message_size,
                     compression=None,
                     proxy=None,
                     open_timeout=OPEN_TIMEOUT,
@@ -1058,7 +1117,7 @@ class Node:
 
     def _note_peer_heads(self, frame: bytes) -> None:
         try:
-            message = decode(frame, max_size=self.config.max_message_size)
+            message = decode(frame, max_size=self.limits.max_message_size)
         except ProtocolError:
             return
         if isinstance(message, Sync | Request) and self._net.peer_heads is not None:
