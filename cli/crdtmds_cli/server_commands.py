@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from crdtmds.errors import ClusterError, CrdtmdsError
-from crdtmds.node import Node, advertised_url_for, client_ssl_context, join_cluster
+from crdtmds.node import Limits, Node, advertised_url_for, client_ssl_context, join_cluster
 
 STATUS_TIMEOUT = 5.0
 
@@ -41,6 +41,7 @@ CertOption = Annotated[
 ]
 KeyOption = Annotated[Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DEFAULT_LIMITS = Limits()
 
 
 def register(app: typer.Typer) -> None:
@@ -160,15 +161,57 @@ def start_command(
     peer: Annotated[
         list[str] | None, typer.Option("--peer", help="Another URL to dial (repeatable).")
     ] = None,
+    max_message_size: Annotated[
+        int,
+        typer.Option("--max-message-size", min=1024, help="Bytes in one frame, /sync and /api."),
+    ] = DEFAULT_LIMITS.max_message_size,
+    max_documents: Annotated[
+        int,
+        typer.Option(
+            "--max-documents-per-connection", min=1, help="Documents one /sync peer may name."
+        ),
+    ] = DEFAULT_LIMITS.max_documents_per_connection,
+    login_failures: Annotated[
+        int,
+        typer.Option(
+            "--login-failures", min=1, help="Failed logins from one address before it must wait."
+        ),
+    ] = DEFAULT_LIMITS.login_failures,
+    login_lockout: Annotated[
+        float,
+        typer.Option(
+            "--login-lockout",
+            min=0.0,
+            help="Seconds of that first wait; each further failure doubles it (up to 300 s).",
+        ),
+    ] = DEFAULT_LIMITS.login_lockout,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(
+            "--handshake-timeout", min=0.1, help="Seconds a /sync peer has to be admitted."
+        ),
+    ] = DEFAULT_LIMITS.handshake_timeout,
+    idle_timeout: Annotated[
+        float,
+        typer.Option("--idle-timeout", min=0.1, help="Seconds an /api connection may stay silent."),
+    ] = DEFAULT_LIMITS.idle_timeout,
 ) -> None:
     """Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."""
     _configure_logging(log_level)
+    limits = Limits(
+        max_message_size=max_message_size,
+        max_documents_per_connection=max_documents,
+        login_failures=login_failures,
+        login_lockout=login_lockout,
+        handshake_timeout=handshake_timeout,
+        idle_timeout=idle_timeout,
+    )
 
     def ready(url: str) -> None:
         print(f"listening on {url}", flush=True)
 
     async def serve() -> None:
-        node = await Node.open(data)
+        node = await Node.open(data, limits=limits)
         await node.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
 
     _run(serve())
