@@ -1,0 +1,104 @@
+"""Every benchmark script runs to completion at a tiny size and writes its JSON result.
+
+No timing is asserted: on a shared machine the figures are whatever they are. What is
+checked is that each script exits 0 and writes the keys its README section describes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TIMEOUT = 120
+COMMON_KEYS = {"benchmark", "date", "machine", "parameters", "results", "targets"}
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), "--out", str(out), "--no-plot", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    document = json.loads((out / script.replace(".py", ".json")).read_text())
+    assert document.keys() >= COMMON_KEYS
+    assert document["benchmark"] == script.removesuffix(".py")
+    assert document["machine"]["cpus"] >= 1
+    return document
+
+
+def test_startup(tmp_path: Path) -> None:
+    document = run_bench(
+        "startup.py", tmp_path, "--domains", "2", "--edits", "6", "--publishes", "2", "--reps", "1"
+    )
+    results = document["results"]
+    for layout in ("change log", "snapshots"):
+        assert results[layout]["documents"] == 3  # two domains and the cluster document
+        assert set(results[layout]["median_seconds"]) == {
+            "Document.load",
+            "Storage.load_all",
+            "Node.open",
+        }
+        assert results[layout]["ratio"]["wall"] > 0
+        assert set(results[layout]["peak_kib_per_document"]) == {
+            "Document.load",
+            "Storage.load_all",
+            "Node.open",
+        }
+    assert len(results["changes_per_domain"]) == 2
+
+
+def test_rulebase_scaling(tmp_path: Path) -> None:
+    document = run_bench(
+        "rulebase_scaling.py", tmp_path, "--sizes", "5,40", "--reps", "2", "--document-reads", "1"
+    )
+    results = document["results"]
+    assert set(results["median_seconds"]) == {"5", "40"}
+    for step in ("add + publish", "move + publish", "read view", "read document"):
+        assert results["median_seconds"]["40"][step]["wall"] > 0
+    assert results["ratio_largest_to_smallest"]["add + publish"]["wall"] > 0
+    assert document["targets"] == {"add_publish_ratio_at_most": 2.0}
+
+
+def test_merge_throughput(tmp_path: Path) -> None:
+    document = run_bench(
+        "merge_throughput.py", tmp_path, "--changes", "60", "--domains", "2", "--reps", "1"
+    )
+    results = document["results"]
+    assert results["changes"] >= 60
+    assert results["core"]["changes_per_second"] > 0
+    assert results["server"]["changes_per_second"] > 0
+    assert len(results["server"]["runs"]) == 1
+    assert results["ratio_server_to_core"] > 0
+
+
+@pytest.mark.slow
+def test_convergence(tmp_path: Path) -> None:
+    document = run_bench(
+        "convergence.py", tmp_path,
+        "--sizes", "3", "--duration", "1", "--rate", "10", "--warmup", "0",
+    )  # fmt: skip
+    (cluster,) = document["results"]["clusters"]
+    assert cluster["servers"] == 3
+    assert cluster["errors"] == 0
+    assert cluster["not_visible_in_time"] == 0
+    assert cluster["publish_to_visible"]["count"] == cluster["counted"] > 0
+    assert len(cluster["latencies_ms"]) == cluster["counted"]
+
+
+@pytest.mark.slow
+def test_peers(tmp_path: Path) -> None:
+    document = run_bench("peers.py", tmp_path, "--changes", "20", "--reps", "1")
+    results = document["results"]
+    for system in ("crdtmds", "automerge.repo"):
+        for topology in ("chain", "star"):
+            assert results["median_changes_per_second"][system][topology] > 0
+    assert set(results["ratio"]) == {"chain", "star"}
