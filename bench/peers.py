@@ -6,9 +6,11 @@ servers and three Python repos (``automerge.repo.Repo`` with
 of its own, are wired alike: a hub that the two others dial. A writer in this process
 connects to one of them over the automerge-repo protocol (to the servers, as a server of
 their cluster) and streams N changes into a new document, each change one host record,
-as fast as it can; one observer connection per peer notes when that peer holds all of
-them. Throughput is N divided by the time from the first write until every peer holds
-every change.
+as fast as it can, with one sync round after every change or after every batch of
+changes (``--batches``: 1 is a stream of single changes, 10 is closer to publishes of
+several edits); one observer connection per peer notes when that peer holds all of them.
+Throughput is N divided by the time from the first write until every peer holds every
+change.
 
 - chain: the writer feeds a leaf; changes go leaf -> hub -> other leaf (two hops);
 - star: the writer feeds the hub; changes go to both leaves at once (one hop).
@@ -48,11 +50,18 @@ SYSTEMS = ("crdtmds", "automerge.repo")
 def parse_args() -> argparse.Namespace:
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=1000, help="changes per run (1000)")
-    parser.add_argument("--reps", type=int, default=3, help="runs per system and topology")
+    parser.add_argument("--reps", type=int, default=3, help="runs per system and case")
+    parser.add_argument(
+        "--batches",
+        default="1,10",
+        help="changes the writer makes between two sync rounds, one case each (default 1,10)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
+    return args
 
 
 # ---------------------------------------------------------------- a Python repo process
@@ -185,8 +194,11 @@ def holds(observer: common.SyncPeer, document_id: str, heads: list[bytes]) -> bo
     return doc is not None and sorted(doc.get_heads()) == sorted(heads)
 
 
-async def propagate(peers: Peers, topology: str, changes: int, timeout: float) -> dict[str, Any]:
-    """Stream `changes` changes into one peer; seconds until all three hold them all."""
+async def propagate(
+    peers: Peers, topology: str, changes: int, batch: int, timeout: float
+) -> dict[str, Any]:
+    """Stream `changes` changes into one peer, `batch` between two sync rounds of the
+    writer; seconds until all three peers hold them all."""
     document_id = new_document_id()
     source = Document()
     with source.transaction() as tx:
@@ -210,8 +222,9 @@ async def propagate(peers: Peers, topology: str, changes: int, timeout: float) -
         start = common.now()
         for index in range(changes):
             host_change(source, objects, index)
-            writer.document_changed(document_id)
-            await asyncio.sleep(0)
+            if (index + 1) % batch == 0 or index + 1 == changes:
+                writer.document_changed(document_id)
+                await asyncio.sleep(0)
         written = common.now() - start
         heads = source.get_heads()
         await common.wait_until(
@@ -234,9 +247,14 @@ async def propagate(peers: Peers, topology: str, changes: int, timeout: float) -
 # ---------------------------------------------------------------- the run
 
 
+def case_name(batch: int, topology: str) -> str:
+    return f"{topology}, {batch} per message"
+
+
 async def benchmark(args: argparse.Namespace) -> None:
+    cases = [(batch, topology) for batch in args.batches for topology in TOPOLOGIES]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        system: {topology: [] for topology in TOPOLOGIES} for system in SYSTEMS
+        system: {case_name(*case): [] for case in cases} for system in SYSTEMS
     }
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-peers-") as tmp:
         root = Path(tmp)
@@ -244,14 +262,16 @@ async def benchmark(args: argparse.Namespace) -> None:
             print("starting 3 crdtmds servers and 3 Python repos ...", flush=True)
             systems = [await crdtmds_peers(root, stack), repo_peers(root, stack)]
             for repetition in range(args.reps):
-                for topology in TOPOLOGIES:
+                for batch, topology in cases:
                     order = systems if repetition % 2 == 0 else systems[::-1]
                     for peers in order:
-                        result = await propagate(peers, topology, args.changes, args.timeout)
-                        runs[peers.system][topology].append(result)
+                        result = await propagate(peers, topology, args.changes, batch, args.timeout)
+                        runs[peers.system][case_name(batch, topology)].append(result)
                         print(
-                            f"  {peers.system:15s} {topology:5s} {result['seconds']:.3f} s"
-                            f" ({result['changes_per_second']:,.0f} changes/s)",
+                            f"  {peers.system:15s} {case_name(batch, topology):22s}"
+                            f" {result['seconds']:7.3f} s"
+                            f" ({result['changes_per_second']:,.0f} changes/s;"
+                            f" the writer itself took {result['write_seconds']:.3f} s)",
                             flush=True,
                         )
     report(args, runs)
@@ -260,28 +280,29 @@ async def benchmark(args: argparse.Namespace) -> None:
 def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     medians = {
         system: {
-            topology: common.median([r["changes_per_second"] for r in results])
-            for topology, results in by_topology.items()
+            case: common.median([r["changes_per_second"] for r in results])
+            for case, results in by_case.items()
         }
-        for system, by_topology in runs.items()
+        for system, by_case in runs.items()
     }
+    cases = list(medians["crdtmds"])
     ratios = {
-        topology: common.ratio(medians["crdtmds"][topology], medians["automerge.repo"][topology])
-        for topology in TOPOLOGIES
+        case: common.ratio(medians["crdtmds"][case], medians["automerge.repo"][case])
+        for case in cases
     }
     common.print_table(
         f"Propagation of {args.changes} changes to 3 peers, median changes/s of {args.reps} runs",
-        ["topology", "crdtmds", "automerge.repo", "ratio", "target >=", "verdict"],
+        ["case", "crdtmds", "automerge.repo", "ratio", "target >=", "verdict"],
         [
             [
-                topology,
-                medians["crdtmds"][topology],
-                medians["automerge.repo"][topology],
-                ratios[topology],
+                case,
+                medians["crdtmds"][case],
+                medians["automerge.repo"][case],
+                ratios[case],
                 TARGET_RATIO,
-                common.verdict(ratios[topology], TARGET_RATIO, at_least=True),
+                common.verdict(ratios[case], TARGET_RATIO, at_least=True),
             ]
-            for topology in TOPOLOGIES
+            for case in cases
         ],
     )
     common.write_results(
