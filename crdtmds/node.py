@@ -417,15 +417,22 @@ class Node:
             self._cluster_document_updated()
         return len(changes)
 
-    async def _persist(self, document_id: str, changes: list[tuple[bytes, bytes]]) -> None:
+    async def _persist(
+        self, document_id: str, changes: list[tuple[bytes, bytes]], *, compact: bool = True
+    ) -> int:
+        """Append changes; returns the document's uncompacted row count. Past the threshold
+        this compacts, unless `compact` is False: changes not yet in the live document
+        (a publish) must not be compacted, since the snapshot would lack them while their
+        rows are dropped; the caller compacts once they are in."""
         if not changes:
-            return
+            return 0
         count = await self.storage.append_changes(document_id, changes)
         tracked = self._uncompacted.setdefault(document_id, [])
         if tracked is not None:
             tracked.extend(h for h, _ in changes)
-        if count >= self.config.compact_threshold:
+        if compact and count >= self.config.compact_threshold:
             await self.compact(document_id)
+        return count
 
     async def compact(self, document_id: str) -> None:
         """Write a snapshot of the document and drop the change rows it covers."""
@@ -535,7 +542,7 @@ class Node:
         pending = session.prepare_publish(comments)
         document_id = session.domain.document_id
         try:
-            await self._persist(document_id, pending.changes)
+            count = await self._persist(document_id, pending.changes, compact=False)
         except BaseException:
             session.abort_publish()
             session.take_unsaved_changes()
@@ -543,6 +550,8 @@ class Node:
         revision = session.complete_publish()
         await self.storage.replace_session_changes(session.uid, session.base_heads, [])
         self._changed(document_id)
+        if count >= self.config.compact_threshold:
+            await self.compact(document_id)
         return revision
 
     async def discard(self, session: Session) -> int:
