@@ -149,6 +149,31 @@ async def test_edits_whose_saving_failed_are_saved_with_the_next_edit(tmp_path: 
         assert len(in_memory) == 42
 
 
+# ---------------------------------------------------------------- compaction
+
+
+async def test_publish_that_triggers_compaction_is_on_disk(tmp_path: Path) -> None:
+    """The publish whose rows pass the compaction threshold must be in the snapshot that
+    replaces them (found by the chaos test: it was not, so it vanished from disk)."""
+    data_dir = tmp_path / "n1"
+    node = await new_node(data_dir)
+    try:
+        node.config.compact_threshold = 6
+        published = []
+        for round_number in range(4):
+            session = await node.open_session(DOMAIN, admin=ADMIN)
+            add_hosts(session, f"r{round_number}-", 1)
+            published.append((await node.publish(session))["uid"])
+        heads = node.domain(DOMAIN).heads()
+    finally:
+        await node.close()
+    async with opened(data_dir) as node:
+        domain = node.domain(DOMAIN)
+        assert domain.heads() == heads
+        assert [r["uid"] for r in domain.state.revisions] == published
+        assert await node.storage.uncompacted_count(domain.document_id) < 6
+
+
 # ---------------------------------------------------------------- a lost change row
 
 
