@@ -45,6 +45,7 @@ SHORT_SECONDS = 15.0
 LONG_SECONDS = float(os.environ.get("CRDTMDS_CHAOS_SECONDS", "300"))
 CONVERGENCE_TIMEOUT = 60.0
 CLIENT_TIMEOUT = 5.0
+RESTART_ATTEMPTS = 3
 MAX_DOWN = 2
 """At most this many servers are down at once, so that publishes keep being accepted."""
 
@@ -53,7 +54,6 @@ BENIGN_CODES = frozenset(
         "generic_err_object_not_found",  # not arrived yet on this server, or deleted
         "err_object_in_use",  # a host still referenced by a rule on this server
         "err_validation_failed",  # e.g. a reference to a host deleted here
-        "err_name_in_use",
     }
 )
 """Refusals a random edit may legitimately get; the session goes on without that edit."""
@@ -80,7 +80,10 @@ class ProxiedMesh:
         return args
 
     def point_at(self, name: str, url: str) -> None:
-        """Send what the others dial for `name` to the port it listens on."""
+        """Send what the others dial for `name` to the port it listens on.
+
+        The proxies exist before the servers (each server is started with the proxy URLs
+        it dials); a proxy reads its target port for every new connection."""
         port = urlsplit(url).port
         assert port, url
         for (_, target), proxy in self.proxies.items():
@@ -388,7 +391,16 @@ class FaultInjector:
                 await self._restart(self.cluster[name])
 
     async def _restart(self, node: NodeProcess) -> None:
-        url = await asyncio.to_thread(node.start)
+        """Start the server again; it must listen on its port of before. An outgoing
+        connection of this machine may hold that port for a moment: try a few times."""
+        for attempt in range(RESTART_ATTEMPTS):
+            try:
+                url = await asyncio.to_thread(node.start)
+                break
+            except AssertionError:
+                if attempt == RESTART_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5)
         assert url == self.urls[node.name], f"{node.name} came back on {url}, not its own port"
         self.faults.restarts += 1
 
