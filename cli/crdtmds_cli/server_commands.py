@@ -195,6 +195,15 @@ def start_command(
         float,
         typer.Option("--idle-timeout", min=0.1, help="Seconds an /api connection may stay silent."),
     ] = DEFAULT_LIMITS.idle_timeout,
+    compact_threshold: Annotated[
+        int | None,
+        typer.Option(
+            "--compact-threshold",
+            min=1,
+            help="Change rows a document may have before they are compacted into a snapshot "
+            "(default: the configured value, 1000).",
+        ),
+    ] = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."""
     _configure_logging(log_level)
@@ -212,6 +221,8 @@ def start_command(
 
     async def serve() -> None:
         node = await Node.open(data, limits=limits)
+        if compact_threshold is not None:
+            node.config.compact_threshold = compact_threshold
         await node.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
 
     _run(serve())
