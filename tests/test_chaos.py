@@ -46,6 +46,7 @@ LONG_SECONDS = float(os.environ.get("CRDTMDS_CHAOS_SECONDS", "300"))
 CONVERGENCE_TIMEOUT = 60.0
 CLIENT_TIMEOUT = 5.0
 RESTART_ATTEMPTS = 3
+COMPACT_THRESHOLD = 40
 MAX_DOWN = 2
 """At most this many servers are down at once, so that publishes keep being accepted."""
 
@@ -72,8 +73,9 @@ class ProxiedMesh:
             self.proxies[a, b] = TcpProxy("127.0.0.1", 0).start()
 
     def start_args(self, name: str) -> list[str]:
-        """Dial only the proxies in front of the other servers."""
-        args = ["--no-mesh"]
+        """Dial only the proxies in front of the other servers; compact often, so that
+        crashes also strike around compactions."""
+        args = ["--no-mesh", "--compact-threshold", str(COMPACT_THRESHOLD)]
         for other in self.names:
             if other != name:
                 args += ["--peer", self.proxies[name, other].url]
