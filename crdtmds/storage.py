@@ -220,7 +220,9 @@ class Storage:
 
         Change rows not named in ``covered_hashes`` (appended concurrently) are kept. The
         caller vouches that the snapshot contains every covered change. Raises `StorageError`
-        if ``snapshot`` is not a well-formed Automerge document chunk, before touching anything.
+        if ``snapshot`` is not a well-formed Automerge document chunk (followed by the change
+        chunks ``Document.save()`` appends for changes still waiting for a dependency),
+        before touching anything.
         """
         try:
             heads = _document_chunk_heads(snapshot)
@@ -736,9 +738,28 @@ def _check_change_chunk(data: bytes) -> None:
         raise ValueError("checksum mismatch")
 
 
+def _split_chunks(data: bytes) -> list[bytes]:
+    """The consecutive chunks `data` is made of, by their headers (not otherwise checked)."""
+    chunks = []
+    position = 0
+    while position < len(data):
+        if len(data) - position < 10 or data[position : position + 4] != _MAGIC:
+            raise ValueError(f"no chunk at byte {position}")
+        length, start = _read_uleb128(data, position + 9)
+        if start + length > len(data):
+            raise ValueError(f"chunk at byte {position} is truncated")
+        chunks.append(data[position : start + length])
+        position = start + length
+    return chunks
+
+
 def _document_chunk_heads(data: bytes) -> list[bytes]:
-    """Check a document chunk's structure and checksum; return the heads in its header."""
-    chunk = _parse_chunk(data)
+    """Check a saved document: a document chunk, then any change chunks `Document.save()`
+    appends for changes still waiting for a dependency. Returns the document chunk's heads."""
+    leading, *queued = _split_chunks(data) or [b""]
+    for change in queued:
+        _check_change_chunk(change)
+    chunk = _parse_chunk(leading)
     if chunk.chunk_type != _DOCUMENT_CHUNK:
         raise ValueError(f"chunk type {chunk.chunk_type} is not a document")
     if _uncompressed_hash(_DOCUMENT_CHUNK, chunk.body)[:4] != chunk.checksum:
