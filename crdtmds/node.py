@@ -430,9 +430,19 @@ class Node:
         tracked = self._uncompacted.setdefault(document_id, [])
         if tracked is not None:
             tracked.extend(h for h, _ in changes)
-        if compact and count >= self.config.compact_threshold:
-            await self.compact(document_id)
+        if compact:
+            await self._compact_if_due(document_id, count)
         return count
+
+    async def _compact_if_due(self, document_id: str, uncompacted: int) -> None:
+        """Compact past the threshold. A failure is logged, not raised: the changes are
+        durable already, compaction only saves space, and it is tried again next time."""
+        if uncompacted < self.config.compact_threshold:
+            return
+        try:
+            await self.compact(document_id)
+        except StorageError as exc:
+            log.warning("compaction of %s failed (will retry): %s", document_id, exc)
 
     async def compact(self, document_id: str) -> None:
         """Write a snapshot of the document and drop the change rows it covers."""
@@ -443,7 +453,12 @@ class Node:
         tracked = self._uncompacted.get(document_id)
         covered = tracked if tracked is not None else [c.hash for c in doc.get_changes([])]
         self._uncompacted[document_id] = []
-        await self.storage.save_snapshot(document_id, snapshot, list(covered))
+        try:
+            await self.storage.save_snapshot(document_id, snapshot, list(covered))
+        except BaseException:
+            # still uncompacted: cover these rows next time, with those appended meanwhile
+            self._uncompacted[document_id] = [*covered, *self._uncompacted[document_id]]
+            raise
 
     # ------------------------------------------------------------ cluster writes
 
@@ -550,8 +565,7 @@ class Node:
         revision = session.complete_publish()
         await self.storage.replace_session_changes(session.uid, session.base_heads, [])
         self._changed(document_id)
-        if count >= self.config.compact_threshold:
-            await self.compact(document_id)
+        await self._compact_if_due(document_id, count)
         return revision
 
     async def discard(self, session: Session) -> int:
