@@ -174,6 +174,58 @@ async def test_publish_that_triggers_compaction_is_on_disk(tmp_path: Path) -> No
         assert await node.storage.uncompacted_count(domain.document_id) < 6
 
 
+async def test_failed_compaction_neither_fails_the_publish_nor_loses_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "n1"
+    node = await new_node(data_dir)
+    try:
+        node.config.compact_threshold = 3
+
+        async def failing_write(*args: Any) -> None:
+            raise StorageError("write snapshot: disk I/O error")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(node.storage, "save_snapshot", failing_write)
+            session = await node.open_session(DOMAIN, admin=ADMIN)
+            add_hosts(session, "a", 3)
+            first = await node.publish(session)  # compaction fails; the publish stands
+        document_id = node.domain(DOMAIN).document_id
+        assert await node.storage.uncompacted_count(document_id) >= 3
+        add_hosts(session, "b", 1)
+        second = await node.publish(session)  # compacts what the failed attempt left
+        assert await node.storage.uncompacted_count(document_id) == 0
+    finally:
+        await node.close()
+    async with opened(data_dir) as node:
+        revisions = [r["uid"] for r in node.domain(DOMAIN).state.revisions]
+        assert revisions == [first["uid"], second["uid"]]
+
+
+async def test_snapshot_of_a_document_with_a_change_awaiting_its_dependency(
+    tmp_path: Path,
+) -> None:
+    """`Document.save()` appends changes received before their dependencies; storage must
+    take such a snapshot (a server refusing it stopped with a fatal storage error)."""
+    source = Document()
+    changes = []
+    for value in range(3):
+        with source.transaction() as tx:
+            tx.put(ROOT, f"k{value}", ScalarType.Int, value)
+        change = source.get_last_local_change()
+        changes.append((change.hash, change.bytes))
+    waiting = Document.load(Document.load(changes[0][1]).save() + changes[2][1])
+    storage = await Storage.open(tmp_path / DATABASE_FILE)
+    try:
+        await storage.append_changes("doc", changes[:1])
+        await storage.save_snapshot("doc", waiting.save(), [changes[0][0]])
+        loaded = await storage.load_all()
+    finally:
+        await storage.close()
+    assert loaded.problems == []
+    assert loaded.documents["doc"].get_heads() == [changes[0][0]]
+
+
 # ---------------------------------------------------------------- a lost change row
 
 
