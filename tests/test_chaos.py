@@ -58,6 +58,8 @@ BENIGN_CODES = frozenset(
     }
 )
 """Refusals a random edit may legitimately get; the session goes on without that edit."""
+SERVER_FAULT_CODES = ("err_storage", "generic_internal_error", "err_publish_failed")
+"""Failures no crash or partition explains: the server itself went wrong."""
 
 
 # ---------------------------------------------------------------- the proxied mesh
@@ -323,24 +325,33 @@ class FaultInjector:
         self.rng = rng
         self.urls = urls
         self.faults = Faults()
+        self.unexpected_exits: dict[str, str] = {}
+        """Servers found stopped that the injector had not killed: name -> end of log."""
         self._restarts: dict[str, float] = {}
         self._cuts: list[tuple[float, list[tuple[str, str]]]] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.rng.uniform(0.3, 1.0))
+            self._note_unexpected_exits()
             await self._due_repairs(time.monotonic())
             action = self.rng.choice([self._kill, self._partition, self._cut_link])
             action()
 
     async def repair_everything(self) -> None:
         """Heal every link and restart every server that is down."""
+        self._note_unexpected_exits()
         self.mesh.heal_all()
         self._cuts.clear()
         await self._due_repairs(float("inf"))
         for node in self.cluster.nodes.values():
             if not node.running:
                 await self._restart(node)
+
+    def _note_unexpected_exits(self) -> None:
+        for node in self.cluster.nodes.values():
+            if not node.running and node.name not in self._restarts:
+                self.unexpected_exits.setdefault(node.name, node.log()[-3000:])
 
     def _kill(self) -> None:
         running = [n for n in self.cluster.nodes.values() if n.running]
@@ -491,6 +502,7 @@ class ChaosReport:
     faults: Faults
     lost: int
     convergence_seconds: float
+    unexpected_exits: int
 
     def summary(self) -> str:
         failures = _counts(self.ledger.failures)
@@ -502,7 +514,8 @@ class ChaosReport:
             f"edits refused: {refusals or 'none'}), "
             f"{self.faults.kills} kills, {self.faults.restarts} restarts, "
             f"{self.faults.partitions} partitions, {self.faults.link_cuts} link cuts, "
-            f"lost {self.lost}, converged {self.convergence_seconds:.1f} s after healing"
+            f"{self.unexpected_exits} servers stopped by themselves, lost {self.lost}, "
+            f"converged {self.convergence_seconds:.1f} s after healing"
         )
 
 
@@ -551,9 +564,14 @@ async def _chaos(
     views = await asyncio.gather(*(read_server(url) for url in urls.values()))
 
     lost = {item for view in views for item in lost_items(ledger, view)}
-    report = ChaosReport(seconds, ledger, injector.faults, len(lost), convergence)
+    report = ChaosReport(
+        seconds, ledger, injector.faults, len(lost), convergence, len(injector.unexpected_exits)
+    )
     print(report.summary())
     assert not lost, f"acknowledged but missing: {sorted(lost)[:20]}"
+    assert not injector.unexpected_exits, injector.unexpected_exits
+    server_faults = [k for k in ledger.failures if k.startswith(SERVER_FAULT_CODES)]
+    assert not server_faults, f"publishes failed for the server's own reasons: {server_faults}"
     first = views[0]
     for name, view in zip(urls, views, strict=True):
         assert len(view.rule_order) == len(set(view.rule_order)), f"{name}: a rule uid twice"
