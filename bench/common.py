@@ -123,11 +123,6 @@ class Timing:
     cpu: float
 
 
-async def timed(fn: Callable[[], Any]) -> float:
-    """Wall-clock seconds one call of `fn` takes (awaited if it returns an awaitable)."""
-    return (await measured(fn)).wall
-
-
 async def measured(fn: Callable[[], Any]) -> Timing:
     """Wall-clock and CPU seconds of one call of `fn` (awaited if need be)."""
     cpu_start = time.process_time()
