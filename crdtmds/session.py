@@ -242,10 +242,8 @@ class Session:
             insert_value(tx, order_id, index, rule["uid"])
 
         self._commit(write)
-        layer.rules[rule["uid"]] = rule
-        layer.order.insert(index, rule["uid"])
+        layer.insert_rule(rule, index)
         self._touched.rules.add((layer.uid, rule["uid"]))
-        self._touched.orders.add(layer.uid)
         return self._numbered(layer, rule)
 
     def set_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -262,7 +260,7 @@ class Session:
             if rule_id is None:
                 raise ObjectNotFound(f"access rule '{rule['uid']}' not found")
             self._write_fields(rule_id, current, rule)
-            layer.rules[rule["uid"]] = rule
+            layer.replace_rule(rule)
             self._touched.rules.add((layer.uid, rule["uid"]))
         if target is not None:
             self._move_rule(layer, rule["uid"], target)
@@ -280,16 +278,13 @@ class Session:
                 tx.delete(order_id, index)
 
         self._commit(write)
-        del layer.rules[rule["uid"]]
-        layer.order = [u for u in layer.order if u != rule["uid"]]
+        layer.remove_rule(rule["uid"])
         self._touched.rules.add((layer.uid, rule["uid"]))
-        self._touched.orders.add(layer.uid)
         return rule
 
     def _move_rule(self, layer: Layer, uid: str, target: int) -> None:
         """Move rule `uid` to index `target` of the order list without it."""
         indices = _indices_of(layer.order, uid)
-        remaining = [u for u in layer.order if u != uid]
         _, order_id = self._layer_ids(layer.uid)
 
         def write(tx: Any) -> None:
@@ -298,8 +293,9 @@ class Session:
             insert_value(tx, order_id, target, uid)
 
         self._commit(write)
-        remaining.insert(target, uid)
-        layer.order = remaining
+        layer.move_rule(uid, target)
+        # Only moves (and reverts) change the relative order of rules; adds and deletes
+        # do not, so only these layers need the order comparison of show-changes.
         self._touched.orders.add(layer.uid)
 
     def _raw_index(self, layer: Layer, position: Any, *, moving: str | None = None) -> int:
@@ -308,14 +304,15 @@ class Session:
         With `moving`, the index is in the order list once that rule is taken out of it,
         and a rule number is where the moved rule ends up.
         """
-        order = [u for u in layer.order if u != moving]
+        order = layer.order if moving is None else [u for u in layer.order if u != moving]
         if position == "top":
             return 0
         if position == "bottom":
             return len(order)
         if isinstance(position, int):
-            others = {u: r for u, r in layer.rules.items() if u != moving}
-            visible = model.effective_order(order, others)
+            visible = layer.ordered_uids()
+            if moving is not None:
+                visible = [u for u in visible if u != moving]
             where, anchor = "above", visible[position - 1] if position <= len(visible) else None
         else:
             ((where, ref),) = position.items()
@@ -329,7 +326,7 @@ class Session:
         return index if where == "above" else index + 1
 
     def _numbered(self, layer: Layer, rule: dict[str, Any]) -> dict[str, Any]:
-        number = layer.ordered_uids().index(rule["uid"]) + 1
+        number = layer.number_of(rule["uid"])
         return {**rule, "type": "access-rule", "layer": layer.uid, "rule-number": number}
 
     # ------------------------------------------------------------ changes
@@ -519,7 +516,10 @@ class Session:
             insert_value(tx, order_id, index, uid)
 
     def _rebase(self) -> None:
-        self.fork.merge(self.domain.doc)
+        # After a publish nobody raced, the fork already holds all of the live document;
+        # a merge would only cost time (it grows with the document).
+        if self.fork.get_heads() != self.domain.heads():
+            self.fork.merge(self.domain.doc)
         self.base_heads = self.domain.heads()
         self.base = self.domain.state
         self.view = self.base.copy()
