@@ -96,6 +96,8 @@ BACKOFF_MAX = 5.0
 OPEN_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 JOIN_TIMEOUT = 60.0
+RECEIVE_QUEUE_FRAMES = 256
+"""Frames read ahead per /sync connection while the previous batch is being persisted."""
 DUPLICATE_LINK_PAUSE = 0.5
 MAX_CLOSE_REASON = 120
 
@@ -851,25 +853,70 @@ class Node:
                 log.info("disconnected from %s", link.describe())
 
     async def _receive_loop(self, link: _Link) -> None:
-        gossip, net = self.gossip, self._net
+        """Apply the peer's frames in batches: everything that arrived while the previous
+        batch was being persisted goes to disk in one write per document, then the
+        senders get to forward it before the next batch holds the documents again."""
+        frames: asyncio.Queue[str | bytes | None] = asyncio.Queue(RECEIVE_QUEUE_FRAMES)
+        reader = asyncio.create_task(self._read_frames(link, frames), name=f"read {link.conn_id}")
+        try:
+            while not (reader.done() and frames.empty()):
+                batch = [await frames.get()]
+                while not frames.empty():
+                    batch.append(frames.get_nowait())
+                if not await self._apply_frames(link, batch):
+                    return
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read_frames(self, link: _Link, frames: asyncio.Queue[str | bytes | None]) -> None:
+        """Move the connection's frames into `frames`; None marks its end."""
         try:
             async for frame in self._frames(link):
-                if isinstance(frame, str):
-                    message = "text frames are not part of the automerge-repo protocol"
-                    log.warning("closing %s: %s", link.describe(), message)
-                    link.failure = message
-                    gossip.reject(link.conn_id, message)
-                    return
-                if net.peer_heads is not None:
-                    self._note_peer_heads(frame)
-                for event in gossip.receive(link.conn_id, frame):
-                    await self._handle_event(link, event)
-                self._wake_all()
-                net.progress.set()
-                if gossip.is_closed(link.conn_id):
-                    return
+                await frames.put(frame)
         except ConnectionClosed as exc:
             log.log(_close_log_level(exc), "connection %s closed: %s", link.describe(), exc)
+        finally:
+            # The end mark; if the queue is full the receiver sees this task done instead.
+            with contextlib.suppress(asyncio.QueueFull):
+                frames.put_nowait(None)
+
+    async def _apply_frames(self, link: _Link, batch: list[str | bytes | None]) -> bool:
+        """Apply a batch of frames; False once the connection is over."""
+        gossip, net = self.gossip, self._net
+        changed: dict[str, list[bytes]] = {}
+        """Per document changed by this batch: its heads before the batch's first change."""
+        counts: dict[str, int] = {}
+        going_on = True
+        for frame in batch:
+            if frame is None:
+                going_on = False
+                break
+            if isinstance(frame, str):
+                message = "text frames are not part of the automerge-repo protocol"
+                log.warning("closing %s: %s", link.describe(), message)
+                link.failure = message
+                gossip.reject(link.conn_id, message)
+                going_on = False
+                break
+            if net.peer_heads is not None:
+                self._note_peer_heads(frame)
+            for event in gossip.receive(link.conn_id, frame):
+                if isinstance(event, DocumentChanged):
+                    changed.setdefault(event.document_id, event.before_heads)
+                    counts[event.document_id] = counts.get(event.document_id, 0) + 1
+                else:
+                    await self._handle_event(link, event)
+            if gossip.is_closed(link.conn_id):
+                going_on = False
+                break
+        for document_id, before_heads in changed.items():
+            await self._persist_from_peer(document_id, before_heads, counts[document_id])
+        self._wake_all()
+        net.progress.set()
+        # Let the woken senders forward what was just persisted before the next batch.
+        await asyncio.sleep(0)
+        return going_on and not gossip.is_closed(link.conn_id)
 
     async def _frames(self, link: _Link) -> AsyncIterator[str | bytes]:
         """The frames of a /sync connection until it closes. A peer that dialed us must be
@@ -913,24 +960,25 @@ class Node:
                 log.info("connected to %s", link.describe())
                 self._net.url_names[link.target] = str(link.peer_name)
                 self._drop_duplicate_links(str(link.peer_name))
-            case DocumentChanged():
-                await self._persist_from_peer(event)
             case DocumentUnavailableFromPeer():
                 log.debug("%s does not have %s", link.describe(), event.document_id)
             case ConnectionFailed():
                 link.failure = event.message
                 log.warning("closing %s: %s", link.describe(), event.message)
 
-    async def _persist_from_peer(self, event: DocumentChanged) -> None:
+    async def _persist_from_peer(
+        self, document_id: str, before_heads: list[bytes], events: int
+    ) -> None:
         """Persist, then let the hub forward. If the disk fails the document stays held:
         nothing that is not on disk here leaves this server."""
         try:
-            await self.persist_received(event.document_id, event.before_heads)
+            await self.persist_received(document_id, before_heads)
         except StorageError as exc:
             if self._net.running:  # else the storage closed under a shutdown
                 self._fail_fatally(exc)
             return
-        self.gossip.persisted(event.document_id)
+        for _ in range(events):
+            self.gossip.persisted(document_id)
 
     # ------------------------------------------------------------ network: authentication
 
