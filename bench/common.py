@@ -616,7 +616,7 @@ class BenchCluster:
         self.links: dict[tuple[int, int], ProxyLink] = {}
         if star:
             for server in self.servers:
-                server.extra_args = ["--no-mesh"]
+                server.start_args = ["--no-mesh"]
 
     @property
     def urls(self) -> list[str]:
@@ -655,10 +655,10 @@ class BenchCluster:
                     delayed = self.servers[a].region != self.servers[b].region
                     self.links[a, b] = self.proxies.add(self.delay if delayed else 0.0)
         for a, server in enumerate(self.servers):
-            server.extra_args = ["--no-mesh"]
+            server.start_args = ["--no-mesh"]
             for b in range(self.size):
                 if a != b:
-                    server.extra_args += ["--peer", self.links[a, b].url]
+                    server.start_args += ["--peer", self.links[a, b].url]
 
     def _start_server(self, index: int) -> None:
         url = self.servers[index].start(log_level="warning")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,48 +30,90 @@ def cli_command(*args: str) -> list[str]:
 
 @dataclass
 class LocalServer:
+    """One `crdtmds start` process, its data directory and its log file (beside it)."""
+
     name: str
     data_dir: Path
     region: str = "default"
     process: subprocess.Popen[str] | None = None
     url: str = ""
-    extra_args: list[str] = field(default_factory=list)
+    start_args: list[str] = field(default_factory=list)
+    """Extra `crdtmds start` options, e.g. `--no-mesh --peer URL`."""
+    _starting: bool = field(default=False, repr=False)
+    """Launched, its `listening on` line not read yet (`url` still names the last run)."""
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, *, log_level: str = "warning", timeout: float = START_TIMEOUT) -> str:
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.name}.log"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def start(
+        self,
+        *,
+        log_level: str = "info",
+        timeout: float = START_TIMEOUT,
+        preexec: Callable[[], None] | None = None,
+    ) -> str:
         """Start the server process and wait for its `listening on URL` line."""
-        self.launch(log_level=log_level)
+        self.launch(log_level=log_level, preexec=preexec)
         return self.wait_ready(timeout)
 
-    def launch(self, *, log_level: str = "warning") -> None:
-        """Start the server process without waiting for it (see `wait_ready`)."""
+    def launch(self, *, log_level: str = "info", preexec: Callable[[], None] | None = None) -> None:
+        """Start the server process without waiting for it (see `wait_ready`).
+
+        `preexec` runs in the child before the server starts (a umask, a resource limit).
+        """
         if self.running:
             return
-        with open(self.log_path, "a") as log:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
                 cli_command("start", "--data", str(self.data_dir), "--log-level", log_level,
-                            *self.extra_args),
+                            *self.start_args),
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=preexec,
             )  # fmt: skip
-        self.url = ""
+        self._starting = True
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> str:
         """Wait for the launched process to print its URL; returns it."""
         if self.process is None:
             raise ClusterError(f"server {self.name} was not launched")
-        if not self.url:
-            self.url = _read_listening_line(self.process, timeout, self.log_path)
+        if self._starting:
+            self.url = self._read_listening_line(timeout)
+            self._starting = False
         return self.url
 
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "server.log"
+    def _read_listening_line(self, timeout: float) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not selector.select(remaining):
+                    break
+                line = self.process.stdout.readline()
+                if line.startswith("listening on "):
+                    return line.removeprefix("listening on ").strip()
+                if not line and self.process.poll() is not None:
+                    raise ClusterError(
+                        f"server {self.name} exited with code {self.process.returncode}:\n"
+                        f"{self.log()[-3000:]}"
+                    )
+        self.kill()
+        raise ClusterError(f"server {self.name} did not start within {timeout:.0f} s")
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""
@@ -95,28 +139,6 @@ class LocalServer:
         """SIGTERM, then SIGKILL if it does not exit in time."""
         self.terminate()
         self.wait_stopped()
-
-
-def _read_listening_line(process: subprocess.Popen[str], timeout: float, log: Path) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            if process.poll() is not None:
-                raise ClusterError(f"server exited with code {process.returncode}: {_tail(log)}")
-            continue
-        if line.startswith("listening on "):
-            return line.split("listening on ", 1)[1].strip()
-    process.kill()
-    raise ClusterError(f"server did not start within {timeout:.0f} s: {_tail(log)}")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text().splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _run_cli(*args: str, timeout: float = START_TIMEOUT) -> str:

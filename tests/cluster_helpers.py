@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import selectors
-import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from crdtmds_cli.server_commands import collect_status
 from websockets.asyncio.client import ClientConnection, connect
+
+from crdtmds.localcluster import LocalServer, cli_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
@@ -40,10 +38,6 @@ def cli_env() -> dict[str, str]:
     if existing:
         paths.append(existing)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONUNBUFFERED": "1"}
-
-
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "crdtmds_cli.main", *args]
 
 
 def run_cli(
@@ -65,76 +59,8 @@ def run_cli(
     return result
 
 
-@dataclass
-class NodeProcess:
-    """One `crdtmds start` process and its data directory."""
-
-    name: str
-    data_dir: Path
-    start_args: list[str] = field(default_factory=list)
-    url: str = ""
-    process: subprocess.Popen[str] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir.parent / f"{self.name}.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self, timeout: float = START_TIMEOUT) -> str:
-        """Start the server and wait for its `listening on URL` line; return the URL."""
-        assert not self.running, f"{self.name} is already running"
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                cli_command("start", "--data", str(self.data_dir), "--log-level", "info",
-                            *self.start_args),
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env=cli_env(),
-            )  # fmt: skip
-        self.url = self._read_url(timeout)
-        return self.url
-
-    def _read_url(self, timeout: float) -> str:
-        assert self.process is not None and self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            while (remaining := deadline - time.monotonic()) > 0:
-                if not selector.select(remaining):
-                    break
-                line = self.process.stdout.readline()
-                if line.startswith("listening on "):
-                    return line.removeprefix("listening on ").strip()
-                if not line and self.process.poll() is not None:
-                    break
-        self.kill()
-        raise AssertionError(f"{self.name} did not start:\n{self.log()}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL: the crash case."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text()
-        except OSError:
-            return ""
+NodeProcess = LocalServer
+"""One `crdtmds start` process (the package's own launcher, shared with the demo)."""
 
 
 class Cluster:
@@ -191,7 +117,7 @@ class Cluster:
 
     def add_node(self, name: str, start_args: list[str] | None = None) -> NodeProcess:
         """Track a server whose data directory the caller creates (for custom options)."""
-        node = NodeProcess(name, self.root / name, list(start_args or []))
+        node = NodeProcess(name, self.root / name, start_args=list(start_args or []))
         self.nodes[name] = node
         return node
 

@@ -35,7 +35,7 @@ import pytest
 from crdtmds_cli.server_commands import query_status
 
 from crdtmds.client import ApiError, Client
-from crdtmds.errors import CrdtmdsError
+from crdtmds.errors import ClusterError, CrdtmdsError
 from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
 from tests.tcp_proxy import TcpProxy
 
@@ -410,7 +410,7 @@ class FaultInjector:
             try:
                 url = await asyncio.to_thread(node.start)
                 break
-            except AssertionError:
+            except ClusterError:
                 if attempt == RESTART_ATTEMPTS - 1:
                     raise
                 await asyncio.sleep(0.5)

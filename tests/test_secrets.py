@@ -104,7 +104,7 @@ def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
             "--peer", first.url, "--secret", cluster.secret, "--json",
         )  # fmt: skip
         transcript.add(joined.stdout + joined.stderr)
-        second = NodeProcess("n2", root / "n2", list(DEBUG))
+        second = NodeProcess("n2", root / "n2", start_args=list(DEBUG))
         cluster.nodes["n2"] = second
         second.start()
         tokens, received = asyncio.run(provoke(cluster, transcript))
@@ -300,13 +300,8 @@ def test_data_directory_is_private_even_with_umask_zero(tmp_path: Path) -> None:
         "--admin", ADMIN, "--password", PASSWORD,
     )  # fmt: skip
     server = NodeProcess("n1", data_dir)
-    server.process = subprocess.Popen(
-        cli_command("start", "--data", str(data_dir)), stdout=subprocess.PIPE,
-        stderr=server.log_path.open("a"), text=True, env=cli_env(),
-        preexec_fn=lambda: os.umask(0),
-    )  # fmt: skip
     try:
-        server.url = server._read_url(30)
+        server.start(preexec=lambda: os.umask(0))
         session_file = tmp_path / "config" / "session.json"
         run_with_umask_zero(
             "login", "--server", server.url, "--user", ADMIN, "--password", PASSWORD,

@@ -31,7 +31,7 @@ from crdtmds.errors import StorageError
 from crdtmds.node import DATABASE_FILE, Node
 from crdtmds.session import Session
 from crdtmds.storage import SCHEMA_VERSION, Storage
-from tests.cluster_helpers import ADMIN, PASSWORD, NodeProcess, cli_command, cli_env, run_cli
+from tests.cluster_helpers import ADMIN, PASSWORD, NodeProcess, run_cli
 
 DOMAIN = "acme"
 UNLIMITED = resource.RLIM_INFINITY
@@ -284,13 +284,8 @@ async def test_server_that_reaches_its_file_size_limit_answers_errors_and_recove
     await node.close()
     limit = max(p.stat().st_size for p in data_dir.iterdir()) + 256 * 1024
     server = NodeProcess("n1", data_dir)
-    server.process = subprocess.Popen(  # NodeProcess.start with a file size limit
-        cli_command("start", "--data", str(data_dir), "--log-level", "info"),
-        stdout=subprocess.PIPE, stderr=server.log_path.open("a"), text=True, env=cli_env(),
-        preexec_fn=lambda: limit_file_size(limit),
-    )  # fmt: skip
     try:
-        server.url = server._read_url(START_TIMEOUT)
+        server.start(timeout=START_TIMEOUT, preexec=lambda: limit_file_size(limit))
         async with Client([server.url], user=ADMIN, password=PASSWORD, domain=DOMAIN) as client:
             failure = await call_until_storage_error(client, 400)
             assert failure.code == "err_storage", failure
