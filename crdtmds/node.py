@@ -195,31 +195,25 @@ class Node:
         tls_key: str | None = None,
     ) -> NodeConfig:
         """Create a cluster: its document, secret, this Primary server and a superuser."""
-        path = Path(data_dir)
-        storage = await _open_fresh(path)
-        try:
-            cluster_id = new_document_id()
-            config = NodeConfig(
-                name=name,
-                cluster_id=cluster_id,
-                cluster_document_id=new_document_id(),
-                secret=auth.new_secret(cluster_id),
-                listen_host=listen_host,
-                listen_port=listen_port,
-                url=url,
-                region=region,
-                role=ROLE_PRIMARY,
-                tls_cert=tls_cert,
-                tls_key=tls_key,
-            )
-            cluster = ClusterDocument.create(config.cluster_id, config.cluster_document_id)
-            cluster.add_server(name, url, region, ROLE_PRIMARY)
-            cluster.add_administrator(admin, auth.hash_password(password), superuser=True)
-            changes = [(c.hash, c.bytes) for c in cluster.doc.get_changes([])]
-            await storage.append_changes(config.cluster_document_id, changes)
-            await storage.set_meta(CONFIG_KEY, config.to_meta())
-        finally:
-            await storage.close()
+        cluster_id = new_document_id()
+        config = NodeConfig(
+            name=name,
+            cluster_id=cluster_id,
+            cluster_document_id=new_document_id(),
+            secret=auth.new_secret(cluster_id),
+            listen_host=listen_host,
+            listen_port=listen_port,
+            url=url,
+            region=region,
+            role=ROLE_PRIMARY,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        cluster = ClusterDocument.create(config.cluster_id, config.cluster_document_id)
+        cluster.add_server(name, url, region, ROLE_PRIMARY)
+        cluster.add_administrator(admin, auth.hash_password(password), superuser=True)
+        changes = [(c.hash, c.bytes) for c in cluster.doc.get_changes([])]
+        await _create_data_dir(Path(data_dir), config, changes)
         return config
 
     @classmethod
@@ -240,26 +234,21 @@ class Node:
         tls_key: str | None = None,
     ) -> NodeConfig:
         """Record a Secondary's configuration; the cluster document arrives by gossip."""
-        path = Path(data_dir)
-        storage = await _open_fresh(path)
-        try:
-            config = NodeConfig(
-                name=name,
-                cluster_id=cluster_id,
-                cluster_document_id=cluster_document_id,
-                secret=secret,
-                listen_host=listen_host,
-                listen_port=listen_port,
-                url=url,
-                region=region,
-                role=ROLE_SECONDARY,
-                tls_cert=tls_cert,
-                tls_key=tls_key,
-                peers=[peer],
-            )
-            await storage.set_meta(CONFIG_KEY, config.to_meta())
-        finally:
-            await storage.close()
+        config = NodeConfig(
+            name=name,
+            cluster_id=cluster_id,
+            cluster_document_id=cluster_document_id,
+            secret=secret,
+            listen_host=listen_host,
+            listen_port=listen_port,
+            url=url,
+            region=region,
+            role=ROLE_SECONDARY,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            peers=[peer],
+        )
+        await _create_data_dir(Path(data_dir), config, [])
         return config
 
     @classmethod
@@ -1535,7 +1524,16 @@ def _damaged_store_error(path: Path, problems: list[LoadProblem]) -> StorageCorr
     )  # fmt: skip
 
 
-async def _open_fresh(path: Path) -> Storage:
+async def _create_data_dir(
+    path: Path, config: NodeConfig, cluster_changes: list[tuple[bytes, bytes]]
+) -> None:
+    """A new server's data directory: its configuration and what it knows of the cluster."""
     if (path / DATABASE_FILE).exists():
         raise ClusterError(f"{path} already holds a crdtmds server")
-    return await Storage.open(path / DATABASE_FILE)
+    storage = await Storage.open(path / DATABASE_FILE)
+    try:
+        if cluster_changes:
+            await storage.append_changes(config.cluster_document_id, cluster_changes)
+        await storage.set_meta(CONFIG_KEY, config.to_meta())
+    finally:
+        await storage.close()
