@@ -488,7 +488,7 @@ class AdminAPI:
         if record is None:
             await asyncio.to_thread(auth.verify_password, password, stored)
         self.throttle.failed(source)
-        log.warning("failed login for administrator %r from %s", user, source)
+        log.warning("failed login for %s from %s", _who(user, record), source)
         raise AuthenticationFailed("wrong user name or password")
 
     async def _unknown_user_hash(self) -> str:
@@ -621,7 +621,7 @@ class AdminAPI:
         record = self.node.cluster.administrators().get(user)
         if record is None or not auth.verify_password(password, record.get("password-hash")):
             self.throttle.failed(source)
-            log.warning("failed automerge-repo login for administrator %r", user)
+            log.warning("failed automerge-repo login for %s", _who(user, record))
             raise AuthenticationFailed("wrong user name or password")
         self.throttle.succeeded(source)
         return user
@@ -691,6 +691,12 @@ class ApiConnection:
     async def close(self) -> None:
         """The connection is gone. Its login stays valid (by `sid`) until logout or timeout."""
         self.sid = None
+
+
+def _who(user: str, record: Mapping[str, Any] | None) -> str:
+    """How a failed login names its user in the log: an unknown name may be a password
+    typed into the wrong field, so only names of existing administrators are written."""
+    return f"administrator {user!r}" if record is not None else "an unknown user name"
 
 
 def _host_of(source: str) -> str:

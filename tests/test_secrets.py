@@ -154,6 +154,7 @@ async def provoke(
     async with ApiSession(second.url, transcript) as api:
         await api.call("login", user="alice", password=WRONG_PASSWORD, domain="acme")
         await api.call("login", user="nobody", password=cluster.secret)
+        await api.call("login", user=ALICE_PASSWORD, password="typed in the wrong field")
         await api.call("login", user=ADMIN, password=ALICE_PASSWORD)
         login = await api.call("login", user="alice", password=ALICE_PASSWORD, domain="acme")
         tokens.append(login["result"]["sid"])

@@ -108,7 +108,14 @@ def join_command(
     name: NameOption,
     listen: ListenOption,
     peer: Annotated[str, typer.Option("--peer", help="URL of any server of the cluster.")],
-    secret: Annotated[str, typer.Option("--secret", help="The cluster secret from init.")],
+    secret: Annotated[
+        str,
+        typer.Option(
+            "--secret",
+            envvar="CRDTMDS_SECRET",
+            help="The cluster secret from init (or $CRDTMDS_SECRET, kept out of the process list).",
+        ),
+    ],
     region: RegionOption = "default",
     url: UrlOption = None,
     tls_cert: CertOption = None,
