@@ -553,9 +553,10 @@ class Node:
             session.abort_publish()
             session.take_unsaved_changes()
             raise
-        revision = session.complete_publish()
+        # Gossip learns of the publish as soon as the live document holds it, before the
+        # session is rebased onto it and its draft rows are cleared.
+        revision = session.complete_publish(on_merged=lambda: self._changed(document_id))
         await self.storage.replace_session_changes(session.uid, session.base_heads, [])
-        self._changed(document_id)
         await self._compact_if_due(document_id, count)
         return revision
 

@@ -423,8 +423,12 @@ class Session:
         self._own_changes = self._own_changes[:-1]
         self.view.revisions.pop()
 
-    def complete_publish(self) -> dict[str, Any]:
-        """Merge the persisted draft into the live document; the session goes on from it."""
+    def complete_publish(self, on_merged: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Merge the persisted draft into the live document; the session goes on from it.
+
+        `on_merged` runs as soon as the live document holds the publish, before the
+        session is rebased onto the live document.
+        """
         pending, self._pending = self._pending, None
         if pending is None:
             raise PublishFailed("nothing prepared to publish")
@@ -433,6 +437,8 @@ class Session:
         live.doc.merge(self.fork)
         if not raced:
             live.adopt_state(self.view)
+        if on_merged is not None:
+            on_merged()
         self._rebase()
         return pending.revision
 
@@ -516,10 +522,14 @@ class Session:
             insert_value(tx, order_id, index, uid)
 
     def _rebase(self) -> None:
-        # After a publish nobody raced, the fork already holds all of the live document;
-        # a merge would only cost time (it grows with the document).
+        # The live document holds everything the fork has (it was just published or
+        # dropped). After a publish nobody raced the fork is the live document already;
+        # otherwise a fresh fork (same actor, so the draft's sequence numbers go on) costs
+        # far less than merging into the old fork whatever the live document gained.
         if self.fork.get_heads() != self.domain.heads():
-            self.fork.merge(self.domain.doc)
+            actor = self.fork.get_actor()
+            self.fork = self.domain.doc.fork()
+            self.fork.set_actor(actor)
         self.base_heads = self.domain.heads()
         self.base = self.domain.state
         self.view = self.base.copy()
