@@ -12,8 +12,8 @@ With ``--delay-ms D`` every server dials every other through a delay proxy, and 
 between servers of different regions (``--regions``, default one per server) take D ms
 longer each way, to simulate geography.
 
-Targets: p99 < 50 ms for 5 servers at 50 publishes/s without delay (DESIGN.md); with a
-delay, p99 within one delay plus 50 ms (issue 5).
+Targets: p99 < 50 ms for 5 servers at 50 publishes/s without delay; with a
+delay, p99 within one delay plus 50 ms.
 
     .venv/bin/python bench/convergence.py [--sizes 3,5,9] [--rate 50] [--duration 10]
         [--delay-ms 0] [--regions N]

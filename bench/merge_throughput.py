@@ -11,7 +11,7 @@ changes over 10 domains). In one run, alternating:
     the clock stops when the server announces heads equal to the source's for every
     domain, which it does only once the changes are merged and committed to SQLite.
 
-Target (DESIGN.md): (b) at no less than half the changes/s of (a).
+Target: (b) at no less than half the changes/s of (a).
 
     .venv/bin/python bench/merge_throughput.py [--changes 20000] [--domains 10] [--reps 3]
 """

@@ -15,7 +15,7 @@ change.
 - chain: the writer feeds a leaf; changes go leaf -> hub -> other leaf (two hops);
 - star: the writer feeds the hub; changes go to both leaves at once (one hop).
 
-Target (DESIGN.md): crdtmds at least 10x the throughput of the Python Repo. The crdtmds
+Target: crdtmds at least 10x the throughput of the Python Repo. The crdtmds
 servers also commit every change to SQLite before forwarding it; the repos keep theirs
 in memory.
 

@@ -8,7 +8,7 @@ interleaved repetitions, an administrator's session:
 - reads the whole rulebase (every rule with its number) from the domain's view;
 
 and, for comparison, the same rulebase is extracted straight from the Automerge document.
-Target (issue 5): an edit + publish at 10,000 rules costs at most 2x the same at 10 rules
+Target: an edit + publish at 10,000 rules costs at most 2x the same at 10 rules
 (administrators of commercial managers report ~90 s per rule change at ~700 rules).
 
 The big layers are written into the live documents directly (many rules per change) and

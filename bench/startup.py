@@ -11,7 +11,7 @@ through sessions and published), then, in one run with interleaved repetitions:
 
 Both layouts a server meets are measured: the change log as published, and after
 compaction (one snapshot per document). Peak RSS per domain is measured in fresh
-subprocesses, one per way of loading. Target (DESIGN.md): load_all at >= 0.8 of the
+subprocesses, one per way of loading. Target: load_all at >= 0.8 of the
 speed of Document.load, i.e. ``median(Document.load) / median(load_all) >= 0.8``.
 
     .venv/bin/python bench/startup.py [--domains 50] [--edits 300] [--reps 7]

@@ -1,6 +1,6 @@
 """A crdtmds server: storage, the cluster document, domains, sessions, and their gossip.
 
-`Node` composes the pieces of DESIGN.md. Its core keeps every document in memory, persists
+`Node` composes the pieces of the design. Its core keeps every document in memory, persists
 every change before anything else sees it, and tells gossip which documents changed. Its
 network side moves bytes between sockets and the sans-I/O objects:
 
