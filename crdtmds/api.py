@@ -861,7 +861,28 @@ async def _show_changes(call: Call) -> dict[str, Any]:
         "modified-objects": modified,
         "deleted-objects": deleted,
         "total": len(added) + len(modified) + len(deleted),
+        "objects-dictionary": _changes_dictionary(session, [*added, *modified, *deleted]),
     }
+
+
+def _changes_dictionary(
+    session: Session | None, items: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """`{uid, name, type}` of every object the changes refer to (members, rule columns),
+    as the draft sees it, or as its base did for objects the draft deleted."""
+    if session is None:
+        return []
+    uids: dict[str, None] = {}
+    for item in items:
+        values = [item.get(f) for f in (*model.RULE_REFERENCE_FIELDS, "members")]
+        for change in item.get("fields", {}).values():
+            values += [change.get("old"), change.get("new")]
+        for value in values:
+            if isinstance(value, list):
+                uids.update(dict.fromkeys(u for u in value if isinstance(u, str)))
+    return [
+        _summary(session.view if uid in session.view.objects else session.base, uid) for uid in uids
+    ]
 
 
 # ---------------------------------------------------------------- objects

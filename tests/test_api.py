@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import crdtmds
-from crdtmds import auth
+from crdtmds import auth, model
 from crdtmds.api import AdminAPI, ApiConnection
 from crdtmds.errors import AuthenticationFailed
 from crdtmds.node import Node
@@ -534,6 +534,26 @@ async def test_show_changes_publish_task_and_discard(api: AdminAPI) -> None:
     assert nothing["revision"] is None
     sessions = await admin.ok("show-sessions")
     assert [s["user-name"] for s in sessions["objects"]] == ["alice"]
+
+
+async def test_show_changes_names_the_objects_its_changes_refer_to(api: AdminAPI) -> None:
+    admin = connect(api)
+    await admin.login("alice")
+    web = await admin.ok("add-host", **host("web", "192.0.2.10"))
+    old = await admin.ok("add-host", **host("old", "192.0.2.11"))
+    await admin.ok("add-group", name="servers", members=["old"])
+    await admin.ok("publish")
+    await admin.ok("set-group", name="servers", members=["web"])
+    await admin.ok("delete-group", name="servers")
+    await admin.ok("add-group", name="front", members=["web"])
+    await admin.ok("add-access-rule", name="r", destination=["front"], action="Accept")
+    changes = await admin.ok("show-changes")
+    dictionary = {o["uid"]: o["name"] for o in changes["objects-dictionary"]}
+    front = next(o for o in changes["added-objects"] if o["name"] == "front")
+    assert dictionary[web["uid"]] == "web"
+    assert dictionary[front["uid"]] == "front"
+    assert dictionary[old["uid"]] == "old"  # a member of the deleted group
+    assert model.ANY_UID in dictionary
 
 
 async def test_edits_are_private_until_published_and_persisted(

@@ -331,6 +331,11 @@ def _summary_of(record: dict[str, Any]) -> str:
         return _cell(record.get("members", []))
     if kind in ("service-tcp", "service-udp"):
         return f"{kind.removeprefix('service-')}/{record.get('port', '')}"
+    if kind == "access-rule":
+        source, destination, service = (
+            _cell(record.get(column, [])) for column in ("source", "destination", "service")
+        )
+        return f"{source} -> {destination} ({service}): {record.get('action', '')}"
     return ""
 
 
@@ -1107,6 +1112,14 @@ def session_show(as_json: JsonOption = False, session_file: SessionFileOption = 
 
 
 def _change_rows(changes: dict[str, Any]) -> list[list[Any]]:
+    names = {o["uid"]: o.get("name") or o["uid"] for o in changes.get("objects-dictionary", [])}
+
+    def named(value: Any) -> Any:
+        # Member and rule-column uids, shown by name.
+        if isinstance(value, list):
+            return [names.get(v, v) if isinstance(v, str) else v for v in value]
+        return value
+
     rows: list[list[Any]] = []
     for kind, key in (
         ("added", "added-objects"),
@@ -1116,9 +1129,11 @@ def _change_rows(changes: dict[str, Any]) -> list[list[Any]]:
         for item in changes.get(key, []):
             details = item.get("fields", {})
             text = "; ".join(
-                f"{f}: {_cell(v.get('old'))} -> {_cell(v.get('new'))}" for f, v in details.items()
+                f"{f}: {_cell(named(v.get('old')))} -> {_cell(named(v.get('new')))}"
+                for f, v in details.items()
             )
-            rows.append([kind, item.get("type"), item.get("name"), text or _summary_of(item)])
+            shown = {k: named(v) for k, v in item.items()}
+            rows.append([kind, item.get("type"), item.get("name"), text or _summary_of(shown)])
     return rows
 
 
