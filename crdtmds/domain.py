@@ -41,8 +41,11 @@ class Layer:
     rule once, nothing else), as session edits keep it."""
 
     def copy(self) -> Layer:
+        # Computed here, once for the original and every copy of it, rather than in
+        # each copy (every session starts from a copy of the live layers).
+        visible = self.ordered_uids()
         order = list(self.order)
-        visible = order if self._visible is self.order else self._visible
+        visible = order if visible is self.order else visible
         return Layer(self.uid, self.name, dict(self.rules), order, visible)
 
     def ordered_uids(self) -> list[str]:
@@ -473,6 +476,12 @@ class Domain:
             self._state = refresh_state(self.doc, self._state, self._state_heads)
         self._state_heads = heads
         return self._state
+
+    def adopt_document(self, doc: Document, state: DomainState) -> None:
+        """Take `doc`, this document plus changes nobody raced, as the live document."""
+        doc.set_actor(self.doc.get_actor())
+        self.doc = doc
+        self.adopt_state(state)
 
     def adopt_state(self, state: DomainState) -> None:
         """Take `state` as the view at the current heads (a publish nobody raced)."""

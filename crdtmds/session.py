@@ -22,7 +22,16 @@ from typing import Any
 from automerge.core import ROOT, Document
 
 from crdtmds import model
-from crdtmds.docdata import child_id, hex_heads, insert_value, put_value, read, unhex_heads
+from crdtmds.docdata import (
+    child_id,
+    fork_with_actor,
+    hex_heads,
+    insert_value,
+    new_actor,
+    put_value,
+    read,
+    unhex_heads,
+)
 from crdtmds.domain import Domain, DomainState, Layer, refresh_state
 from crdtmds.errors import (
     InvalidParameter,
@@ -115,7 +124,7 @@ class Session:
             domain=domain,
             admin=admin,
             server=server,
-            fork=domain.doc.fork(),
+            fork=fork_with_actor(domain.doc, new_actor()),
             base_heads=domain.heads(),
             base=base,
             view=base.copy(),
@@ -417,9 +426,7 @@ class Session:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        actor = self.fork.get_actor()
-        self.fork = self.fork.fork_at(pending.heads_before_revision)
-        self.fork.set_actor(actor)
+        self.fork = fork_with_actor(self.fork, self.actor, pending.heads_before_revision)
         self._own_changes = self._own_changes[:-1]
         self.view.revisions.pop()
 
@@ -433,10 +440,14 @@ class Session:
         if pending is None:
             raise PublishFailed("nothing prepared to publish")
         live = self.domain
-        raced = live.heads() != self.base_heads
-        live.doc.merge(self.fork)
-        if not raced:
-            live.adopt_state(self.view)
+        if live.heads() == self.base_heads:
+            # Nobody raced the draft: the fork is the live document plus the draft, so it
+            # becomes the live document (a merge costs milliseconds on a large document)
+            # and the session goes on in a fresh fork of it.
+            live.adopt_document(self.fork, self.view)
+            self.fork = fork_with_actor(live.doc, self.actor)
+        else:
+            live.doc.merge(self.fork)
         if on_merged is not None:
             on_merged()
         self._rebase()
@@ -445,7 +456,8 @@ class Session:
     def discard(self) -> int:
         """Drop the draft; returns how many objects and rules it had changed."""
         count = self.change_count()
-        self.fork = self.domain.doc.fork()
+        # A new actor: the dropped changes' sequence numbers stay taken by the old one.
+        self.fork = fork_with_actor(self.domain.doc, new_actor())
         self._rebase()
         return count
 
@@ -523,13 +535,11 @@ class Session:
 
     def _rebase(self) -> None:
         # The live document holds everything the fork has (it was just published or
-        # dropped). After a publish nobody raced the fork is the live document already;
+        # dropped). A fork at the live heads is kept;
         # otherwise a fresh fork (same actor, so the draft's sequence numbers go on) costs
         # far less than merging into the old fork whatever the live document gained.
         if self.fork.get_heads() != self.domain.heads():
-            actor = self.fork.get_actor()
-            self.fork = self.domain.doc.fork()
-            self.fork.set_actor(actor)
+            self.fork = fork_with_actor(self.domain.doc, self.actor)
         self.base_heads = self.domain.heads()
         self.base = self.domain.state
         self.view = self.base.copy()

@@ -360,6 +360,37 @@ def test_publish_appends_a_revision(domain: Domain, session: Session) -> None:
     assert [r["uid"] for r in domain.state.revisions[-2:]] == [revision["uid"], second["uid"]]
 
 
+def test_an_unraced_publish_keeps_the_draft_apart_from_the_live_document(
+    domain: Domain, session: Session
+) -> None:
+    live_actor = domain.doc.get_actor()
+    session.add_object("host", {"name": "first", "ip-address": "10.9.9.1"})
+    publish(session)
+    published = domain.heads()
+    assert session.fork is not domain.doc
+    assert domain.doc.get_actor() == live_actor
+    session.add_object("host", {"name": "second", "ip-address": "10.9.9.2"})
+    # The next draft edit stays private to the session.
+    assert domain.heads() == published
+    assert domain.state.find_object("second") is None
+    assert session.view.find_object("second") is not None
+    assert_view_is_fork(session)
+    publish(session)
+    assert domain.state.find_object("second") is not None
+    assert domain.state == full_read(domain.doc)
+
+
+def test_sessions_write_as_actors_that_sort_after_earlier_ones(domain: Domain) -> None:
+    first = Session.open(domain, admin="alice", server="s1")
+    second = Session.open(domain, admin="bob", server="s1")
+    assert first.actor < second.actor
+    first.add_object("host", {"name": "a", "ip-address": "10.9.9.3"})
+    actor = first.actor
+    first.discard()
+    # A discard takes a new actor: the dropped changes keep their sequence numbers.
+    assert first.actor != actor and first.actor > second.actor
+
+
 def test_edits_are_refused_while_a_publish_is_pending(session: Session) -> None:
     session.add_object("host", {"name": "new", "ip-address": "10.9.9.9"})
     session.prepare_publish()
