@@ -9,16 +9,16 @@ merged from peers are applied by re-reading only the entities their patches touc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from automerge.core import ROOT, Document
+from automerge.core import ROOT, Document, ObjType
 
 from crdtmds import model
+from crdtmds.changes import DEL, MAKE_ACTIONS, ROOT_ID, ObjectId, Op, decode_change, parse_object_id
 from crdtmds.docdata import child_id, put_value, read
-from crdtmds.errors import InvalidParameter, ObjectNotFound, ValidationError
+from crdtmds.errors import CrdtmdsError, InvalidParameter, ObjectNotFound, ValidationError
 
 # ---------------------------------------------------------------- plain-data view
 
@@ -357,71 +357,6 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-# ---------------------------------------------------------------- patch parsing
-
-_PATCH_OBJ = r'(?:Root|Id\(\d+, ActorID\("[0-9a-f]*"\), \d+\))'
-_PATCH_PROP = r'(?:Map\("([^"\\]*)"\)|Seq\((\d+)\))'
-# A Conflict names its key as `prop: Map("k")` / `prop: Seq(i)`, the others as `key:`/`index:`.
-_PATCH_KEY = r'(?:key: "([^"\\]*)"|index: (\d+)|prop: ' + _PATCH_PROP + ")"
-_PATCH_RE = re.compile(
-    r"^Patch \{ obj: " + _PATCH_OBJ + r", path: \[((?:\(" + _PATCH_OBJ + ", " + _PATCH_PROP
-    + r"\)(?:, )?)*)\], action: (\w+) \{ " + _PATCH_KEY + "?"
-)  # fmt: skip
-_PATH_PROP_RE = re.compile(_PATCH_PROP)
-
-
-def parse_patch(text: str) -> tuple[list[str | int], str, str | int | None] | None:
-    """(path, action, key-or-index) of a Patch repr, or None if it is not understood.
-
-    The binding exposes patches only through their repr; anything unexpected makes the
-    caller fall back to a full re-read, which is always correct.
-    """
-    match = _PATCH_RE.match(text)
-    if match is None:
-        return None
-    path: list[str | int] = [
-        key if index == "" else int(index) for key, index in _PATH_PROP_RE.findall(match.group(1))
-    ]
-    key: str | int | None = match.group(5) if match.group(5) is not None else match.group(7)
-    index = match.group(6) or match.group(8)
-    if key is None and index is not None:
-        key = int(index)
-    return path, match.group(4), key
-
-
-Touch = tuple[Any, ...]
-FULL: Touch = ("full",)
-
-
-def touched_by(path: list[str | int], key: str | int | None) -> Touch:
-    """Which entity of a domain a patch at `path` (acting on `key`) changes."""
-    here = [*path, key] if key is not None else list(path)
-    if not here:
-        return FULL
-    head = here[0]
-    if head == "name" and len(here) == 1:
-        return ("name",)
-    if head == "objects" and len(here) >= 2 and isinstance(here[1], str):
-        return ("object", here[1])
-    if head == "revisions" and len(here) >= 2 and isinstance(here[1], int):
-        return ("revisions", here[1])
-    if head == "layers" and len(here) >= 2 and isinstance(here[1], str):
-        return _touched_in_layer(here[1], here[2:])
-    return FULL
-
-
-def _touched_in_layer(layer: str, rest: list[str | int]) -> Touch:
-    if not rest or rest[0] not in ("rules", "order", "name", "uid"):
-        return ("layer", layer)
-    if rest[0] == "rules":
-        if len(rest) >= 2 and isinstance(rest[1], str):
-            return ("rule", layer, rest[1])
-        return ("layer", layer)
-    if rest[0] == "order":
-        return ("order", layer) if len(rest) >= 2 else ("layer", layer)
-    return ("layer-name", layer)
-
-
 # ---------------------------------------------------------------- the live document
 
 
@@ -433,6 +368,7 @@ class Domain:
         self.doc = doc
         self._state: DomainState | None = None
         self._state_heads: list[bytes] = []
+        self._refresher = StateRefresher()
 
     @classmethod
     def create(cls, name: str, document_id: str) -> Domain:
@@ -473,7 +409,7 @@ class Domain:
         if self._state is None:
             self._state = DomainState.from_plain(read(self.doc))
         elif heads != self._state_heads:
-            self._state = refresh_state(self.doc, self._state, self._state_heads)
+            self._state = self._refresher.refresh(self.doc, self._state, self._state_heads)
         self._state_heads = heads
         return self._state
 
@@ -502,35 +438,240 @@ class Domain:
         return child_id(self.doc, ROOT, "objects") is not None
 
 
-def refresh_state(doc: Document, state: DomainState, since: list[bytes]) -> DomainState:
-    """`state` (valid at heads `since`) brought to the document's current heads.
+# ---------------------------------------------------------------- refreshing the view
+#
+# The operations of the changes a document gained name the Automerge objects they write
+# to. `ObjectIndex` knows which entity of a domain each object belongs to (an object
+# record, a rule, a layer's order, a revision...), so each operation maps to the entity
+# to re-read, at a cost that follows the size of the changes, not of the document.
 
-    Only entities that the patches between the two touch are re-read; an unexpected patch
-    means a full re-read.
+Entity = tuple[Any, ...]
+"""Where an Automerge object sits in a domain, e.g. ("rule", layer uid, rule uid)."""
+Touch = tuple[Any, ...]
+"""What an operation makes stale, e.g. ("object", uid), ("order", layer uid)."""
+FULL: Touch = ("full",)
+"""The whole view: re-read everything."""
+FOREIGN: Entity = ("foreign",)
+"""A container that a domain read ignores (under an unknown root key, say)."""
+
+_ROOT_CHILDREN: dict[str, Entity] = {
+    "name": ("name",),
+    "objects": ("objects",),
+    "layers": ("layers",),
+    "revisions": ("revisions",),
+}
+
+
+def child_entity(parent: Entity, key: str | ObjectId, element: ObjectId) -> Entity:
+    """The entity of an object created under `key` of an object of entity `parent`.
+
+    `element` is the list element the object is (its own id when inserted) if the parent
+    is a list.
     """
-    touches: set[Touch] = set()
-    for patch in doc.diff(since, doc.get_heads()):
-        parsed = parse_patch(repr(patch))
-        touch = FULL if parsed is None else touched_by(parsed[0], parsed[2])
-        if touch == FULL:
-            return DomainState.from_plain(read(doc))
-        touches.add(touch)
+    kind = parent[0]
+    if kind == "root":
+        return _ROOT_CHILDREN.get(key, FOREIGN) if isinstance(key, str) else FOREIGN
+    if kind == "objects":
+        return ("object", key) if isinstance(key, str) else FOREIGN
+    if kind == "layers":
+        return ("layer", key) if isinstance(key, str) else FOREIGN
+    if kind == "layer":
+        if key == "rules":
+            return ("rules", parent[1])
+        return ("order", parent[1]) if key == "order" else ("layer-part", parent[1])
+    if kind == "rules":
+        return ("rule", parent[1], key) if isinstance(key, str) else ("layer-part", parent[1])
+    if kind == "revisions":
+        return ("revision", element)
+    return parent  # anything inside an entity belongs to it
+
+
+def touch_of(entity: Entity, op: Op) -> Touch | None:
+    """What `op`, acting on an object of `entity`, makes stale (None: nothing read)."""
+    kind, key = entity[0], op.key
+    if kind == "root":
+        if key == "name":
+            return ("name",)
+        return FULL if key in _ROOT_CHILDREN else None
+    if kind in ("objects", "layers"):
+        if not isinstance(key, str):
+            return FULL
+        return ("object", key) if kind == "objects" else ("layer", key)
+    if kind == "layer":
+        return ("layer-name", entity[1]) if key in ("name", "uid") else ("layer", entity[1])
+    if kind == "layer-part":
+        return ("layer", entity[1])
+    if kind == "rules":
+        return ("rule", entity[1], key) if isinstance(key, str) else ("layer", entity[1])
+    if kind == "revisions":
+        if op.action == DEL:
+            return ("revisions", 0)  # a deleted element's index is unknown
+        return ("revision", op.id if op.insert else key)
+    if kind == "foreign":
+        return None
+    return entity  # name, object, rule, order, revision: the entity itself
+
+
+class ObjectIndex:
+    """Automerge object id -> the domain entity holding it; plain data, no Document.
+
+    An object is created once, at one place, so an entry never goes stale: the index stays
+    valid for every copy of the document and grows from the operations it is shown.
+    Objects made before the index first saw the document are found by scanning it, first
+    down to records (object records, rules, revisions), then, only for objects nested
+    inside records that no change showed, all the way down.
+    """
+
+    def __init__(self) -> None:
+        self.entities: dict[ObjectId, Entity] = {ROOT_ID: ("root",)}
+        self.seen_heads: list[bytes] | None = None
+        """Heads of the document whose every change the index has been shown."""
+
+    def learn(self, made: Mapping[ObjectId, Op]) -> None:
+        """Record the objects that a batch of operations creates (`made_by(ops)`)."""
+        for object_id in made:
+            self.entity_of(object_id, made)
+
+    def entity_of(self, object_id: ObjectId, made: Mapping[ObjectId, Op]) -> Entity | None:
+        """The entity of `object_id`, known or created by the operations `made` (None:
+        unknown)."""
+        chain: list[Op] = []
+        entity = self.entities.get(object_id)
+        while entity is None and object_id in made:
+            op = made[object_id]
+            chain.append(op)
+            object_id = op.obj
+            entity = self.entities.get(object_id)
+        if entity is None:
+            return None
+        for op in reversed(chain):
+            element = op.key if isinstance(op.key, tuple) and not op.insert else op.id
+            entity = child_entity(entity, op.key, element)
+            self.entities[op.id] = entity
+        return entity
+
+    def scan(self, doc: Document, *, records_only: bool) -> None:
+        """Register the objects the document holds now, down to records or all of them."""
+        self._walk(doc, ROOT, ("root",), records_only)
+
+    def _walk(self, doc: Document, obj: bytes, entity: Entity, records_only: bool) -> None:
+        for key, value, exid in _children(doc, obj):
+            if not isinstance(value, ObjType):
+                continue
+            object_id = parse_object_id(exid)
+            child = child_entity(entity, object_id if key is None else key, object_id)
+            self.entities[object_id] = child
+            if child[0] in ("name", "foreign"):
+                continue
+            if records_only and child[0] in ("object", "rule", "revision", "order"):
+                continue
+            self._walk(doc, exid, child, records_only)
+
+
+def made_by(ops: Iterable[Op]) -> dict[ObjectId, Op]:
+    """The operations among `ops` that create objects, by the id of what they create."""
+    return {op.id: op for op in ops if op.action in MAKE_ACTIONS}
+
+
+def _children(doc: Document, obj: bytes) -> Iterator[tuple[str | None, Any, bytes]]:
+    """(key, value, id) of each entry of a map; (None, value, id) of each list element."""
+    values = doc.values(obj)
+    if doc.object_type(obj) != ObjType.Map:
+        return ((None, value, exid) for value, exid in values)
+    keys = doc.keys(obj)
+    if len(keys) != len(values):
+        raise ValidationError("map keys and values disagree")
+    return ((key, value, exid) for key, (value, exid) in zip(keys, values, strict=True))
+
+
+class StateRefresher:
+    """Brings a domain's view forward along the changes its document gained.
+
+    Keep one per domain (it holds the `ObjectIndex`, never a Document): the first refresh
+    that needs to place an object made before it scans the document once.
+    """
+
+    def __init__(self) -> None:
+        self.index = ObjectIndex()
+
+    def refresh(self, doc: Document, state: DomainState, since: list[bytes]) -> DomainState:
+        """`state` (valid at heads `since`) brought to the document's current heads.
+
+        Only entities that the new changes write to are re-read; anything unexpected means
+        a full re-read, which is always right.
+        """
+        heads = doc.get_heads()
+        try:
+            touches = self._touches(doc, since)
+        except (CrdtmdsError, ValueError):
+            touches = None
+        fresh = None if touches is None else _apply_touches(doc, state, touches)
+        self.index.seen_heads = heads
+        return DomainState.from_plain(read(doc)) if fresh is None else fresh
+
+    def _touches(self, doc: Document, since: list[bytes]) -> set[Touch] | None:
+        new = [decode_change(change.raw_bytes) for change in doc.get_changes(since)]
+        self._learn_changes_before(doc, since, {change.hash for change in new})
+        ops = [op for change in new for op in change.ops]
+        made = made_by(ops)
+        scans = [True, False]  # records first, then everything; at most once each
+        touches: set[Touch] = set()
+        for op in ops:
+            entity = self.index.entity_of(op.obj, made)
+            while entity is None and scans:
+                self.index.scan(doc, records_only=scans.pop(0))
+                entity = self.index.entity_of(op.obj, made)
+            if entity is None:
+                return None
+            touch = touch_of(entity, op)
+            if touch == FULL:
+                return None
+            if touch is not None:
+                touches.add(touch)
+        self.index.learn(made)
+        return touches
+
+    def _learn_changes_before(self, doc: Document, since: list[bytes], new: set[bytes]) -> None:
+        # Changes the view already holds (a publish of this server adopted without a
+        # refresh) still create objects that later changes may write to.
+        seen = self.index.seen_heads
+        if seen is None or sorted(seen) == sorted(since):
+            return
+        try:
+            missed = doc.get_changes(seen)
+        except Exception:  # the binding raises plain Exception for unknown heads
+            return
+        for change in missed:
+            if change.hash not in new:
+                self.index.learn(made_by(decode_change(change.raw_bytes).ops))
+
+
+def refresh_state(
+    doc: Document,
+    state: DomainState,
+    since: list[bytes],
+    refresher: StateRefresher | None = None,
+) -> DomainState:
+    """`state` (valid at heads `since`) brought to the document's current heads; see
+    `StateRefresher.refresh`. Pass the domain's refresher to reuse what it knows."""
+    return (refresher or StateRefresher()).refresh(doc, state, since)
+
+
+def _apply_touches(doc: Document, state: DomainState, touches: set[Touch]) -> DomainState | None:
     fresh = state.copy()
     reader = _EntityReader(doc)
-    for touch in sorted(touches, key=_touch_rank):
+    revisions = [t for t in touches if t[0] in ("revision", "revisions")]
+    if revisions and not reader.reload_revisions(fresh, revisions):
+        return None
+    for touch in sorted(touches - set(revisions), key=_touch_rank):
         if not reader.apply(fresh, touch):
-            return DomainState.from_plain(read(doc))
+            return None
     return fresh
 
 
-def _touch_rank(touch: Touch) -> tuple[int, Any]:
-    # Whole layers first, so that their rules and order are not re-read twice; the
-    # earliest revision index first, so the history is re-read once.
-    if touch[0] == "layer":
-        return (0, touch[1])
-    if touch[0] == "revisions":
-        return (1, touch[1])
-    return (2, repr(touch))
+def _touch_rank(touch: Touch) -> tuple[int, str]:
+    # Whole layers first, so that their rules and order are not re-read twice.
+    return (0 if touch[0] == "layer" else 1, repr(touch))
 
 
 class _EntityReader:
@@ -541,7 +682,6 @@ class _EntityReader:
         self.objects = child_id(doc, ROOT, "objects")
         self.layers = child_id(doc, ROOT, "layers")
         self.reloaded_layers: set[str] = set()
-        self.revisions_from: int | None = None
 
     def apply(self, state: DomainState, touch: Touch) -> bool:
         kind = touch[0]
@@ -551,8 +691,6 @@ class _EntityReader:
             state.name = self._text_at(ROOT, "name")
         elif kind == "object":
             self._reload_object(state, touch[1])
-        elif kind == "revisions":
-            return self._reload_revisions(state, touch[1])
         elif touch[1] in self.reloaded_layers:
             return True
         elif kind == "layer":
@@ -567,21 +705,39 @@ class _EntityReader:
         scalar = got[0] if got else None
         return _text(scalar[1]) if isinstance(scalar, tuple) else ""
 
-    def _reload_revisions(self, state: DomainState, start: int) -> bool:
-        # Revisions are only ever inserted, so entries before the first touched index
-        # are unchanged; re-reading from there keeps a long history cheap.
-        if self.revisions_from is not None and self.revisions_from <= start:
-            return True
+    def reload_revisions(self, state: DomainState, touches: list[Touch]) -> bool:
+        """Re-read the revisions from the first one `touches` names to the end.
+
+        Revisions are only ever inserted, so entries before the first touched one are
+        unchanged; re-reading from there keeps a long history cheap. The touched elements
+        are found by walking back from the end of the list.
+        """
         revisions = child_id(self.doc, ROOT, "revisions")
         if revisions is None:
             return False
+        length = self.doc.length(revisions)
+        elements = {t[1] for t in touches if t[0] == "revision"}
+        start = (
+            0 if ("revisions", 0) in touches else self._first_index_of(revisions, length, elements)
+        )
+        if start > len(state.revisions):
+            return False
         fresh = state.revisions[:start]
-        for index in range(start, self.doc.length(revisions)):
+        for index in range(start, length):
             entry = child_id(self.doc, revisions, index)
             fresh.append(read(self.doc, entry) if entry else {})
         state.revisions = [r if isinstance(r, dict) else {} for r in fresh]
-        self.revisions_from = start
         return True
+
+    def _first_index_of(self, revisions: bytes, length: int, elements: set[ObjectId]) -> int:
+        """The lowest index holding one of `elements` (0 unless all of them are found)."""
+        index = length
+        while elements and index > 0:
+            index -= 1
+            got = self.doc.get(revisions, index)
+            if got is not None:
+                elements.discard(parse_object_id(got[1]))
+        return index if not elements else 0
 
     def _reload_object(self, state: DomainState, uid: str) -> None:
         obj = child_id(self.doc, self.objects, uid)
@@ -607,9 +763,19 @@ class _EntityReader:
         if kind == "layer-name":
             current.name = self._text_at(layer_id, "name")
         elif kind == "order":
-            order_id = child_id(self.doc, layer_id, "order")
-            current.set_order(_order_from_plain(read(self.doc, order_id) if order_id else []))
+            current.set_order(self._order_at(layer_id))
         elif kind == "rule":
             rules_id = child_id(self.doc, layer_id, "rules")
             rule_id = child_id(self.doc, rules_id, touch[2]) if rules_id else None
             current.set_rule_record(touch[2], read(self.doc, rule_id) if rule_id else None)
+
+    def _order_at(self, layer_id: bytes) -> list[str]:
+        # The values alone, not a read of the whole list: several times faster.
+        order_id = child_id(self.doc, layer_id, "order")
+        if order_id is None or self.doc.object_type(order_id) != ObjType.List:
+            return []
+        return [
+            value[1]
+            for value, _ in self.doc.values(order_id)
+            if isinstance(value, tuple) and isinstance(value[1], str)
+        ]

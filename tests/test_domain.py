@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from crdtmds import model
 from crdtmds.docdata import child_id, hex_heads, put_value, read, replace_list, unhex_heads
-from crdtmds.domain import FULL, Domain, DomainState, parse_patch, refresh_state, touched_by
+from crdtmds.domain import Domain, DomainState, refresh_state
 from crdtmds.errors import CrdtmdsError
 from crdtmds.session import Session
 
@@ -331,136 +331,7 @@ def test_state_at_unknown_heads() -> None:
     assert caught.value.code == "err_validation_failed"
 
 
-# ---------------------------------------------------------------- patch parsing
-
-
-def patches_of(domain: Domain, edit: Any) -> list[str]:
-    before = domain.heads()
-    session = Session.open(domain, admin="alice", server="s1")
-    edit(session)
-    publish(session)
-    return [repr(p) for p in domain.doc.diff(before, domain.heads())]
-
-
-def test_parse_patch_on_real_patches() -> None:
-    domain = load_base()
-    state = domain.state
-    layer = state.get_layer()
-    web = state.find_object("web")["uid"]
-    rule_a = state.get_rule(layer, "A")["uid"]
-    rule_b = state.get_rule(layer, "B")["uid"]
-
-    def edit(session: Session) -> None:
-        session.set_object("host", {"name": "web", "comments": "c"})
-        session.delete_object("service-tcp", {"name": "https"})
-        session.set_rule({"name": "A", "source": ["lan"], "new-position": "bottom"})
-        session.delete_rule({"name": "B"})
-
-    parsed = [parse_patch(text) for text in patches_of(domain, edit)]
-    assert None not in parsed
-    https = next(u for u, o in state.objects.items() if o["name"] == "https")
-    expected = {
-        (("objects", web), "PutMap", "comments"),
-        (("objects",), "DeleteMap", https),
-        (("layers", layer.uid, "rules", rule_a), "PutMap", "source"),
-        (("layers", layer.uid, "rules"), "DeleteMap", rule_b),
-        (("layers", layer.uid, "order"), "DeleteSeq", 0),
-        (("layers", layer.uid, "order"), "Insert", 2),
-        (("revisions",), "Insert", 1),
-        (("revisions", 1), "PutMap", "admin"),
-        (("revisions", 1, "heads"), "Insert", 0),
-    }
-    seen = {(tuple(path), action, key) for path, action, key in parsed}
-    assert expected <= seen, expected - seen
-    touched = {touched_by(path, key) for path, _, key in parsed}
-    assert touched == {
-        ("object", web),
-        ("object", https),
-        ("rule", layer.uid, rule_a),
-        ("rule", layer.uid, rule_b),
-        ("order", layer.uid),
-        ("revisions", 1),
-    }
-
-
-def test_parse_patch_of_a_root_conflict() -> None:
-    domain = load_base()
-    _ = domain.state  # a view now, to be refreshed after the merge
-    peer = peer_of(domain)
-    with peer.doc.transaction() as tx:
-        tx.put(ROOT, "name", ScalarType.Str, "there")
-    with domain.doc.transaction() as tx:
-        tx.put(ROOT, "name", ScalarType.Str, "here")
-    before = domain.heads()
-    domain.doc.merge(peer.doc)
-    (text,) = [repr(p) for p in domain.doc.diff(before, domain.heads())]
-    # Which value wins depends on the random actor ids: a PutMap if the peer's does, a
-    # Conflict (naming its key as a prop) if ours does.
-    path, action, key = parse_patch(text)
-    assert (path, key) == ([], "name")
-    assert action in ("PutMap", "Conflict")
-    assert touched_by(path, key) == ("name",)
-    assert domain.state == full_read(domain.doc)
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "Patch { obj: Root, path: [], action: Mystery }",
-        'Patch { obj: Root, path: [(Root, Map("a\\"b"))], action: PutMap { key: "x" } }',
-        'Patch { obj: Id(1, ActorID("zz"), 0), path: [], action: PutMap { key: "x" } }',
-        "not a patch at all",
-    ],
-)
-def test_parse_patch_refuses_what_it_does_not_know(text: str) -> None:
-    assert parse_patch(text) is None
-
-
-@pytest.mark.parametrize(
-    ("text", "parsed"),
-    [
-        ('Patch { obj: Root, path: [], action: Conflict { prop: Map("name") } }',
-         ([], "Conflict", "name")),
-        ('Patch { obj: Id(8, ActorID("ab12"), 1), path: [(Root, Map("layers")), '
-         '(Id(3, ActorID("ab12"), 1), Map("L")), (Id(4, ActorID("ab12"), 1), Map("order"))], '
-         "action: Conflict { prop: Seq(2) } }",
-         (["layers", "L", "order"], "Conflict", 2)),
-        # A key the pattern cannot read leaves the containing entity to re-read.
-        ('Patch { obj: Root, path: [(Root, Map("objects"))], action: PutMap { key: "a\\"b", '
-         "value: x } }",
-         (["objects"], "PutMap", None)),
-    ],
-)  # fmt: skip
-def test_parse_patch_forms(text: str, parsed: tuple[Any, ...]) -> None:
-    assert parse_patch(text) == parsed
-
-
-@pytest.mark.parametrize(
-    ("path", "key", "touch"),
-    [
-        ([], None, FULL),
-        ([], "name", ("name",)),
-        ([], "objects", FULL),
-        (["objects"], None, FULL),
-        (["objects"], "u1", ("object", "u1")),
-        (["objects", "u1", "members"], 0, ("object", "u1")),
-        (["revisions"], 4, ("revisions", 4)),
-        (["revisions", 2, "heads"], 0, ("revisions", 2)),
-        (["layers"], "L", ("layer", "L")),
-        (["layers", "L"], "name", ("layer-name", "L")),
-        (["layers", "L"], "order", ("layer", "L")),
-        (["layers", "L"], "rules", ("layer", "L")),
-        (["layers", "L"], "other", ("layer", "L")),
-        (["layers", "L", "order"], 3, ("order", "L")),
-        (["layers", "L", "rules"], "R", ("rule", "L", "R")),
-        (["layers", "L", "rules", "R", "source"], 0, ("rule", "L", "R")),
-        (["layers"], None, FULL),
-        (["other"], "x", FULL),
-    ],
-)
-def test_touched_by(path: list[Any], key: Any, touch: tuple[Any, ...]) -> None:
-    assert touched_by(path, key) == touch
+# ---------------------------------------------------------------- refreshing
 
 
 def test_refresh_state_falls_back_to_a_full_read() -> None:
