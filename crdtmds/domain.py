@@ -408,6 +408,7 @@ class Domain:
         heads = self.doc.get_heads()
         if self._state is None:
             self._state = DomainState.from_plain(read(self.doc))
+            self._refresher.index.seen_heads = heads
         elif heads != self._state_heads:
             self._state = self._refresher.refresh(self.doc, self._state, self._state_heads)
         self._state_heads = heads
@@ -517,9 +518,9 @@ class ObjectIndex:
 
     An object is created once, at one place, so an entry never goes stale: the index stays
     valid for every copy of the document and grows from the operations it is shown.
-    Objects made before the index first saw the document are found by scanning it, first
-    down to records (object records, rules, revisions), then, only for objects nested
-    inside records that no change showed, all the way down.
+    Objects made before the index first saw the document are found by scanning it: its
+    containers, then down to records (object records, rules, revisions), then, only for
+    objects nested inside records that no change showed, all the way down.
     """
 
     def __init__(self) -> None:
@@ -550,22 +551,30 @@ class ObjectIndex:
             self.entities[op.id] = entity
         return entity
 
-    def scan(self, doc: Document, *, records_only: bool) -> None:
-        """Register the objects the document holds now, down to records or all of them."""
-        self._walk(doc, ROOT, ("root",), records_only)
+    def scan(self, doc: Document, depth: str) -> None:
+        """Register the objects the document holds now, down to `depth` (in SCAN_DEPTHS)."""
+        self._walk(doc, ROOT, ("root",), SCAN_DEPTHS[depth])
 
-    def _walk(self, doc: Document, obj: bytes, entity: Entity, records_only: bool) -> None:
+    def _walk(self, doc: Document, obj: bytes, entity: Entity, leaves: frozenset[str]) -> None:
         for key, value, exid in _children(doc, obj):
             if not isinstance(value, ObjType):
                 continue
             object_id = parse_object_id(exid)
             child = child_entity(entity, object_id if key is None else key, object_id)
             self.entities[object_id] = child
-            if child[0] in ("name", "foreign"):
-                continue
-            if records_only and child[0] in ("object", "rule", "revision", "order"):
-                continue
-            self._walk(doc, exid, child, records_only)
+            if child[0] not in leaves:
+                self._walk(doc, exid, child, leaves)
+
+
+SCAN_DEPTHS: dict[str, frozenset[str]] = {
+    # The containers of a domain, not their entries: a handful of calls.
+    "skeleton": frozenset({"name", "foreign", "objects", "rules", "order", "revisions"}),
+    # Down to object records, rules and revisions: one call per container of them.
+    "records": frozenset({"name", "foreign", "object", "rule", "order", "revision"}),
+    # Everything, nested lists of records included.
+    "all": frozenset({"name", "foreign"}),
+}
+"""Entities whose contents a scan of each depth does not enter."""
 
 
 def made_by(ops: Iterable[Op]) -> dict[ObjectId, Op]:
@@ -611,18 +620,20 @@ class StateRefresher:
 
     def _touches(self, doc: Document, since: list[bytes]) -> set[Touch] | None:
         new = [decode_change(change.raw_bytes) for change in doc.get_changes(since)]
-        self._learn_changes_before(doc, since, {change.hash for change in new})
         ops = [op for change in new for op in change.ops]
-        made = made_by(ops)
-        scans = [True, False]  # records first, then everything; at most once each
+        made = self._made_before(doc, since, {change.hash for change in new})
+        made.update(made_by(ops))
+        scans = list(SCAN_DEPTHS)  # each at most once, cheapest first
         touches: set[Touch] = set()
         for op in ops:
             entity = self.index.entity_of(op.obj, made)
             while entity is None and scans:
-                self.index.scan(doc, records_only=scans.pop(0))
+                self.index.scan(doc, scans.pop(0))
                 entity = self.index.entity_of(op.obj, made)
             if entity is None:
-                return None
+                # Nowhere in the document now (a record edited, then deleted): what the
+                # operation wrote is not read, and whatever removed it touched its parent.
+                continue
             touch = touch_of(entity, op)
             if touch == FULL:
                 return None
@@ -631,19 +642,23 @@ class StateRefresher:
         self.index.learn(made)
         return touches
 
-    def _learn_changes_before(self, doc: Document, since: list[bytes], new: set[bytes]) -> None:
-        # Changes the view already holds (a publish of this server adopted without a
-        # refresh) still create objects that later changes may write to.
+    def _made_before(
+        self, doc: Document, since: list[bytes], new: set[bytes]
+    ) -> dict[ObjectId, Op]:
+        """Objects made by changes the view holds but the index was not shown (a publish
+        of this server, adopted without a refresh): later changes may write to them."""
         seen = self.index.seen_heads
         if seen is None or sorted(seen) == sorted(since):
-            return
+            return {}
         try:
             missed = doc.get_changes(seen)
         except Exception:  # the binding raises plain Exception for unknown heads
-            return
+            return {}
+        made: dict[ObjectId, Op] = {}
         for change in missed:
             if change.hash not in new:
-                self.index.learn(made_by(decode_change(change.raw_bytes).ops))
+                made.update(made_by(decode_change(change.raw_bytes).ops))
+        return made
 
 
 def refresh_state(

@@ -21,9 +21,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtmds import model
+from crdtmds.changes import DEL, HEAD, MAKE_LIST, MAKE_MAP, SET, Op
 from crdtmds.docdata import child_id, hex_heads, put_value, read, replace_list, unhex_heads
-from crdtmds.domain import Domain, DomainState, refresh_state
-from crdtmds.errors import CrdtmdsError
+from crdtmds.domain import (
+    FOREIGN,
+    FULL,
+    Domain,
+    DomainState,
+    Entity,
+    child_entity,
+    refresh_state,
+    touch_of,
+)
+from crdtmds.errors import CrdtmdsError, ProtocolError
 from crdtmds.session import Session
 
 
@@ -333,6 +343,174 @@ def test_state_at_unknown_heads() -> None:
 
 # ---------------------------------------------------------------- refreshing
 
+RULE = ("rule", "L", "R")
+
+
+@pytest.mark.parametrize(
+    ("parent", "key", "child"),
+    [
+        (("root",), "objects", ("objects",)),
+        (("root",), "layers", ("layers",)),
+        (("root",), "revisions", ("revisions",)),
+        (("root",), "name", ("name",)),
+        (("root",), "elsewhere", FOREIGN),
+        (("objects",), "u1", ("object", "u1")),
+        (("object", "u1"), "members", ("object", "u1")),
+        (("layers",), "L", ("layer", "L")),
+        (("layer", "L"), "rules", ("rules", "L")),
+        (("layer", "L"), "order", ("order", "L")),
+        (("layer", "L"), "name", ("layer-part", "L")),
+        (("rules", "L"), "R", RULE),
+        (RULE, "source", RULE),
+        (("revisions",), (3, b"a"), ("revision", (9, b"a"))),
+        (FOREIGN, "x", FOREIGN),
+    ],
+)
+def test_child_entity(parent: Entity, key: Any, child: Entity) -> None:
+    assert child_entity(parent, key, (9, b"a")) == child
+
+
+def op_at(key: Any, *, insert: bool = False, action: int = SET) -> Op:
+    return Op((7, b"b"), (1, b"a"), key, insert, action)
+
+
+@pytest.mark.parametrize(
+    ("entity", "op", "touch"),
+    [
+        (("root",), op_at("name"), ("name",)),
+        (("root",), op_at("objects"), FULL),
+        (("root",), op_at("revisions", action=MAKE_LIST), FULL),
+        (("root",), op_at("elsewhere"), None),
+        (("name",), op_at(HEAD, insert=True), ("name",)),
+        (("objects",), op_at("u1", action=DEL), ("object", "u1")),
+        (("objects",), op_at(HEAD, insert=True), FULL),
+        (("object", "u1"), op_at("comments"), ("object", "u1")),
+        (("layers",), op_at("L", action=MAKE_MAP), ("layer", "L")),
+        (("layer", "L"), op_at("name"), ("layer-name", "L")),
+        (("layer", "L"), op_at("rules", action=MAKE_MAP), ("layer", "L")),
+        (("layer-part", "L"), op_at("x"), ("layer", "L")),
+        (("rules", "L"), op_at("R", action=DEL), RULE),
+        (RULE, op_at((3, b"a"), insert=True), RULE),
+        (("order", "L"), op_at((3, b"a"), action=DEL), ("order", "L")),
+        (("revisions",), op_at((3, b"a"), insert=True, action=MAKE_MAP), ("revision", (7, b"b"))),
+        (("revisions",), op_at((3, b"a")), ("revision", (3, b"a"))),
+        (("revisions",), op_at((3, b"a"), action=DEL), ("revisions", 0)),
+        (("revision", (3, b"a")), op_at("admin"), ("revision", (3, b"a"))),
+        (FOREIGN, op_at("x"), None),
+    ],
+)
+def test_touch_of(entity: Entity, op: Op, touch: Any) -> None:
+    assert touch_of(entity, op) == touch
+
+
+def test_view_follows_edits_inside_existing_nested_lists() -> None:
+    """Lists crdtmds replaces whole, a peer may edit in place: the objects are found."""
+    domain = load_base()
+    _ = domain.state  # a view now, to be refreshed after the merge
+    peer = peer_of(domain)
+    state = peer.state
+    group = child_id(
+        peer.doc, child_id(peer.doc, ROOT, "objects"), state.find_object("servers")["uid"]
+    )
+    members = child_id(peer.doc, group, "members")
+    layer = child_id(peer.doc, child_id(peer.doc, ROOT, "layers"), state.get_layer().uid)
+    rule = child_id(
+        peer.doc, child_id(peer.doc, layer, "rules"), state.get_rule(state.get_layer(), "B")["uid"]
+    )
+    destination = child_id(peer.doc, rule, "destination")
+    heads = child_id(
+        peer.doc, child_id(peer.doc, child_id(peer.doc, ROOT, "revisions"), 0), "heads"
+    )
+    with peer.doc.transaction() as tx:
+        tx.insert(members, 0, ScalarType.Str, state.find_object("lan")["uid"])
+        tx.delete(destination, 0)
+        tx.insert(heads, 0, ScalarType.Str, "extra")
+    with no_full_reads():
+        domain.doc.merge(peer.doc)
+        refreshed = domain.state
+    assert refreshed == full_read(domain.doc)
+    assert refreshed.get_rule(refreshed.get_layer(), "B")["destination"] == []
+    assert refreshed.revisions[0]["heads"][0] == "extra"
+
+
+def test_revisions_are_reread_from_the_first_changed_one() -> None:
+    domain = load_base()
+    peer = peer_of(domain)
+    for server, copy in (("s1", domain), ("s2", peer)):
+        session = Session.open(copy, admin="a", server=server)
+        session.add_object("host", {"name": f"on-{server}", "ip-address": "10.9.9.9"})
+        publish(session, f"from {server}")
+    with no_full_reads():
+        domain.doc.merge(peer.doc)
+        merged = domain.state
+    assert merged == full_read(domain.doc)
+    assert sorted(r["comments"] for r in merged.revisions[1:]) == ["from s1", "from s2"]
+
+    # A deleted revision (no crdtmds server deletes one) re-reads the whole list.
+    with peer.doc.transaction() as tx:
+        tx.delete(child_id(peer.doc, ROOT, "revisions"), 0)
+    domain.doc.merge(peer.doc)
+    with no_full_reads():
+        refreshed = domain.state
+    assert refreshed == full_read(domain.doc)
+    assert len(refreshed.revisions) == 2
+
+
+def test_a_change_that_does_not_decode_means_a_full_read() -> None:
+    domain = load_base()
+    _ = domain.state
+    peer = peer_of(domain)
+    editor = Session.open(peer, admin="bob", server="s2")
+    editor.add_object("host", {"name": "new", "ip-address": "10.0.0.9"})
+    publish(editor)
+    domain.doc.merge(peer.doc)
+    with mock.patch("crdtmds.domain.decode_change", side_effect=ProtocolError("bad")):
+        refreshed = domain.state
+    assert refreshed == full_read(domain.doc)
+    assert refreshed.find_object("new") is not None
+
+
+def test_the_index_follows_adopted_publishes() -> None:
+    """Objects a local publish made are known when a peer later writes into them."""
+    domain = load_base()
+    peer = peer_of(domain)
+    _ = domain.state
+    local = Session.open(domain, admin="alice", server="s1")
+    local.add_rule({"name": "E", "position": "top"})
+    local.add_object("host", {"name": "mine", "ip-address": "10.0.0.7"})
+    publish(local)
+    peer.doc.merge(domain.doc)
+    editor = Session.open(peer, admin="bob", server="s2")
+    editor.set_rule({"name": "E", "comments": "seen"})
+    editor.set_object("host", {"name": "mine", "comments": "seen"})
+    publish(editor)
+    index = domain._refresher.index
+    scan = index.scan
+    with no_full_reads(), mock.patch.object(index, "scan", wraps=scan) as scans:
+        domain.doc.merge(peer.doc)
+        refreshed = domain.state
+    # Only the containers were looked up, not the thousands of records they may hold.
+    assert [c.args[1] for c in scans.call_args_list] == ["skeleton"]
+    assert refreshed == full_read(domain.doc)
+    assert refreshed.get_rule(refreshed.get_layer(), "E")["comments"] == "seen"
+    assert refreshed.find_object("mine")["comments"] == "seen"
+
+
+def test_sessions_restored_on_a_moved_document() -> None:
+    domain = load_base()
+    draft = Session.open(domain, admin="alice", server="s1", uid="draft")
+    draft.set_rule({"name": "A", "comments": "draft"})
+    draft.delete_object("service-tcp", {"name": "https"})
+    other = Session.open(domain, admin="bob", server="s1")
+    other.add_rule({"name": "E", "position": "top"})
+    publish(other)
+    restored = Session.restore(
+        domain, uid="draft", admin="alice", server="s1", base_heads=draft.base_heads,
+        actor=draft.actor, changes=draft.take_unsaved_changes(),
+    )  # fmt: skip
+    assert restored.view == full_read(restored.fork)
+    assert restored.view.find_object("https") is None
+
 
 def test_refresh_state_falls_back_to_a_full_read() -> None:
     domain = load_base()
@@ -493,3 +671,54 @@ def test_publishing_in_any_order_converges(drafts: list[list[tuple[str, int, int
         assert content == expected_content
         assert copy.state == DomainState.from_plain(content)
         check_rulebase(copy.state)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    st.integers(2, 3),
+    st.lists(
+        st.tuples(st.integers(0, 2), st.lists(EDITS, min_size=1, max_size=5), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=8),
+)
+def test_refreshed_views_equal_full_reads_after_any_merges(
+    servers: int,
+    rounds: list[tuple[int, list[tuple[str, int, int]], bool]],
+    merges: list[tuple[int, int]],
+) -> None:
+    """Servers publish drafts and merge each other's documents in any order; every view
+    refreshed along the way equals a full read, and none needed one."""
+    copies = [load_base() for _ in range(servers)]
+    for copy in copies:
+        _ = copy.state  # the one full read each server makes
+    pending = list(merges)
+    for step, (author, edits, merge_after) in enumerate(rounds):
+        domain = copies[author % servers]
+        session = Session.open(domain, admin=f"a{step}", server=f"s{author}", uid=f"p{step}")
+        run_edits(session, edits)
+        with no_full_reads():
+            publish(session)
+        if merge_after and pending:
+            into, source = pending.pop(0)
+            merge_and_check(copies[into % servers], copies[source % servers])
+    for into, source in pending:
+        merge_and_check(copies[into % servers], copies[source % servers])
+    for copy in copies[1:]:
+        merge_and_check(copies[0], copy)
+    merge_and_check(copies[-1], copies[0])
+    assert copies[-1].state == copies[0].state
+
+
+def merge_and_check(into: Domain, source: Domain) -> None:
+    if into is source:
+        return
+    with no_full_reads():
+        into.doc.merge(source.doc)
+        refreshed = into.state
+    assert refreshed == full_read(into.doc)
