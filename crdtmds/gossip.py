@@ -271,6 +271,9 @@ class Gossip:
        reply included -- until ``persisted`` has been called once per
        :class:`DocumentChanged`; it is then dirty for every peer that follows it. A message
        that leaves the heads alone marks only its sender dirty (the protocol's reply).
+       While ``relay_later`` is set, changes that came from servers only are made dirty
+       at once for their senders and for repo clients, and for the other servers at the
+       next ``release_relays`` (in a full mesh those got them from their origin).
     4. A peer with ``may_write=False`` whose sync message carries changes is refused with
        an error ("changes refused: ...") and :class:`ConnectionFailed`; the changes never
        reach the live document (see :func:`sync_message_has_changes`).
@@ -322,6 +325,14 @@ class Gossip:
         self._peer_info_for = on_peer or (lambda _conn_id, peer: default_peer_info(peer))
         self._connections: dict[str, _Connection] = {}
         self._holds: dict[str, int] = {}
+        self._sources: dict[str, set[str]] = {}
+        """Per held document, the connections whose messages brought the changes."""
+        self._relays: dict[str, set[str]] = {}
+        """Per document, servers to send it to at ``release_relays``."""
+        self.relay_later = False
+        """Set by the node while it has a live link to every server of its cluster: changes
+        from a server then most likely reached the others straight from their origin, so
+        passing them on waits for ``release_relays``. Changes from repo clients never wait."""
         self._seen_ephemeral: OrderedDict[tuple[str, str, int], None] = OrderedDict()
 
     # ---------------------------------------------------------------- connections
@@ -399,6 +410,7 @@ class Gossip:
 
     def document_changed(self, document_id: str) -> None:
         """A local change (a publish): mark the document dirty for every peer of it."""
+        self._relays.pop(document_id, None)
         for conn in self._connections.values():
             if conn.state is ConnectionState.CONNECTED and self._should_sync(conn, document_id):
                 conn.dirty[document_id] = None
@@ -415,7 +427,43 @@ class Gossip:
             self._holds[document_id] = holds - 1
             return
         del self._holds[document_id]
-        self.document_changed(document_id)
+        sources = self._sources.pop(document_id, set())
+        if not self.relay_later or not all(self._from_server(c) for c in sources):
+            self.document_changed(document_id)
+            return
+        # The senders hear our new heads now (so they stop offering the changes); other
+        # servers get them at the next release, along with whatever else came by then.
+        for conn in self._connections.values():
+            if conn.state is ConnectionState.CONNECTED and self._should_sync(conn, document_id):
+                if conn.conn_id in sources or not self._peer_of(conn).is_server:
+                    conn.dirty[document_id] = None
+                else:
+                    self._relays.setdefault(document_id, set()).add(conn.conn_id)
+
+    def relays_pending(self) -> bool:
+        """Whether changes wait for ``release_relays`` (see ``relay_later``)."""
+        return bool(self._relays)
+
+    def release_relays(self) -> None:
+        """Mark every waiting relay dirty; call ``data_to_send`` for every connection."""
+        relays, self._relays = self._relays, {}
+        for document_id, conn_ids in relays.items():
+            for conn_id in conn_ids:
+                conn = self._connections.get(conn_id)
+                if conn is not None and conn.state is ConnectionState.CONNECTED:
+                    conn.dirty[document_id] = None
+
+    def has_data_to_send(self, conn_id: str) -> bool:
+        """Whether ``data_to_send`` may return frames (a queued frame or a dirty document
+        that is not held)."""
+        conn = self._connections.get(conn_id)
+        if conn is None:
+            return False
+        return bool(conn.outbox) or any(d not in self._holds for d in conn.dirty)
+
+    def _from_server(self, conn_id: str) -> bool:
+        conn = self._connections.get(conn_id)
+        return conn is not None and conn.peer is not None and conn.peer.is_server
 
     def is_held(self, document_id: str) -> bool:
         return document_id in self._holds
@@ -506,6 +554,7 @@ class Gossip:
             conn.dirty[document_id] = None
             return []
         self._holds[document_id] = self._holds.get(document_id, 0) + 1
+        self._sources.setdefault(document_id, set()).add(conn.conn_id)
         return [DocumentChanged(conn.conn_id, document_id, before_heads)]
 
     def _on_doc_unavailable(self, conn: _Connection, message: DocUnavailable) -> list[Event]:

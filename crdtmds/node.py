@@ -147,6 +147,10 @@ class Limits:
     """Seconds a /sync peer has, once connected, to be admitted (its join accepted)."""
     idle_timeout: float = 900.0
     """Seconds an /api connection may stay silent before it is closed."""
+    relay_delay: float = 0.5
+    """Seconds a server linked to every other server waits before passing on changes
+    it got from one of them: the others almost always got them from their origin, and
+    relaying at once would send each change to each server once per server."""
 
 
 class Node:
@@ -648,8 +652,24 @@ class Node:
         self._wake_all()
 
     def _wake_all(self) -> None:
-        for link in self._net.links.values():
-            link.wake.set()
+        """Wake the senders of the connections that have something to send."""
+        for conn_id, link in self._net.links.items():
+            if self.gossip.has_data_to_send(conn_id):
+                link.wake.set()
+
+    def _linked_to_every_server(self) -> bool:
+        others = set(self.cluster.servers()) - {self.name}
+        return others <= set(self.connected_peers())
+
+    def _schedule_relays(self) -> None:
+        if self._net.relay_timer is None and self.gossip.relays_pending():
+            loop = asyncio.get_running_loop()
+            self._net.relay_timer = loop.call_later(self.limits.relay_delay, self._release_relays)
+
+    def _release_relays(self) -> None:
+        self._net.relay_timer = None
+        self.gossip.release_relays()
+        self._wake_all()
 
     # ------------------------------------------------------------ network: lifecycle
 
@@ -679,6 +699,9 @@ class Node:
         net = self._net
         if net.running:
             net.running = False
+            if net.relay_timer is not None:
+                net.relay_timer.cancel()
+                net.relay_timer = None
             outgoing = [link.ws for link in net.links.values() if link.outgoing]
             await asyncio.gather(
                 *(ws.close(CloseCode.GOING_AWAY) for ws in outgoing), return_exceptions=True
@@ -900,8 +923,11 @@ class Node:
             if gossip.is_closed(link.conn_id):
                 going_on = False
                 break
+        if changed:
+            gossip.relay_later = self._linked_to_every_server()
         for document_id, before_heads in changed.items():
             await self._persist_from_peer(document_id, before_heads, counts[document_id])
+        self._schedule_relays()
         self._wake_all()
         net.progress.set()
         # Let the woken senders forward what was just persisted before the next batch.
@@ -1267,6 +1293,8 @@ class _Network:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     api: AdminAPI | None = None
     fatal: BaseException | None = None
+    relay_timer: asyncio.TimerHandle | None = None
+    """Pending `release_relays` (see `Limits.relay_delay`)."""
     _verifier: auth.NonceVerifier | None = None
     _counter: int = 0
 

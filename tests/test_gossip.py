@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cbor2
 import pytest
 from automerge.core import ROOT, Document, Message, ScalarType, SyncState, extract
@@ -33,7 +35,7 @@ from crdtmds.protocol import (
     encode,
     new_document_id,
 )
-from tests.helpers_gossip import SERVER_METADATA, Hub, MemoryStore, Network
+from tests.helpers_gossip import SERVER_METADATA, Hub, MemoryStore, Network, server_peer
 
 
 def make_doc(**values: str) -> Document:
@@ -304,6 +306,70 @@ def test_document_stays_held_until_every_change_event_is_persisted() -> None:
     b.pending = [second]
     b.persist_all()
     assert not b.gossip.is_held(doc_id)
+
+
+def _servers_but_client(join: Join) -> PeerInfo:
+    return dataclasses.replace(server_peer(join), is_server=join.sender_id != "client")
+
+
+def _relaying_mesh() -> tuple[Network, Hub, Hub, Hub, Hub, str]:
+    """a and c are servers linked to b, which relays later; `client` is a repo client."""
+    net = Network()
+    a, c, client = Hub("a"), Hub("c"), Hub("client")
+    b = Hub("b", admit=_servers_but_client)
+    doc_id = a.create(name="base")
+    for dialer in (a, c, client):
+        net.connect(dialer, b)
+    client.gossip.request_document("to-b", doc_id)
+    net.pump()
+    assert c.read(doc_id) == client.read(doc_id) == {"name": "base"}
+    b.gossip.relay_later = True
+    return net, a, b, c, client, doc_id
+
+
+def test_relay_later_answers_the_sender_and_clients_and_waits_for_other_servers() -> None:
+    net, a, b, c, client, doc_id = _relaying_mesh()
+    a.publish(doc_id, rule="allow")
+    net.pump()
+    assert b.read(doc_id) == client.read(doc_id) == {"name": "base", "rule": "allow"}
+    assert c.read(doc_id) == {"name": "base"}
+    assert b.gossip.relays_pending()
+    # The sender heard b's new heads: it does not offer the change again.
+    assert a.gossip.data_to_send("to-b") == []
+    b.gossip.release_relays()
+    assert not b.gossip.relays_pending()
+    net.pump()
+    assert c.heads(doc_id) == a.heads(doc_id)
+
+
+def test_relay_later_never_holds_back_changes_from_a_repo_client() -> None:
+    net, a, b, c, client, doc_id = _relaying_mesh()
+    client.publish(doc_id, rule="from-client")
+    net.pump()
+    assert not b.gossip.relays_pending()
+    assert a.read(doc_id) == c.read(doc_id) == {"name": "base", "rule": "from-client"}
+
+
+def test_a_local_change_sends_waiting_relays_at_once() -> None:
+    net, a, b, c, _client, doc_id = _relaying_mesh()
+    a.publish(doc_id, rule="allow")
+    net.pump()
+    b.publish(doc_id, local="yes")
+    assert not b.gossip.relays_pending()
+    net.pump()
+    assert c.heads(doc_id) == b.heads(doc_id) == a.heads(doc_id)
+
+
+def test_has_data_to_send_tells_which_senders_to_wake() -> None:
+    net, a, b, _c, _client, doc_id = _relaying_mesh()
+    assert not b.gossip.has_data_to_send("from-c")
+    a.publish(doc_id, rule="allow")
+    assert a.gossip.has_data_to_send("to-b")
+    net.pump()
+    assert not b.gossip.has_data_to_send("from-c")
+    b.gossip.release_relays()
+    assert b.gossip.has_data_to_send("from-c")
+    assert not b.gossip.has_data_to_send("unknown")
 
 
 def test_persisted_without_pending_change_is_a_caller_error() -> None:

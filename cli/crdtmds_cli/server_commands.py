@@ -202,6 +202,15 @@ def start_command(
         float,
         typer.Option("--idle-timeout", min=0.1, help="Seconds an /api connection may stay silent."),
     ] = DEFAULT_LIMITS.idle_timeout,
+    relay_delay: Annotated[
+        float,
+        typer.Option(
+            "--relay-delay",
+            min=0.0,
+            help="Seconds to wait before passing one server's changes on to the others "
+            "while linked to every server (they most likely have them from their origin).",
+        ),
+    ] = DEFAULT_LIMITS.relay_delay,
     compact_threshold: Annotated[
         int | None,
         typer.Option(
@@ -221,6 +230,7 @@ def start_command(
         login_lockout=login_lockout,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        relay_delay=relay_delay,
     )
 
     def ready(url: str) -> None:
