@@ -551,19 +551,27 @@ class ObjectIndex:
             self.entities[op.id] = entity
         return entity
 
-    def scan(self, doc: Document, depth: str) -> None:
-        """Register the objects the document holds now, down to `depth` (in SCAN_DEPTHS)."""
-        self._walk(doc, ROOT, ("root",), SCAN_DEPTHS[depth])
+    def scan(self, doc: Document, depth: str, heads: list[bytes] | None = None) -> None:
+        """Register the objects the document holds (at `heads`, else now), down to `depth`
+        (in SCAN_DEPTHS)."""
+        self._walk(doc, ROOT, ("root",), SCAN_DEPTHS[depth], heads)
 
-    def _walk(self, doc: Document, obj: bytes, entity: Entity, leaves: frozenset[str]) -> None:
-        for key, value, exid in _children(doc, obj):
+    def _walk(
+        self,
+        doc: Document,
+        obj: bytes,
+        entity: Entity,
+        leaves: frozenset[str],
+        heads: list[bytes] | None,
+    ) -> None:
+        for key, value, exid in _children(doc, obj, heads):
             if not isinstance(value, ObjType):
                 continue
             object_id = parse_object_id(exid)
             child = child_entity(entity, object_id if key is None else key, object_id)
             self.entities[object_id] = child
             if child[0] not in leaves:
-                self._walk(doc, exid, child, leaves)
+                self._walk(doc, exid, child, leaves, heads)
 
 
 SCAN_DEPTHS: dict[str, frozenset[str]] = {
@@ -582,12 +590,14 @@ def made_by(ops: Iterable[Op]) -> dict[ObjectId, Op]:
     return {op.id: op for op in ops if op.action in MAKE_ACTIONS}
 
 
-def _children(doc: Document, obj: bytes) -> Iterator[tuple[str | None, Any, bytes]]:
+def _children(
+    doc: Document, obj: bytes, heads: list[bytes] | None
+) -> Iterator[tuple[str | None, Any, bytes]]:
     """(key, value, id) of each entry of a map; (None, value, id) of each list element."""
-    values = doc.values(obj)
+    values = doc.values(obj, heads)
     if doc.object_type(obj) != ObjType.Map:
         return ((None, value, exid) for value, exid in values)
-    keys = doc.keys(obj)
+    keys = doc.keys(obj, heads)
     if len(keys) != len(values):
         raise ValidationError("map keys and values disagree")
     return ((key, value, exid) for key, (value, exid) in zip(keys, values, strict=True))
@@ -623,12 +633,14 @@ class StateRefresher:
         ops = [op for change in new for op in change.ops]
         made = self._made_before(doc, since, {change.hash for change in new})
         made.update(made_by(ops))
-        scans = list(SCAN_DEPTHS)  # each at most once, cheapest first
+        # Cheapest first. Records as they were before the changes find those the changes
+        # edit and then delete; only objects nested in records need the deep scan.
+        scans = [("skeleton", None), ("records", None), ("records", since), ("all", None)]
         touches: set[Touch] = set()
         for op in ops:
             entity = self.index.entity_of(op.obj, made)
             while entity is None and scans:
-                self.index.scan(doc, scans.pop(0))
+                self.index.scan(doc, *scans.pop(0))
                 entity = self.index.entity_of(op.obj, made)
             if entity is None:
                 # Nowhere in the document now (a record edited, then deleted): what the
@@ -673,7 +685,7 @@ def refresh_state(
 
 
 def _apply_touches(doc: Document, state: DomainState, touches: set[Touch]) -> DomainState | None:
-    fresh = state.copy()
+    fresh = _copy_for(state, {t[1] for t in touches if t[0] in ("order", "layer")})
     reader = _EntityReader(doc)
     revisions = [t for t in touches if t[0] in ("revision", "revisions")]
     if revisions and not reader.reload_revisions(fresh, revisions):
@@ -681,6 +693,23 @@ def _apply_touches(doc: Document, state: DomainState, touches: set[Touch]) -> Do
     for touch in sorted(touches - set(revisions), key=_touch_rank):
         if not reader.apply(fresh, touch):
             return None
+    return fresh
+
+
+def _copy_for(state: DomainState, stale_orders: set[str]) -> DomainState:
+    """A copy of `state` to refresh; layers whose order is about to be re-read are copied
+    without computing their visible order first."""
+    fresh = DomainState(
+        name=state.name,
+        objects=dict(state.objects),
+        revisions=list(state.revisions),
+        names=dict(state.names),
+    )
+    for uid, layer in state.layers.items():
+        if uid in stale_orders:
+            fresh.layers[uid] = Layer(uid, layer.name, dict(layer.rules), list(layer.order))
+        else:
+            fresh.layers[uid] = layer.copy()
     return fresh
 
 

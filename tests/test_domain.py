@@ -722,3 +722,22 @@ def merge_and_check(into: Domain, source: Domain) -> None:
         into.doc.merge(source.doc)
         refreshed = into.state
     assert refreshed == full_read(into.doc)
+
+
+def test_a_record_edited_then_deleted_is_found_without_a_deep_scan() -> None:
+    domain = load_base()
+    _ = domain.state
+    peer = peer_of(domain)
+    editor = Session.open(peer, admin="bob", server="s2")
+    editor.set_rule({"name": "A", "comments": "soon gone"})
+    editor.set_object("service-tcp", {"name": "https", "comments": "soon gone"})
+    editor.delete_rule({"name": "A"})
+    editor.delete_object("service-tcp", {"name": "https"})
+    publish(editor)
+    index = domain._refresher.index
+    with no_full_reads(), mock.patch.object(index, "scan", wraps=index.scan) as scans:
+        domain.doc.merge(peer.doc)
+        refreshed = domain.state
+    assert refreshed == full_read(domain.doc)
+    assert refreshed.find_object("https") is None
+    assert [c.args[1] for c in scans.call_args_list] == ["skeleton", "records", "records"]
