@@ -221,7 +221,7 @@ class Call:
         session = self.writable_session()
         async with self.api.session_lock(session.uid):
             if not session.has_changes() and session.base_heads != session.domain.heads():
-                await self.node.discard(session)  # an empty draft: start it from the live heads
+                self.node.start_from_live(session)
             try:
                 yield session
             finally:

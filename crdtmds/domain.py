@@ -415,7 +415,9 @@ class Domain:
         return self._state
 
     def adopt_document(self, doc: Document, state: DomainState) -> None:
-        """Take `doc`, this document plus changes nobody raced, as the live document."""
+        """Take `doc`, this document plus changes nobody raced, as the live document. It
+        takes the live document's actor: the session that wrote it goes on writing as its
+        own actor elsewhere, and two documents must never write as one actor."""
         doc.set_actor(self.doc.get_actor())
         self.doc = doc
         self.adopt_state(state)

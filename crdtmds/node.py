@@ -412,22 +412,22 @@ class Node:
             self._cluster_document_updated()
         return len(changes)
 
-    async def _persist(
-        self, document_id: str, changes: list[tuple[bytes, bytes]], *, compact: bool = True
-    ) -> int:
-        """Append changes; returns the document's uncompacted row count. Past the threshold
-        this compacts, unless `compact` is False: changes not yet in the live document
-        (a publish) must not be compacted, since the snapshot would lack them while their
-        rows are dropped; the caller compacts once they are in."""
+    async def _persist(self, document_id: str, changes: list[tuple[bytes, bytes]]) -> int:
+        """Append changes of the live document; returns the document's uncompacted row
+        count, and compacts past the threshold. (A publish compacts only once its changes
+        are in the live document: a snapshot taken before would lack them while their rows
+        are dropped.)"""
         if not changes:
             return 0
         count = await self.storage.append_changes(document_id, changes)
+        self._note_appended(document_id, changes)
+        await self._compact_if_due(document_id, count)
+        return count
+
+    def _note_appended(self, document_id: str, changes: list[tuple[bytes, bytes]]) -> None:
         tracked = self._uncompacted.setdefault(document_id, [])
         if tracked is not None:
             tracked.extend(h for h, _ in changes)
-        if compact:
-            await self._compact_if_due(document_id, count)
-        return count
 
     async def _compact_if_due(self, document_id: str, uncompacted: int) -> None:
         """Compact past the threshold. A failure is logged, not raised: the changes are
@@ -534,33 +534,52 @@ class Node:
     async def save_session_edits(self, session: Session) -> None:
         """Persist the draft's new changes, so an unpublished session survives a restart.
 
-        Changes that fail to persist (a full disk) are kept for the next call: later
-        changes depend on them, and a stored draft must never lack a dependency.
+        One write: the new changes, the draft's base heads (an empty draft may have moved
+        onto newer ones, see `start_from_live`) and its last activity. Changes that fail
+        to persist (a full disk) are kept for the next call: later changes depend on them,
+        and a stored draft must never lack a dependency.
         """
         unsaved = session.take_unsaved_changes()
-        if unsaved:
-            try:
-                await self.storage.append_session_changes(session.uid, unsaved)
-            except StorageError:
-                session.return_unsaved_changes(unsaved)
-                raise
-        await self.storage.touch_session(session.uid, session.last_active)
+        try:
+            await self.storage.append_session_changes(
+                session.uid,
+                unsaved,
+                base_heads=session.base_heads,
+                last_active=session.last_active,
+            )
+        except StorageError:
+            session.return_unsaved_changes(unsaved)
+            raise
+
+    def start_from_live(self, session: Session) -> None:
+        """Move a draft without changes onto the live heads. Nothing is written: the stored
+        draft is as empty, and the next `save_session_edits` records the new base."""
+        if session.has_changes():
+            raise SessionError("the session has unpublished changes")
+        session.discard()
 
     async def publish(self, session: Session, comments: str = "") -> dict[str, Any]:
-        """Durable on this server before it returns, then gossiped."""
-        await self.save_session_edits(session)
+        """Durable on this server before it returns (one write), then gossiped."""
         pending = session.prepare_publish(comments)
+        # The draft's unsaved changes are among the published ones; kept should it fail.
+        unsaved = session.take_unsaved_changes()
         document_id = session.domain.document_id
         try:
-            count = await self._persist(document_id, pending.changes, compact=False)
+            count = await self.storage.publish_changes(
+                document_id,
+                pending.changes,
+                session_uid=session.uid,
+                base_heads=session.fork.get_heads(),
+                last_active=session.last_active,
+            )
         except BaseException:
             session.abort_publish()
-            session.take_unsaved_changes()
+            session.return_unsaved_changes(unsaved)
             raise
+        self._note_appended(document_id, pending.changes)
         # Gossip learns of the publish as soon as the live document holds it, before the
-        # session is rebased onto it and its draft rows are cleared.
+        # session is rebased onto it.
         revision = session.complete_publish(on_merged=lambda: self._changed(document_id))
-        await self.storage.replace_session_changes(session.uid, session.base_heads, [])
         await self._compact_if_due(document_id, count)
         return revision
 

@@ -444,8 +444,9 @@ class Session:
             # Nobody raced the draft: the fork is the live document plus the draft, so it
             # becomes the live document (a merge costs milliseconds on a large document)
             # and the session goes on in a fresh fork of it.
+            actor = self.actor
             live.adopt_document(self.fork, self.view)
-            self.fork = fork_with_actor(live.doc, self.actor)
+            self.fork = fork_with_actor(live.doc, actor)
         else:
             live.doc.merge(self.fork)
         if on_merged is not None:
@@ -456,8 +457,9 @@ class Session:
     def discard(self) -> int:
         """Drop the draft; returns how many objects and rules it had changed."""
         count = self.change_count()
-        # A new actor: the dropped changes' sequence numbers stay taken by the old one.
-        self.fork = fork_with_actor(self.domain.doc, new_actor())
+        if self._own_changes:
+            # A new actor: the dropped changes' sequence numbers stay taken by the old one.
+            self.fork = fork_with_actor(self.domain.doc, new_actor())
         self._rebase()
         return count
 

@@ -203,14 +203,27 @@ class Storage:
         Pairs already stored for this document are ignored. Returns the number of change rows
         of the document not yet covered by a snapshot; compact when it passes a threshold.
         """
-        rows = [(document_id, change_hash, data) for change_hash, data in changes]
         async with self._write(f"append changes to {document_id}") as connection:
-            await connection.executemany(
-                "INSERT INTO changes (document_id, hash, data) VALUES (?, ?, ?)"
-                " ON CONFLICT (document_id, hash) DO NOTHING",
-                rows,
-            )
-            return await _count_changes(connection, document_id)
+            return await _append_changes(connection, document_id, changes)
+
+    async def publish_changes(
+        self,
+        document_id: str,
+        changes: Sequence[tuple[bytes, bytes]],
+        *,
+        session_uid: str,
+        base_heads: list[bytes],
+        last_active: float,
+    ) -> int:
+        """A session's publish in one transaction: its changes join the document's (as
+        `append_changes`) and the saved session starts over, empty, from ``base_heads``
+        (heads the published changes reach). Returns as `append_changes`."""
+        async with self._write(f"publish to {document_id}") as connection:
+            count = await _append_changes(connection, document_id, changes)
+            await _require_session(connection, session_uid)
+            await _rebase_session(connection, session_uid, base_heads, [])
+            await _touch_session(connection, session_uid, last_active)
+            return count
 
     async def save_snapshot(
         self, document_id: str, snapshot: bytes, covered_hashes: Sequence[bytes]
@@ -323,8 +336,17 @@ class Storage:
         async with self._write(f"save session {record.uid}") as connection:
             await connection.execute(_UPSERT_SESSION, row)
 
-    async def append_session_changes(self, uid: str, changes: Sequence[bytes]) -> None:
-        """Append change chunks to a saved session's fork, after those already stored."""
+    async def append_session_changes(
+        self,
+        uid: str,
+        changes: Sequence[bytes],
+        *,
+        base_heads: list[bytes] | None = None,
+        last_active: float | None = None,
+    ) -> None:
+        """Append change chunks to a saved session's fork, after those already stored, in
+        one transaction with its new ``base_heads`` (a draft that was empty may have been
+        moved onto newer heads) and ``last_active``, when given."""
         async with self._write(f"append changes to session {uid}") as connection:
             await _require_session(connection, uid)
             rows = await connection.execute_fetchall(
@@ -332,7 +354,11 @@ class Storage:
                 (uid,),
             )
             next_seq = next(iter(rows))[0]
+            if base_heads is not None:
+                await _move_base_of_empty_draft(connection, uid, base_heads, next_seq)
             await _insert_session_changes(connection, uid, changes, next_seq)
+            if last_active is not None:
+                await _touch_session(connection, uid, last_active)
 
     async def replace_session_changes(
         self, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
@@ -340,18 +366,12 @@ class Storage:
         """Rebase a saved session: new base heads and the fork's whole new change list."""
         async with self._write(f"replace changes of session {uid}") as connection:
             await _require_session(connection, uid)
-            await connection.execute(
-                "UPDATE sessions SET base_heads = ? WHERE uid = ?", (_join_heads(base_heads), uid)
-            )
-            await connection.execute("DELETE FROM session_changes WHERE session_uid = ?", (uid,))
-            await _insert_session_changes(connection, uid, changes, 0)
+            await _rebase_session(connection, uid, base_heads, changes)
 
     async def touch_session(self, uid: str, last_active: float) -> None:
         """Record a session's last activity; a session no longer stored is ignored."""
         async with self._write(f"touch session {uid}") as connection:
-            await connection.execute(
-                "UPDATE sessions SET last_active = ? WHERE uid = ?", (last_active, uid)
-            )
+            await _touch_session(connection, uid, last_active)
 
     async def delete_session(self, uid: str) -> None:
         """Remove a session and its changes; deleting an unknown session is a no-op."""
@@ -528,6 +548,50 @@ async def _count_changes(connection: aiosqlite.Connection, document_id: str) -> 
         "SELECT count(*) FROM changes WHERE document_id = ?", (document_id,)
     )
     return int(next(iter(rows))[0])
+
+
+async def _append_changes(
+    connection: aiosqlite.Connection, document_id: str, changes: Sequence[tuple[bytes, bytes]]
+) -> int:
+    await connection.executemany(
+        "INSERT INTO changes (document_id, hash, data) VALUES (?, ?, ?)"
+        " ON CONFLICT (document_id, hash) DO NOTHING",
+        [(document_id, change_hash, data) for change_hash, data in changes],
+    )
+    return await _count_changes(connection, document_id)
+
+
+async def _rebase_session(
+    connection: aiosqlite.Connection, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
+) -> None:
+    await connection.execute(
+        "UPDATE sessions SET base_heads = ? WHERE uid = ?", (_join_heads(base_heads), uid)
+    )
+    await connection.execute("DELETE FROM session_changes WHERE session_uid = ?", (uid,))
+    await _insert_session_changes(connection, uid, changes, 0)
+
+
+async def _move_base_of_empty_draft(
+    connection: aiosqlite.Connection, uid: str, base_heads: list[bytes], stored_changes: int
+) -> None:
+    joined = _join_heads(base_heads)
+    if stored_changes:
+        rows = await connection.execute_fetchall(
+            "SELECT base_heads FROM sessions WHERE uid = ?", (uid,)
+        )
+        if next(iter(rows))[0] != joined:
+            raise StorageError(
+                f"session {uid} has stored changes: its base heads cannot move",
+                details={"session_uid": uid},
+            )
+        return
+    await connection.execute("UPDATE sessions SET base_heads = ? WHERE uid = ?", (joined, uid))
+
+
+async def _touch_session(connection: aiosqlite.Connection, uid: str, last_active: float) -> None:
+    await connection.execute(
+        "UPDATE sessions SET last_active = ? WHERE uid = ?", (last_active, uid)
+    )
 
 
 async def _require_session(connection: aiosqlite.Connection, uid: str) -> None:

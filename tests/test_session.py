@@ -363,12 +363,12 @@ def test_publish_appends_a_revision(domain: Domain, session: Session) -> None:
 def test_an_unraced_publish_keeps_the_draft_apart_from_the_live_document(
     domain: Domain, session: Session
 ) -> None:
-    live_actor = domain.doc.get_actor()
     session.add_object("host", {"name": "first", "ip-address": "10.9.9.1"})
     publish(session)
     published = domain.heads()
     assert session.fork is not domain.doc
-    assert domain.doc.get_actor() == live_actor
+    # The live document never writes as the session's actor.
+    assert domain.doc.get_actor() != session.actor
     session.add_object("host", {"name": "second", "ip-address": "10.9.9.2"})
     # The next draft edit stays private to the session.
     assert domain.heads() == published
@@ -377,6 +377,20 @@ def test_an_unraced_publish_keeps_the_draft_apart_from_the_live_document(
     assert_view_is_fork(session)
     publish(session)
     assert domain.state.find_object("second") is not None
+    assert domain.state == full_read(domain.doc)
+
+
+def test_documents_adopted_by_publishes_stay_whole(domain: Domain, session: Session) -> None:
+    # Repeated unraced publishes hand their forks over as the live document; its history
+    # must stay usable: past heads can be forked, and it saves and loads to the same heads.
+    for round_ in range(4):
+        session.add_object("host", {"name": f"h{round_}", "ip-address": f"10.8.0.{round_}"})
+        publish(session)
+        heads = domain.heads()
+        assert sorted(domain.doc.fork_at(heads).get_heads()) == sorted(heads)
+        loaded = Document.load(domain.doc.save())
+        assert sorted(loaded.get_heads()) == sorted(heads)
+        assert sorted(loaded.fork_at(heads).get_heads()) == sorted(heads)
     assert domain.state == full_read(domain.doc)
 
 

@@ -321,6 +321,47 @@ async def test_replace_touch_and_delete_sessions(storage: Storage) -> None:
     assert (s1.uid, s1.base_heads, s1.changes) == ("s1", [], [])
 
 
+async def test_session_edits_move_the_base_of_an_empty_draft_in_the_same_write(
+    storage: Storage,
+) -> None:
+    await storage.save_session(session_record("s1", 10.0))
+    moved = [bytes([7]) * 32]
+    await storage.append_session_changes("s1", [b"a"], base_heads=moved, last_active=50.5)
+    await storage.append_session_changes("s1", [b"b"], base_heads=moved, last_active=60.0)
+    (s1,) = await storage.load_sessions()
+    assert (s1.base_heads, s1.changes, s1.last_active) == (moved, [b"a", b"b"], 60.0)
+    # Stored changes are based on the stored heads: moving those would orphan them.
+    with pytest.raises(StorageError, match="base heads cannot move"):
+        await storage.append_session_changes("s1", [b"c"], base_heads=[bytes([8]) * 32])
+    (s1,) = await storage.load_sessions()
+    assert (s1.base_heads, s1.changes) == (moved, [b"a", b"b"])
+
+
+async def test_publish_changes_stores_the_changes_and_empties_the_draft_at_once(
+    storage: Storage,
+) -> None:
+    await storage.save_session(session_record("s1", 10.0))
+    await storage.append_session_changes("s1", [b"draft"])
+    published = [bytes([5]) * 32]
+    count = await storage.publish_changes(
+        "doc-1",
+        [(bytes([1]) * 32, b"change-1"), (bytes([2]) * 32, b"change-2")],
+        session_uid="s1",
+        base_heads=published,
+        last_active=70.0,
+    )
+    assert count == 2
+    (s1,) = await storage.load_sessions()
+    assert (s1.base_heads, s1.changes, s1.last_active) == (published, [], 70.0)
+    # A publish for a session that is not stored changes nothing.
+    with pytest.raises(StorageError):
+        await storage.publish_changes(
+            "doc-1", [(bytes([3]) * 32, b"change-3")], session_uid="nobody",
+            base_heads=published, last_active=1.0,
+        )  # fmt: skip
+    assert await storage.uncompacted_count("doc-1") == 2
+
+
 async def test_changes_of_unknown_session_are_refused(storage: Storage) -> None:
     with pytest.raises(StorageError):
         await storage.append_session_changes("nobody", [b"a"])
