@@ -908,6 +908,7 @@ class SyncPeer:
     documents of `store`; `on_changed(document_id, before_heads)` is called for each
     batch. The heads the server announces in its sync messages are kept in
     `announced_heads`, so a caller can tell when the server holds everything.
+    `handling_cpu` is the CPU time this process spent on the received frames.
     """
 
     def __init__(
@@ -931,9 +932,12 @@ class SyncPeer:
         self.announced_heads: dict[str, list[bytes]] = {}
         self.frames_received = 0
         self.bytes_received = 0
+        self.handling_cpu = 0.0
         self.progress = asyncio.Event()
         self._conn = "c"
         self._ws: Any = None
+        self._outbox: list[bytes] = []
+        """Frames of our own, sent after the engine's."""
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -978,42 +982,363 @@ class SyncPeer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(), 2)
 
+    def _send(self, frame: bytes) -> None:
+        self._outbox.append(frame)
+        self._wake.set()
+
     async def _send_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for frame in self.gossip.data_to_send(self._conn):
+            frames = self.gossip.data_to_send(self._conn)
+            frames, self._outbox = frames + self._outbox, []
+            for frame in frames:
                 await self._ws.send(frame)
 
     async def _receive_loop(self) -> None:
-        from crdtmds.gossip import ConnectionFailed, DocumentChanged, PeerConnected
-        from crdtmds.node import sync_message_heads
-        from crdtmds.protocol import Request, Sync, decode
+        from crdtmds.protocol import decode
 
         try:
             async for frame in self._ws:
+                arrived = now()
+                cpu_start = time.thread_time()
                 self.frames_received += 1
                 self.bytes_received += len(frame)
-                message = decode(frame, max_size=MAX_FRAME)
-                if isinstance(message, Sync | Request):
-                    heads = sync_message_heads(message.data)
-                    if heads is not None:
-                        self.announced_heads[message.document_id] = heads
-                for event in self.gossip.receive(self._conn, frame):
-                    if isinstance(event, PeerConnected):
-                        self._connected.set()
-                    elif isinstance(event, DocumentChanged):
-                        if self.on_changed is not None:
-                            self.on_changed(event.document_id, event.before_heads)
-                        self.gossip.persisted(event.document_id)
-                    elif isinstance(event, ConnectionFailed):
-                        self.failure = event.message
+                self._receive(frame, decode(frame, max_size=MAX_FRAME), arrived)
                 self._wake.set()
                 self.progress.set()
+                self.handling_cpu += time.thread_time() - cpu_start
         except Exception as exc:  # a closed socket ends the peer; the caller sees `failure`
             self.failure = self.failure or f"{type(exc).__name__}: {exc}"
             self.progress.set()
 
+    def _receive(self, frame: bytes, message: Any, arrived: float) -> None:
+        """Hand one frame (decoded as `message`, received at `arrived`) to the engine."""
+        from crdtmds.gossip import ConnectionFailed, DocumentChanged, PeerConnected
+        from crdtmds.node import sync_message_heads
+        from crdtmds.protocol import Request, Sync
+
+        if isinstance(message, Sync | Request):
+            heads = sync_message_heads(message.data)
+            if heads is not None:
+                self.announced_heads[message.document_id] = heads
+        for event in self.gossip.receive(self._conn, frame):
+            if isinstance(event, PeerConnected):
+                self._connected.set()
+            elif isinstance(event, DocumentChanged):
+                if self.on_changed is not None:
+                    self.on_changed(event.document_id, event.before_heads)
+                self.gossip.persisted(event.document_id)
+            elif isinstance(event, ConnectionFailed):
+                self.failure = event.message
+
     def server_has(self, document_id: str, heads: Sequence[bytes]) -> bool:
         """Whether the server's latest announced heads for the document are `heads`."""
         return sorted(self.announced_heads.get(document_id, [])) == sorted(heads)
+
+
+# ---------------------------------------------------------------- an observer of change graphs
+#
+# An observer only needs to know which changes a server holds and when each arrived, not
+# what they do. Applying them to a real Automerge document costs time that grows with the
+# document's history, taken from the servers being measured on the same machine; reading
+# each change's hash and dependencies from its chunk header costs a few microseconds.
+#
+# The automerge sync message (automerge's sync.rs), v1 (0x42) and v2 (0x43) alike:
+#
+#     type byte      0x42 (v1) or 0x43 (v2)
+#     heads, need    uleb128 count, 32-byte hashes each (sorted)
+#     have           uleb128 count of (last-sync hashes, uleb128-prefixed bloom filter)
+#     changes        uleb128 count of uleb128-prefixed entries; the receiver loads them
+#                    concatenated, so an entry is one or more chunks: change chunks
+#                    (plain or deflated) or, in v2, a whole saved document
+#     capabilities   optional: uleb128 count of bytes (0x01 v1, 0x02 v2)
+#
+# A peer sends the changes after `have`'s last sync that its bloom filter does not hold
+# (an empty filter holds none), less those it already sent on this connection, so an
+# answer whose heads and last sync are exactly what the observer holds gets each new
+# change once. Advertising no capability keeps the peer on v1 change lists: v2 peers may
+# send a whole document instead when more than a third of the document is new.
+
+SYNC_MESSAGE_V1 = 0x42
+SYNC_MESSAGE_V2 = 0x43
+_DOCUMENT_CHUNK = 0
+_HASH_SIZE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMessage:
+    """The fields of one automerge sync message (changes left as chunk bytes)."""
+
+    heads: list[bytes]
+    need: list[bytes]
+    have: list[tuple[list[bytes], bytes]]
+    """(last-sync hashes, encoded bloom filter) pairs."""
+    changes: list[bytes]
+    """The entries of the change list, each one or more chunks."""
+    capabilities: bytes | None = None
+
+
+class _Reader:
+    """Reads the fields of a binary message; ValueError when the input runs short."""
+
+    __slots__ = ("data", "position")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def remaining(self) -> int:
+        return len(self.data) - self.position
+
+    def take(self, size: int) -> bytes:
+        if size > self.remaining():
+            raise ValueError("not enough input")
+        self.position += size
+        return self.data[self.position - size : self.position]
+
+    def uleb128(self) -> int:
+        value, shift = 0, 0
+        while shift < 64:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+            shift += 7
+        raise ValueError("LEB128 number too long")
+
+    def count(self, min_item_size: int) -> int:
+        """A length prefix, checked against the input left so that it cannot lie."""
+        count = self.uleb128()
+        if count * min_item_size > self.remaining():
+            raise ValueError("not enough input")
+        return count
+
+    def hashes(self) -> list[bytes]:
+        return [self.take(_HASH_SIZE) for _ in range(self.count(_HASH_SIZE))]
+
+    def prefixed(self) -> bytes:
+        return self.take(self.uleb128())
+
+
+def parse_sync_message(data: bytes) -> SyncMessage:
+    """The fields of an encoded automerge sync message; ValueError if it is not one."""
+    reader = _Reader(data)
+    kind = reader.take(1)[0]
+    if kind not in (SYNC_MESSAGE_V1, SYNC_MESSAGE_V2):
+        raise ValueError(f"unknown sync message type 0x{kind:02x}")
+    heads = reader.hashes()
+    need = reader.hashes()
+    have = [(reader.hashes(), reader.prefixed()) for _ in range(reader.count(2))]
+    changes = [reader.prefixed() for _ in range(reader.count(1))]
+    capabilities = reader.take(reader.count(1)) if reader.remaining() else None
+    if reader.remaining():
+        raise ValueError("trailing bytes after the sync message")
+    return SyncMessage(heads, need, have, changes, capabilities)
+
+
+def encode_sync_message(
+    heads: Sequence[bytes],
+    need: Sequence[bytes] = (),
+    have: Sequence[Sequence[bytes]] = (),
+) -> bytes:
+    """A v1 sync message without changes or capabilities; each `have` entry is a last-sync
+    set sent with an empty bloom filter (it holds nothing)."""
+    from crdtmds.storage import _encode_uleb128
+
+    def hashes(values: Sequence[bytes]) -> bytes:
+        return _encode_uleb128(len(values)) + b"".join(sorted(values))
+
+    parts = [bytes([SYNC_MESSAGE_V1]), hashes(heads), hashes(need), _encode_uleb128(len(have))]
+    parts += [hashes(last_sync) + _encode_uleb128(0) for last_sync in have]
+    parts.append(_encode_uleb128(0))  # no changes
+    return b"".join(parts)
+
+
+def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """The hash and the dependencies of one change chunk (plain or deflated).
+
+    The hash is the SHA-256 of the uncompressed chunk's type, length and body; the body
+    starts with the dependencies. ValueError if the chunk is malformed.
+    """
+    from crdtmds.changes import _change_body, _change_hash
+    from crdtmds.errors import ProtocolError
+
+    try:
+        body = _change_body(chunk)  # checks the checksum and inflates a deflated chunk
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
+    return _change_hash(body), tuple(_Reader(body).hashes())
+
+
+def sync_message_changes(message: SyncMessage) -> list[tuple[bytes, tuple[bytes, ...]]]:
+    """(hash, deps) of every change a sync message carries, in the order it carries them."""
+    from crdtmds.storage import _split_chunks
+
+    found = []
+    for entry in message.changes:
+        for chunk in _split_chunks(entry):
+            if chunk[8] == _DOCUMENT_CHUNK:
+                found += document_changes(chunk)
+            else:
+                found.append(change_hash_and_deps(chunk))
+    return found
+
+
+def document_changes(chunk: bytes) -> list[tuple[bytes, tuple[bytes, ...]]]:
+    """(hash, deps) of every change of a saved document chunk, in causal order.
+
+    Only a v2 peer sends one, so this rare path lets the core rebuild the changes.
+    """
+    from automerge.core import Document
+
+    try:
+        changes = Document.load(chunk).get_changes([])
+    except Exception as exc:  # the binding raises a plain Exception on bad input
+        raise ValueError(f"invalid document chunk: {exc}") from None
+    return [(change.hash, tuple(change.deps)) for change in changes]
+
+
+@dataclass(slots=True)
+class ChangeGraph:
+    """The changes of one document a peer holds: hashes, arrival times and heads.
+
+    A change is held once every change it depends on is; one that arrives before its
+    dependencies waits (as in Automerge), with the time it arrived.
+    """
+
+    arrived: dict[bytes, float] = field(default_factory=dict)
+    """Held change hash -> when it arrived (`now()` clock)."""
+    heads: set[bytes] = field(default_factory=set)
+    """Held changes that no held change depends on."""
+    waiting: dict[bytes, tuple[tuple[bytes, ...], float]] = field(default_factory=dict)
+    """Changes with a missing dependency: hash -> (deps, arrival)."""
+
+    def add(self, change: bytes, deps: Sequence[bytes], arrived: float) -> list[bytes]:
+        """Take one change; returns the changes held from now on (it and any it freed)."""
+        if change in self.arrived or change in self.waiting:
+            return []
+        self.waiting[change] = (tuple(deps), arrived)
+        held: list[bytes] = []
+        progress = True
+        while progress:
+            progress = False
+            for waiting, (waiting_deps, at) in list(self.waiting.items()):
+                if all(dep in self.arrived for dep in waiting_deps):
+                    self._hold(waiting, waiting_deps, at)
+                    held.append(waiting)
+                    progress = True
+        return held
+
+    def _hold(self, change: bytes, deps: tuple[bytes, ...], arrived: float) -> None:
+        del self.waiting[change]
+        self.arrived[change] = arrived
+        self.heads.difference_update(deps)
+        self.heads.add(change)
+
+    def missing(self) -> list[bytes]:
+        """Dependencies of waiting changes that are neither held nor waiting."""
+        wanted = {dep for deps, _ in self.waiting.values() for dep in deps}
+        return sorted(d for d in wanted if d not in self.arrived and d not in self.waiting)
+
+    def sorted_heads(self) -> list[bytes]:
+        return sorted(self.heads)
+
+
+@dataclass(slots=True)
+class GraphSync:
+    """The automerge sync protocol with one peer, for a `ChangeGraph` that never writes.
+
+    It answers as Automerge's own sync state would (same reply and silence rules) with
+    heads = what it holds, need = what waiting changes lack, and one `have` whose last
+    sync is its heads and whose bloom filter is empty, so the peer sends each change it
+    has beyond those heads exactly once.
+    """
+
+    graph: ChangeGraph = field(default_factory=ChangeGraph)
+    their_heads: list[bytes] | None = None
+    last_sent_heads: list[bytes] | None = None
+    in_flight: bool = False
+    heard: bool = False
+    """Whether the peer has sent a sync message about the document."""
+    spoken: bool = False
+    """Whether we have sent one."""
+
+    def receive(self, data: bytes, arrived: float) -> list[bytes]:
+        """Take one sync message; returns the changes held from now on."""
+        message = parse_sync_message(data)
+        self.in_flight = False
+        self.heard = True
+        held: list[bytes] = []
+        for change, deps in sync_message_changes(message):
+            held += self.graph.add(change, deps, arrived)
+        self.their_heads = message.heads
+        return held
+
+    def generate(self) -> bytes | None:
+        """The next sync message for the peer, or None when there is nothing to say."""
+        heads = self.graph.sorted_heads()
+        unchanged = self.spoken and heads == self.last_sent_heads
+        if unchanged and (heads == self.their_heads or self.in_flight):
+            return None
+        self.spoken = True
+        self.last_sent_heads = heads
+        self.in_flight = True
+        return encode_sync_message(heads, self.graph.missing(), [heads])
+
+
+class GraphPeer(SyncPeer):
+    """A `SyncPeer` that keeps only the change graph of the documents it requests.
+
+    The handshake and every other document go through `Gossip` as in `SyncPeer` (with no
+    documents of its own); sync messages about a requested document go to its
+    `GraphSync`, whose `graph.arrived` says when each change got here and whose
+    `graph.heads` what the server holds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        query: str = "",
+        name: str = "bench-observer",
+    ) -> None:
+        super().__init__(url, MemoryDocuments(), metadata=metadata, query=query, name=name)
+        self.syncs: dict[str, GraphSync] = {}
+
+    def graph(self, document_id: str) -> ChangeGraph:
+        return self.syncs[document_id].graph
+
+    def holds(self, document_id: str, heads: Sequence[bytes]) -> bool:
+        """Whether the server sent us exactly the changes up to `heads`."""
+        sync = self.syncs.get(document_id)
+        return sync is not None and sync.graph.heads == set(heads)
+
+    def request(self, document_id: str) -> None:
+        """Follow a document: ask the server for it (after `start`)."""
+        sync = self.syncs.setdefault(document_id, GraphSync())
+        self._answer(document_id, sync)
+
+    def _answer(self, document_id: str, sync: GraphSync) -> None:
+        from crdtmds.protocol import Request, Sync, encode
+
+        data = sync.generate()
+        peer = self.gossip.peer(self._conn)
+        if data is None or peer is None:
+            return
+        kind = Sync if sync.heard or sync.graph.heads else Request
+        self._send(encode(kind(self.peer_id, peer.peer_id, document_id, data)))
+
+    def _receive(self, frame: bytes, message: Any, arrived: float) -> None:
+        from crdtmds.protocol import DocUnavailable, Request, Sync
+
+        sync = self.syncs.get(getattr(message, "document_id", ""))
+        if sync is None:
+            super()._receive(frame, message, arrived)
+        elif isinstance(message, Sync | Request):
+            sync.receive(message.data, arrived)
+            self.announced_heads[message.document_id] = sync.their_heads or []
+            self._answer(message.document_id, sync)
+        elif not isinstance(message, DocUnavailable):  # not there yet: it comes when it does
+            super()._receive(frame, message, arrived)

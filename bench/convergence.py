@@ -6,7 +6,11 @@ client (``crdtmds.client.Client``); each publish adds one host. Visibility is ob
 without polling: this process keeps one automerge-repo connection (``/sync``, as an
 administrator's read-only repo client) to every server, and notes when each change
 reaches each server. A publish's latency runs from the moment its ``publish`` command is
-sent until the last server holds its changes.
+sent until the last server holds its changes. The observers keep only each change's hash
+and dependencies (``--observer graph``), not a document: applying every change costs this
+process CPU that grows with the document's history and that the servers, on the same
+machine, would lose (``--observer document`` does that, for comparison). The CPU this
+process used while publishing is reported per publish.
 
 With ``--delay-ms D`` every server dials every other through a delay proxy, and bytes
 between servers of different regions (``--regions``, default one per server) take D ms
@@ -16,7 +20,7 @@ Targets: p99 < 50 ms for 5 servers at 50 publishes/s without delay; with a
 delay, p99 within one delay plus 50 ms.
 
     .venv/bin/python bench/convergence.py [--sizes 3,5,9] [--rate 50] [--duration 10]
-        [--delay-ms 0] [--regions N]
+        [--delay-ms 0] [--regions N] [--observer graph|document]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import random
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ DOMAIN = "convergence"
 TARGET_P99_SECONDS = 0.050
 TARGET_SIZE = 5
 CLIENTS_PER_SERVER = 4
+OBSERVER_KINDS = ("graph", "document")
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,6 +57,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link")
     parser.add_argument("--regions", type=int, default=None, help="regions (default: one each)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the rest")
+    parser.add_argument(
+        "--observer",
+        choices=OBSERVER_KINDS,
+        default="graph",
+        help="what each observer keeps: the change graph (default) or a whole document",
+    )
     args = parser.parse_args()
     args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     return args
@@ -61,26 +73,37 @@ def parse_args() -> argparse.Namespace:
 
 @dataclass(slots=True)
 class Observer:
-    """When each change reached each server, as told by one repo connection per server."""
+    """When each change reached each server, as told by one repo connection per server.
 
+    A "graph" observer reads each change's hash and dependencies from the sync messages
+    (`common.GraphPeer`); a "document" observer applies the changes to an Automerge
+    document, at a cost that grows with the document's history and is taken from the
+    servers on the same machine. A change counts from when its message arrived (graph) or
+    was applied (document).
+    """
+
+    kind: str = "graph"
     seen: list[dict[bytes, float]] = field(default_factory=list)
     peers: list[common.SyncPeer] = field(default_factory=list)
 
     async def attach(self, urls: list[str], document_id: str) -> None:
         query = urlencode({"user": common.BENCH_ADMIN, "password": common.BENCH_PASSWORD})
         for index, url in enumerate(urls):
-            seen: dict[bytes, float] = {}
-            store = common.MemoryDocuments(accept=True)
-            peer = common.SyncPeer(
-                url,
-                store,
-                query=query,
-                name=f"observer-{index + 1}",
-                on_changed=self._recorder(store, seen),
-            )
-            await peer.start()
-            peer.request(document_id)
-            self.seen.append(seen)
+            name = f"observer-{index + 1}"
+            if self.kind == "graph":
+                peer: common.SyncPeer = common.GraphPeer(url, query=query, name=name)
+                await peer.start()
+                peer.request(document_id)
+                self.seen.append(peer.graph(document_id).arrived)
+            else:
+                seen: dict[bytes, float] = {}
+                store = common.MemoryDocuments(accept=True)
+                peer = common.SyncPeer(
+                    url, store, query=query, name=name, on_changed=self._recorder(store, seen)
+                )
+                await peer.start()
+                peer.request(document_id)
+                self.seen.append(seen)
             self.peers.append(peer)
 
     @staticmethod
@@ -91,6 +114,10 @@ class Observer:
                 seen.setdefault(change.hash, arrived)
 
         return record
+
+    def handling_cpu(self) -> float:
+        """CPU seconds this process spent on the observers' received frames."""
+        return sum(peer.handling_cpu for peer in self.peers)
 
     def visible_everywhere(self, change: bytes) -> float | None:
         """When the last server got `change`, or None if some server has not yet."""
@@ -206,17 +233,43 @@ async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[s
         ) as admin:
             await admin.call("add-domain", name=DOMAIN)
         await wait_domain_everywhere(urls)
-        observer = Observer()
+        observer = Observer(args.observer)
         publishers = Publishers(urls)
         try:
             await observer.attach(urls, await domain_document_id(urls[0]))
             await publishers.prepare(CLIENTS_PER_SERVER)
+            cpu = BenchCpu.start(observer)
             publishes = await steady_publishing(size, args, publishers)
             await wait_all_visible(observer, publishes, args.timeout)
+            cpu.stop(observer)
         finally:
             await publishers.close()
             await observer.close()
-    return summarise(size, args, publishes, observer)
+    return {**summarise(size, args, publishes, observer), **cpu.per_publish(len(publishes))}
+
+
+@dataclass(slots=True)
+class BenchCpu:
+    """CPU time of this process (clients and observers) while publishing and waiting:
+    the machine's CPU that the servers under test did not get."""
+
+    process: float
+    observers: float
+
+    @classmethod
+    def start(cls, observer: Observer) -> BenchCpu:
+        return cls(-time.process_time(), -observer.handling_cpu())
+
+    def stop(self, observer: Observer) -> None:
+        self.process += time.process_time()
+        self.observers += observer.handling_cpu()
+
+    def per_publish(self, publishes: int) -> dict[str, float]:
+        return {
+            "bench_cpu_seconds": self.process,
+            "bench_cpu_ms_per_publish": 1000 * common.ratio(self.process, publishes),
+            "observer_cpu_ms_per_publish": 1000 * common.ratio(self.observers, publishes),
+        }
 
 
 async def steady_publishing(
@@ -325,6 +378,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
             "lost/err",
         ],
         rows,
+    )
+    common.print_table(
+        f"CPU of this benchmark process ({args.observer} observers), ms per publish",
+        ["servers", "whole process", "observers"],
+        [
+            [r["servers"], r["bench_cpu_ms_per_publish"], r["observer_cpu_ms_per_publish"]]
+            for r in results
+        ],
     )
     target = target_seconds(args)
     verdict_rows = [

@@ -9,6 +9,8 @@ their cluster) and streams N changes into a new document, each change one host r
 as fast as it can, with one sync round after every change or after every batch of
 changes (``--batches``: 1 is a stream of single changes, 10 is closer to publishes of
 several edits); one observer connection per peer notes when that peer holds all of them.
+The writer keeps a real Automerge document; the observers keep only the change graph
+(``--observer document`` makes them apply every change, for comparison).
 Throughput is N divided by the time from the first write until every peer holds every
 change.
 
@@ -19,7 +21,7 @@ Target: crdtmds at least 10x the throughput of the Python Repo. The crdtmds
 servers also commit every change to SQLite before forwarding it; the repos keep theirs
 in memory.
 
-    .venv/bin/python bench/peers.py [--changes 1000] [--reps 3]
+    .venv/bin/python bench/peers.py [--changes 1000] [--reps 3] [--observer graph|document]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import contextlib
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ NAME = "peers"
 TARGET_RATIO = 10.0
 TOPOLOGIES = ("chain", "star")
 SYSTEMS = ("crdtmds", "automerge.repo")
+OBSERVER_KINDS = ("graph", "document")
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,6 +61,12 @@ def parse_args() -> argparse.Namespace:
         help="changes the writer makes between two sync rounds, one case each (default 1,10)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    parser.add_argument(
+        "--observer",
+        choices=OBSERVER_KINDS,
+        default="graph",
+        help="what each observer keeps: the change graph (default) or a whole document",
+    )
     parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -173,16 +183,18 @@ def host_change(doc: Document, objects: bytes, index: int) -> None:
         tx.put_object(host, "tags", ObjType.List)
 
 
-async def attach_observers(peers: Peers, document_id: str) -> list[common.SyncPeer]:
-    observers = []
+async def attach_observers(peers: Peers, document_id: str, kind: str) -> list[common.SyncPeer]:
+    """One observer per peer: a `GraphPeer` (the change graph only) or, for comparison, a
+    `SyncPeer` applying everything to an Automerge document."""
+    observers: list[common.SyncPeer] = []
     for index, url in enumerate(peers.urls):
         name = f"bench-observer-{index}"
-        observer = common.SyncPeer(
-            url,
-            common.MemoryDocuments(accept={document_id}),
-            metadata=peers.join_metadata(name),
-            name=name,
-        )
+        metadata = peers.join_metadata(name)
+        if kind == "graph":
+            observer: common.SyncPeer = common.GraphPeer(url, metadata=metadata, name=name)
+        else:
+            store = common.MemoryDocuments(accept={document_id})
+            observer = common.SyncPeer(url, store, metadata=metadata, name=name)
         await observer.start()
         observer.request(document_id)
         observers.append(observer)
@@ -190,12 +202,15 @@ async def attach_observers(peers: Peers, document_id: str) -> list[common.SyncPe
 
 
 def holds(observer: common.SyncPeer, document_id: str, heads: list[bytes]) -> bool:
+    """Whether the observer's peer has sent it exactly the changes up to `heads`."""
+    if isinstance(observer, common.GraphPeer):
+        return observer.holds(document_id, heads)
     doc = observer.store.docs.get(document_id)
     return doc is not None and sorted(doc.get_heads()) == sorted(heads)
 
 
 async def propagate(
-    peers: Peers, topology: str, changes: int, batch: int, timeout: float
+    peers: Peers, topology: str, changes: int, batch: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Stream `changes` changes into one peer, `batch` between two sync rounds of the
     writer; seconds until all three peers hold them all."""
@@ -211,7 +226,8 @@ async def propagate(
         name="bench-writer",
     )
     await writer.start()
-    observers = await attach_observers(peers, document_id)
+    observers = await attach_observers(peers, document_id, args.observer)
+    timeout = args.timeout
     try:
         heads = source.get_heads()
         await common.wait_until(
@@ -220,6 +236,8 @@ async def propagate(
             "the new document on every peer",
         )
         start = common.now()
+        cpu_start = time.process_time()
+        observers_cpu_start = sum(o.handling_cpu for o in observers)
         for index in range(changes):
             host_change(source, objects, index)
             if (index + 1) % batch == 0 or index + 1 == changes:
@@ -239,9 +257,18 @@ async def propagate(
         if failures:
             raise RuntimeError(f"a {peers.system} peer dropped a connection: {failures[0]}")
         seconds = common.now() - start
+        cpu = time.process_time() - cpu_start
+        observers_cpu = sum(o.handling_cpu for o in observers) - observers_cpu_start
     finally:
         await asyncio.gather(writer.close(), *(o.close() for o in observers))
-    return {"seconds": seconds, "write_seconds": written, "changes_per_second": changes / seconds}
+    return {
+        "seconds": seconds,
+        "write_seconds": written,
+        "changes_per_second": changes / seconds,
+        "bench_cpu_seconds": cpu,
+        "bench_cpu_ms_per_change": 1000 * cpu / changes,
+        "observer_cpu_ms_per_change": 1000 * observers_cpu / changes,
+    }
 
 
 # ---------------------------------------------------------------- the run
@@ -265,13 +292,16 @@ async def benchmark(args: argparse.Namespace) -> None:
                 for batch, topology in cases:
                     order = systems if repetition % 2 == 0 else systems[::-1]
                     for peers in order:
-                        result = await propagate(peers, topology, args.changes, batch, args.timeout)
+                        result = await propagate(peers, topology, args.changes, batch, args)
                         runs[peers.system][case_name(batch, topology)].append(result)
                         print(
                             f"  {peers.system:15s} {case_name(batch, topology):22s}"
                             f" {result['seconds']:7.3f} s"
                             f" ({result['changes_per_second']:,.0f} changes/s;"
-                            f" the writer itself took {result['write_seconds']:.3f} s)",
+                            f" the writer itself took {result['write_seconds']:.3f} s;"
+                            f" this process {result['bench_cpu_ms_per_change']:.3f} ms CPU"
+                            f" per change, its observers"
+                            f" {result['observer_cpu_ms_per_change']:.3f})",
                             flush=True,
                         )
     report(args, runs)
@@ -305,11 +335,35 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
             for case in cases
         ],
     )
+    cpu = {
+        key: {
+            system: {
+                case: common.median([r[f"{key}_cpu_ms_per_change"] for r in results])
+                for case, results in by_case.items()
+            }
+            for system, by_case in runs.items()
+        }
+        for key in ("bench", "observer")
+    }
+    common.print_table(
+        f"CPU of this process, median ms per change ({args.observer} observers)",
+        ["case", *(f"{s}: {part}" for s in SYSTEMS for part in ("all", "observers"))],
+        [
+            [case, *(cpu[key][s][case] for s in SYSTEMS for key in ("bench", "observer"))]
+            for case in cases
+        ],
+    )
     common.write_results(
         args.out,
         NAME,
         parameters={k: v for k, v in vars(args).items() if k not in ("repo_child", "dial")},
-        results={"runs": runs, "median_changes_per_second": medians, "ratio": ratios},
+        results={
+            "runs": runs,
+            "median_changes_per_second": medians,
+            "ratio": ratios,
+            "median_bench_cpu_ms_per_change": cpu["bench"],
+            "median_observer_cpu_ms_per_change": cpu["observer"],
+        },
         targets={"ratio_at_least": TARGET_RATIO},
     )
 

@@ -92,6 +92,9 @@ def test_convergence(tmp_path: Path) -> None:
     assert cluster["not_visible_in_time"] == 0
     assert cluster["publish_to_visible"]["count"] == cluster["counted"] > 0
     assert len(cluster["latencies_ms"]) == cluster["counted"]
+    assert document["parameters"]["observer"] == "graph"
+    assert cluster["bench_cpu_ms_per_publish"] > 0
+    assert 0 < cluster["observer_cpu_ms_per_publish"] < cluster["bench_cpu_ms_per_publish"]
 
 
 @pytest.mark.slow
@@ -103,3 +106,6 @@ def test_peers(tmp_path: Path) -> None:
         assert set(results["median_changes_per_second"][system]) == cases
         assert all(v > 0 for v in results["median_changes_per_second"][system].values())
     assert set(results["ratio"]) == cases
+    for key in ("median_bench_cpu_ms_per_change", "median_observer_cpu_ms_per_change"):
+        assert all(v > 0 for v in results[key]["crdtmds"].values())
+        assert set(results[key]["automerge.repo"]) == cases
