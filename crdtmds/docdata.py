@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from automerge.core import ROOT, Document, ObjType, ScalarType, extract
+from automerge.core import ROOT, Document, ObjType, ScalarType
 
 from crdtmds.errors import ValidationError
 
@@ -93,7 +93,24 @@ def child_id(doc: Document | Any, parent: bytes, key: str | int) -> bytes | None
 
 def read(doc: Document, obj: bytes = ROOT) -> Any:
     """The whole object `obj` as plain Python data."""
-    return extract(doc, obj)
+    return _read_object(doc, obj, doc.object_type(obj))
+
+
+def _read_object(doc: Document, obj: bytes, obj_type: ObjType) -> Any:
+    # One `values` call per object (plus `keys` for a map) rather than one `get` per
+    # entry: about twice as fast as the package's `extract` on domain records.
+    if obj_type == ObjType.Map:
+        return {
+            key: _plain(doc, value, child)
+            for key, (value, child) in zip(doc.keys(obj), doc.values(obj), strict=True)
+        }
+    if obj_type == ObjType.List:
+        return [_plain(doc, value, child) for value, child in doc.values(obj)]
+    return doc.text(obj)
+
+
+def _plain(doc: Document, value: Any, obj: bytes) -> Any:
+    return _read_object(doc, obj, value) if isinstance(value, ObjType) else value[1]
 
 
 def hex_heads(heads: Sequence[bytes]) -> list[str]:
@@ -116,7 +133,13 @@ def new_actor() -> bytes:
     (milliseconds per 100,000 operations, on every server it reaches), while one that sorts
     last is appended. Leading with the clock keeps new sessions last.
     """
-    return time.time_ns().to_bytes(8, "big") + os.urandom(8)
+    global _last_actor_time
+    _last_actor_time = max(time.time_ns(), _last_actor_time + 1)
+    return _last_actor_time.to_bytes(8, "big") + os.urandom(8)
+
+
+_last_actor_time = 0
+"""Nanoseconds in the last actor id made: ids made by one process never tie or go back."""
 
 
 def fork_with_actor(doc: Document, actor: bytes, heads: Sequence[bytes] | None = None) -> Document:
