@@ -94,7 +94,9 @@ class Session:
         self.description = description
         self.created_at = created_at if created_at is not None else time.time()
         self.last_active = self.created_at
-        self.fork = fork
+        self._fork: Document | None = fork
+        """The draft's document; None until the next use after a publish (see `fork`)."""
+        self._actor = fork.get_actor()
         self.base_heads = base_heads
         self.base = base
         self.view = view
@@ -174,7 +176,19 @@ class Session:
 
     @property
     def actor(self) -> bytes:
-        return self.fork.get_actor()
+        return self._actor
+
+    @property
+    def fork(self) -> Document:
+        """The draft's document. After a publish it is forked from the live document only
+        when next used: forking costs milliseconds on a large domain, and other publishes
+        often arrive before an administrator's next edit, which then starts the empty
+        draft from the live heads anyway (see `Node.start_from_live`)."""
+        if self._fork is None:
+            live = self.domain.doc
+            at = None if live.get_heads() == self.base_heads else self.base_heads
+            self._fork = fork_with_actor(live, self._actor, at)
+        return self._fork
 
     @property
     def own_change_bytes(self) -> list[bytes]:
@@ -426,7 +440,7 @@ class Session:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        self.fork = fork_with_actor(self.fork, self.actor, pending.heads_before_revision)
+        self._fork = fork_with_actor(self.fork, self._actor, pending.heads_before_revision)
         self._own_changes = self._own_changes[:-1]
         self.view.revisions.pop()
 
@@ -443,10 +457,9 @@ class Session:
         if live.heads() == self.base_heads:
             # Nobody raced the draft: the fork is the live document plus the draft, so it
             # becomes the live document (a merge costs milliseconds on a large document)
-            # and the session goes on in a fresh fork of it.
-            actor = self.actor
+            # and the session goes on in a fork of it, taken when next used.
             live.adopt_document(self.fork, self.view)
-            self.fork = fork_with_actor(live.doc, actor)
+            self._fork = None
         else:
             live.doc.merge(self.fork)
         if on_merged is not None:
@@ -459,7 +472,8 @@ class Session:
         count = self.change_count()
         if self._own_changes:
             # A new actor: the dropped changes' sequence numbers stay taken by the old one.
-            self.fork = fork_with_actor(self.domain.doc, new_actor())
+            self._actor = new_actor()
+            self._fork = None
         self._rebase()
         return count
 
@@ -537,11 +551,11 @@ class Session:
 
     def _rebase(self) -> None:
         # The live document holds everything the fork has (it was just published or
-        # dropped). A fork at the live heads is kept;
-        # otherwise a fresh fork (same actor, so the draft's sequence numbers go on) costs
-        # far less than merging into the old fork whatever the live document gained.
-        if self.fork.get_heads() != self.domain.heads():
-            self.fork = fork_with_actor(self.domain.doc, self.actor)
+        # dropped). A fork at the live heads is kept; otherwise a fresh fork (same actor,
+        # so the draft's sequence numbers go on), taken when next used, costs far less
+        # than merging into the old fork whatever the live document gained.
+        if self._fork is not None and self._fork.get_heads() != self.domain.heads():
+            self._fork = None
         self.base_heads = self.domain.heads()
         self.base = self.domain.state
         self.view = self.base.copy()

@@ -163,6 +163,8 @@ class Storage:
     def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
         self._connection: aiosqlite.Connection | None = connection
         self._lock = asyncio.Lock()
+        self._change_rows: dict[str, int] = {}
+        """Change rows per document, once counted (see `_append_changes`)."""
         self.path = path
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -204,7 +206,9 @@ class Storage:
         of the document not yet covered by a snapshot; compact when it passes a threshold.
         """
         async with self._write(f"append changes to {document_id}") as connection:
-            return await _append_changes(connection, document_id, changes)
+            count = await self._append_changes(connection, document_id, changes)
+        self._change_rows[document_id] = count
+        return count
 
     async def publish_changes(
         self,
@@ -219,11 +223,29 @@ class Storage:
         `append_changes`) and the saved session starts over, empty, from ``base_heads``
         (heads the published changes reach). Returns as `append_changes`."""
         async with self._write(f"publish to {document_id}") as connection:
-            count = await _append_changes(connection, document_id, changes)
-            await _require_session(connection, session_uid)
-            await _rebase_session(connection, session_uid, base_heads, [])
-            await _touch_session(connection, session_uid, last_active)
-            return count
+            count = await self._append_changes(connection, document_id, changes)
+            await _rebase_session(connection, session_uid, base_heads, [], last_active)
+        self._change_rows[document_id] = count
+        return count
+
+    async def _append_changes(
+        self,
+        connection: aiosqlite.Connection,
+        document_id: str,
+        changes: Sequence[tuple[bytes, bytes]],
+    ) -> int:
+        """Insert change rows; the document's row count after them. The count is kept in
+        memory (set by the caller once committed): counting rows would cost a query more
+        in every write."""
+        cursor = await connection.executemany(
+            "INSERT INTO changes (document_id, hash, data) VALUES (?, ?, ?)"
+            " ON CONFLICT (document_id, hash) DO NOTHING",
+            [(document_id, change_hash, data) for change_hash, data in changes],
+        )
+        known = self._change_rows.get(document_id)
+        if known is None:
+            return await _count_changes(connection, document_id)
+        return known + max(cursor.rowcount, 0)
 
     async def save_snapshot(
         self, document_id: str, snapshot: bytes, covered_hashes: Sequence[bytes]
@@ -254,6 +276,7 @@ class Storage:
             await connection.executemany(
                 "DELETE FROM changes WHERE document_id = ? AND hash = ?", hash_rows
             )
+        self._change_rows.pop(document_id, None)  # counted again at the next append
 
     async def load_document(self, document_id: str) -> automerge.core.Document | None:
         """The stored document, or None if nothing is stored under ``document_id``.
@@ -348,24 +371,23 @@ class Storage:
         one transaction with its new ``base_heads`` (a draft that was empty may have been
         moved onto newer heads) and ``last_active``, when given."""
         async with self._write(f"append changes to session {uid}") as connection:
-            await _require_session(connection, uid)
-            rows = await connection.execute_fetchall(
-                "SELECT coalesce(max(seq) + 1, 0) FROM session_changes WHERE session_uid = ?",
-                (uid,),
+            if base_heads is None and last_active is None:
+                await _require_session(connection, uid)
+            else:
+                await _update_draft_metadata(connection, uid, base_heads, last_active)
+            # Each row's place is computed as it goes in: no query for the last one first.
+            await connection.executemany(
+                "INSERT INTO session_changes (session_uid, seq, data)"
+                " SELECT ?, coalesce(max(seq) + 1, 0), ? FROM session_changes"
+                " WHERE session_uid = ?",
+                [(uid, data, uid) for data in changes],
             )
-            next_seq = next(iter(rows))[0]
-            if base_heads is not None:
-                await _move_base_of_empty_draft(connection, uid, base_heads, next_seq)
-            await _insert_session_changes(connection, uid, changes, next_seq)
-            if last_active is not None:
-                await _touch_session(connection, uid, last_active)
 
     async def replace_session_changes(
         self, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
     ) -> None:
         """Rebase a saved session: new base heads and the fork's whole new change list."""
         async with self._write(f"replace changes of session {uid}") as connection:
-            await _require_session(connection, uid)
             await _rebase_session(connection, uid, base_heads, changes)
 
     async def touch_session(self, uid: str, last_active: float) -> None:
@@ -550,42 +572,45 @@ async def _count_changes(connection: aiosqlite.Connection, document_id: str) -> 
     return int(next(iter(rows))[0])
 
 
-async def _append_changes(
-    connection: aiosqlite.Connection, document_id: str, changes: Sequence[tuple[bytes, bytes]]
-) -> int:
-    await connection.executemany(
-        "INSERT INTO changes (document_id, hash, data) VALUES (?, ?, ?)"
-        " ON CONFLICT (document_id, hash) DO NOTHING",
-        [(document_id, change_hash, data) for change_hash, data in changes],
-    )
-    return await _count_changes(connection, document_id)
-
-
 async def _rebase_session(
-    connection: aiosqlite.Connection, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
+    connection: aiosqlite.Connection,
+    uid: str,
+    base_heads: list[bytes],
+    changes: Sequence[bytes],
+    last_active: float | None = None,
 ) -> None:
-    await connection.execute(
-        "UPDATE sessions SET base_heads = ? WHERE uid = ?", (_join_heads(base_heads), uid)
+    cursor = await connection.execute(
+        "UPDATE sessions SET base_heads = ?, last_active = coalesce(?, last_active) WHERE uid = ?",
+        (_join_heads(base_heads), last_active, uid),
     )
+    if cursor.rowcount == 0:
+        raise _no_session(uid)
     await connection.execute("DELETE FROM session_changes WHERE session_uid = ?", (uid,))
     await _insert_session_changes(connection, uid, changes, 0)
 
 
-async def _move_base_of_empty_draft(
-    connection: aiosqlite.Connection, uid: str, base_heads: list[bytes], stored_changes: int
+async def _update_draft_metadata(
+    connection: aiosqlite.Connection,
+    uid: str,
+    base_heads: list[bytes] | None,
+    last_active: float | None,
 ) -> None:
-    joined = _join_heads(base_heads)
-    if stored_changes:
-        rows = await connection.execute_fetchall(
-            "SELECT base_heads FROM sessions WHERE uid = ?", (uid,)
+    """New base heads and last activity of a stored draft, in one statement. The base
+    heads may move only while no change is stored: those are based on the old ones."""
+    joined = None if base_heads is None else _join_heads(base_heads)
+    cursor = await connection.execute(
+        "UPDATE sessions SET base_heads = coalesce(?, base_heads),"
+        " last_active = coalesce(?, last_active)"
+        " WHERE uid = ? AND (? IS NULL OR base_heads = ?"
+        " OR NOT EXISTS (SELECT 1 FROM session_changes WHERE session_uid = ?))",
+        (joined, last_active, uid, joined, joined, uid),
+    )
+    if cursor.rowcount == 0:
+        await _require_session(connection, uid)
+        raise StorageError(
+            f"session {uid} has stored changes: its base heads cannot move",
+            details={"session_uid": uid},
         )
-        if next(iter(rows))[0] != joined:
-            raise StorageError(
-                f"session {uid} has stored changes: its base heads cannot move",
-                details={"session_uid": uid},
-            )
-        return
-    await connection.execute("UPDATE sessions SET base_heads = ? WHERE uid = ?", (joined, uid))
 
 
 async def _touch_session(connection: aiosqlite.Connection, uid: str, last_active: float) -> None:
@@ -597,7 +622,11 @@ async def _touch_session(connection: aiosqlite.Connection, uid: str, last_active
 async def _require_session(connection: aiosqlite.Connection, uid: str) -> None:
     rows = await connection.execute_fetchall("SELECT 1 FROM sessions WHERE uid = ?", (uid,))
     if not list(rows):
-        raise StorageError(f"no stored session {uid}", details={"session_uid": uid})
+        raise _no_session(uid)
+
+
+def _no_session(uid: str) -> StorageError:
+    return StorageError(f"no stored session {uid}", details={"session_uid": uid})
 
 
 async def _insert_session_changes(

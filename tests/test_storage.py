@@ -215,6 +215,19 @@ async def test_compaction_keeps_content_heads_and_uncovered_changes(reopen: Open
         await storage.close()
 
 
+async def test_append_counts_rows_through_duplicates_and_compactions(storage: Storage) -> None:
+    doc = am.Document()
+    first = edits(doc, 5)
+    assert await storage.append_changes("doc", first) == 5
+    second = edits(doc, 2, "second")
+    assert await storage.append_changes("doc", first[:3] + second) == 7  # repeats ignored
+    await storage.save_snapshot("doc", doc.save(), [h for h, _ in first])
+    third = edits(doc, 1, "third")
+    assert await storage.append_changes("doc", third + second) == 3
+    assert await storage.uncompacted_count("doc") == 3
+    assert await storage.append_changes("other", edits(am.Document(), 2)) == 2
+
+
 async def test_compaction_racing_an_append_loses_nothing(storage: Storage) -> None:
     doc = am.Document()
     pairs = edits(doc, 300)
