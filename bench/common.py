@@ -49,6 +49,21 @@ DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 now = time.perf_counter
 
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the processes `pids` (Linux /proc); a
+    process that is gone counts 0."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 # ---------------------------------------------------------------- command line
 
 
