@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -276,22 +276,20 @@ def _check_room(produced: int, more: int, limit: int) -> None:
         raise ProtocolError("a column holds more values than the change has operations")
 
 
-def _runs(data: bytes) -> Iterator[tuple[_Reader, int]]:
-    """(reader, run length) per run: > 0 one repeated value, < 0 literals, 0 nulls."""
-    reader = _Reader(data)
-    while not reader.at_end():
-        yield reader, reader.sleb()
-
-
 def _rle(data: bytes, read: Callable[[_Reader], T], limit: int) -> list[T | None]:
+    """Runs of values: a length > 0 and one repeated value, < 0 and literals, 0 and a
+    count of nulls."""
     values: list[T | None] = []
-    for reader, run in _runs(data):
+    reader = _Reader(data)
+    end = len(data)
+    while reader.pos < end:
+        run = reader.sleb()
         if run > 0:
             _check_room(len(values), run, limit)
             values.extend([read(reader)] * run)
         elif run < 0:
             _check_room(len(values), -run, limit)
-            values.extend(read(reader) for _ in range(-run))
+            values.extend([read(reader) for _ in range(-run)])
         else:
             nulls = reader.uleb()
             _check_room(len(values), nulls, limit)
@@ -361,24 +359,35 @@ class _Reader:
             raise _Truncated
         return value
 
+    # The LEB128 reads are the decoder's innermost loop: locals, not `byte()` calls.
     def uleb(self) -> int:
+        data, pos = self.data, self.pos
         result = shift = 0
         while True:
-            byte = self.byte()
+            if pos >= len(data):
+                raise _Truncated
+            byte = data[pos]
+            pos += 1
             result |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                self.pos = pos
                 return result
             shift += 7
             if shift > 63:
                 raise ProtocolError("LEB128 number longer than 64 bits")
 
     def sleb(self) -> int:
+        data, pos = self.data, self.pos
         result = shift = 0
         while True:
-            byte = self.byte()
+            if pos >= len(data):
+                raise _Truncated
+            byte = data[pos]
+            pos += 1
             result |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
+                self.pos = pos
                 return result - (1 << shift) if byte & 0x40 else result
             if shift > 63:
                 raise ProtocolError("LEB128 number longer than 64 bits")
