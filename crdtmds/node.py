@@ -170,6 +170,8 @@ class Node:
         self.sessions: dict[str, Session] = {}
         self.load_problems: list[LoadProblem] = []
         self._uncompacted: dict[str, list[bytes] | None] = {}
+        self._compacted: dict[str, int] = {}
+        """Change rows folded into snapshots per document since this server started."""
         self._change_listeners: list[Callable[[str], None]] = []
         self.gossip = Gossip(
             f"crdtmds-{config.name}-{secrets.token_hex(4)}",
@@ -430,9 +432,13 @@ class Node:
             tracked.extend(h for h, _ in changes)
 
     async def _compact_if_due(self, document_id: str, uncompacted: int) -> None:
-        """Compact past the threshold. A failure is logged, not raised: the changes are
-        durable already, compaction only saves space, and it is tried again next time."""
-        if uncompacted < self.config.compact_threshold:
+        """Compact once the change rows reach the threshold and as many as the snapshots
+        have taken in: saving a document stalls the server for a time that grows with the
+        document, so the log grows with it and saving costs the same per change. A failure
+        is logged, not raised: the changes are durable already, compaction only saves
+        space, and it is tried again next time."""
+        due = max(self.config.compact_threshold, self._compacted.get(document_id, 0))
+        if uncompacted < due:
             return
         try:
             await self.compact(document_id)
@@ -450,6 +456,7 @@ class Node:
         self._uncompacted[document_id] = []
         try:
             await self.storage.save_snapshot(document_id, snapshot, list(covered))
+            self._compacted[document_id] = self._compacted.get(document_id, 0) + len(covered)
         except BaseException:
             # still uncompacted: cover these rows next time, with those appended meanwhile
             self._uncompacted[document_id] = [*covered, *self._uncompacted[document_id]]

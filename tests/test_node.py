@@ -297,3 +297,26 @@ def test_advertised_url() -> None:
     assert advertised_url_for("127.0.0.1", 7400, tls=False) == "ws://127.0.0.1:7400"
     assert advertised_url_for("::1", 7400, tls=True) == "wss://[::1]:7400"
     assert advertised_url_for("127.0.0.1", 0, tls=False) == ""
+
+
+async def test_compaction_waits_for_the_log_to_match_the_snapshots(tmp_path: Path) -> None:
+    node = await start_primary(tmp_path, mesh=False)
+    try:
+        await node.create_domain("acme", created_by="admin")
+        node.config.compact_threshold = 4
+        document_id = node.domain("acme").document_id
+        rows = []
+        for index in range(12):
+            await publish_host(node, "acme", f"h{index}")  # two changes each
+            rows.append(await node.storage.uncompacted_count(document_id))
+        # The first snapshot takes the domain's first change and two publishes (5 rows);
+        # the log then grows to as many rows as the snapshots took in (5, then 11).
+        assert rows == [3, 0, 2, 4, 0, 2, 4, 6, 8, 10, 0, 2]
+        assert sorted(host_names(node, "acme")) == sorted(f"h{i}" for i in range(12))
+    finally:
+        await node.stop()
+    reopened = await Node.open(tmp_path / "a")
+    try:
+        assert sorted(host_names(reopened, "acme")) == sorted(f"h{i}" for i in range(12))
+    finally:
+        await reopened.close()

@@ -217,7 +217,8 @@ def start_command(
             "--compact-threshold",
             min=1,
             help="Change rows a document may have before they are compacted into a snapshot "
-            "(default: the configured value, 1000).",
+            "(default: the configured value, 1000); past the first compaction, the rows may "
+            "grow to as many as the snapshots took in.",
         ),
     ] = None,
 ) -> None:
