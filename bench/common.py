@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -954,6 +954,10 @@ class SyncPeer:
         self._outbox: list[bytes] = []
         """Frames of our own, sent after the engine's."""
         self._wake = asyncio.Event()
+        self._queued = 0
+        self._sent = 0
+        """Frames of our own queued and handed to the socket."""
+        self._sent_event = asyncio.Event()
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.failure: str | None = None
@@ -997,18 +1001,32 @@ class SyncPeer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(), 2)
 
+    async def flushed(self) -> None:
+        """Return once every frame of ours queued so far has been handed to the socket."""
+        target = self._queued
+        while self._sent < target and self.failure is None:
+            self._sent_event.clear()
+            await self._sent_event.wait()
+
     def _send(self, frame: bytes) -> None:
         self._outbox.append(frame)
+        self._queued += 1
         self._wake.set()
 
     async def _send_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            frames = self.gossip.data_to_send(self._conn)
-            frames, self._outbox = frames + self._outbox, []
-            for frame in frames:
-                await self._ws.send(frame)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                own, self._outbox = self._outbox, []
+                for frame in self.gossip.data_to_send(self._conn) + own:
+                    await self._ws.send(frame)
+                self._sent += len(own)
+                self._sent_event.set()
+        except Exception as exc:  # a closed socket ends the peer; the caller sees `failure`
+            self.failure = self.failure or f"{type(exc).__name__}: {exc}"
+            self._sent_event.set()
+            self.progress.set()
 
     async def _receive_loop(self) -> None:
         from crdtmds.protocol import decode
@@ -1156,9 +1174,10 @@ def encode_sync_message(
     heads: Sequence[bytes],
     need: Sequence[bytes] = (),
     have: Sequence[Sequence[bytes]] = (),
+    changes: Sequence[bytes] = (),
 ) -> bytes:
-    """A v1 sync message without changes or capabilities; each `have` entry is a last-sync
-    set sent with an empty bloom filter (it holds nothing)."""
+    """A v1 sync message without capabilities; each `have` entry is a last-sync set sent
+    with an empty bloom filter (it holds nothing), each of `changes` one change chunk."""
     from crdtmds.storage import _encode_uleb128
 
     def hashes(values: Sequence[bytes]) -> bytes:
@@ -1166,7 +1185,8 @@ def encode_sync_message(
 
     parts = [bytes([SYNC_MESSAGE_V1]), hashes(heads), hashes(need), _encode_uleb128(len(have))]
     parts += [hashes(last_sync) + _encode_uleb128(0) for last_sync in have]
-    parts.append(_encode_uleb128(0))  # no changes
+    parts.append(_encode_uleb128(len(changes)))
+    parts += [_encode_uleb128(len(chunk)) + chunk for chunk in changes]
     return b"".join(parts)
 
 
@@ -1260,24 +1280,53 @@ class ChangeGraph:
         return sorted(self.heads)
 
 
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Changes of our own and the sync message that carries them, encoded beforehand.
+
+    The message announces `heads`, the heads once the peer has these changes, and one
+    `have` whose last sync is those heads with an empty bloom filter. A last sync at the
+    heads the peer acknowledged would make it send back every change since then that the
+    filter does not hold (these ones among them); at the heads after the changes, which
+    the peer holds by the time it answers (the message carries every change it lacks up
+    to them, on a connection that keeps order), it has nothing to send back.
+    """
+
+    changes: tuple[tuple[bytes, tuple[bytes, ...]], ...]
+    """(hash, deps) of each change, in the order carried."""
+    chunks: tuple[bytes, ...]
+    heads: list[bytes]
+    data: bytes
+    """The encoded automerge sync message."""
+    frame: bytes = b""
+    """The message in its automerge-repo envelope, when a connection has wrapped it."""
+
+
 @dataclass(slots=True)
 class GraphSync:
-    """The automerge sync protocol with one peer, for a `ChangeGraph` that never writes.
+    """The automerge sync protocol with one peer, for a `ChangeGraph`.
 
     It answers as Automerge's own sync state would (same reply and silence rules) with
     heads = what it holds, need = what waiting changes lack, and one `have` whose last
     sync is its heads and whose bloom filter is empty, so the peer sends each change it
     has beyond those heads exactly once.
+
+    It writes only changes built elsewhere: `prepare` encodes the messages that will carry
+    them (before anything is timed), `take` records one as sent. A change the peer
+    declares it needs is sent with the next answer if it is one of those.
     """
 
     graph: ChangeGraph = field(default_factory=ChangeGraph)
     their_heads: list[bytes] | None = None
+    their_need: list[bytes] = field(default_factory=list)
     last_sent_heads: list[bytes] | None = None
     in_flight: bool = False
     heard: bool = False
     """Whether the peer has sent a sync message about the document."""
     spoken: bool = False
     """Whether we have sent one."""
+    own: dict[bytes, bytes] = field(default_factory=dict)
+    """Chunks of the changes we have offered, by hash."""
 
     def receive(self, data: bytes, arrived: float) -> list[bytes]:
         """Take one sync message; returns the changes held from now on."""
@@ -1288,18 +1337,45 @@ class GraphSync:
         for change, deps in sync_message_changes(message):
             held += self.graph.add(change, deps, arrived)
         self.their_heads = message.heads
+        self.their_need = message.need
         return held
 
     def generate(self) -> bytes | None:
         """The next sync message for the peer, or None when there is nothing to say."""
         heads = self.graph.sorted_heads()
+        needed = [self.own[h] for h in self.their_need if h in self.own]
+        self.their_need = []
         unchanged = self.spoken and heads == self.last_sent_heads
-        if unchanged and (heads == self.their_heads or self.in_flight):
+        if not needed and unchanged and (heads == self.their_heads or self.in_flight):
             return None
         self.spoken = True
         self.last_sent_heads = heads
         self.in_flight = True
-        return encode_sync_message(heads, self.graph.missing(), [heads])
+        return encode_sync_message(heads, self.graph.missing(), [heads], needed)
+
+    def prepare(self, batches: Iterable[Sequence[bytes]]) -> list[Offer]:
+        """One offer per batch of change chunks (each in causal order after what the
+        graph holds and the batches before it), to be taken in that order."""
+        known = self.graph
+        graph = ChangeGraph(dict(known.arrived), set(known.heads), dict(known.waiting))
+        offers = []
+        for chunks in batches:
+            changes = tuple(change_hash_and_deps(chunk) for chunk in chunks)
+            for change, deps in changes:
+                graph.add(change, deps, 0.0)
+            heads = graph.sorted_heads()
+            data = encode_sync_message(heads, graph.missing(), [heads], chunks)
+            offers.append(Offer(changes, tuple(chunks), heads, data))
+        return offers
+
+    def take(self, offer: Offer, sent: float) -> None:
+        """Record an offer of `prepare` as sent at `sent`: its changes are ours now."""
+        for (change, deps), chunk in zip(offer.changes, offer.chunks, strict=True):
+            self.graph.add(change, deps, sent)
+            self.own[change] = chunk
+        self.spoken = True
+        self.last_sent_heads = offer.heads
+        self.in_flight = True
 
 
 class GraphPeer(SyncPeer):
@@ -1334,6 +1410,33 @@ class GraphPeer(SyncPeer):
         """Follow a document: ask the server for it (after `start`)."""
         sync = self.syncs.setdefault(document_id, GraphSync())
         self._answer(document_id, sync)
+
+    def prepare(self, document_id: str, batches: Iterable[Sequence[bytes]]) -> list[Offer]:
+        """Offers of the change chunks in `batches` (see `GraphSync.prepare`), each wrapped
+        in its `sync` envelope for this connection (after `start`)."""
+        from crdtmds.protocol import Sync, encode
+
+        peer = self.gossip.peer(self._conn)
+        if peer is None:
+            raise RuntimeError(f"{self.url}: no peer to write to")
+        sync = self.syncs.setdefault(document_id, GraphSync())
+        return [
+            replace(offer, frame=encode(Sync(self.peer_id, peer.peer_id, document_id, offer.data)))
+            for offer in sync.prepare(batches)
+        ]
+
+    def write(self, document_id: str, offer: Offer) -> None:
+        """Send one prepared offer (after the ones prepared before it)."""
+        self.syncs[document_id].take(offer, now())
+        self._send(offer.frame)
+
+    async def stream(self, document_id: str, offers: Sequence[Offer]) -> None:
+        """Send prepared offers one by one, yielding to the event loop after each, and
+        return once every one has been handed to the socket."""
+        for offer in offers:
+            self.write(document_id, offer)
+            await asyncio.sleep(0)
+        await self.flushed()
 
     def _answer(self, document_id: str, sync: GraphSync) -> None:
         from crdtmds.protocol import Request, Sync, encode

@@ -6,13 +6,26 @@ servers and three Python repos (``automerge.repo.Repo`` with
 of its own, are wired alike: a hub that the two others dial. A writer in this process
 connects to one of them over the automerge-repo protocol (to the servers, as a server of
 their cluster) and streams N changes into a new document, each change one host record,
-as fast as it can, with one sync round after every change or after every batch of
-changes (``--batches``: 1 is a stream of single changes, 10 is closer to publishes of
-several edits); one observer connection per peer notes when that peer holds all of them.
-The writer keeps a real Automerge document; the observers keep only the change graph
-(``--observer document`` makes them apply every change, for comparison).
-Throughput is N divided by the time from the first write until every peer holds every
-change.
+as fast as it can, one change per sync message or a batch of them
+(``--batches``: 1 is a stream of single changes, 10 is closer to publishes of several
+edits); one observer connection per peer notes when that peer holds all of them. The
+observers keep only the change graph (``--observer document`` makes them apply every
+change, for comparison). Throughput is N divided by the time from the first write until
+every peer holds every change.
+
+The writer (``--writer``):
+
+- prebuilt (default): before the clock starts, a real Automerge document gets its N
+  changes and each sync message is encoded, envelope and all (`common.GraphPeer.prepare`:
+  heads after its changes, no need, a last sync at those heads); the document itself
+  (its first change) is announced and held by every peer before the clock too. Timed,
+  the writer only hands the ready frames to its socket, one after another, and answers
+  the peer's replies as Automerge's sync state would (`common.GraphSync`): a few
+  microseconds per change, the same for both systems, so the figure is the peers'.
+- live: the changes are made during the timed window, each an Automerge transaction, and
+  the writer's Automerge sync state (through `crdtmds.gossip.Gossip`) generates the
+  messages: about a millisecond of this process per change, which bounds what a fast
+  peer can show. For comparison.
 
 - chain: the writer feeds a leaf; changes go leaf -> hub -> other leaf (two hops);
 - star: the writer feeds the hub; changes go to both leaves at once (one hop).
@@ -21,7 +34,8 @@ Target: crdtmds at least 10x the throughput of the Python Repo. The crdtmds
 servers also commit every change to SQLite before forwarding it; the repos keep theirs
 in memory.
 
-    .venv/bin/python bench/peers.py [--changes 1000] [--reps 3] [--observer graph|document]
+    .venv/bin/python bench/peers.py [--changes 1000] [--reps 3] [--writer prebuilt|live]
+        [--observer graph|document]
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ TARGET_RATIO = 10.0
 TOPOLOGIES = ("chain", "star")
 SYSTEMS = ("crdtmds", "automerge.repo")
 OBSERVER_KINDS = ("graph", "document")
+WRITER_KINDS = ("prebuilt", "live")
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,6 +81,12 @@ def parse_args() -> argparse.Namespace:
         choices=OBSERVER_KINDS,
         default="graph",
         help="what each observer keeps: the change graph (default) or a whole document",
+    )
+    parser.add_argument(
+        "--writer",
+        choices=WRITER_KINDS,
+        default="prebuilt",
+        help="changes and messages built before the clock (default) or made while timed",
     )
     parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
@@ -209,23 +230,71 @@ def holds(observer: common.SyncPeer, document_id: str, heads: list[bytes]) -> bo
     return doc is not None and sorted(doc.get_heads()) == sorted(heads)
 
 
-async def propagate(
-    peers: Peers, topology: str, changes: int, batch: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    """Stream `changes` changes into one peer, `batch` between two sync rounds of the
-    writer; seconds until all three peers hold them all."""
-    document_id = new_document_id()
+def new_source() -> tuple[Document, bytes]:
+    """The writer's document: one change making the `objects` map (returned too)."""
     source = Document()
     with source.transaction() as tx:
         objects = tx.put_object(ROOT, "objects", ObjType.Map)
+    return source, objects
+
+
+async def start_writer(
+    peers: Peers, url: str, document_id: str, source: Document, kind: str
+) -> common.SyncPeer:
+    """The writer's connection, having announced the document as `source` has it."""
+    metadata = peers.join_metadata("bench-writer")
+    if kind == "live":
+        store = common.MemoryDocuments({document_id: source})
+        return await common.SyncPeer(url, store, metadata=metadata, name="bench-writer").start()
+    writer = await common.GraphPeer(url, metadata=metadata, name="bench-writer").start()
+    chunks = [change.bytes for change in source.get_changes([])]
+    for offer in writer.prepare(document_id, [chunks]):
+        writer.write(document_id, offer)
+    return writer
+
+
+def prebuilt_offers(
+    writer: common.GraphPeer,
+    document_id: str,
+    source: Document,
+    objects: bytes,
+    changes: int,
+    batch: int,
+) -> list[common.Offer]:
+    """Make the changes in `source` and encode the messages that will carry them."""
+    before = source.get_heads()
+    for index in range(changes):
+        host_change(source, objects, index)
+    chunks = [change.bytes for change in source.get_changes(before)]
+    batches = [chunks[i : i + batch] for i in range(0, len(chunks), batch)]
+    return writer.prepare(document_id, batches)
+
+
+async def write_live(
+    writer: common.SyncPeer,
+    document_id: str,
+    source: Document,
+    objects: bytes,
+    changes: int,
+    batch: int,
+) -> None:
+    """Make the changes now, offering them to the peer after every `batch`."""
+    for index in range(changes):
+        host_change(source, objects, index)
+        if (index + 1) % batch == 0 or index + 1 == changes:
+            writer.document_changed(document_id)
+            await asyncio.sleep(0)
+
+
+async def propagate(
+    peers: Peers, topology: str, changes: int, batch: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Stream `changes` changes into one peer, `batch` per sync message of the writer;
+    seconds until all three peers hold them all."""
+    document_id = new_document_id()
+    source, objects = new_source()
     entry = 1 if topology == "chain" else 0
-    writer = common.SyncPeer(
-        peers.urls[entry],
-        common.MemoryDocuments({document_id: source}),
-        metadata=peers.join_metadata("bench-writer"),
-        name="bench-writer",
-    )
-    await writer.start()
+    writer = await start_writer(peers, peers.urls[entry], document_id, source, args.writer)
     observers = await attach_observers(peers, document_id, args.observer)
     timeout = args.timeout
     try:
@@ -235,14 +304,16 @@ async def propagate(
             timeout,
             "the new document on every peer",
         )
+        offers: list[common.Offer] = []
+        if isinstance(writer, common.GraphPeer):
+            offers = prebuilt_offers(writer, document_id, source, objects, changes, batch)
         start = common.now()
         cpu_start = time.process_time()
         observers_cpu_start = sum(o.handling_cpu for o in observers)
-        for index in range(changes):
-            host_change(source, objects, index)
-            if (index + 1) % batch == 0 or index + 1 == changes:
-                writer.document_changed(document_id)
-                await asyncio.sleep(0)
+        if isinstance(writer, common.GraphPeer):
+            await writer.stream(document_id, offers)
+        else:
+            await write_live(writer, document_id, source, objects, changes, batch)
         written = common.now() - start
         heads = source.get_heads()
         await common.wait_until(
@@ -321,7 +392,8 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
         for case in cases
     }
     common.print_table(
-        f"Propagation of {args.changes} changes to 3 peers, median changes/s of {args.reps} runs",
+        f"Propagation of {args.changes} changes to 3 peers ({args.writer} writer),"
+        f" median changes/s of {args.reps} runs",
         ["case", "crdtmds", "automerge.repo", "ratio", "target >=", "verdict"],
         [
             [

@@ -127,6 +127,20 @@ def test_encoded_message_is_what_automerge_reads() -> None:
     assert decoded.encode() == data
 
 
+def test_encoded_changes_are_applied_by_automerge() -> None:
+    changes = document_with_hosts(3).get_changes([])
+    chunks = [change.bytes for change in changes]
+    heads = [changes[-1].hash]
+    data = common.encode_sync_message(heads, [], [heads], chunks)
+    assert common.parse_sync_message(data) == common.SyncMessage(
+        heads, [], [(heads, b"")], chunks, None
+    )
+    receiver = Document()
+    receiver.receive_sync_message(SyncState(), Message.decode(data))
+    assert receiver.get_heads() == heads
+    assert [c.hash for c in receiver.get_changes([])] == [c.hash for c in changes]
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"\x41\x00\x00\x00\x00", b"\x42\x01" + b"\x00" * 31, b"\x42\x00\x00\x00\x01\x05"],
@@ -224,6 +238,60 @@ def test_changes_streamed_before_an_answer_are_not_sent_again() -> None:
     assert observer.graph.heads == set(server.get_heads())
 
 
+# ---------------------------------------------------------------- writing prepared changes
+
+
+def batches_of(doc: Document, size: int) -> list[list[bytes]]:
+    chunks = [change.bytes for change in doc.get_changes([])]
+    return [chunks[i : i + size] for i in range(0, len(chunks), size)]
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_prepared_offers_reach_automerge_and_nothing_comes_back(size: int) -> None:
+    source = document_with_hosts(7)
+    writer = common.GraphSync()
+    offers = writer.prepare(batches_of(source, size))
+    assert writer.graph.arrived == {}  # preparing sends nothing
+    peer, state = Document(), SyncState()
+    for offer in offers:
+        writer.take(offer, 1.0)
+        peer.receive_sync_message(state, Message.decode(offer.data))
+        assert peer.get_heads() == offer.heads == writer.graph.sorted_heads()
+        reply = peer.generate_sync_message(state)
+        assert reply is not None
+        answer = common.parse_sync_message(reply.encode())
+        assert answer.changes == []  # no echo of what the writer just sent
+        writer.receive(reply.encode(), 2.0)
+    assert peer.get_heads() == source.get_heads()
+    assert sum(converse(peer, state, writer)) == 0
+    assert writer.generate() is None
+    assert set(writer.own) == {c.hash for c in source.get_changes([])}
+
+
+def test_prepared_offers_continue_from_what_was_taken() -> None:
+    source = document_with_hosts(2)
+    writer = common.GraphSync()
+    (first,) = writer.prepare([[source.get_changes([])[0].bytes]])
+    writer.take(first, 0.0)
+    (second,) = writer.prepare([[source.get_changes([])[1].bytes]])
+    assert second.changes == ((source.get_heads()[0], tuple(first.heads)),)
+    assert second.heads == source.get_heads()
+
+
+def test_a_needed_change_of_ours_is_sent_again() -> None:
+    source = document_with_hosts(3)
+    writer = common.GraphSync()
+    for offer in writer.prepare(batches_of(source, 1)):
+        writer.take(offer, 0.0)
+    lost = source.get_changes([])[1]
+    writer.receive(common.encode_sync_message([], [lost.hash], [[]]), 0.0)
+    message = common.parse_sync_message(writer.generate() or b"")
+    assert message.changes == [lost.bytes]
+    assert message.heads == source.get_heads()
+    writer.receive(common.encode_sync_message(source.get_heads(), [], [[]]), 0.0)
+    assert writer.generate() is None
+
+
 # ---------------------------------------------------------------- a real node
 
 
@@ -255,6 +323,45 @@ async def test_observes_every_published_change_of_a_crdtmds_node(tmp_path: Path)
         assert peer.failure is None
     finally:
         if peer is not None:
+            await peer.close()
+        await node.stop()
+
+
+async def test_a_writer_streams_prepared_changes_into_a_crdtmds_node(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from crdtmds.node import Node
+    from crdtmds.protocol import new_document_id
+
+    await Node.initialise(
+        tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",
+        region="eu", admin="admin", password="writer-test-password",
+    )  # fmt: skip
+    node = await Node.open(tmp_path / "a")
+    await node.start()
+    config = asdict(node.config)
+    peers: list[common.GraphPeer] = []
+    try:
+        for name in ("bench-writer", "bench-observer"):
+            metadata = common.server_join_metadata(config, name)
+            peers.append(await common.GraphPeer(node.config.url, metadata=metadata).start(10))
+        writer, observer = peers
+        document_id = new_document_id()
+        source = document_with_hosts(9)
+        (first, *rest) = batches_of(source, 2)
+        for offer in writer.prepare(document_id, [first]):
+            writer.write(document_id, offer)
+        observer.request(document_id)
+        offers = writer.prepare(document_id, rest)
+        assert all(offer.frame for offer in offers)
+        await writer.stream(document_id, offers)
+        heads = source.get_heads()
+        await asyncio.wait_for(_until(lambda: observer.holds(document_id, heads)), 10)
+        doc = node.document(document_id)
+        assert doc is not None and doc.get_heads() == heads
+        assert writer.failure is None and observer.failure is None
+    finally:
+        for peer in peers:
             await peer.close()
         await node.stop()
 

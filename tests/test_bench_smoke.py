@@ -98,14 +98,22 @@ def test_convergence(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_peers(tmp_path: Path) -> None:
-    document = run_bench("peers.py", tmp_path, "--changes", "20", "--reps", "1", "--batches", "5")
+@pytest.mark.parametrize("writer", ["prebuilt", "live"])
+def test_peers(tmp_path: Path, writer: str) -> None:
+    document = run_bench(
+        "peers.py", tmp_path,
+        "--changes", "20", "--reps", "1", "--batches", "5", "--writer", writer,
+    )  # fmt: skip
+    assert document["parameters"]["writer"] == writer
     results = document["results"]
     cases = {"chain, 5 per message", "star, 5 per message"}
     for system in ("crdtmds", "automerge.repo"):
         assert set(results["median_changes_per_second"][system]) == cases
         assert all(v > 0 for v in results["median_changes_per_second"][system].values())
     assert set(results["ratio"]) == cases
+    for by_case in results["runs"].values():
+        for runs in by_case.values():
+            assert all(0 < run["write_seconds"] <= run["seconds"] for run in runs)
     for key in ("median_bench_cpu_ms_per_change", "median_observer_cpu_ms_per_change"):
         assert all(v > 0 for v in results[key]["crdtmds"].values())
         assert set(results[key]["automerge.repo"]) == cases
