@@ -97,9 +97,11 @@ class Session:
         self._fork: Document | None = fork
         """The draft's document; None until the next use after a publish (see `fork`)."""
         self._actor = fork.get_actor()
-        self.base_heads = base_heads
-        self.base = base
-        self.view = view
+        self._bound = True
+        """False for an empty draft not yet tied to live heads (see `_bind`)."""
+        self._base_heads = base_heads
+        self._base = base
+        self._view = view
         self._own_changes: list[Change] = list(own_changes or [])
         self._unsaved: list[bytes] = []
         self._touched = _Touched()
@@ -490,7 +492,7 @@ class Session:
         if layers is None:
             raise ValidationError("the domain document has no layers")
         self._commit(lambda tx: self._write_layers_like(tx, layers, target))
-        self.view = DomainState.from_plain(read(self.fork))
+        self._view = DomainState.from_plain(read(self.fork))
         self._touch_everything()
         return revision
 
@@ -550,19 +552,48 @@ class Session:
             insert_value(tx, order_id, index, uid)
 
     def _rebase(self) -> None:
-        # The live document holds everything the fork has (it was just published or
-        # dropped). A fork at the live heads is kept; otherwise a fresh fork (same actor,
-        # so the draft's sequence numbers go on), taken when next used, costs far less
-        # than merging into the old fork whatever the live document gained.
-        if self._fork is not None and self._fork.get_heads() != self.domain.heads():
-            self._fork = None
-        self.base_heads = self.domain.heads()
-        self.base = self.domain.state
-        self.view = self.base.copy()
+        # The live document holds everything the fork had (it was just published or
+        # dropped): the draft is empty, and starts from the live document when next used.
+        self._bound = False
         self._own_changes = []
         self._unsaved = []
         self._touched = _Touched()
         self._pending = None
+
+    def _bind(self) -> None:
+        """Start the empty draft from the live document as it is now. Done when the draft
+        is next used, not when it empties: other publishes arriving meanwhile would make
+        the domain's view be brought up to date twice."""
+        self._bound = True
+        self._base_heads = self.domain.heads()
+        self._base = self.domain.state
+        self._view = self._base.copy()
+        # A fork still at the live heads is kept; otherwise a fresh fork (same actor, so
+        # the draft's sequence numbers go on), taken when next used, costs far less than
+        # merging into the old one whatever the live document gained.
+        if self._fork is not None and self._fork.get_heads() != self._base_heads:
+            self._fork = None
+
+    @property
+    def base_heads(self) -> list[bytes]:
+        """Heads of the live document the draft started from."""
+        if not self._bound:
+            self._bind()
+        return self._base_heads
+
+    @property
+    def base(self) -> DomainState:
+        """The domain as the draft started from it."""
+        if not self._bound:
+            self._bind()
+        return self._base
+
+    @property
+    def view(self) -> DomainState:
+        """The domain as the draft has it (the base plus the draft's edits)."""
+        if not self._bound:
+            self._bind()
+        return self._view
 
     def _touch_everything(self) -> None:
         for state in (self.base, self.view):
