@@ -11,7 +11,11 @@ as fast as it can, one change per sync message or a batch of them
 edits); one observer connection per peer notes when that peer holds all of them. The
 observers keep only the change graph (``--observer document`` makes them apply every
 change, for comparison). Throughput is N divided by the time from the first write until
-every peer holds every change.
+every peer holds every change. The servers serve every run; each run of the Python
+repos gets three fresh processes (they keep working for seconds after every peer holds
+everything, and one kept through many runs stopped accepting connections). Before each
+run the script waits until the peer processes are idle, so no backlog takes a core from
+the run.
 
 The writer (``--writer``):
 
@@ -64,6 +68,8 @@ TOPOLOGIES = ("chain", "star")
 SYSTEMS = ("crdtmds", "automerge.repo")
 OBSERVER_KINDS = ("graph", "document")
 WRITER_KINDS = ("prebuilt", "live")
+QUIET_WINDOW = 0.25
+QUIET_CPU_SHARE = 0.05
 
 
 def parse_args() -> argparse.Namespace:
@@ -160,6 +166,7 @@ class Peers:
 
     system: str
     urls: list[str]
+    pids: list[int]
     join_metadata: Callable[[str], dict[str, Any] | None]
     """Fresh join metadata for a connection of ours with this name (a proof is single-use)."""
 
@@ -169,7 +176,10 @@ async def crdtmds_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
     cluster.start()
     await cluster.wait_connected(links=1)
     config = await common.read_node_config(cluster.servers[0].data_dir)
-    return Peers("crdtmds", cluster.urls, lambda name: common.server_join_metadata(config, name))
+    pids = [server.process.pid for server in cluster.servers if server.process is not None]
+    return Peers(
+        "crdtmds", cluster.urls, pids, lambda name: common.server_join_metadata(config, name)
+    )
 
 
 def repo_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
@@ -181,7 +191,26 @@ def repo_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
         leaf = start_repo([hub.url], root / f"repo-leaf-{index}.log")
         stack.callback(stop_repo, leaf)
         leaves.append(leaf)
-    return Peers("automerge.repo", [hub.url, *(leaf.url for leaf in leaves)], lambda name: None)
+    repos = [hub, *leaves]
+    return Peers(
+        "automerge.repo",
+        [repo.url for repo in repos],
+        [repo.process.pid for repo in repos],
+        lambda name: None,
+    )
+
+
+async def settle(pids: list[int], timeout: float) -> float:
+    """Wait until the peer processes are idle, together under `QUIET_CPU_SHARE` of a core:
+    a peer still working off one run's backlog would take a core from the next run's
+    peers. Returns the seconds waited (`timeout` at most)."""
+    start = common.now()
+    while common.now() - start < timeout:
+        before = common.cpu_seconds(pids)
+        await asyncio.sleep(QUIET_WINDOW)
+        if common.cpu_seconds(pids) - before < QUIET_CPU_SHARE * QUIET_WINDOW:
+            break
+    return common.now() - start
 
 
 # ---------------------------------------------------------------- one run
@@ -357,25 +386,48 @@ async def benchmark(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-peers-") as tmp:
         root = Path(tmp)
         with contextlib.ExitStack() as stack:
-            print("starting 3 crdtmds servers and 3 Python repos ...", flush=True)
-            systems = [await crdtmds_peers(root, stack), repo_peers(root, stack)]
+            print("starting 3 crdtmds servers ...", flush=True)
+            servers = await crdtmds_peers(root, stack)
+            count = 0
             for repetition in range(args.reps):
                 for batch, topology in cases:
-                    order = systems if repetition % 2 == 0 else systems[::-1]
-                    for peers in order:
-                        result = await propagate(peers, topology, args.changes, batch, args)
-                        runs[peers.system][case_name(batch, topology)].append(result)
-                        print(
-                            f"  {peers.system:15s} {case_name(batch, topology):22s}"
-                            f" {result['seconds']:7.3f} s"
-                            f" ({result['changes_per_second']:,.0f} changes/s;"
-                            f" the writer itself took {result['write_seconds']:.3f} s;"
-                            f" this process {result['bench_cpu_ms_per_change']:.3f} ms CPU"
-                            f" per change, its observers"
-                            f" {result['observer_cpu_ms_per_change']:.3f})",
-                            flush=True,
-                        )
+                    order = SYSTEMS if repetition % 2 == 0 else SYSTEMS[::-1]
+                    for system in order:
+                        count += 1
+                        folder = root / f"run-{count}"
+                        result = await run_case(folder, servers, system, topology, batch, args)
+                        runs[system][case_name(batch, topology)].append(result)
     report(args, runs)
+
+
+async def run_case(
+    folder: Path,
+    servers: Peers,
+    system: str,
+    topology: str,
+    batch: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One run of one system, printed. The servers serve every run; each run of the
+    Python repos gets three fresh processes (logs in `folder`): a repo kept through many
+    runs stopped answering new connections after a few of them."""
+    with contextlib.ExitStack() as stack:
+        peers = servers if system == "crdtmds" else repo_peers(folder, stack)
+        settled = await settle(sorted({*servers.pids, *peers.pids}), args.timeout)
+        result = await propagate(peers, topology, args.changes, batch, args)
+    result["settle_seconds"] = settled
+    print(
+        f"  {system:15s} {case_name(batch, topology):22s}"
+        f" {result['seconds']:7.3f} s"
+        f" ({result['changes_per_second']:,.0f} changes/s;"
+        f" the writer itself took {result['write_seconds']:.3f} s;"
+        f" this process {result['bench_cpu_ms_per_change']:.3f} ms CPU"
+        f" per change, its observers"
+        f" {result['observer_cpu_ms_per_change']:.3f};"
+        f" peers idle after {settled:.1f} s)",
+        flush=True,
+    )
+    return result
 
 
 def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
