@@ -148,9 +148,10 @@ class Limits:
     idle_timeout: float = 900.0
     """Seconds an /api connection may stay silent before it is closed."""
     relay_delay: float = 0.5
-    """Seconds a server linked to every other server waits before passing on changes
-    it got from one of them: the others almost always got them from their origin, and
-    relaying at once would send each change to each server once per server."""
+    """Seconds a server of a full mesh, linked to every other server, waits before passing
+    on changes it got from one of them: the others almost always got them from their
+    origin, and relaying at once would send each change to each server once per server.
+    Without the mesh (`--no-mesh`) a server relays at once."""
 
 
 class Node:
@@ -683,7 +684,12 @@ class Node:
             if self.gossip.has_data_to_send(conn_id):
                 link.wake.set()
 
-    def _linked_to_every_server(self) -> bool:
+    def _relays_can_wait(self) -> bool:
+        """In a full mesh (every server dials every server) with all of this server's links
+        up, the others are linked to each other too, as far as we can tell: changes reach
+        them from their origin. Without the mesh, this server may be their only way."""
+        if not self._net.mesh:
+            return False
         others = set(self.cluster.servers()) - {self.name}
         return others <= set(self.connected_peers())
 
@@ -950,7 +956,7 @@ class Node:
                 going_on = False
                 break
         if changed:
-            gossip.relay_later = self._linked_to_every_server()
+            gossip.relay_later = self._relays_can_wait()
         for document_id, before_heads in changed.items():
             await self._persist_from_peer(document_id, before_heads, counts[document_id])
         self._schedule_relays()

@@ -6,6 +6,7 @@ checks. Real sockets on 127.0.0.1; multi-process scenarios are in test_cluster.p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -179,6 +180,8 @@ async def test_without_mesh_a_server_dials_only_its_peers(tmp_path: Path) -> Non
     a = await start_primary(tmp_path, mesh=False)
     b = await start_secondary(tmp_path, "b", a, mesh=False)
     c = await start_secondary(tmp_path, "c", b, mesh=False)
+    # Without the mesh, b is c's only way to a: it must relay at once, never later.
+    b.limits = dataclasses.replace(b.limits, relay_delay=3600.0)
     try:
         await a.create_domain("chain", created_by="admin")
         await wait_until(lambda: c.domain_heads() == a.domain_heads())
@@ -320,3 +323,24 @@ async def test_compaction_waits_for_the_log_to_match_the_snapshots(tmp_path: Pat
         assert sorted(host_names(reopened, "acme")) == sorted(f"h{i}" for i in range(12))
     finally:
         await reopened.close()
+
+
+async def test_in_a_full_mesh_changes_reach_every_server_from_their_origin(
+    tmp_path: Path,
+) -> None:
+    a = await start_primary(tmp_path)
+    b = await start_secondary(tmp_path, "b", a)
+    c = await start_secondary(tmp_path, "c", a)
+    nodes = (a, b, c)
+    try:
+        await wait_until(lambda: all(len(n.connected_peers()) == 2 for n in nodes))
+        for node in nodes:  # relays would come only after an hour
+            node.limits = dataclasses.replace(node.limits, relay_delay=3600.0)
+        await a.create_domain("mesh", created_by="admin")
+        await wait_until(lambda: b.domain_heads() == c.domain_heads() == a.domain_heads())
+        await publish_host(b, "mesh", "from-b")
+        await wait_until(lambda: "from-b" in host_names(c, "mesh"))
+        assert host_names(a, "mesh") == host_names(c, "mesh") == ["from-b"]
+    finally:
+        for node in (c, b, a):
+            await node.stop()

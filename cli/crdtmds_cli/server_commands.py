@@ -207,8 +207,9 @@ def start_command(
         typer.Option(
             "--relay-delay",
             min=0.0,
-            help="Seconds to wait before passing one server's changes on to the others "
-            "while linked to every server (they most likely have them from their origin).",
+            help="In a full mesh, seconds to wait before passing one server's changes on to "
+            "the others while linked to every server (they most likely have them from their "
+            "origin). Without the mesh, changes are relayed at once.",
         ),
     ] = DEFAULT_LIMITS.relay_delay,
     compact_threshold: Annotated[
