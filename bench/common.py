@@ -1178,15 +1178,15 @@ def encode_sync_message(
 ) -> bytes:
     """A v1 sync message without capabilities; each `have` entry is a last-sync set sent
     with an empty bloom filter (it holds nothing), each of `changes` one change chunk."""
-    from crdtmds.storage import _encode_uleb128
+    from crdtmds.changes import encode_uleb128
 
     def hashes(values: Sequence[bytes]) -> bytes:
-        return _encode_uleb128(len(values)) + b"".join(sorted(values))
+        return encode_uleb128(len(values)) + b"".join(sorted(values))
 
-    parts = [bytes([SYNC_MESSAGE_V1]), hashes(heads), hashes(need), _encode_uleb128(len(have))]
-    parts += [hashes(last_sync) + _encode_uleb128(0) for last_sync in have]
-    parts.append(_encode_uleb128(len(changes)))
-    parts += [_encode_uleb128(len(chunk)) + chunk for chunk in changes]
+    parts = [bytes([SYNC_MESSAGE_V1]), hashes(heads), hashes(need), encode_uleb128(len(have))]
+    parts += [hashes(last_sync) + encode_uleb128(0) for last_sync in have]
+    parts.append(encode_uleb128(len(changes)))
+    parts += [encode_uleb128(len(chunk)) + chunk for chunk in changes]
     return b"".join(parts)
 
 
@@ -1196,23 +1196,23 @@ def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     The hash is the SHA-256 of the uncompressed chunk's type, length and body; the body
     starts with the dependencies. ValueError if the chunk is malformed.
     """
-    from crdtmds.changes import _change_body, _change_hash
+    from crdtmds.changes import change_body, change_hash
     from crdtmds.errors import ProtocolError
 
     try:
-        body = _change_body(chunk)  # checks the checksum and inflates a deflated chunk
+        body = change_body(chunk)  # checks the checksum and inflates a deflated chunk
     except ProtocolError as exc:
         raise ValueError(exc.message) from None
-    return _change_hash(body), tuple(_Reader(body).hashes())
+    return change_hash(body), tuple(_Reader(body).hashes())
 
 
 def sync_message_changes(message: SyncMessage) -> list[tuple[bytes, tuple[bytes, ...]]]:
     """(hash, deps) of every change a sync message carries, in the order it carries them."""
-    from crdtmds.storage import _split_chunks
+    from crdtmds.storage import split_chunks
 
     found = []
     for entry in message.changes:
-        for chunk in _split_chunks(entry):
+        for chunk in split_chunks(entry):
             if chunk[8] == _DOCUMENT_CHUNK:
                 found += document_changes(chunk)
             else:

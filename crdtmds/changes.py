@@ -112,7 +112,7 @@ class DecodedChange:
 
 def decode_change(chunk: bytes) -> DecodedChange:
     """The operations of one change chunk (plain or compressed); ProtocolError if malformed."""
-    body = _change_body(bytes(chunk))
+    body = change_body(bytes(chunk))
     try:
         return _decode_body(body)
     except _Truncated:
@@ -145,7 +145,9 @@ def parse_object_id(exid: bytes) -> ObjectId:
 # ---------------------------------------------------------------- chunk and metadata
 
 
-def _change_body(chunk: bytes) -> bytes:
+def change_body(chunk: bytes) -> bytes:
+    """The uncompressed body of one change chunk, its checksum checked; ProtocolError if
+    the chunk is malformed."""
     reader = _Reader(chunk)
     try:
         if reader.take(4) != MAGIC:
@@ -161,14 +163,15 @@ def _change_body(chunk: bytes) -> bytes:
         body = _inflate(body)
     elif chunk_type != CHUNK_CHANGE:
         raise ProtocolError(f"chunk type {chunk_type} is not a change")
-    if _change_hash(body)[:4] != checksum:
+    if change_hash(body)[:4] != checksum:
         raise ProtocolError("change chunk checksum mismatch")
     return body
 
 
-def _change_hash(body: bytes) -> bytes:
-    # The hash (and checksum) covers the uncompressed form: type, length, body.
-    return hashlib.sha256(bytes([CHUNK_CHANGE]) + _uleb_bytes(len(body)) + body).digest()
+def change_hash(body: bytes) -> bytes:
+    """The hash of the change whose uncompressed body is `body` (its chunk's checksum is
+    the first 4 bytes): SHA-256 of chunk type, length and body."""
+    return hashlib.sha256(bytes([CHUNK_CHANGE]) + encode_uleb128(len(body)) + body).digest()
 
 
 def _inflate(data: bytes) -> bytes:
@@ -193,7 +196,7 @@ def _decode_body(body: bytes) -> DecodedChange:
     actors = [actor] + [reader.take(reader.uleb()) for _ in range(reader.count(1))]
     columns = _read_columns(reader)
     ops = _decode_ops(columns, actors, actor, start_op)
-    return DecodedChange(_change_hash(body), actor, seq, start_op, deps, ops)
+    return DecodedChange(change_hash(body), actor, seq, start_op, deps, ops)
 
 
 def _read_columns(reader: _Reader) -> dict[int, bytes]:
@@ -400,7 +403,8 @@ class _Reader:
             raise ProtocolError("a key is not UTF-8") from None
 
 
-def _uleb_bytes(value: int) -> bytes:
+def encode_uleb128(value: int) -> bytes:
+    """`value` as unsigned LEB128."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -410,3 +414,21 @@ def _uleb_bytes(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def read_uleb128(data: bytes, position: int) -> tuple[int, int]:
+    """The unsigned LEB128 integer at ``position`` and the position after it; ValueError
+    if the input ends inside it or it is longer than 64 bits."""
+    value = 0
+    shift = 0
+    while True:
+        if position >= len(data):
+            raise ValueError("truncated integer")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+        if shift > 63:
+            raise ValueError("integer too long")

@@ -37,6 +37,7 @@ from typing import Any
 import aiosqlite
 import automerge.core
 
+from crdtmds.changes import encode_uleb128, read_uleb128
 from crdtmds.errors import StorageCorruption, StorageError, StorageVersionError
 
 SCHEMA_VERSION = 1
@@ -770,35 +771,6 @@ class _Chunk:
     body: bytes
 
 
-def _read_uleb128(data: bytes, position: int) -> tuple[int, int]:
-    """The unsigned LEB128 integer at ``position`` and the position after it."""
-    value = 0
-    shift = 0
-    while True:
-        if position >= len(data):
-            raise ValueError("truncated integer")
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-        if shift > 63:
-            raise ValueError("integer too long")
-
-
-def _encode_uleb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _parse_chunk(data: bytes) -> _Chunk:
     """Split one whole chunk into its parts; the data must hold exactly that chunk."""
     if len(data) < 10:
@@ -806,14 +778,14 @@ def _parse_chunk(data: bytes) -> _Chunk:
     if data[:4] != _MAGIC:
         raise ValueError("invalid magic bytes")
     chunk_type = data[8]
-    length, start = _read_uleb128(data, 9)
+    length, start = read_uleb128(data, 9)
     if len(data) - start != length:
         raise ValueError(f"body is {len(data) - start} bytes, header says {length}")
     return _Chunk(chunk_type, data[4:8], data[start:])
 
 
 def _uncompressed_hash(chunk_type: int, body: bytes) -> bytes:
-    return hashlib.sha256(bytes([chunk_type]) + _encode_uleb128(len(body)) + body).digest()
+    return hashlib.sha256(bytes([chunk_type]) + encode_uleb128(len(body)) + body).digest()
 
 
 def _check_change_chunk(data: bytes) -> None:
@@ -831,14 +803,14 @@ def _check_change_chunk(data: bytes) -> None:
         raise ValueError("checksum mismatch")
 
 
-def _split_chunks(data: bytes) -> list[bytes]:
+def split_chunks(data: bytes) -> list[bytes]:
     """The consecutive chunks `data` is made of, by their headers (not otherwise checked)."""
     chunks = []
     position = 0
     while position < len(data):
         if len(data) - position < 10 or data[position : position + 4] != _MAGIC:
             raise ValueError(f"no chunk at byte {position}")
-        length, start = _read_uleb128(data, position + 9)
+        length, start = read_uleb128(data, position + 9)
         if start + length > len(data):
             raise ValueError(f"chunk at byte {position} is truncated")
         chunks.append(data[position : start + length])
@@ -849,7 +821,7 @@ def _split_chunks(data: bytes) -> list[bytes]:
 def _document_chunk_heads(data: bytes) -> list[bytes]:
     """Check a saved document: a document chunk, then any change chunks `Document.save()`
     appends for changes still waiting for a dependency. Returns the document chunk's heads."""
-    leading, *queued = _split_chunks(data) or [b""]
+    leading, *queued = split_chunks(data) or [b""]
     for change in queued:
         _check_change_chunk(change)
     chunk = _parse_chunk(leading)
@@ -858,11 +830,11 @@ def _document_chunk_heads(data: bytes) -> list[bytes]:
     if _uncompressed_hash(_DOCUMENT_CHUNK, chunk.body)[:4] != chunk.checksum:
         raise ValueError("checksum mismatch")
     body = chunk.body
-    actor_count, position = _read_uleb128(body, 0)
+    actor_count, position = read_uleb128(body, 0)
     for _ in range(actor_count):
-        actor_length, position = _read_uleb128(body, position)
+        actor_length, position = read_uleb128(body, position)
         position += actor_length
-    head_count, position = _read_uleb128(body, position)
+    head_count, position = read_uleb128(body, position)
     end = position + head_count * HEAD_SIZE
     if end > len(body):
         raise ValueError("truncated heads")

@@ -40,13 +40,13 @@ def document_with_hosts(count: int) -> Document:
 
 def deflated(raw: bytes) -> bytes:
     """A plain change chunk rewritten as a deflated one (type 2), checksum kept."""
-    from crdtmds.storage import _encode_uleb128, _read_uleb128
+    from crdtmds.changes import encode_uleb128, read_uleb128
 
-    length, start = _read_uleb128(raw, 9)
+    length, start = read_uleb128(raw, 9)
     assert raw[8] == 1 and len(raw) - start == length
     squeezer = zlib.compressobj(wbits=-15)
     body = squeezer.compress(raw[start:]) + squeezer.flush()
-    return raw[:8] + b"\x02" + _encode_uleb128(len(body)) + body
+    return raw[:8] + b"\x02" + encode_uleb128(len(body)) + body
 
 
 # ---------------------------------------------------------------- change chunks

@@ -20,7 +20,9 @@ from crdtmds.changes import (
     SET,
     Op,
     decode_change,
+    encode_uleb128,
     parse_object_id,
+    read_uleb128,
 )
 from crdtmds.errors import ProtocolError
 
@@ -231,3 +233,13 @@ def test_mutated_bodies_decode_or_raise_protocol_error(data: st.DataObject) -> N
     except ProtocolError:
         return
     assert all(isinstance(op, Op) for op in change.ops)
+
+
+def test_leb128_round_trip_and_errors() -> None:
+    for value in (0, 1, 127, 128, 300, 2**32, 2**63 - 1):
+        encoded = encode_uleb128(value)
+        assert read_uleb128(b"x" + encoded + b"y", 1) == (value, 1 + len(encoded))
+    with pytest.raises(ValueError, match="truncated"):
+        read_uleb128(b"\x80\x80", 0)
+    with pytest.raises(ValueError, match="too long"):
+        read_uleb128(b"\xff" * 10 + b"\x01", 0)
