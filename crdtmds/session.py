@@ -3,8 +3,10 @@
 A session is a fork of the domain document taken when it opens. Every edit is validated
 against the session's own view of the domain (so names are unique as the session sees
 them), then written to the fork as one Automerge change. Nobody else sees the fork.
-Publishing hands the fork's own changes to the caller to persist, then merges them into
-the live document; discarding drops the fork.
+Publishing hands the fork's own changes to the caller to persist, then brings them into
+the live document: the fork becomes the live document when nobody published since it
+was taken, else it is merged. Discarding drops the fork. An emptied draft starts again
+from the live document when next used.
 
 This class does no I/O: the caller persists `take_unsaved_changes()` after each edit and
 the changes returned by `prepare_publish()` before `complete_publish()`.
