@@ -40,6 +40,11 @@ for _path in (CLI_ROOT, REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+# The sync-message codec is the servers' own (imported once the checkout is on the path).
+from crdtmds.errors import ProtocolError  # noqa: E402
+from crdtmds.gossip import SyncMessage  # noqa: E402
+from crdtmds.gossip import parse_sync_message as parse_any_sync_message  # noqa: E402
+
 # Server processes started from here run `python -m crdtmds_cli.main`: give them the checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(REPO_ROOT), str(CLI_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -1096,78 +1101,15 @@ class SyncPeer:
 SYNC_MESSAGE_V1 = 0x42
 SYNC_MESSAGE_V2 = 0x43
 _DOCUMENT_CHUNK = 0
-_HASH_SIZE = 32
-
-
-@dataclass(frozen=True, slots=True)
-class SyncMessage:
-    """The fields of one automerge sync message (changes left as chunk bytes)."""
-
-    heads: list[bytes]
-    need: list[bytes]
-    have: list[tuple[list[bytes], bytes]]
-    """(last-sync hashes, encoded bloom filter) pairs."""
-    changes: list[bytes]
-    """The entries of the change list, each one or more chunks."""
-    capabilities: bytes | None = None
-
-
-class _Reader:
-    """Reads the fields of a binary message; ValueError when the input runs short."""
-
-    __slots__ = ("data", "position")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.position = 0
-
-    def remaining(self) -> int:
-        return len(self.data) - self.position
-
-    def take(self, size: int) -> bytes:
-        if size > self.remaining():
-            raise ValueError("not enough input")
-        self.position += size
-        return self.data[self.position - size : self.position]
-
-    def uleb128(self) -> int:
-        value, shift = 0, 0
-        while shift < 64:
-            byte = self.take(1)[0]
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-        raise ValueError("LEB128 number too long")
-
-    def count(self, min_item_size: int) -> int:
-        """A length prefix, checked against the input left so that it cannot lie."""
-        count = self.uleb128()
-        if count * min_item_size > self.remaining():
-            raise ValueError("not enough input")
-        return count
-
-    def hashes(self) -> list[bytes]:
-        return [self.take(_HASH_SIZE) for _ in range(self.count(_HASH_SIZE))]
-
-    def prefixed(self) -> bytes:
-        return self.take(self.uleb128())
 
 
 def parse_sync_message(data: bytes) -> SyncMessage:
-    """The fields of an encoded automerge sync message; ValueError if it is not one."""
-    reader = _Reader(data)
-    kind = reader.take(1)[0]
-    if kind not in (SYNC_MESSAGE_V1, SYNC_MESSAGE_V2):
-        raise ValueError(f"unknown sync message type 0x{kind:02x}")
-    heads = reader.hashes()
-    need = reader.hashes()
-    have = [(reader.hashes(), reader.prefixed()) for _ in range(reader.count(2))]
-    changes = [reader.prefixed() for _ in range(reader.count(1))]
-    capabilities = reader.take(reader.count(1)) if reader.remaining() else None
-    if reader.remaining():
-        raise ValueError("trailing bytes after the sync message")
-    return SyncMessage(heads, need, have, changes, capabilities)
+    """The fields of an encoded automerge sync message, nothing after them; ValueError if
+    it is not one."""
+    try:
+        return parse_any_sync_message(data, exact=True)
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
 
 
 def encode_sync_message(
@@ -1196,14 +1138,14 @@ def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     The hash is the SHA-256 of the uncompressed chunk's type, length and body; the body
     starts with the dependencies. ValueError if the chunk is malformed.
     """
-    from crdtmds.changes import change_body, change_hash
-    from crdtmds.errors import ProtocolError
+    from crdtmds.changes import change_body, change_deps, change_hash
 
     try:
         body = change_body(chunk)  # checks the checksum and inflates a deflated chunk
+        deps = change_deps(body)
     except ProtocolError as exc:
         raise ValueError(exc.message) from None
-    return change_hash(body), tuple(_Reader(body).hashes())
+    return change_hash(body), deps
 
 
 def sync_message_changes(message: SyncMessage) -> list[tuple[bytes, tuple[bytes, ...]]]:

@@ -187,7 +187,7 @@ def _inflate(data: bytes) -> bytes:
 
 def _decode_body(body: bytes) -> DecodedChange:
     reader = _Reader(body)
-    deps = tuple(reader.take(32) for _ in range(reader.count(32)))
+    deps = _read_deps(reader)
     actor = reader.take(reader.uleb())
     seq = reader.uleb()
     start_op = reader.uleb()
@@ -197,6 +197,19 @@ def _decode_body(body: bytes) -> DecodedChange:
     columns = _read_columns(reader)
     ops = _decode_ops(columns, actors, actor, start_op)
     return DecodedChange(change_hash(body), actor, seq, start_op, deps, ops)
+
+
+def change_deps(body: bytes) -> tuple[bytes, ...]:
+    """The hashes of the changes a change depends on, which open its uncompressed body;
+    ProtocolError if they cannot be read."""
+    try:
+        return _read_deps(_Reader(body))
+    except _Truncated:
+        raise ProtocolError("truncated change chunk") from None
+
+
+def _read_deps(reader: _Reader) -> tuple[bytes, ...]:
+    return tuple(reader.take(32) for _ in range(reader.count(32)))
 
 
 def _read_columns(reader: _Reader) -> dict[int, bytes]:
@@ -327,7 +340,7 @@ def _booleans(data: bytes, count: int) -> list[bool]:
 # ---------------------------------------------------------------- primitive reads
 
 
-class _Truncated(Exception):
+class _Truncated(ValueError):
     """The input ended inside a value."""
 
 
@@ -362,23 +375,16 @@ class _Reader:
             raise _Truncated
         return value
 
-    # The LEB128 reads are the decoder's innermost loop: locals, not `byte()` calls.
     def uleb(self) -> int:
-        data, pos = self.data, self.pos
-        result = shift = 0
-        while True:
-            if pos >= len(data):
-                raise _Truncated
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                self.pos = pos
-                return result
-            shift += 7
-            if shift > 63:
-                raise ProtocolError("LEB128 number longer than 64 bits")
+        try:
+            value, self.pos = read_uleb128(self.data, self.pos)
+        except _Truncated:
+            raise
+        except ValueError:
+            raise ProtocolError("LEB128 number longer than 64 bits") from None
+        return value
 
+    # The LEB128 reads are the decoder's innermost loop: locals, not `byte()` calls.
     def sleb(self) -> int:
         data, pos = self.data, self.pos
         result = shift = 0
@@ -418,16 +424,19 @@ def encode_uleb128(value: int) -> bytes:
 
 def read_uleb128(data: bytes, position: int) -> tuple[int, int]:
     """The unsigned LEB128 integer at ``position`` and the position after it; ValueError
-    if the input ends inside it or it is longer than 64 bits."""
+    if the input ends inside it or it does not fit in 64 bits."""
     value = 0
     shift = 0
+    end = len(data)
     while True:
-        if position >= len(data):
-            raise ValueError("truncated integer")
+        if position >= end:
+            raise _Truncated("truncated integer")
         byte = data[position]
         position += 1
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
+            if value >> 64:
+                raise ValueError("integer too long")
             return value, position
         shift += 7
         if shift > 63:

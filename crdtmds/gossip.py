@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from automerge.core import Document, Message, SyncState
 
+from crdtmds.changes import read_uleb128
 from crdtmds.errors import CrdtmdsError, ProtocolError
 from crdtmds.protocol import (
     MAX_MESSAGE_SIZE_DEFAULT,
@@ -678,59 +679,11 @@ class Gossip:
 _SYNC_MESSAGE_V1 = 0x42
 _SYNC_MESSAGE_V2 = 0x43
 _HASH_SIZE = 32
-_MAX_LEB128_BYTES = 10
 
 
-class _SyncMessageReader:
-    """Walks the fields of an Automerge sync message without interpreting them."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    @property
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-    def byte(self) -> int:
-        if self.remaining < 1:
-            raise ProtocolError("sync message: not enough input")
-        value = self._data[self._pos]
-        self._pos += 1
-        return value
-
-    def uleb128(self) -> int:
-        value = 0
-        for index in range(_MAX_LEB128_BYTES):
-            byte = self.byte()
-            value |= (byte & 0x7F) << (7 * index)
-            if not byte & 0x80:
-                if value >= 1 << 64:
-                    break
-                return value
-        raise ProtocolError("sync message: LEB128 number too large")
-
-    def skip(self, size: int) -> None:
-        if size > self.remaining:
-            raise ProtocolError("sync message: not enough input")
-        self._pos += size
-
-    def count(self, min_item_size: int) -> int:
-        """A length prefix, checked against the input left so that it cannot lie."""
-        count = self.uleb128()
-        if count * min_item_size > self.remaining:
-            raise ProtocolError("sync message: not enough input")
-        return count
-
-    def hashes(self) -> None:
-        self.skip(self.count(_HASH_SIZE) * _HASH_SIZE)
-
-    def length_prefixed_bytes(self) -> None:
-        self.skip(self.uleb128())
-
-
-def sync_message_has_changes(data: bytes) -> bool:
-    """Whether an encoded Automerge sync message carries changes, without applying it.
+@dataclass(frozen=True, slots=True)
+class SyncMessage:
+    """The fields of one Automerge sync message, its changes left as chunk bytes.
 
     The layout (automerge ``sync.rs``)::
 
@@ -740,21 +693,87 @@ def sync_message_has_changes(data: bytes) -> bool:
         have               uleb128 count of (last_sync hashes, uleb128-prefixed bloom filter)
         changes            uleb128 count of uleb128-prefixed chunks (v2: one whole document)
         capabilities       optional: uleb128 count of one-byte capabilities
+    """
 
-    Raises ProtocolError when ``data`` is not such a message.
+    heads: list[bytes]
+    need: list[bytes]
+    have: list[tuple[list[bytes], bytes]]
+    """(last-sync hashes, encoded bloom filter) pairs."""
+    changes: list[bytes]
+    """The entries of the change list, each one or more chunks."""
+    capabilities: bytes | None = None
+
+
+def parse_sync_message(data: bytes, *, exact: bool = False) -> SyncMessage:
+    """The fields of an encoded sync message; ProtocolError when ``data`` is not one.
+
+    Bytes after the capabilities are ignored, as Automerge ignores them, unless
+    ``exact``.
     """
     reader = _SyncMessageReader(data)
-    kind = reader.byte()
-    if kind not in (_SYNC_MESSAGE_V1, _SYNC_MESSAGE_V2):
-        raise ProtocolError(f"sync message: unknown type byte 0x{kind:02x}")
-    reader.hashes()  # heads
-    reader.hashes()  # need
-    for _ in range(reader.count(2)):  # have: two length prefixes at least
-        reader.hashes()
-        reader.length_prefixed_bytes()
-    change_count = reader.count(1)
-    for _ in range(change_count):
-        reader.length_prefixed_bytes()
-    if reader.remaining:
-        reader.skip(reader.count(1))  # capabilities, one byte each
-    return change_count > 0
+    heads = reader.heads()
+    need = reader.hashes()
+    have = [(reader.hashes(), reader.length_prefixed_bytes()) for _ in range(reader.count(2))]
+    changes = [reader.length_prefixed_bytes() for _ in range(reader.count(1))]
+    capabilities = reader.take(reader.count(1)) if reader.remaining else None
+    if exact and reader.remaining:
+        raise ProtocolError("sync message: trailing bytes after the capabilities")
+    return SyncMessage(heads, need, have, changes, capabilities)
+
+
+def sync_message_heads(data: bytes) -> list[bytes]:
+    """The sender's heads, which open a sync message; ProtocolError if they cannot be read
+    (the rest of the message is not looked at)."""
+    return _SyncMessageReader(data).heads()
+
+
+def sync_message_has_changes(data: bytes) -> bool:
+    """Whether an encoded Automerge sync message carries changes, without applying it.
+    Raises ProtocolError when ``data`` is not such a message."""
+    return bool(parse_sync_message(data).changes)
+
+
+class _SyncMessageReader:
+    """Reads the fields of an Automerge sync message, checking every length against the
+    input left."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def heads(self) -> list[bytes]:
+        """The type byte, then the heads."""
+        kind = self.take(1)[0]
+        if kind not in (_SYNC_MESSAGE_V1, _SYNC_MESSAGE_V2):
+            raise ProtocolError(f"sync message: unknown type byte 0x{kind:02x}")
+        return self.hashes()
+
+    def uleb128(self) -> int:
+        try:
+            value, self._pos = read_uleb128(self._data, self._pos)
+        except ValueError as exc:
+            raise ProtocolError(f"sync message: {exc}") from None
+        return value
+
+    def take(self, size: int) -> bytes:
+        if size > self.remaining:
+            raise ProtocolError("sync message: not enough input")
+        self._pos += size
+        return self._data[self._pos - size : self._pos]
+
+    def count(self, min_item_size: int) -> int:
+        """A length prefix, checked against the input left so that it cannot lie."""
+        count = self.uleb128()
+        if count * min_item_size > self.remaining:
+            raise ProtocolError("sync message: not enough input")
+        return count
+
+    def hashes(self) -> list[bytes]:
+        return [self.take(_HASH_SIZE) for _ in range(self.count(_HASH_SIZE))]
+
+    def length_prefixed_bytes(self) -> bytes:
+        return self.take(self.uleb128())

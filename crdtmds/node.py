@@ -78,6 +78,7 @@ from crdtmds.gossip import (
     PeerConnected,
     PeerInfo,
 )
+from crdtmds.gossip import sync_message_heads as read_sync_message_heads
 from crdtmds.protocol import Error, Join, Peer, Request, Sync, decode, encode, new_document_id
 from crdtmds.session import Session
 from crdtmds.storage import DEFAULT_COMPACT_THRESHOLD, LoadProblem, SessionRecord, Storage
@@ -1471,22 +1472,10 @@ def client_ssl_context(extra_ca: str | None = None) -> ssl.SSLContext:
 
 def sync_message_heads(data: bytes) -> list[bytes] | None:
     """The sender's heads at the start of an Automerge sync message; None if malformed."""
-    if len(data) < 2 or data[0] not in (0x42, 0x43):
+    try:
+        return read_sync_message_heads(data)
+    except ProtocolError:
         return None
-    count, position, shift = 0, 1, 0
-    while position < len(data) and shift < 64:
-        byte = data[position]
-        position += 1
-        count |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    else:
-        return None
-    end = position + count * 32
-    if end > len(data):
-        return None
-    return [data[i : i + 32] for i in range(position, end, 32)]
 
 
 # ---------------------------------------------------------------- URLs and addresses
