@@ -391,11 +391,6 @@ class Storage:
         async with self._write(f"replace changes of session {uid}") as connection:
             await _rebase_session(connection, uid, base_heads, changes)
 
-    async def touch_session(self, uid: str, last_active: float) -> None:
-        """Record a session's last activity; a session no longer stored is ignored."""
-        async with self._write(f"touch session {uid}") as connection:
-            await _touch_session(connection, uid, last_active)
-
     async def delete_session(self, uid: str) -> None:
         """Remove a session and its changes; deleting an unknown session is a no-op."""
         async with self._write(f"delete session {uid}") as connection:
@@ -612,12 +607,6 @@ async def _update_draft_metadata(
             f"session {uid} has stored changes: its base heads cannot move",
             details={"session_uid": uid},
         )
-
-
-async def _touch_session(connection: aiosqlite.Connection, uid: str, last_active: float) -> None:
-    await connection.execute(
-        "UPDATE sessions SET last_active = ? WHERE uid = ?", (last_active, uid)
-    )
 
 
 async def _require_session(connection: aiosqlite.Connection, uid: str) -> None:

@@ -313,7 +313,7 @@ async def test_save_session_updates_metadata_and_keeps_changes(storage: Storage)
     assert record.changes == [b"one", b"two"]
 
 
-async def test_replace_touch_and_delete_sessions(storage: Storage) -> None:
+async def test_replace_and_delete_sessions(storage: Storage) -> None:
     await storage.save_session(session_record("s1", 10.0))
     await storage.save_session(session_record("s2", 20.0))
     await storage.append_session_changes("s1", [b"a", b"b", b"c"])
@@ -321,7 +321,7 @@ async def test_replace_touch_and_delete_sessions(storage: Storage) -> None:
     new_heads = [bytes([9]) * 32]
     await storage.replace_session_changes("s1", new_heads, [b"d"])
     await storage.append_session_changes("s1", [b"e"])
-    await storage.touch_session("s1", 123.25)
+    await storage.append_session_changes("s1", [], last_active=123.25)
     s1, s2 = await storage.load_sessions()
     assert (s1.base_heads, s1.changes, s1.last_active) == (new_heads, [b"d", b"e"], 123.25)
     assert s2.changes == [b"x"]
@@ -329,7 +329,6 @@ async def test_replace_touch_and_delete_sessions(storage: Storage) -> None:
     await storage.replace_session_changes("s1", [], [])
     await storage.delete_session("s2")
     await storage.delete_session("s2")
-    await storage.touch_session("s2", 1.0)
     (s1,) = await storage.load_sessions()
     assert (s1.uid, s1.base_heads, s1.changes) == ("s1", [], [])
 
