@@ -55,20 +55,6 @@ DEFAULT_RESULTS_DIR = REPO_ROOT / "bench" / "results"
 now = time.perf_counter
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by the processes `pids` (Linux /proc); a
-    process that is gone counts 0."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -216,6 +202,12 @@ def process_cpu_seconds(pid: int) -> float:
         return math.nan
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used so far; a process that is
+    gone counts 0."""
+    return sum(seconds for seconds in map(process_cpu_seconds, pids) if not math.isnan(seconds))
 
 
 def reset_peak_memory() -> bool:
