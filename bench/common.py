@@ -1130,19 +1130,17 @@ def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     The hash is the SHA-256 of the uncompressed chunk's type, length and body; the body
     starts with the dependencies. ValueError if the chunk is malformed.
     """
-    from crdtmds.changes import change_body, change_deps, change_hash
+    from crdtmds.changes import change_hash_and_deps as hash_and_deps
 
     try:
-        body = change_body(chunk)  # checks the checksum and inflates a deflated chunk
-        deps = change_deps(body)
+        return hash_and_deps(chunk)
     except ProtocolError as exc:
         raise ValueError(exc.message) from None
-    return change_hash(body), deps
 
 
 def sync_message_changes(message: SyncMessage) -> list[tuple[bytes, tuple[bytes, ...]]]:
     """(hash, deps) of every change a sync message carries, in the order it carries them."""
-    from crdtmds.storage import split_chunks
+    from crdtmds.changes import split_chunks
 
     found = []
     for entry in message.changes:

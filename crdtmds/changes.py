@@ -41,8 +41,11 @@ __all__ = [
     "DecodedChange",
     "ObjectId",
     "Op",
+    "applied_chunks",
+    "change_hash_and_deps",
     "decode_change",
     "parse_object_id",
+    "split_chunks",
 ]
 
 ObjectId = tuple[int, bytes]
@@ -112,9 +115,9 @@ class DecodedChange:
 
 def decode_change(chunk: bytes) -> DecodedChange:
     """The operations of one change chunk (plain or compressed); ProtocolError if malformed."""
-    body = change_body(bytes(chunk))
+    body, digest = _checked_body(bytes(chunk))
     try:
-        return _decode_body(body)
+        return _decode_body(body, digest)
     except _Truncated:
         raise ProtocolError("truncated change chunk") from None
 
@@ -145,9 +148,9 @@ def parse_object_id(exid: bytes) -> ObjectId:
 # ---------------------------------------------------------------- chunk and metadata
 
 
-def change_body(chunk: bytes) -> bytes:
-    """The uncompressed body of one change chunk, its checksum checked; ProtocolError if
-    the chunk is malformed."""
+def _checked_body(chunk: bytes) -> tuple[bytes, bytes]:
+    """The uncompressed body of one change chunk and the change's hash, its checksum
+    checked; ProtocolError if the chunk is malformed."""
     reader = _Reader(chunk)
     try:
         if reader.take(4) != MAGIC:
@@ -163,9 +166,60 @@ def change_body(chunk: bytes) -> bytes:
         body = _inflate(body)
     elif chunk_type != CHUNK_CHANGE:
         raise ProtocolError(f"chunk type {chunk_type} is not a change")
-    if change_hash(body)[:4] != checksum:
+    digest = change_hash(body)
+    if digest[:4] != checksum:
         raise ProtocolError("change chunk checksum mismatch")
-    return body
+    return body, digest
+
+
+def applied_chunks(
+    entries: list[bytes], before_heads: list[bytes], heads: list[bytes]
+) -> list[tuple[bytes, bytes]] | None:
+    """``(hash, chunk)`` for each change chunk in `entries` (a sync message's changes, each
+    one or more chunks), if applying them is exactly what took a document from
+    `before_heads` to `heads`; else None (a whole document in a message included).
+
+    The heads they would give are the old heads and the chunks' hashes, less every hash a
+    chunk depends on. When that matches `heads`, every chunk was applied (one left queued
+    for a missing dependency would be a head or the dependency of one) and no other change
+    was (one released from the queue would be a head or hide one). A chunk that was held
+    already may be among them: storage ignores it. None means "ask the document".
+    """
+    pairs: list[tuple[bytes, bytes]] = []
+    covered: set[bytes] = set()
+    try:
+        for entry in entries:
+            for chunk in split_chunks(entry):
+                digest, deps = change_hash_and_deps(chunk)
+                pairs.append((digest, chunk))
+                covered.update(deps)
+    except (ProtocolError, ValueError):
+        return None
+    predicted = (set(before_heads) | {h for h, _ in pairs}) - covered
+    return pairs if predicted == set(heads) else None
+
+
+def split_chunks(data: bytes) -> list[bytes]:
+    """The consecutive chunks `data` is made of, by their headers (not otherwise checked);
+    ValueError if it is not such a sequence."""
+    chunks = []
+    position = 0
+    while position < len(data):
+        if len(data) - position < 10 or data[position : position + 4] != MAGIC:
+            raise ValueError(f"no chunk at byte {position}")
+        length, start = read_uleb128(data, position + 9)
+        if start + length > len(data):
+            raise ValueError(f"chunk at byte {position} is truncated")
+        chunks.append(data[position : start + length])
+        position = start + length
+    return chunks
+
+
+def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """The hash and the dependencies of one change chunk (plain or compressed), its
+    checksum checked; ProtocolError if it is malformed."""
+    body, digest = _checked_body(chunk)
+    return digest, change_deps(body)
 
 
 def change_hash(body: bytes) -> bytes:
@@ -185,7 +239,7 @@ def _inflate(data: bytes) -> bytes:
     return out
 
 
-def _decode_body(body: bytes) -> DecodedChange:
+def _decode_body(body: bytes, digest: bytes) -> DecodedChange:
     reader = _Reader(body)
     deps = _read_deps(reader)
     actor = reader.take(reader.uleb())
@@ -196,7 +250,7 @@ def _decode_body(body: bytes) -> DecodedChange:
     actors = [actor] + [reader.take(reader.uleb()) for _ in range(reader.count(1))]
     columns = _read_columns(reader)
     ops = _decode_ops(columns, actors, actor, start_op)
-    return DecodedChange(change_hash(body), actor, seq, start_op, deps, ops)
+    return DecodedChange(digest, actor, seq, start_op, deps, ops)
 
 
 def change_deps(body: bytes) -> tuple[bytes, ...]:

@@ -157,6 +157,9 @@ class DocumentChanged:
     conn_id: str
     document_id: str
     before_heads: list[bytes]
+    chunks: tuple[bytes, ...] = ()
+    """The change chunks the message carried, which are usually exactly the changes applied
+    (`changes.applied_chunks` tells)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,12 +554,16 @@ class Gossip:
             doc.receive_sync_message(link.sync_state, Message.decode(data))
         except Exception as exc:  # the binding raises plain Exception on bad input
             raise ProtocolError(f"invalid sync message for {document_id}: {exc}") from exc
-        if sorted(doc.get_heads()) == sorted(before_heads):
-            conn.dirty[document_id] = None
+        fields = _parsed_or_none(data)
+        heads = doc.get_heads()
+        if sorted(heads) == sorted(before_heads):
+            if not _acknowledges(fields, heads):
+                conn.dirty[document_id] = None
             return []
         self._holds[document_id] = self._holds.get(document_id, 0) + 1
         self._sources.setdefault(document_id, set()).add(conn.conn_id)
-        return [DocumentChanged(conn.conn_id, document_id, before_heads)]
+        chunks = tuple(fields.changes) if fields is not None else ()
+        return [DocumentChanged(conn.conn_id, document_id, before_heads, chunks)]
 
     def _on_doc_unavailable(self, conn: _Connection, message: DocUnavailable) -> list[Event]:
         self._check_document_count(conn, message.document_id)
@@ -719,6 +726,27 @@ def parse_sync_message(data: bytes, *, exact: bool = False) -> SyncMessage:
     if exact and reader.remaining:
         raise ProtocolError("sync message: trailing bytes after the capabilities")
     return SyncMessage(heads, need, have, changes, capabilities)
+
+
+def _parsed_or_none(data: bytes) -> SyncMessage | None:
+    # Automerge accepted the message; a form this reader does not know only costs the
+    # shortcuts it allows.
+    try:
+        return parse_sync_message(data)
+    except ProtocolError:
+        return None
+
+
+def _acknowledges(fields: SyncMessage | None, heads: list[bytes]) -> bool:
+    """Whether a message that changed nothing only tells us the peer has what we have: it
+    needs nothing and its heads are ours, so there is nothing to answer."""
+    return (
+        fields is not None
+        and bool(heads)
+        and not fields.changes
+        and not fields.need
+        and sorted(fields.heads) == sorted(heads)
+    )
 
 
 def sync_message_heads(data: bytes) -> list[bytes]:

@@ -32,7 +32,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -54,6 +54,7 @@ from websockets.http11 import Response as HttpResponse
 
 from crdtmds import auth
 from crdtmds.api import AdminAPI
+from crdtmds.changes import applied_chunks
 from crdtmds.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
 from crdtmds.domain import Domain
 from crdtmds.errors import (
@@ -405,12 +406,20 @@ class Node:
         for listener in self._change_listeners:
             listener(document_id)
 
-    async def persist_received(self, document_id: str, before_heads: list[bytes]) -> int:
-        """Persist the changes a peer applied to a live document since `before_heads`."""
+    async def persist_received(
+        self, document_id: str, before_heads: list[bytes], chunks: Sequence[bytes] = ()
+    ) -> int:
+        """Persist the changes a peer applied to a live document since `before_heads`.
+
+        `chunks` are the change chunks the peer's messages carried: stored as they came
+        when they are exactly what was applied, which spares asking the document (its
+        `get_changes` rebuilds each change from the operations)."""
         doc = self.document(document_id)
         if doc is None:
             return 0
-        changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
+        changes = applied_chunks(list(chunks), before_heads, doc.get_heads()) if chunks else None
+        if changes is None:
+            changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
         await self._persist(document_id, changes)
         if document_id == self.cluster.document_id:
             self._cluster_document_updated()
@@ -932,6 +941,7 @@ class Node:
         gossip, net = self.gossip, self._net
         changed: dict[str, list[bytes]] = {}
         """Per document changed by this batch: its heads before the batch's first change."""
+        chunks: dict[str, list[bytes]] = {}
         counts: dict[str, int] = {}
         going_on = True
         for frame in batch:
@@ -950,6 +960,7 @@ class Node:
             for event in gossip.receive(link.conn_id, frame):
                 if isinstance(event, DocumentChanged):
                     changed.setdefault(event.document_id, event.before_heads)
+                    chunks.setdefault(event.document_id, []).extend(event.chunks)
                     counts[event.document_id] = counts.get(event.document_id, 0) + 1
                 else:
                     await self._handle_event(link, event)
@@ -959,7 +970,9 @@ class Node:
         if changed:
             gossip.relay_later = self._relays_can_wait()
         for document_id, before_heads in changed.items():
-            await self._persist_from_peer(document_id, before_heads, counts[document_id])
+            await self._persist_from_peer(
+                document_id, before_heads, chunks[document_id], counts[document_id]
+            )
         self._schedule_relays()
         self._wake_all()
         net.progress.set()
@@ -1016,12 +1029,12 @@ class Node:
                 log.warning("closing %s: %s", link.describe(), event.message)
 
     async def _persist_from_peer(
-        self, document_id: str, before_heads: list[bytes], events: int
+        self, document_id: str, before_heads: list[bytes], chunks: list[bytes], events: int
     ) -> None:
         """Persist, then let the hub forward. If the disk fails the document stays held:
         nothing that is not on disk here leaves this server."""
         try:
-            await self.persist_received(document_id, before_heads)
+            await self.persist_received(document_id, before_heads, chunks)
         except StorageError as exc:
             if self._net.running:  # else the storage closed under a shutdown
                 self._fail_fatally(exc)

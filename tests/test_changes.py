@@ -19,6 +19,8 @@ from crdtmds.changes import (
     ROOT_ID,
     SET,
     Op,
+    applied_chunks,
+    change_hash_and_deps,
     decode_change,
     encode_uleb128,
     parse_object_id,
@@ -243,3 +245,49 @@ def test_leb128_round_trip_and_errors() -> None:
         read_uleb128(b"\x80\x80", 0)
     with pytest.raises(ValueError, match="too long"):
         read_uleb128(b"\xff" * 10 + b"\x01", 0)
+
+
+def _chain(doc: Document, count: int) -> list[tuple[bytes, bytes]]:
+    """`count` new changes of `doc`, as (hash, chunk)."""
+    made = []
+    for index in range(count):
+        with doc.transaction() as tx:
+            tx.put(ROOT, f"k{index}", ScalarType.Int, index)
+        made.append(only_change(doc)[::-1])
+    return made
+
+
+def test_change_hash_and_deps_of_a_chunk() -> None:
+    doc = Document(actor_id=ALICE)
+    (first_hash, first), (second_hash, second) = _chain(doc, 2)
+    assert change_hash_and_deps(first) == (first_hash, ())
+    assert change_hash_and_deps(second) == (second_hash, (first_hash,))
+    with pytest.raises(ProtocolError):
+        change_hash_and_deps(second[:-1])
+
+
+def test_applied_chunks_when_they_are_exactly_what_moved_the_heads() -> None:
+    doc = Document(actor_id=ALICE)
+    (h0, _), (h1, c1), (h2, c2) = _chain(doc, 3)
+    assert applied_chunks([c1, c2], [h0], [h2]) == [(h1, c1), (h2, c2)]
+    # Automerge may send several changes as one entry of concatenated chunks.
+    assert applied_chunks([c1 + c2], [h0], [h2]) == [(h1, c1), (h2, c2)]
+    # A concurrent branch: the old head stays a head.
+    other = Document(actor_id=BOB)
+    (b0, d0), (b1, d1) = _chain(other, 2)
+    assert applied_chunks([d0, d1], [h2], [h2, b1]) == [(b0, d0), (b1, d1)]
+
+
+def test_applied_chunks_is_none_when_the_heads_say_otherwise() -> None:
+    doc = Document(actor_id=ALICE)
+    (h0, c0), (h1, c1), (h2, c2) = _chain(doc, 3)
+    # c2 queued for its missing dependency c1: the heads did not move to it.
+    assert applied_chunks([c2], [h0], [h0]) is None
+    # A change released from the queue besides the chunks (c2 arrived earlier).
+    assert applied_chunks([c1], [h0], [h2]) is None
+    # A chunk held already, that nothing new depends on.
+    assert applied_chunks([c0, c2], [h1], [h2]) is None
+    # Bytes that are not a change chunk, or not only change chunks.
+    assert applied_chunks([b"garbage"], [h0], [h1]) is None
+    assert applied_chunks([c1 + b"garbage"], [h0], [h1]) is None
+    assert applied_chunks([Document.load(c0).save()], [], [h0]) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import cbor2
 import pytest
@@ -10,6 +11,7 @@ from automerge.core import ROOT, Document, Message, ScalarType, SyncState, extra
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crdtmds.changes import change_hash_and_deps
 from crdtmds.errors import AuthenticationFailed, ProtocolError
 from crdtmds.gossip import (
     ConnectionFailed,
@@ -392,6 +394,42 @@ def test_unchanged_heads_mark_only_the_sender_dirty() -> None:
     frames_to_a = [m for m in net.messages(b, a) if isinstance(m, Sync)]
     # b answered each peer's announcement once, and never relayed one peer's to the other
     assert len(frames_to_a) == len(frames_to_c) == 1
+
+
+class _CountingDocument:
+    """A document that notes each sync message asked of it."""
+
+    def __init__(self, doc: Document, generated: list[str]) -> None:
+        self._doc, self._generated = doc, generated
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "generate_sync_message":
+            self._generated.append(name)
+        return getattr(self._doc, name)
+
+
+def test_a_publish_costs_one_message_each_way_and_carries_its_chunks() -> None:
+    net = Network()
+    a, b = Hub("a"), Hub("b")
+    doc_id = a.create(name="base")
+    net.connect(a, b)
+    net.pump()
+    net.log.clear()
+    b.events.clear()
+    generated: list[str] = []
+    a.store.get_document = lambda document_id: _CountingDocument(  # type: ignore[method-assign]
+        a.store.docs[document_id], generated
+    )
+    a.publish(doc_id, rule="allow")
+    net.pump()
+    # b acknowledged; a read that and had nothing to answer, without asking Automerge.
+    assert [type(m) for m in net.messages(a, b)] == [Sync]
+    assert [type(m) for m in net.messages(b, a)] == [Sync]
+    assert generated == ["generate_sync_message"]
+    (changed,) = [e for e in b.events if isinstance(e, DocumentChanged)]
+    (change,) = a.store.docs[doc_id].get_changes(changed.before_heads)
+    assert [change_hash_and_deps(chunk)[0] for chunk in changed.chunks] == [change.hash]
+    assert b.heads(doc_id) == a.heads(doc_id)
 
 
 # ---------------------------------------------------------------------------- permissions

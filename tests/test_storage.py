@@ -161,6 +161,23 @@ async def test_duplicates_are_ignored(storage: Storage) -> None:
     assert_same_document(await storage.load_document("doc"), doc)
 
 
+async def test_a_batch_longer_than_one_statement_is_stored_whole(reopen: Opener) -> None:
+    # More rows than one INSERT takes, first as the opening write (rows not yet
+    # counted), then again on top with duplicates mixed in.
+    doc = am.Document()
+    pairs = edits(doc, 2600)
+    storage = await reopen()
+    assert await storage.append_changes("doc", pairs[:1200]) == 1200
+    assert await storage.append_changes("doc", pairs[1100:]) == 2600
+    await storage.close()
+    storage = await reopen()
+    try:
+        assert await storage.uncompacted_count("doc") == 2600
+        assert_same_document(await storage.load_document("doc"), doc)
+    finally:
+        await storage.close()
+
+
 async def test_same_change_in_two_documents_is_stored_for_each(storage: Storage) -> None:
     doc = am.Document()
     pairs = edits(doc, 3)
