@@ -430,6 +430,11 @@ class _Reader:
         return value
 
     def uleb(self) -> int:
+        # Most numbers in a change are below 128: one byte, read without a call.
+        pos = self.pos
+        if pos < len(self.data) and self.data[pos] < 0x80:
+            self.pos = pos + 1
+            return self.data[pos]
         try:
             value, self.pos = read_uleb128(self.data, self.pos)
         except _Truncated:
