@@ -22,7 +22,7 @@ import hashlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from crdtmds.errors import ProtocolError
 
@@ -89,9 +89,9 @@ MAX_OPS = 1 << 22
 number of them, so the count is bounded before lists are built."""
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One operation of a change."""
+class Op(NamedTuple):
+    """One operation of a change. (A named tuple: a change's operations are made by the
+    thousand, and a tuple is built several times faster than a frozen dataclass.)"""
 
     id: ObjectId
     obj: ObjectId
