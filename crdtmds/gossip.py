@@ -25,12 +25,12 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from automerge.core import Document, Message, SyncState
 
-from crdtmds.changes import read_uleb128
+from crdtmds.changes import change_hash_and_deps, encode_uleb128, read_uleb128, split_chunks
 from crdtmds.errors import CrdtmdsError, ProtocolError
 from crdtmds.protocol import (
     MAX_MESSAGE_SIZE_DEFAULT,
@@ -231,6 +231,8 @@ class _DocLink:
     sync_state: SyncState = field(default_factory=SyncState)
     heard_from_peer: bool = False
     requested_by_us: bool = False
+    fresh: list[bytes] = field(default_factory=list)
+    """Chunks of our own new changes that the next message must carry (`local_changes`)."""
 
 
 @dataclass(slots=True)
@@ -333,6 +335,8 @@ class Gossip:
         """Per held document, the connections whose messages brought the changes."""
         self._relays: dict[str, set[str]] = {}
         """Per document, servers to send it to at ``release_relays``."""
+        self._fresh: dict[str, list[bytes]] = {}
+        """Per document, chunks of `local_changes` for the next `document_changed`."""
         self.relay_later = False
         """Set by the node while it has a live link to every server of its cluster: changes
         from a server then most likely reached the others straight from their origin, so
@@ -412,12 +416,25 @@ class Gossip:
         conn.link(document_id).requested_by_us = True
         conn.dirty[document_id] = None
 
+    def local_changes(self, document_id: str, chunks: Iterable[bytes]) -> None:
+        """The change chunks of a local publish, told before its `document_changed`.
+
+        No peer can hold them yet, so the next message to each server carries them even
+        when that server's Bloom filter claims it has them: Automerge's filters are wrong
+        about one time in a hundred, and the server would then need a round trip more
+        to ask for them.
+        """
+        self._fresh.setdefault(document_id, []).extend(chunks)
+
     def document_changed(self, document_id: str) -> None:
         """A local change (a publish): mark the document dirty for every peer of it."""
         self._relays.pop(document_id, None)
+        fresh = self._fresh.pop(document_id, [])
         for conn in self._connections.values():
             if conn.state is ConnectionState.CONNECTED and self._should_sync(conn, document_id):
                 conn.dirty[document_id] = None
+                if fresh and self._peer_of(conn).is_server:
+                    conn.link(document_id).fresh.extend(fresh)
 
     def persisted(self, document_id: str) -> None:
         """The changes of one :class:`DocumentChanged` are on disk.
@@ -554,12 +571,10 @@ class Gossip:
             doc.receive_sync_message(link.sync_state, Message.decode(data))
         except Exception as exc:  # the binding raises plain Exception on bad input
             raise ProtocolError(f"invalid sync message for {document_id}: {exc}") from exc
-        fields = _parsed_or_none(data)
-        heads = doc.get_heads()
-        if sorted(heads) == sorted(before_heads):
-            if not _acknowledges(fields, heads):
-                conn.dirty[document_id] = None
+        if sorted(doc.get_heads()) == sorted(before_heads):
+            conn.dirty[document_id] = None
             return []
+        fields = _parsed_or_none(data)
         self._holds[document_id] = self._holds.get(document_id, 0) + 1
         self._sources.setdefault(document_id, set()).add(conn.conn_id)
         chunks = tuple(fields.changes) if fields is not None else ()
@@ -668,6 +683,7 @@ class Gossip:
                 return None
             doc = Document()  # an empty stand-in: a request says "I have nothing"
         message = doc.generate_sync_message(link.sync_state)
+        fresh, link.fresh = link.fresh, []
         if message is None:
             return None
         kind = Sync if link.heard_from_peer or doc.get_heads() else Request
@@ -676,7 +692,7 @@ class Gossip:
                 sender_id=self.local_peer_id,
                 target_id=peer.peer_id,
                 document_id=document_id,
-                data=message.encode(),
+                data=with_changes(message.encode(), fresh),
             )
         )
 
@@ -729,24 +745,64 @@ def parse_sync_message(data: bytes, *, exact: bool = False) -> SyncMessage:
 
 
 def _parsed_or_none(data: bytes) -> SyncMessage | None:
-    # Automerge accepted the message; a form this reader does not know only costs the
-    # shortcuts it allows.
+    # Automerge accepted the message; a form this reader does not know only means the
+    # node asks the document for the changes instead.
     try:
         return parse_sync_message(data)
     except ProtocolError:
         return None
 
 
-def _acknowledges(fields: SyncMessage | None, heads: list[bytes]) -> bool:
-    """Whether a message that changed nothing only tells us the peer has what we have: it
-    needs nothing and its heads are ours, so there is nothing to answer."""
-    return (
-        fields is not None
-        and bool(heads)
-        and not fields.changes
-        and not fields.need
-        and sorted(fields.heads) == sorted(heads)
-    )
+def with_changes(data: bytes, chunks: list[bytes]) -> bytes:
+    """The sync message `data` with those change `chunks` added that it does not carry
+    yet. Left as it is when every chunk is in it already, or when it carries a whole
+    document (which may hold them)."""
+    if not chunks:
+        return data
+    message = parse_sync_message(data)
+    try:
+        carried = {
+            change_hash_and_deps(chunk)[0]
+            for entry in message.changes
+            for chunk in split_chunks(entry)
+        }
+    except (ProtocolError, ValueError):
+        return data
+    missing = {change_hash_and_deps(chunk)[0]: chunk for chunk in chunks}
+    for change_hash in carried:
+        missing.pop(change_hash, None)
+    if not missing:
+        return data
+    changes = [*message.changes, *missing.values()]
+    return encode_sync_message(replace(message, changes=changes), data[0])
+
+
+def encode_sync_message(message: SyncMessage, kind: int = _SYNC_MESSAGE_V1) -> bytes:
+    """The bytes of a sync message (the inverse of `parse_sync_message`)."""
+    out = bytearray([kind])
+    _put_hashes(out, message.heads)
+    _put_hashes(out, message.need)
+    out += encode_uleb128(len(message.have))
+    for last_sync, bloom in message.have:
+        _put_hashes(out, last_sync)
+        _put_bytes(out, bloom)
+    out += encode_uleb128(len(message.changes))
+    for change in message.changes:
+        _put_bytes(out, change)
+    if message.capabilities is not None:
+        _put_bytes(out, message.capabilities)
+    return bytes(out)
+
+
+def _put_hashes(out: bytearray, hashes: list[bytes]) -> None:
+    out += encode_uleb128(len(hashes))
+    for change_hash in hashes:
+        out += change_hash
+
+
+def _put_bytes(out: bytearray, data: bytes) -> None:
+    out += encode_uleb128(len(data))
+    out += data
 
 
 def sync_message_heads(data: bytes) -> list[bytes]:

@@ -101,6 +101,8 @@ JOIN_TIMEOUT = 60.0
 RECEIVE_QUEUE_FRAMES = 256
 """Frames read ahead per /sync connection while the previous batch is being persisted."""
 DUPLICATE_LINK_PAUSE = 0.5
+DUPLICATE_LINK_GRACE = 2.0
+"""Seconds a replaced link to a server keeps running beside the new one."""
 MAX_CLOSE_REASON = 120
 
 
@@ -595,6 +597,7 @@ class Node:
             session.return_unsaved_changes(unsaved)
             raise
         self._note_appended(document_id, pending.changes)
+        self.gossip.local_changes(document_id, (data for _, data in pending.changes))
         # Gossip learns of the publish as soon as the live document holds it, before the
         # session is rebased onto it.
         revision = session.complete_publish(on_merged=lambda: self._changed(document_id))
@@ -1143,9 +1146,16 @@ class Node:
         """When two servers dial each other, the one with the larger name closes its own
         outgoing link (and its dialer waits while the incoming one lives). Only the dialer
         closes, so a new link is never refused because an old one only looks alive; and
-        nothing is lost, since every link syncs everything."""
-        if self.name < name:
-            return
+        nothing is lost, since every link syncs everything.
+
+        It closes after `DUPLICATE_LINK_GRACE`: a new link's first messages only learn
+        what the peer holds, and changes sent meanwhile would wait a round trip on it, so
+        the old link carries them until then."""
+        if self.name > name:
+            self._net.spawn(self._close_duplicate_outgoing(name))
+
+    async def _close_duplicate_outgoing(self, name: str) -> None:
+        await asyncio.sleep(DUPLICATE_LINK_GRACE)
         links = self._server_links(name)
         if not any(not link.outgoing for link in links):
             return

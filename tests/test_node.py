@@ -107,6 +107,8 @@ async def test_local_status_reports_identity_peers_and_heads(pair: tuple[Node, N
     a, b = pair
     entry = await a.create_domain("acme", created_by="admin")
     await wait_until(lambda: b.local_status()["domains"] == a.local_status()["domains"])
+    # The two servers dialed each other; one link goes after a grace period.
+    await wait_until(lambda: b.local_status()["connections"]["servers"] == 1)
 
     status = b.local_status()
     assert (status["name"], status["region"], status["role"]) == ("b", "us", "secondary")
