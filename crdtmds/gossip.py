@@ -482,6 +482,17 @@ class Gossip:
             return False
         return bool(conn.outbox) or any(d not in self._holds for d in conn.dirty)
 
+    def is_warm(self, conn_id: str) -> bool:
+        """Whether the peer has sent a sync message about every document we sync with it:
+        from then on our messages carry changes at once (before, they first learn what it
+        holds)."""
+        conn = self._connections.get(conn_id)
+        return (
+            conn is not None
+            and conn.state is ConnectionState.CONNECTED
+            and all(link.heard_from_peer for link in conn.links.values())
+        )
+
     def _from_server(self, conn_id: str) -> bool:
         conn = self._connections.get(conn_id)
         return conn is not None and conn.peer is not None and conn.peer.is_server

@@ -102,7 +102,8 @@ RECEIVE_QUEUE_FRAMES = 256
 """Frames read ahead per /sync connection while the previous batch is being persisted."""
 DUPLICATE_LINK_PAUSE = 0.5
 DUPLICATE_LINK_GRACE = 2.0
-"""Seconds a replaced link to a server keeps running beside the new one."""
+"""Longest a replaced link to a server keeps running beside the new one, in seconds."""
+DUPLICATE_LINK_POLL = 0.02
 MAX_CLOSE_REASON = 120
 
 
@@ -1148,22 +1149,31 @@ class Node:
         closes, so a new link is never refused because an old one only looks alive; and
         nothing is lost, since every link syncs everything.
 
-        It closes after `DUPLICATE_LINK_GRACE`: a new link's first messages only learn
-        what the peer holds, and changes sent meanwhile would wait a round trip on it, so
-        the old link carries them until then."""
+        It closes once the new link has heard from the peer about every document (at
+        most `DUPLICATE_LINK_GRACE` seconds later): until then, changes sent on the new
+        link would wait a round trip, so the old one carries them."""
         if self.name > name:
             self._net.spawn(self._close_duplicate_outgoing(name))
 
     async def _close_duplicate_outgoing(self, name: str) -> None:
-        await asyncio.sleep(DUPLICATE_LINK_GRACE)
-        links = self._server_links(name)
-        if not any(not link.outgoing for link in links):
-            return
-        for link in links:
+        deadline = asyncio.get_running_loop().time() + DUPLICATE_LINK_GRACE
+        while not self._incoming_link_ready(name, deadline):
+            if not any(not link.outgoing for link in self._server_links(name)):
+                return  # no link from that server (any more): nothing to close
+            await asyncio.sleep(DUPLICATE_LINK_POLL)
+        for link in self._server_links(name):
             if link.outgoing and not link.closing:
                 link.closing = True
                 log.info("closing duplicate link %s", link.describe())
                 self._net.spawn(link.ws.close(CloseCode.NORMAL_CLOSURE, "duplicate link"))
+
+    def _incoming_link_ready(self, name: str, deadline: float) -> bool:
+        """Whether a link that server `name` dialed can take over: warm, or past the
+        deadline (and still there)."""
+        incoming = [link for link in self._server_links(name) if not link.outgoing]
+        if asyncio.get_running_loop().time() >= deadline:
+            return bool(incoming)
+        return any(self.gossip.is_warm(link.conn_id) for link in incoming)
 
     def _served_by_incoming(self, url: str) -> bool:
         """Whether the server at `url` (one with a smaller name) already dialed us."""

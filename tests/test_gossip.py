@@ -459,6 +459,20 @@ def test_unchanged_heads_mark_only_the_sender_dirty() -> None:
     assert len(frames_to_a) == len(frames_to_c) == 1
 
 
+def test_a_link_is_warm_once_the_peer_spoke_about_every_document() -> None:
+    net = Network()
+    a, b = Hub("a"), Hub("b")
+    first, second = a.create(name="one"), a.create(name="two")
+    for doc_id in (first, second):
+        b.store.docs[doc_id] = a.store.docs[doc_id].fork()
+    dialer_conn, listener_conn = net.connect(a, b)
+    assert not a.gossip.is_warm(dialer_conn)
+    assert not b.gossip.is_warm(listener_conn)
+    net.pump()
+    assert a.gossip.is_warm(dialer_conn) and b.gossip.is_warm(listener_conn)
+    assert not a.gossip.is_warm("no-such-connection")
+
+
 def test_a_received_change_event_carries_the_chunks_of_its_message() -> None:
     net = Network()
     a, b = Hub("a"), Hub("b")
