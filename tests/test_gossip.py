@@ -90,14 +90,11 @@ def test_whole_document_v2_message_has_changes() -> None:
     assert [sync_message_has_changes(m) for m in sent] == [False, True]
 
 
-def test_incremental_message_has_changes() -> None:
-    source = make_doc(a="x")
-    for i in range(10):
-        with source.transaction() as tx:
-            tx.put(ROOT, f"k{i}", ScalarType.Str, "v")
+def synced_pair(source: Document) -> tuple[Document, SyncState, Document, SyncState]:
+    """`source`, a new document brought in sync with it, and their sync states."""
     target = Document()
     source_state, target_state = SyncState(), SyncState()
-    for _ in range(5):  # bring both in sync, keeping the states
+    for _ in range(5):
         for doc, state, other, other_state in (
             (source, source_state, target, target_state),
             (target, target_state, source, source_state),
@@ -105,6 +102,15 @@ def test_incremental_message_has_changes() -> None:
             message = doc.generate_sync_message(state)
             if message is not None:
                 other.receive_sync_message(other_state, message)
+    return source, source_state, target, target_state
+
+
+def test_incremental_message_has_changes() -> None:
+    source = make_doc(a="x")
+    for i in range(10):
+        with source.transaction() as tx:
+            tx.put(ROOT, f"k{i}", ScalarType.Str, "v")
+    source, source_state, target, target_state = synced_pair(source)
     with source.transaction() as tx:
         tx.put(ROOT, "late", ScalarType.Str, "edit")
     messages = []
@@ -130,22 +136,8 @@ def test_encoding_a_parsed_message_gives_back_its_bytes() -> None:
         assert encode_sync_message(parse_sync_message(data), data[0]) == data
 
 
-def _synced_pair() -> tuple[Document, SyncState, Document, SyncState]:
-    source, target = make_doc(a="x"), Document()
-    source_state, target_state = SyncState(), SyncState()
-    for _ in range(5):
-        for doc, state, other, other_state in (
-            (source, source_state, target, target_state),
-            (target, target_state, source, source_state),
-        ):
-            message = doc.generate_sync_message(state)
-            if message is not None:
-                other.receive_sync_message(other_state, message)
-    return source, source_state, target, target_state
-
-
 def test_with_changes_adds_a_change_the_message_lacks() -> None:
-    source, source_state, target, target_state = _synced_pair()
+    source, source_state, target, target_state = synced_pair(make_doc(a="x"))
     heads = source.get_heads()
     with source.transaction() as tx:
         tx.put(ROOT, "late", ScalarType.Str, "edit")
@@ -165,13 +157,18 @@ def test_with_changes_adds_a_change_the_message_lacks() -> None:
     assert with_changes(bare, []) == bare
 
 
-def test_a_local_publish_reaches_servers_in_one_message_with_its_change_once() -> None:
+def linked_pair() -> tuple[Network, Hub, Hub, str]:
+    """Hubs a and b linked and in sync on one document a created."""
     net = Network()
     a, b = Hub("a"), Hub("b")
     doc_id = a.create(name="base")
     net.connect(a, b)
     net.pump()
-    net.log.clear()
+    return net, a, b, doc_id
+
+
+def test_a_local_publish_reaches_servers_in_one_message_with_its_change_once() -> None:
+    net, a, b, doc_id = linked_pair()
     heads = a.store.docs[doc_id].get_heads()
     a.edit(doc_id, rule="allow")
     chunks = [c.bytes for c in a.store.docs[doc_id].get_changes(heads)]
@@ -474,11 +471,7 @@ def test_a_link_is_warm_once_the_peer_spoke_about_every_document() -> None:
 
 
 def test_a_received_change_event_carries_the_chunks_of_its_message() -> None:
-    net = Network()
-    a, b = Hub("a"), Hub("b")
-    doc_id = a.create(name="base")
-    net.connect(a, b)
-    net.pump()
+    net, a, b, doc_id = linked_pair()
     b.events.clear()
     a.publish(doc_id, rule="allow")
     net.pump()
