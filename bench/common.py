@@ -1112,16 +1112,16 @@ def encode_sync_message(
 ) -> bytes:
     """A v1 sync message without capabilities; each `have` entry is a last-sync set sent
     with an empty bloom filter (it holds nothing), each of `changes` one change chunk."""
-    from crdtmds.changes import encode_uleb128
+    from crdtmds.gossip import SyncMessage
+    from crdtmds.gossip import encode_sync_message as encode
 
-    def hashes(values: Sequence[bytes]) -> bytes:
-        return encode_uleb128(len(values)) + b"".join(sorted(values))
-
-    parts = [bytes([SYNC_MESSAGE_V1]), hashes(heads), hashes(need), encode_uleb128(len(have))]
-    parts += [hashes(last_sync) + encode_uleb128(0) for last_sync in have]
-    parts.append(encode_uleb128(len(changes)))
-    parts += [encode_uleb128(len(chunk)) + chunk for chunk in changes]
-    return b"".join(parts)
+    message = SyncMessage(
+        heads=sorted(heads),
+        need=sorted(need),
+        have=[(sorted(last_sync), b"") for last_sync in have],
+        changes=list(changes),
+    )
+    return encode(message)
 
 
 def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
