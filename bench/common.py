@@ -41,8 +41,11 @@ for _path in (CLI_ROOT, REPO_ROOT):
         sys.path.insert(0, str(_path))
 
 # The sync-message codec is the servers' own (imported once the checkout is on the path).
+from crdtmds.changes import change_hash_and_deps as checked_hash_and_deps  # noqa: E402
+from crdtmds.changes import split_chunks  # noqa: E402
 from crdtmds.errors import ProtocolError  # noqa: E402
 from crdtmds.gossip import SyncMessage  # noqa: E402
+from crdtmds.gossip import encode_sync_message as encode_any_sync_message  # noqa: E402
 from crdtmds.gossip import parse_sync_message as parse_any_sync_message  # noqa: E402
 
 # Server processes started from here run `python -m crdtmds_cli.main`: give them the checkout.
@@ -1112,16 +1115,13 @@ def encode_sync_message(
 ) -> bytes:
     """A v1 sync message without capabilities; each `have` entry is a last-sync set sent
     with an empty bloom filter (it holds nothing), each of `changes` one change chunk."""
-    from crdtmds.gossip import SyncMessage
-    from crdtmds.gossip import encode_sync_message as encode
-
     message = SyncMessage(
         heads=sorted(heads),
         need=sorted(need),
         have=[(sorted(last_sync), b"") for last_sync in have],
         changes=list(changes),
     )
-    return encode(message)
+    return encode_any_sync_message(message)
 
 
 def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
@@ -1130,18 +1130,14 @@ def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     The hash is the SHA-256 of the uncompressed chunk's type, length and body; the body
     starts with the dependencies. ValueError if the chunk is malformed.
     """
-    from crdtmds.changes import change_hash_and_deps as hash_and_deps
-
     try:
-        return hash_and_deps(chunk)
+        return checked_hash_and_deps(chunk)
     except ProtocolError as exc:
         raise ValueError(exc.message) from None
 
 
 def sync_message_changes(message: SyncMessage) -> list[tuple[bytes, tuple[bytes, ...]]]:
     """(hash, deps) of every change a sync message carries, in the order it carries them."""
-    from crdtmds.changes import split_chunks
-
     found = []
     for entry in message.changes:
         for chunk in split_chunks(entry):

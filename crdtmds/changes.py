@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -173,7 +173,7 @@ def _checked_body(chunk: bytes) -> tuple[bytes, bytes]:
 
 
 def applied_chunks(
-    entries: list[bytes], before_heads: list[bytes], heads: list[bytes]
+    entries: Sequence[bytes], before_heads: list[bytes], heads: list[bytes]
 ) -> list[tuple[bytes, bytes]] | None:
     """``(hash, chunk)`` for each change chunk in `entries` (a sync message's changes, each
     one or more chunks), if applying them is exactly what took a document from

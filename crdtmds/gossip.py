@@ -231,8 +231,9 @@ class _DocLink:
     sync_state: SyncState = field(default_factory=SyncState)
     heard_from_peer: bool = False
     requested_by_us: bool = False
-    fresh: list[bytes] = field(default_factory=list)
-    """Chunks of our own new changes that the next message must carry (`local_changes`)."""
+    fresh: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """(hash, chunk) of our own new changes that the next message must carry
+    (`local_changes`)."""
 
 
 @dataclass(slots=True)
@@ -335,8 +336,8 @@ class Gossip:
         """Per held document, the connections whose messages brought the changes."""
         self._relays: dict[str, set[str]] = {}
         """Per document, servers to send it to at ``release_relays``."""
-        self._fresh: dict[str, list[bytes]] = {}
-        """Per document, chunks of `local_changes` for the next `document_changed`."""
+        self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
+        """Per document, the changes of `local_changes` for the next `document_changed`."""
         self.relay_later = False
         """Set by the node while it has a live link to every server of its cluster: changes
         from a server then most likely reached the others straight from their origin, so
@@ -416,15 +417,15 @@ class Gossip:
         conn.link(document_id).requested_by_us = True
         conn.dirty[document_id] = None
 
-    def local_changes(self, document_id: str, chunks: Iterable[bytes]) -> None:
-        """The change chunks of a local publish, told before its `document_changed`.
+    def local_changes(self, document_id: str, changes: Iterable[tuple[bytes, bytes]]) -> None:
+        """The (hash, chunk) pairs of a local publish, told before its `document_changed`.
 
         No peer can hold them yet, so the next message to each server carries them even
         when that server's Bloom filter claims it has them: Automerge's filters are wrong
         about one time in a hundred, and the server would then need a round trip more
         to ask for them.
         """
-        self._fresh.setdefault(document_id, []).extend(chunks)
+        self._fresh.setdefault(document_id, []).extend(changes)
 
     def document_changed(self, document_id: str) -> None:
         """A local change (a publish): mark the document dirty for every peer of it."""
@@ -764,11 +765,11 @@ def _parsed_or_none(data: bytes) -> SyncMessage | None:
         return None
 
 
-def with_changes(data: bytes, chunks: list[bytes]) -> bytes:
-    """The sync message `data` with those change `chunks` added that it does not carry
-    yet. Left as it is when every chunk is in it already, or when it carries a whole
-    document (which may hold them)."""
-    if not chunks:
+def with_changes(data: bytes, changes: list[tuple[bytes, bytes]]) -> bytes:
+    """The sync message `data` with those of `changes` ((hash, chunk) pairs) added that it
+    does not carry yet. Left as it is when it carries them all already, or when it
+    carries a whole document (which may hold them)."""
+    if not changes:
         return data
     message = parse_sync_message(data)
     try:
@@ -779,13 +780,10 @@ def with_changes(data: bytes, chunks: list[bytes]) -> bytes:
         }
     except (ProtocolError, ValueError):
         return data
-    missing = {change_hash_and_deps(chunk)[0]: chunk for chunk in chunks}
-    for change_hash in carried:
-        missing.pop(change_hash, None)
+    missing = [chunk for change_hash, chunk in changes if change_hash not in carried]
     if not missing:
         return data
-    changes = [*message.changes, *missing.values()]
-    return encode_sync_message(replace(message, changes=changes), data[0])
+    return encode_sync_message(replace(message, changes=[*message.changes, *missing]), data[0])
 
 
 def encode_sync_message(message: SyncMessage, kind: int = _SYNC_MESSAGE_V1) -> bytes:

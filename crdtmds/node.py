@@ -420,7 +420,7 @@ class Node:
         doc = self.document(document_id)
         if doc is None:
             return 0
-        changes = applied_chunks(list(chunks), before_heads, doc.get_heads()) if chunks else None
+        changes = applied_chunks(chunks, before_heads, doc.get_heads()) if chunks else None
         if changes is None:
             changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
         await self._persist(document_id, changes)
@@ -598,7 +598,7 @@ class Node:
             session.return_unsaved_changes(unsaved)
             raise
         self._note_appended(document_id, pending.changes)
-        self.gossip.local_changes(document_id, (data for _, data in pending.changes))
+        self.gossip.local_changes(document_id, pending.changes)
         # Gossip learns of the publish as soon as the live document holds it, before the
         # session is rebased onto it.
         revision = session.complete_publish(on_merged=lambda: self._changed(document_id))
@@ -1156,24 +1156,22 @@ class Node:
             self._net.spawn(self._close_duplicate_outgoing(name))
 
     async def _close_duplicate_outgoing(self, name: str) -> None:
-        deadline = asyncio.get_running_loop().time() + DUPLICATE_LINK_GRACE
-        while not self._incoming_link_ready(name, deadline):
-            if not any(not link.outgoing for link in self._server_links(name)):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DUPLICATE_LINK_GRACE
+        while True:
+            incoming = [link for link in self._server_links(name) if not link.outgoing]
+            if not incoming:
                 return  # no link from that server (any more): nothing to close
+            if loop.time() >= deadline or any(
+                self.gossip.is_warm(link.conn_id) for link in incoming
+            ):
+                break
             await asyncio.sleep(DUPLICATE_LINK_POLL)
         for link in self._server_links(name):
             if link.outgoing and not link.closing:
                 link.closing = True
                 log.info("closing duplicate link %s", link.describe())
                 self._net.spawn(link.ws.close(CloseCode.NORMAL_CLOSURE, "duplicate link"))
-
-    def _incoming_link_ready(self, name: str, deadline: float) -> bool:
-        """Whether a link that server `name` dialed can take over: warm, or past the
-        deadline (and still there)."""
-        incoming = [link for link in self._server_links(name) if not link.outgoing]
-        if asyncio.get_running_loop().time() >= deadline:
-            return bool(incoming)
-        return any(self.gossip.is_warm(link.conn_id) for link in incoming)
 
     def _served_by_incoming(self, url: str) -> bool:
         """Whether the server at `url` (one with a smaller name) already dialed us."""

@@ -36,7 +36,13 @@ from typing import Any
 import aiosqlite
 import automerge.core
 
-from crdtmds.changes import change_hash_and_deps, encode_uleb128, read_uleb128, split_chunks
+from crdtmds.changes import (
+    MAGIC,
+    change_hash_and_deps,
+    encode_uleb128,
+    read_uleb128,
+    split_chunks,
+)
 from crdtmds.errors import ProtocolError, StorageCorruption, StorageError, StorageVersionError
 
 SCHEMA_VERSION = 1
@@ -776,7 +782,6 @@ def _change_chunk_problem(data: bytes) -> str | None:
 # body length (unsigned LEB128), body. A change's hash is the whole SHA-256 of type, length
 # and body of its uncompressed form. These checks let a failed load name the row at fault.
 
-_MAGIC = b"\x85\x6f\x4a\x83"
 _DOCUMENT_CHUNK = 0
 
 
@@ -791,7 +796,7 @@ def _parse_chunk(data: bytes) -> _Chunk:
     """Split one whole chunk into its parts; the data must hold exactly that chunk."""
     if len(data) < 10:
         raise ValueError(f"{len(data)} bytes is too short for a chunk")
-    if data[:4] != _MAGIC:
+    if data[:4] != MAGIC:
         raise ValueError("invalid magic bytes")
     chunk_type = data[8]
     length, start = read_uleb128(data, 9)

@@ -148,12 +148,13 @@ def test_with_changes_adds_a_change_the_message_lacks() -> None:
         )
     )
     assert not sync_message_has_changes(bare)  # as when a Bloom filter errs
-    carried = with_changes(bare, [change.bytes])
+    pair = (change.hash, change.bytes)
+    carried = with_changes(bare, [pair])
     assert parse_sync_message(carried).changes == [change.bytes]
     target.receive_sync_message(target_state, Message.decode(carried))
     assert target.get_heads() == source.get_heads()
     # Chunks a message carries already are not added twice.
-    assert with_changes(carried, [change.bytes]) == carried
+    assert with_changes(carried, [pair]) == carried
     assert with_changes(bare, []) == bare
 
 
@@ -171,8 +172,8 @@ def test_a_local_publish_reaches_servers_in_one_message_with_its_change_once() -
     net, a, b, doc_id = linked_pair()
     heads = a.store.docs[doc_id].get_heads()
     a.edit(doc_id, rule="allow")
-    chunks = [c.bytes for c in a.store.docs[doc_id].get_changes(heads)]
-    a.gossip.local_changes(doc_id, chunks)
+    changes = [(c.hash, c.bytes) for c in a.store.docs[doc_id].get_changes(heads)]
+    a.gossip.local_changes(doc_id, changes)
     a.gossip.document_changed(doc_id)
     (frame,) = a.gossip.data_to_send("to-b")
     message = decode(frame)
