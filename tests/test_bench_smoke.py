@@ -17,6 +17,13 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 TIMEOUT = 120
 COMMON_KEYS = {"benchmark", "date", "machine", "parameters", "results", "targets"}
+RULEBASE_STEPS = (
+    "add + publish",
+    "move + publish",
+    "read view",
+    "read document",
+    "automerge floor",
+)
 
 
 def run_bench(script: str, out: Path, *args: str) -> dict[str, Any]:
@@ -62,9 +69,10 @@ def test_rulebase_scaling(tmp_path: Path) -> None:
     )
     results = document["results"]
     assert set(results["median_seconds"]) == {"5", "40"}
-    for step in ("add + publish", "move + publish", "read view", "read document"):
+    for step in RULEBASE_STEPS:
         assert results["median_seconds"]["40"][step]["wall"] > 0
     assert results["ratio_largest_to_smallest"]["add + publish"]["wall"] > 0
+    assert results["floor_at_largest_to_add_publish_at_smallest"] > 0
     assert document["targets"] == {"add_publish_ratio_at_most": 2.0}
 
 
