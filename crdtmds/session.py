@@ -47,6 +47,9 @@ from crdtmds.errors import (
 Change = tuple[bytes, bytes]
 """(hash, bytes) of one Automerge change."""
 
+_FEW_MOVED = 4
+"""Up to this many moved rules, each one's number is found by a search in C."""
+
 
 @dataclass(slots=True)
 class PendingPublish:
@@ -387,13 +390,13 @@ class Session:
             old_layer, new_layer = self.base.layers.get(layer_uid), self.view.layers.get(layer_uid)
             if old_layer is None or new_layer is None:
                 continue
-            before = {u: n for n, u in enumerate(old_layer.ordered_uids(), start=1)}
-            after = {u: n for n, u in enumerate(new_layer.ordered_uids(), start=1)}
-            kept = [u for u in after if u in before]
-            in_place = _longest_increasing(kept, before.__getitem__)
-            for uid in kept:
-                if uid in in_place:
-                    continue
+            old_order, new_order = old_layer.ordered_uids(), new_layer.ordered_uids()
+            moved = _moved(old_order, new_order)
+            if not moved:
+                continue
+            before = _numbers_of(old_order, moved)
+            after = _numbers_of(new_order, moved)
+            for uid in (u for u in new_order if u in moved):
                 number = {"rule-number": {"old": before[uid], "new": after[uid]}}
                 if uid in listed:
                     listed[uid]["fields"].update(number)
@@ -679,6 +682,48 @@ def _rule_ref(params: Mapping[str, Any]) -> Any:
 
 def _indices_of(order: list[str], uid: str) -> list[int]:
     return [i for i, u in enumerate(order) if u == uid]
+
+
+def _moved(old_order: list[str], new_order: list[str]) -> set[str]:
+    """Rules in both orders whose order relative to the others changed: those outside one
+    longest run that kept its order. Only the stretch between the first and the last
+    difference is searched: the rules before and after it kept their places, and a move
+    or two in a big layer leaves most of the layer there."""
+    old_set, new_set = set(old_order), set(new_order)
+    old_kept = [u for u in old_order if u in new_set]
+    new_kept = [u for u in new_order if u in old_set]
+    start = _common_prefix(old_kept, new_kept)
+    end = len(new_kept) - _common_prefix(old_kept[start:][::-1], new_kept[start:][::-1])
+    old_middle, new_middle = old_kept[start:end], new_kept[start:end]
+    if not old_middle:
+        return set()
+    # One rule moved across the whole stretch: up (checked first, so that of two rules
+    # that swapped, the later one is the one that moved, as the longest run has it) or down.
+    if old_middle[:-1] == new_middle[1:]:
+        return {old_middle[-1]}
+    if old_middle[1:] == new_middle[:-1]:
+        return {old_middle[0]}
+    rank = {u: n for n, u in enumerate(old_middle)}
+    return set(new_middle) - _longest_increasing(new_middle, rank.__getitem__)
+
+
+def _common_prefix(first: list[str], second: list[str]) -> int:
+    """How many leading items two lists share (slices compare in C: bisect on them)."""
+    low, high = 0, min(len(first), len(second))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if first[:middle] == second[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _numbers_of(order: list[str], uids: set[str]) -> dict[str, int]:
+    """The 1-based rule numbers of `uids` in `order` (a few are looked up in C)."""
+    if len(uids) <= _FEW_MOVED:
+        return {u: order.index(u) + 1 for u in uids}
+    return {u: n for n, u in enumerate(order, start=1) if u in uids}
 
 
 def _longest_increasing(items: list[str], key: Callable[[str], int]) -> set[str]:

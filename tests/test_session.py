@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 from automerge.core import Document
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdtmds import model
 from crdtmds.docdata import hex_heads, read
 from crdtmds.domain import Domain, DomainState
 from crdtmds.errors import CrdtmdsError
-from crdtmds.session import Session
+from crdtmds.session import Session, _moved
 
 
 def full_read(doc: Document) -> DomainState:
@@ -238,6 +240,31 @@ def test_show_changes_lists_only_rules_that_moved(session: Session) -> None:
     assert modified == {
         "C": {"comments": {"old": "", "new": "moved"}, "rule-number": {"old": 3, "new": 2}}
     }
+
+
+@given(
+    old=st.lists(st.integers(0, 30), unique=True, max_size=25),
+    new=st.lists(st.integers(0, 30), unique=True, max_size=25),
+)
+def test_moved_rules_are_the_fewest_whose_relative_order_changed(
+    old: list[int], new: list[int]
+) -> None:
+    old_order, new_order = [f"r{n}" for n in old], [f"r{n}" for n in new]
+    moved = _moved(old_order, new_order)
+    kept = [u for u in new_order if u in set(old_order)]
+    assert moved <= set(kept)
+    rank = {u: n for n, u in enumerate(old_order)}
+    staying = [rank[u] for u in kept if u not in moved]
+    assert staying == sorted(staying)
+    assert len(kept) - len(moved) == longest_increasing_length([rank[u] for u in kept])
+
+
+def longest_increasing_length(values: list[int]) -> int:
+    """By brute force over every earlier end: quadratic, plainly right."""
+    best: list[int] = []
+    for index, value in enumerate(values):
+        best.append(1 + max((best[j] for j in range(index) if values[j] < value), default=0))
+    return max(best, default=0)
 
 
 def test_show_changes_forgets_a_move_undone(session: Session) -> None:
