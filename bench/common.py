@@ -1388,3 +1388,33 @@ class GraphPeer(SyncPeer):
             self._answer(message.document_id, sync)
         elif not isinstance(message, DocUnavailable):  # not there yet: it comes when it does
             super()._receive(frame, message, arrived)
+
+
+OBSERVER_KINDS = ("graph", "document")
+
+
+def add_observer_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--observer",
+        choices=OBSERVER_KINDS,
+        default="graph",
+        help="what each observer keeps: the change graph (default) or a whole document",
+    )
+
+
+def observer_peer(
+    kind: str,
+    url: str,
+    document_id: str,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    query: str = "",
+    name: str = "bench-observer",
+) -> SyncPeer:
+    """A peer that watches `document_id` on `url`, not started: a `GraphPeer` ("graph",
+    the change graph only) or a `SyncPeer` applying every change to an Automerge document
+    ("document"), whose CPU cost grows with the document's history."""
+    if kind == "graph":
+        return GraphPeer(url, metadata=metadata, query=query, name=name)
+    store = MemoryDocuments(accept={document_id})
+    return SyncPeer(url, store, metadata=metadata, query=query, name=name)

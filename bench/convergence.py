@@ -45,7 +45,6 @@ DOMAIN = "convergence"
 TARGET_P99_SECONDS = 0.050
 TARGET_SIZE = 5
 CLIENTS_PER_SERVER = 4
-OBSERVER_KINDS = ("graph", "document")
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,12 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link")
     parser.add_argument("--regions", type=int, default=None, help="regions (default: one each)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the rest")
-    parser.add_argument(
-        "--observer",
-        choices=OBSERVER_KINDS,
-        default="graph",
-        help="what each observer keeps: the change graph (default) or a whole document",
-    )
+    common.add_observer_option(parser)
     args = parser.parse_args()
     args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     return args
@@ -90,20 +84,14 @@ class Observer:
         query = urlencode({"user": common.BENCH_ADMIN, "password": common.BENCH_PASSWORD})
         for index, url in enumerate(urls):
             name = f"observer-{index + 1}"
-            if self.kind == "graph":
-                peer: common.SyncPeer = common.GraphPeer(url, query=query, name=name)
-                await peer.start()
-                peer.request(document_id)
+            peer = common.observer_peer(self.kind, url, document_id, query=query, name=name)
+            await peer.start()
+            peer.request(document_id)  # nothing arrives before the next await
+            if isinstance(peer, common.GraphPeer):
                 self.seen.append(peer.graph(document_id).arrived)
             else:
-                seen: dict[bytes, float] = {}
-                store = common.MemoryDocuments(accept=True)
-                peer = common.SyncPeer(
-                    url, store, query=query, name=name, on_changed=self._recorder(store, seen)
-                )
-                await peer.start()
-                peer.request(document_id)
-                self.seen.append(seen)
+                self.seen.append({})
+                peer.on_changed = self._recorder(peer.store, self.seen[-1])
             self.peers.append(peer)
 
     @staticmethod

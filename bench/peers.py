@@ -66,7 +66,6 @@ NAME = "peers"
 TARGET_RATIO = 10.0
 TOPOLOGIES = ("chain", "star")
 SYSTEMS = ("crdtmds", "automerge.repo")
-OBSERVER_KINDS = ("graph", "document")
 WRITER_KINDS = ("prebuilt", "live")
 QUIET_WINDOW = 0.25
 QUIET_CPU_SHARE = 0.05
@@ -82,12 +81,7 @@ def parse_args() -> argparse.Namespace:
         help="changes the writer makes between two sync rounds, one case each (default 1,10)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
-    parser.add_argument(
-        "--observer",
-        choices=OBSERVER_KINDS,
-        default="graph",
-        help="what each observer keeps: the change graph (default) or a whole document",
-    )
+    common.add_observer_option(parser)
     parser.add_argument(
         "--writer",
         choices=WRITER_KINDS,
@@ -240,11 +234,7 @@ async def attach_observers(peers: Peers, document_id: str, kind: str) -> list[co
     for index, url in enumerate(peers.urls):
         name = f"bench-observer-{index}"
         metadata = peers.join_metadata(name)
-        if kind == "graph":
-            observer: common.SyncPeer = common.GraphPeer(url, metadata=metadata, name=name)
-        else:
-            store = common.MemoryDocuments(accept={document_id})
-            observer = common.SyncPeer(url, store, metadata=metadata, name=name)
+        observer = common.observer_peer(kind, url, document_id, metadata=metadata, name=name)
         await observer.start()
         observer.request(document_id)
         observers.append(observer)
