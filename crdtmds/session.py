@@ -396,7 +396,7 @@ class Session:
                 continue
             before = _numbers_of(old_order, moved)
             after = _numbers_of(new_order, moved)
-            for uid in (u for u in new_order if u in moved):
+            for uid in sorted(moved, key=after.__getitem__):
                 number = {"rule-number": {"old": before[uid], "new": after[uid]}}
                 if uid in listed:
                     listed[uid]["fields"].update(number)
