@@ -278,9 +278,10 @@ class Gossip:
        reply included -- until ``persisted`` has been called once per
        :class:`DocumentChanged`; it is then dirty for every peer that follows it. A message
        that leaves the heads alone marks only its sender dirty (the protocol's reply).
-       While ``relay_later`` is set, changes that came from servers only are made dirty
-       at once for their senders and for repo clients, and for the other servers at the
-       next ``release_relays`` (in a full mesh those got them from their origin).
+       With ``persisted(..., relay_later=True)``, changes that came from servers only are
+       made dirty at once for their senders and for repo clients, and for the other
+       servers at the next ``release_relays`` (in a full mesh those got them from their
+       origin).
     4. A peer with ``may_write=False`` whose sync message carries changes is refused with
        an error ("changes refused: ...") and :class:`ConnectionFailed`; the changes never
        reach the live document (see :func:`sync_message_has_changes`).
@@ -338,10 +339,6 @@ class Gossip:
         """Per document, servers to send it to at ``release_relays``."""
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
-        self.relay_later = False
-        """Set by the node while it has a live link to every server of its cluster: changes
-        from a server then most likely reached the others straight from their origin, so
-        passing them on waits for ``release_relays``. Changes from repo clients never wait."""
         self._seen_ephemeral: OrderedDict[tuple[str, str, int], None] = OrderedDict()
 
     # ---------------------------------------------------------------- connections
@@ -437,10 +434,14 @@ class Gossip:
                 if fresh and self._peer_of(conn).is_server:
                     conn.link(document_id).fresh.extend(fresh)
 
-    def persisted(self, document_id: str) -> None:
+    def persisted(self, document_id: str, *, relay_later: bool = False) -> None:
         """The changes of one :class:`DocumentChanged` are on disk.
 
         When every such event of the document is persisted, it is dirty for every peer.
+        With `relay_later` (the node has a live link to every server of its cluster, so
+        changes from a server most likely reached the others straight from their origin),
+        changes that came from servers only go to the other servers at the next
+        ``release_relays``. Changes from repo clients never wait.
         """
         holds = self._holds.get(document_id, 0)
         if holds == 0:
@@ -450,7 +451,7 @@ class Gossip:
             return
         del self._holds[document_id]
         sources = self._sources.pop(document_id, set())
-        if not self.relay_later or not all(self._from_server(c) for c in sources):
+        if not relay_later or not all(self._from_server(c) for c in sources):
             self.document_changed(document_id)
             return
         # The senders hear our new heads now (so they stop offering the changes); other
@@ -463,7 +464,7 @@ class Gossip:
                     self._relays.setdefault(document_id, set()).add(conn.conn_id)
 
     def relays_pending(self) -> bool:
-        """Whether changes wait for ``release_relays`` (see ``relay_later``)."""
+        """Whether changes wait for ``release_relays`` (see ``persisted``)."""
         return bool(self._relays)
 
     def release_relays(self) -> None:

@@ -971,11 +971,10 @@ class Node:
             if gossip.is_closed(link.conn_id):
                 going_on = False
                 break
-        if changed:
-            gossip.relay_later = self._relays_can_wait()
+        relay_later = bool(changed) and self._relays_can_wait()
         for document_id, before_heads in changed.items():
             await self._persist_from_peer(
-                document_id, before_heads, chunks[document_id], counts[document_id]
+                document_id, before_heads, chunks[document_id], counts[document_id], relay_later
             )
         self._schedule_relays()
         self._wake_all()
@@ -1033,7 +1032,12 @@ class Node:
                 log.warning("closing %s: %s", link.describe(), event.message)
 
     async def _persist_from_peer(
-        self, document_id: str, before_heads: list[bytes], chunks: list[bytes], events: int
+        self,
+        document_id: str,
+        before_heads: list[bytes],
+        chunks: list[bytes],
+        events: int,
+        relay_later: bool,
     ) -> None:
         """Persist, then let the hub forward. If the disk fails the document stays held:
         nothing that is not on disk here leaves this server."""
@@ -1044,7 +1048,7 @@ class Node:
                 self._fail_fatally(exc)
             return
         for _ in range(events):
-            self.gossip.persisted(document_id)
+            self.gossip.persisted(document_id, relay_later=relay_later)
 
     # ------------------------------------------------------------ network: authentication
 

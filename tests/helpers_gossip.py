@@ -72,6 +72,8 @@ class Hub:
         self.events: list[Event] = []
         self.pending: list[DocumentChanged] = []
         self.persisted_hashes: dict[str, list[bytes]] = {}
+        self.relay_later = False
+        """Passed to every `Gossip.persisted`, as a node linked to every server does."""
 
     def __repr__(self) -> str:
         return f"Hub({self.name!r})"
@@ -95,7 +97,7 @@ class Hub:
             self.persisted_hashes.setdefault(event.document_id, []).extend(
                 change.hash for change in changes
             )
-            self.gossip.persisted(event.document_id)
+            self.gossip.persisted(event.document_id, relay_later=self.relay_later)
 
     def create(self, **values: str) -> str:
         document_id = new_document_id()

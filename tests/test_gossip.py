@@ -386,7 +386,7 @@ def _relaying_mesh() -> tuple[Network, Hub, Hub, Hub, Hub, str]:
     client.gossip.request_document("to-b", doc_id)
     net.pump()
     assert c.read(doc_id) == client.read(doc_id) == {"name": "base"}
-    b.gossip.relay_later = True
+    b.relay_later = True
     return net, a, b, c, client, doc_id
 
 
