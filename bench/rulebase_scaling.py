@@ -32,7 +32,7 @@ import common
 from automerge.core import ROOT
 
 from crdtmds import model
-from crdtmds.docdata import child_id, fork_with_actor, hex_heads, insert_value, put_value, read
+from crdtmds.docdata import child_id, fork_with_actor, insert_value, put_value, read
 from crdtmds.node import Node
 
 NAME = "rulebase_scaling"
@@ -115,10 +115,7 @@ async def append_rules(node: Node, domain: Any, layer_uid: str, rules: list[Any]
     The domain's plain-data view is left alone here: it catches up once, when the
     benchmark's session opens.
     """
-    layers = child_id(domain.doc, ROOT, "layers")
-    layer_id = child_id(domain.doc, layers, layer_uid)
-    rules_id = child_id(domain.doc, layer_id, "rules")
-    order_id = child_id(domain.doc, layer_id, "order")
+    rules_id, order_id = layer_list_ids(domain.doc, layer_uid)
     end = domain.doc.length(order_id)
     before = domain.heads()
     with domain.doc.transaction() as tx:
@@ -168,21 +165,12 @@ class LayerBench:
         return times
 
     def floor_inputs(self, domain: Any) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-        """The session's actor (known to the document: no actor renumbering), a rule and a
-        revision entry shaped like those the session writes."""
+        """The session's actor (known to the document: no actor renumbering), a rule and
+        the revision entry the session would write for it."""
         rule = model.build_rule(
             {"name": f"floor-{self.added}", "action": "Accept"}, domain.state.find_object
         )
-        revision = {
-            "uid": model.new_uid(),
-            "admin": common.BENCH_ADMIN,
-            "server": "bench",
-            "session": self.session.uid,
-            "published-at": "2026-01-01T00:00:00.000+00:00",
-            "comments": "",
-            "heads": hex_heads(domain.heads()),
-            "changes": 1,
-        }
+        revision = self.session.revision_entry(domain.heads(), "", 1)
         return self.session.actor, rule, revision
 
 
@@ -192,10 +180,7 @@ def automerge_floor(
     """Automerge's part of an add + publish, on a fork that is dropped at once (so what it
     writes reaches nobody): fork, add the rule at the top, append the revision entry, free."""
     fork = fork_with_actor(domain.doc, actor)
-    layers = child_id(fork, ROOT, "layers")
-    layer_id = child_id(fork, layers, domain.state.get_layer(None).uid)
-    rules_id = child_id(fork, layer_id, "rules")
-    order_id = child_id(fork, layer_id, "order")
+    rules_id, order_id = layer_list_ids(fork, domain.state.get_layer(None).uid)
     with fork.transaction() as tx:
         put_value(tx, rules_id, rule["uid"], rule)
         insert_value(tx, order_id, 0, rule["uid"])
@@ -203,6 +188,12 @@ def automerge_floor(
     with fork.transaction() as tx:
         insert_value(tx, revisions, fork.length(revisions), revision)
     del fork
+
+
+def layer_list_ids(doc: Any, layer_uid: str) -> tuple[bytes, bytes]:
+    """The Automerge ids of a layer's rules map and order list."""
+    layer_id = child_id(doc, child_id(doc, ROOT, "layers"), layer_uid)
+    return child_id(doc, layer_id, "rules"), child_id(doc, layer_id, "order")
 
 
 def read_layer_from_document(domain: Any) -> list[dict[str, Any]]:

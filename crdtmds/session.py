@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -423,16 +423,7 @@ class Session:
             return self._pending
         comments = model.check_string(comments, "comments")
         heads_before = self.fork.get_heads()
-        revision = {
-            "uid": model.new_uid(),
-            "admin": self.admin,
-            "server": self.server,
-            "session": self.uid,
-            "published-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "comments": comments,
-            "heads": hex_heads(heads_before),
-            "changes": self.change_count(),
-        }
+        revision = self.revision_entry(heads_before, comments, self.change_count())
         revisions = child_id(self.fork, ROOT, "revisions")
         if revisions is None:
             raise PublishFailed("the domain document has no revision list")
@@ -441,6 +432,20 @@ class Session:
         self.view.revisions.append(revision)
         self._pending = PendingPublish(revision, list(self._own_changes), heads_before)
         return self._pending
+
+    def revision_entry(self, heads: Sequence[bytes], comments: str, changes: int) -> dict[str, Any]:
+        """The revision entry a publish of this session writes, now, of the draft at
+        `heads` with `changes` changed objects and rules."""
+        return {
+            "uid": model.new_uid(),
+            "admin": self.admin,
+            "server": self.server,
+            "session": self.uid,
+            "published-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "comments": comments,
+            "heads": hex_heads(heads),
+            "changes": changes,
+        }
 
     def abort_publish(self) -> None:
         """Undo `prepare_publish` after the changes could not be persisted."""
