@@ -1093,8 +1093,6 @@ class SyncPeer:
 # change once. Advertising no capability keeps the peer on v1 change lists: v2 peers may
 # send a whole document instead when more than a third of the document is new.
 
-SYNC_MESSAGE_V1 = 0x42
-SYNC_MESSAGE_V2 = 0x43
 _DOCUMENT_CHUNK = 0
 
 

@@ -224,8 +224,14 @@ def change_hash_and_deps(chunk: bytes) -> tuple[bytes, tuple[bytes, ...]]:
 
 def change_hash(body: bytes) -> bytes:
     """The hash of the change whose uncompressed body is `body` (its chunk's checksum is
-    the first 4 bytes): SHA-256 of chunk type, length and body."""
-    return hashlib.sha256(bytes([CHUNK_CHANGE]) + encode_uleb128(len(body)) + body).digest()
+    the first 4 bytes)."""
+    return chunk_hash(CHUNK_CHANGE, body)
+
+
+def chunk_hash(chunk_type: int, body: bytes) -> bytes:
+    """SHA-256 of a chunk's type, length and uncompressed body; its checksum is the first
+    4 bytes (and a change's hash the whole of it)."""
+    return hashlib.sha256(bytes([chunk_type]) + encode_uleb128(len(body)) + body).digest()
 
 
 def _inflate(data: bytes) -> bytes:

@@ -712,8 +712,8 @@ class Gossip:
 
 # ---------------------------------------------------------------- automerge sync messages
 
-_SYNC_MESSAGE_V1 = 0x42
-_SYNC_MESSAGE_V2 = 0x43
+SYNC_MESSAGE_V1 = 0x42
+SYNC_MESSAGE_V2 = 0x43
 _HASH_SIZE = 32
 
 
@@ -787,7 +787,7 @@ def with_changes(data: bytes, changes: list[tuple[bytes, bytes]]) -> bytes:
     return encode_sync_message(replace(message, changes=[*message.changes, *missing]), data[0])
 
 
-def encode_sync_message(message: SyncMessage, kind: int = _SYNC_MESSAGE_V1) -> bytes:
+def encode_sync_message(message: SyncMessage, kind: int = SYNC_MESSAGE_V1) -> bytes:
     """The bytes of a sync message (the inverse of `parse_sync_message`)."""
     out = bytearray([kind])
     _put_hashes(out, message.heads)
@@ -842,7 +842,7 @@ class _SyncMessageReader:
     def heads(self) -> list[bytes]:
         """The type byte, then the heads."""
         kind = self.take(1)[0]
-        if kind not in (_SYNC_MESSAGE_V1, _SYNC_MESSAGE_V2):
+        if kind not in (SYNC_MESSAGE_V1, SYNC_MESSAGE_V2):
             raise ProtocolError(f"sync message: unknown type byte 0x{kind:02x}")
         return self.hashes()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -39,7 +38,7 @@ import automerge.core
 from crdtmds.changes import (
     MAGIC,
     change_hash_and_deps,
-    encode_uleb128,
+    chunk_hash,
     read_uleb128,
     split_chunks,
 )
@@ -805,10 +804,6 @@ def _parse_chunk(data: bytes) -> _Chunk:
     return _Chunk(chunk_type, data[4:8], data[start:])
 
 
-def _uncompressed_hash(chunk_type: int, body: bytes) -> bytes:
-    return hashlib.sha256(bytes([chunk_type]) + encode_uleb128(len(body)) + body).digest()
-
-
 def _document_chunk_heads(data: bytes) -> list[bytes]:
     """Check a saved document: a document chunk, then any change chunks `Document.save()`
     appends for changes still waiting for a dependency. Returns the document chunk's heads."""
@@ -821,7 +816,7 @@ def _document_chunk_heads(data: bytes) -> list[bytes]:
     chunk = _parse_chunk(leading)
     if chunk.chunk_type != _DOCUMENT_CHUNK:
         raise ValueError(f"chunk type {chunk.chunk_type} is not a document")
-    if _uncompressed_hash(_DOCUMENT_CHUNK, chunk.body)[:4] != chunk.checksum:
+    if chunk_hash(_DOCUMENT_CHUNK, chunk.body)[:4] != chunk.checksum:
         raise ValueError("checksum mismatch")
     body = chunk.body
     actor_count, position = read_uleb128(body, 0)

@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import common
 
+from crdtmds.gossip import SYNC_MESSAGE_V1, SYNC_MESSAGE_V2
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -87,7 +89,7 @@ def test_parse_reads_a_v1_message_with_its_changes() -> None:
     state = SyncState()
     doc.receive_sync_message(state, Message.decode(common.encode_sync_message([], [], [[]])))
     data = doc.generate_sync_message(state).encode()
-    assert data[0] == common.SYNC_MESSAGE_V1
+    assert data[0] == SYNC_MESSAGE_V1
     message = common.parse_sync_message(data)
     assert message.heads == doc.get_heads()
     assert message.need == []
@@ -102,7 +104,7 @@ def test_a_v2_whole_document_yields_every_change() -> None:
     asking = Document().generate_sync_message(SyncState())  # advertises v2
     doc.receive_sync_message(state, asking)
     data = doc.generate_sync_message(state).encode()
-    assert data[0] == common.SYNC_MESSAGE_V2
+    assert data[0] == SYNC_MESSAGE_V2
     message = common.parse_sync_message(data)
     assert message.capabilities == b"\x01\x02"
     assert [chunk[8] for chunk in message.changes] == [0]  # one document chunk
