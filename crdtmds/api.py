@@ -41,6 +41,7 @@ from crdtmds.cluster import READ_ONLY, READ_WRITE, SUPERUSER, public_administrat
 from crdtmds.domain import DomainState, Layer
 from crdtmds.errors import (
     AuthenticationFailed,
+    CoreFailure,
     CrdtmdsError,
     InvalidParameter,
     MissingParameter,
@@ -50,6 +51,7 @@ from crdtmds.errors import (
     SessionExpired,
     UnknownCommand,
     ValidationError,
+    is_core_panic,
 )
 from crdtmds.protocol import document_url
 
@@ -422,7 +424,12 @@ class AdminAPI:
             call.require_superuser()
         elif command.access is Access.WRITE:
             call.writable_session()
-        return await command.handler(call)
+        try:
+            return await command.handler(call)
+        except BaseException as exc:
+            if not is_core_panic(exc):
+                raise
+            raise _core_failure(name, call, exc) from None
 
     async def login_for(self, connection: ApiConnection, sid: Any) -> Login:
         """The live login named by `sid` (or bound to the connection); refreshes its timeout."""
@@ -691,6 +698,20 @@ class ApiConnection:
     async def close(self) -> None:
         """The connection is gone. Its login stays valid (by `sid`) until logout or timeout."""
         self.sid = None
+
+
+def _core_failure(command: str, call: Call, exc: BaseException) -> CoreFailure:
+    """The error a command answers when the Automerge core panicked under it, naming the
+    command and the document; logged with its traceback."""
+    login = call.login_
+    domain = login.domain if login is not None else None
+    document = domain.get("document-id") if domain else None
+    where = f"domain {domain.get('name')!r} ({document})" if domain else "no domain"
+    log.error("the Automerge core failed running %r on %s", command, where, exc_info=exc)
+    return CoreFailure(
+        f"internal error: the Automerge core failed running '{command}' on {where}",
+        details={"command": command, "document": document},
+    )
 
 
 def _who(user: str, record: Mapping[str, Any] | None) -> str:

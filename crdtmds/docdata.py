@@ -91,26 +91,32 @@ def child_id(doc: Document | Any, parent: bytes, key: str | int) -> bytes | None
     return None
 
 
-def read(doc: Document, obj: bytes = ROOT) -> Any:
-    """The whole object `obj` as plain Python data."""
-    return _read_object(doc, obj, doc.object_type(obj))
+def read(doc: Document, obj: bytes = ROOT, heads: Sequence[bytes] | None = None) -> Any:
+    """The whole object `obj` as plain Python data, now or as it was at `heads`.
+
+    Reading at `heads` is how past states are read: `Document.fork_at` can panic inside
+    the Automerge core on ordinary histories, and re-applies every change besides.
+    """
+    at = None if heads is None else list(heads)
+    return _read_object(doc, obj, doc.object_type(obj), at)
 
 
-def _read_object(doc: Document, obj: bytes, obj_type: ObjType) -> Any:
+def _read_object(doc: Document, obj: bytes, obj_type: ObjType, heads: list[bytes] | None) -> Any:
     # One `values` call per object (plus `keys` for a map) rather than one `get` per
     # entry: about twice as fast as the package's `extract` on domain records.
     if obj_type == ObjType.Map:
         return {
-            key: _plain(doc, value, child)
-            for key, (value, child) in zip(doc.keys(obj), doc.values(obj), strict=True)
-        }
+            key: _plain(doc, value, child, heads)
+            for key, (value, child) in zip(doc.keys(obj, heads), doc.values(obj, heads),
+                                           strict=True)
+        }  # fmt: skip
     if obj_type == ObjType.List:
-        return [_plain(doc, value, child) for value, child in doc.values(obj)]
-    return doc.text(obj)
+        return [_plain(doc, value, child, heads) for value, child in doc.values(obj, heads)]
+    return doc.text(obj, heads)
 
 
-def _plain(doc: Document, value: Any, obj: bytes) -> Any:
-    return _read_object(doc, obj, value) if isinstance(value, ObjType) else value[1]
+def _plain(doc: Document, value: Any, obj: bytes, heads: list[bytes] | None) -> Any:
+    return _read_object(doc, obj, value, heads) if isinstance(value, ObjType) else value[1]
 
 
 def hex_heads(heads: Sequence[bytes]) -> list[str]:
@@ -142,8 +148,36 @@ _last_actor_time = 0
 """Nanoseconds in the last actor id made: ids made by one process never tie or go back."""
 
 
-def fork_with_actor(doc: Document, actor: bytes, heads: Sequence[bytes] | None = None) -> Document:
-    """A copy of `doc` (at `heads`, else its current heads) that writes as `actor`."""
-    fork = doc.fork() if heads is None else doc.fork_at(list(heads))
+def fork_with_actor(doc: Document, actor: bytes) -> Document:
+    """A copy of `doc` that writes as `actor`."""
+    fork = doc.fork()
     fork.set_actor(actor)
     return fork
+
+
+def has_heads(doc: Document, heads: Sequence[bytes]) -> bool:
+    """Whether `doc` holds every change named by `heads` (reads at unknown heads quietly
+    return nothing, so past states are checked first)."""
+    wanted = set(heads)
+    if not wanted:
+        return True
+    return wanted <= {change.hash for change in doc.get_changes([])}
+
+
+def rebuild_at(
+    doc: Document, heads: Sequence[bytes], extra: Sequence[bytes] = (), actor: bytes | None = None
+) -> Document:
+    """A new document holding the changes of `doc` up to `heads`, then the change chunks
+    `extra` (which must depend only on those), writing as `actor`.
+
+    Built by loading the changes themselves rather than with `Document.fork_at`, which can
+    panic inside the Automerge core on ordinary histories. Costs a load of the history.
+    """
+    if not has_heads(doc, heads):
+        raise ValidationError("unknown heads")
+    later = {change.hash for change in doc.get_changes(list(heads))}
+    chunks = [change.bytes for change in doc.get_changes([]) if change.hash not in later]
+    rebuilt = Document.load(b"".join([*chunks, *extra])) if chunks or extra else Document()
+    if actor is not None:
+        rebuilt.set_actor(actor)
+    return rebuilt

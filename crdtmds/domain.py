@@ -17,7 +17,7 @@ from automerge.core import ROOT, Document, ObjType
 
 from crdtmds import model
 from crdtmds.changes import DEL, MAKE_ACTIONS, ROOT_ID, ObjectId, Op, decode_change, parse_object_id
-from crdtmds.docdata import child_id, put_value, read
+from crdtmds.docdata import child_id, has_heads, put_value, read
 from crdtmds.errors import CrdtmdsError, InvalidParameter, ObjectNotFound, ValidationError
 
 # ---------------------------------------------------------------- plain-data view
@@ -428,12 +428,11 @@ class Domain:
         self._state_heads = self.doc.get_heads()
 
     def state_at(self, heads: Iterable[bytes]) -> DomainState:
-        """The domain as it was at `heads` (a past revision)."""
-        try:
-            past = self.doc.fork_at(list(heads))
-        except Exception as exc:  # the binding raises plain Exception for unknown heads
-            raise ValidationError(f"unknown heads: {exc}") from None
-        return DomainState.from_plain(read(past))
+        """The domain as it was at `heads` (a past revision), read in place."""
+        heads = list(heads)
+        if not has_heads(self.doc, heads):
+            raise ValidationError("unknown heads: the document holds no such changes")
+        return DomainState.from_plain(read(self.doc, ROOT, heads))
 
     def is_domain_document(self) -> bool:
         """Whether the document has the shape of a domain (it may be a fresh, empty copy

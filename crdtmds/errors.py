@@ -18,6 +18,7 @@ exceptions reads like one from that API::
     ├── TooManyRequests               err_too_many_requests
     ├── PublishFailed                 err_publish_failed
     ├── ProtocolError                 err_protocol          (malformed wire data)
+    ├── CoreFailure                   generic_internal_error (a panic in the Automerge core)
     ├── StorageError                  err_storage
     │   ├── StorageCorruption         err_storage_corrupt
     │   └── StorageVersionError       err_storage_version
@@ -105,6 +106,29 @@ class ProtocolError(CrdtmdsError):
     """Bytes from a peer that do not form a valid automerge-repo message."""
 
     code = "err_protocol"
+
+
+class CoreFailure(CrdtmdsError):
+    """The Automerge core panicked while running an operation on a document.
+
+    The panic surfaces from the binding as pyo3's `PanicException`, a `BaseException`
+    that `except Exception` lets through; it is turned into this error where crdtmds
+    calls into the core for a request, so the request fails and the server stays up.
+    """
+
+    code = "generic_internal_error"
+
+
+def is_core_panic(exc: BaseException) -> bool:
+    """Whether `exc` is a panic inside the Automerge core (pyo3's `PanicException`, which
+    the binding does not export under an importable name)."""
+    return type(exc).__name__ == "PanicException"
+
+
+def is_core_error(exc: BaseException) -> bool:
+    """Whether `exc` is what a call into the Automerge binding raises when it fails: a
+    plain Exception on bad input, or a panic of the core."""
+    return isinstance(exc, Exception) or is_core_panic(exc)
 
 
 class StorageError(CrdtmdsError):

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from automerge.core import Document, Message, SyncState
 
 from crdtmds.changes import change_hash_and_deps, encode_uleb128, read_uleb128, split_chunks
-from crdtmds.errors import CrdtmdsError, ProtocolError
+from crdtmds.errors import CrdtmdsError, ProtocolError, is_core_error
 from crdtmds.protocol import (
     MAX_MESSAGE_SIZE_DEFAULT,
     PROTOCOL_VERSION,
@@ -582,7 +582,9 @@ class Gossip:
         before_heads = doc.get_heads()
         try:
             doc.receive_sync_message(link.sync_state, Message.decode(data))
-        except Exception as exc:  # the binding raises plain Exception on bad input
+        except BaseException as exc:
+            if not is_core_error(exc):
+                raise
             raise ProtocolError(f"invalid sync message for {document_id}: {exc}") from exc
         if sorted(doc.get_heads()) == sorted(before_heads):
             conn.dirty[document_id] = None

@@ -67,6 +67,7 @@ from crdtmds.errors import (
     SessionError,
     StorageCorruption,
     StorageError,
+    is_core_error,
 )
 from crdtmds.gossip import (
     MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
@@ -323,7 +324,9 @@ class Node:
                     description=record.description,
                     created_at=record.created_at,
                 )
-            except Exception as exc:  # the binding raises a bare Exception for bad chunks
+            except BaseException as exc:
+                if not is_core_error(exc):
+                    raise
                 raise StorageCorruption(
                     f"{self.data_dir}: the stored draft of session {record.uid} "
                     f"({record.admin}, domain {record.domain}) cannot be restored: {exc}",

@@ -32,6 +32,7 @@ from crdtmds.docdata import (
     new_actor,
     put_value,
     read,
+    rebuild_at,
     unhex_heads,
 )
 from crdtmds.domain import Domain, DomainState, Layer, refresh_state
@@ -157,15 +158,13 @@ class Session:
         created_at: float | None = None,
     ) -> Session:
         """A session rebuilt after a restart from its base heads and its own changes."""
-        base_doc = domain.doc.fork_at(base_heads)
-        fork = Document.load(base_doc.save() + b"".join(changes))
-        fork.set_actor(actor)
+        fork = rebuild_at(domain.doc, base_heads, changes, actor)
         own = [(c.hash, c.bytes) for c in fork.get_changes(base_heads)]
         # Full reads are slow on a large domain: start from the live view when the draft
         # is based on the current heads, and get the draft's view by applying its own
         # changes to the base rather than by reading the whole fork.
         at_live = sorted(base_heads) == sorted(domain.heads())
-        base = domain.state if at_live else DomainState.from_plain(read(base_doc))
+        base = domain.state if at_live else domain.state_at(base_heads)
         return cls(
             uid=uid,
             domain=domain,
@@ -193,9 +192,23 @@ class Session:
         draft from the live heads anyway (see `Node.start_from_live`)."""
         if self._fork is None:
             live = self.domain.doc
-            at = None if live.get_heads() == self.base_heads else self.base_heads
-            self._fork = fork_with_actor(live, self._actor, at)
+            if live.get_heads() == self.base_heads:
+                self._fork = fork_with_actor(live, self._actor)
+            else:
+                # Not reached through the edits, which rebase an empty draft first
+                # (`_ready_to_edit`); rebuilt from the changes, never with `fork_at`.
+                self._fork = rebuild_at(live, self.base_heads, actor=self._actor)
         return self._fork
+
+    def _ready_to_edit(self) -> None:
+        """Before an edit reads the view: an empty draft whose document is not forked yet
+        starts from the live document as it is now, so that the view the edit reads and
+        the fork it writes hold the same heads (publishes may have landed since the view
+        was last read)."""
+        if not self._bound or (
+            self._fork is None and not self._own_changes and self.domain.heads() != self._base_heads
+        ):
+            self._bind()
 
     @property
     def own_change_bytes(self) -> list[bytes]:
@@ -217,6 +230,7 @@ class Session:
     # ------------------------------------------------------------ objects
 
     def add_object(self, obj_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._ready_to_edit()
         record = model.build_object(obj_type, params, self.view.find_object)
         self._check_name_free(record["name"], record["uid"])
         objects = self._objects_id()
@@ -226,6 +240,7 @@ class Session:
         return record
 
     def set_object(self, obj_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._ready_to_edit()
         current = self.view.get_object(_object_ref(params), obj_type)
         record = model.build_object(obj_type, params, self.view.find_object, existing=current)
         if record["name"] != current["name"]:
@@ -237,6 +252,7 @@ class Session:
         return record
 
     def delete_object(self, obj_type: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._ready_to_edit()
         record = self.view.get_object(_object_ref(params), obj_type)
         uses = self.view.where_used(record["uid"])
         if uses:
@@ -261,6 +277,7 @@ class Session:
     # ------------------------------------------------------------ rules
 
     def add_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._ready_to_edit()
         layer = self.view.get_layer(params.get("layer"))
         position = model.check_position(params.get("position", "top"))
         rule = model.build_rule(params, self.view.find_object)
@@ -277,6 +294,7 @@ class Session:
         return self._numbered(layer, rule)
 
     def set_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._ready_to_edit()
         layer = self.view.get_layer(params.get("layer"))
         current = self.view.get_rule(layer, _rule_ref(params))
         rule = model.build_rule(params, self.view.find_object, existing=current)
@@ -297,6 +315,7 @@ class Session:
         return self._numbered(layer, layer.rules[rule["uid"]])
 
     def delete_rule(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        self._ready_to_edit()
         layer = self.view.get_layer(params.get("layer"))
         rule = self.view.get_rule(layer, _rule_ref(params))
         rules_id, order_id = self._layer_ids(layer.uid)
@@ -423,7 +442,8 @@ class Session:
             return self._pending
         comments = model.check_string(comments, "comments")
         heads_before = self.fork.get_heads()
-        revision = self.revision_entry(heads_before, comments, self.change_count())
+        content = _merged_heads(heads_before, self.base_heads, self.domain.heads())
+        revision = self.revision_entry(content, comments, self.change_count())
         revisions = child_id(self.fork, ROOT, "revisions")
         if revisions is None:
             raise PublishFailed("the domain document has no revision list")
@@ -452,7 +472,7 @@ class Session:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        self._fork = fork_with_actor(self.fork, self._actor, pending.heads_before_revision)
+        self._fork = rebuild_at(self.fork, pending.heads_before_revision, actor=self._actor)
         self._own_changes = self._own_changes[:-1]
         self.view.revisions.pop()
 
@@ -491,6 +511,7 @@ class Session:
 
     def revert_to(self, revision_ref: str) -> dict[str, Any]:
         """Make the draft's content that of a past revision (published as a new one)."""
+        self._ready_to_edit()
         revision = self.view.revision(revision_ref)
         heads = revision.get("heads")
         if not isinstance(heads, list):
@@ -669,6 +690,21 @@ class Session:
         if rules is None or order is None:
             raise ObjectNotFound(f"access layer '{layer_uid}' not found")
         return rules, order
+
+
+def _merged_heads(
+    draft: Sequence[bytes], base: Sequence[bytes], live: Sequence[bytes]
+) -> list[bytes]:
+    """Heads of the live document once the draft is merged into it: what a revision of
+    the publish must read, so that it shows (and a revert restores) the publishes that
+    landed while the draft was open, not the draft alone.
+
+    The draft and the live document both descend from `base`. A base head stays a head
+    only where neither side built on it; every other head of either side stays.
+    """
+    base_set, draft_set, live_set = set(base), set(draft), set(live)
+    kept = (draft_set - base_set) | (live_set - base_set) | (base_set & draft_set & live_set)
+    return sorted(kept)
 
 
 def _object_ref(params: Mapping[str, Any]) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from automerge.core import ROOT, Document, ObjType, ScalarType, extract
 
-from crdtmds.docdata import child_id, fork_with_actor, new_actor, read
+from crdtmds.docdata import child_id, fork_with_actor, has_heads, new_actor, read, rebuild_at
+from crdtmds.errors import ValidationError
 
 
 def nested_document() -> Document:
@@ -50,13 +52,51 @@ def test_new_actors_sort_in_the_order_they_are_made() -> None:
     assert len(set(actors)) == 50
 
 
-def test_fork_with_actor_at_past_heads() -> None:
+def test_rebuild_at_past_heads_writes_as_the_given_actor() -> None:
     doc = nested_document()
     past = doc.get_heads()
     with doc.transaction() as tx:
         tx.put(ROOT, "name", ScalarType.Str, "later")
     actor = new_actor()
-    fork = fork_with_actor(doc, actor, past)
-    assert fork.get_actor() == actor
-    assert fork.get_heads() == past
-    assert read(fork)["name"] == "acme"
+    rebuilt = rebuild_at(doc, past, actor=actor)
+    assert rebuilt.get_actor() == actor
+    assert rebuilt.get_heads() == past
+    assert read(rebuilt)["name"] == "acme"
+    with rebuilt.transaction() as tx:
+        tx.put(ROOT, "name", ScalarType.Str, "branch")
+    assert read(rebuilt)["name"] == "branch"
+    assert read(doc)["name"] == "later"
+
+
+def test_rebuild_at_adds_changes_built_on_those_heads() -> None:
+    doc = nested_document()
+    past = doc.get_heads()
+    draft = fork_with_actor(doc, new_actor())
+    with draft.transaction() as tx:
+        tx.put(ROOT, "count", ScalarType.Int, 9)
+    change = draft.get_last_local_change()
+    with doc.transaction() as tx:
+        tx.put(ROOT, "name", ScalarType.Str, "later")
+    rebuilt = rebuild_at(doc, past, [change.bytes])
+    assert rebuilt.get_heads() == draft.get_heads()
+    assert read(rebuilt) == read(draft)
+
+
+def test_rebuild_at_unknown_heads_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        rebuild_at(nested_document(), [b"\x01" * 32])
+
+
+def test_read_at_past_heads_sees_the_past() -> None:
+    doc = nested_document()
+    past = doc.get_heads()
+    before = read(doc)
+    with doc.transaction() as tx:
+        tx.put(ROOT, "name", ScalarType.Str, "later")
+        tx.delete(ROOT, "count")
+        objects = child_id(tx, ROOT, "objects")
+        tx.delete(objects, "h1")
+    assert read(doc, ROOT, past) == before
+    assert read(doc)["name"] == "later"
+    assert has_heads(doc, past)
+    assert not has_heads(doc, [b"\x02" * 32])

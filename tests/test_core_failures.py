@@ -1,0 +1,79 @@
+"""A panic inside the Automerge core fails the request that met it, not the connection
+or the server: the reply is `generic_internal_error` naming the command and the domain."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from crdtmds.domain import Domain
+from crdtmds.errors import is_core_error, is_core_panic
+from crdtmds.session import Session
+from tests.test_api import api, cheap_password_hashes, clock, connect, host, node  # noqa: F401
+
+
+def genuine_panic() -> BaseException:
+    """A real `PanicException` from the core: `fork_at` panics on the history of two
+    sessions publishing in turn (the reason crdtmds no longer calls it)."""
+    for number in range(20):
+        domain = Domain.create("acme", f"doc-{number}")
+        sessions = [Session.open(domain, admin=name, server="s1") for name in ("a", "b")]
+        count = 0
+        for _ in range(3):
+            for session in sessions:
+                for _ in range(3):
+                    count += 1
+                    session.add_object("host", {"name": f"h{count}", "ipv4-address": "10.0.0.1"})
+                session.prepare_publish("")
+                session.complete_publish()
+        for revision in domain.state.revisions:
+            heads = [bytes.fromhex(h) for h in revision["heads"]]
+            try:
+                domain.doc.fork_at(heads)
+            except BaseException as exc:
+                return exc
+    pytest.fail("the core no longer panics on this history: the test needs another trigger")
+
+
+def test_a_core_panic_is_not_an_exception_but_is_recognised() -> None:
+    panic = genuine_panic()
+    assert not isinstance(panic, Exception)
+    assert is_core_panic(panic)
+    assert is_core_error(panic)
+    assert is_core_error(ValueError("bad chunk"))
+    assert not is_core_panic(ValueError("bad chunk"))
+    assert not is_core_error(KeyboardInterrupt())
+
+
+async def test_a_panic_under_a_command_is_answered_and_the_connection_goes_on(
+    api: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    panic_type = type(genuine_panic())
+    alice = connect(api)
+    await alice.login("alice")
+    await alice.ok("add-host", **host("web", "10.0.0.1"))
+    before = api.node.domain_heads()
+
+    def panicking(*args: Any, **kwargs: Any) -> Any:
+        raise panic_type("called `Result::unwrap()` on an `Err` value: MissingOps")
+
+    monkeypatch.setattr(Session, "add_object", panicking)
+    with caplog.at_level(logging.ERROR, logger="crdtmds"):
+        reply = await alice.send("add-host", host("db", "10.0.0.2"))
+    error = reply["error"]
+    assert error["code"] == "generic_internal_error"
+    assert "add-host" in error["message"] and "acme" in error["message"]
+    assert error["details"]["command"] == "add-host"
+    assert error["details"]["document"] == api.node.domain("acme").document_id
+    assert any("Automerge core failed" in record.getMessage() for record in caplog.records)
+
+    monkeypatch.undo()
+    assert api.node.domain_heads() == before
+    shown = await alice.ok("show-hosts")
+    assert [h["name"] for h in shown["objects"]] == ["web"]
+    await alice.ok("add-host", **host("db", "10.0.0.2"))
+    await alice.ok("publish")
