@@ -299,6 +299,41 @@ async def _until_async(check: Any, timeout: float = CONVERGENCE_TIMEOUT) -> Any:
 
 
 @pytest.mark.slow
+def test_revert_after_two_sessions_publish_in_turn(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Two sessions on one server publish three hosts each, in turn, three rounds; a revert
+    to the third revision brings back exactly the hosts it had (the Automerge core used to
+    panic on this history and take the API connection down with it)."""
+    setup = tmp_path / "setup.json"
+    ok("login", "--server", cluster.urls[0], "--user", cluster.admin,
+       session=setup, password=cluster.password)  # fmt: skip
+    ok("domain", "add", "turns", session=setup)
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    for session in (first, second):
+        ok("login", "--server", cluster.urls[0], "--user", cluster.admin, "--domain", "turns",
+           session=session, password=cluster.password)  # fmt: skip
+    published: list[tuple[str, list[str]]] = []
+    count = 0
+    for _ in range(3):
+        for session in (first, second):
+            for _ in range(3):
+                count += 1
+                ok("host", "add", f"h{count}", "--ip", f"192.0.2.{count}", session=session)
+            output = ok("session", "publish", session=session)
+            uid = output.split("published revision ")[1].split()[0]
+            hosts = json.loads(ok("host", "list", "--json", session=session))["objects"]
+            published.append((uid, sorted(h["name"] for h in hosts)))
+    assert published[-1][1] == sorted(f"h{n}" for n in range(1, 19))
+
+    third, expected = published[2]
+    output = ok("revert", third, session=first)
+    assert f"reverted to {third}" in output
+    hosts = json.loads(ok("host", "list", "--json", session=second))["objects"]
+    assert sorted(h["name"] for h in hosts) == expected == sorted(f"h{n}" for n in range(1, 10))
+    revisions = json.loads(ok("revisions", "--json", session=second))["objects"]
+    assert len(revisions) == 7
+
+
+@pytest.mark.slow
 def test_concurrent_edits_on_two_servers_converge_and_verify(cluster: LocalCluster) -> None:
     asyncio.run(_concurrent_edits_on_two_servers(cluster))
 
