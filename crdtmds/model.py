@@ -178,8 +178,8 @@ def check_name(value: Any, field: str = "name") -> str:
     """The name of an object, tag, administrator, domain or server, stripped.
 
     Besides the characters `check_label` refuses, a name must not be mistaken for the
-    predefined "Any" (references and clients compare it loosely) or for a uid (both
-    are accepted wherever an object is referred to).
+    predefined "Any" (whatever its letter case) or for a uid: references accept a name
+    or a uid alike, and the CLI sends anything shaped like a uid as one.
     """
     name = check_label(value, field)
     if not name:
