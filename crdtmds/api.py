@@ -480,8 +480,8 @@ class AdminAPI:
         await self._sweep_expired()
         login = self._new_login(user, entry, session, read_only, timeout)
         connection.sid = login.sid
-        log.info("%s logged in from %s to %s", user, connection.source,
-                 entry["name"] if entry else "the system-wide view")  # fmt: skip
+        log.info("%r logged in from %s to %s", user, connection.source,
+                 repr(entry["name"]) if entry else "the system-wide view")  # fmt: skip
         return self._login_reply(login)
 
     async def _check_password(self, source: str, user: str, password: str) -> None:
@@ -581,7 +581,7 @@ class AdminAPI:
             await self._expire(login)
 
     async def _expire(self, login: Login) -> None:
-        log.info("login of %s expired", login.admin)
+        log.info("login of %r expired", login.admin)
         self._forget_login(login)
         await self._close_empty_session(login)
 
@@ -1165,7 +1165,7 @@ async def _show_domains(call: Call) -> dict[str, Any]:
 async def _add_domain(call: Call) -> dict[str, Any]:
     name = model.check_name(call.params.get("name"), "name")
     entry = await call.node.create_domain(name, created_by=call.login.admin)
-    log.info("%s added domain %s", call.login.admin, name)
+    log.info("%r added domain %r", call.login.admin, name)
     return _domain_reply(call, entry)
 
 
@@ -1191,7 +1191,7 @@ async def _add_administrator(call: Call) -> dict[str, Any]:
             details={"parameter": "domains"},
         )
     entry = await call.node.add_administrator(name, password, superuser=superuser, domains=grants)
-    log.info("%s added administrator %s", call.login.admin, name)
+    log.info("%r added administrator %r", call.login.admin, name)
     return {**public_administrator(entry), "type": "administrator"}
 
 

@@ -108,7 +108,13 @@ class ClusterDocument:
     # ------------------------------------------------------------ writes
 
     def add_server(self, name: str, url: str, region: str, role: str) -> Change:
-        model.check_name(name, "name")
+        """List a server, or update its entry. Only new values are checked, so that a
+        server listed before the checks (or by an older peer) still starts."""
+        current = self.servers().get(name)
+        if current is None:
+            model.check_name(name, "name")
+        if current is None or current.get("region") != region:
+            model.check_label(region, "region")
         entry = {
             "name": name,
             "url": url,

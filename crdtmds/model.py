@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -67,6 +68,17 @@ MAX_NAME_LENGTH = 128
 MAX_TEXT_LENGTH = 4096
 _PORT_RE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+"""Control, format (bidi overrides, zero-width joiners) and line/paragraph separators:
+characters that drive a terminal, reorder the text around them or start a new line."""
+TEXT_LAYOUT = "\t\n"
+"""The only unsafe characters free text (comments, descriptions) may hold."""
+_UID_SHAPE = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
+)
+"""What `new_uid` makes, in either letter case (clients treat both as uids)."""
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
 Resolver = Callable[[str], Mapping[str, Any] | None]
 """Looks an object up by uid or name, as the editing session sees the domain."""
 
@@ -84,7 +96,10 @@ def require(params: Mapping[str, Any], key: str) -> Any:
     return params[key]
 
 
-def check_string(value: Any, field: str, *, limit: int = MAX_TEXT_LENGTH) -> str:
+def check_string(
+    value: Any, field: str, *, limit: int = MAX_TEXT_LENGTH, allowed: str = TEXT_LAYOUT
+) -> str:
+    """A string of at most `limit` characters with no unsafe character but those `allowed`."""
     if not isinstance(value, str):
         raise InvalidParameter(f"'{field}' must be a string", details={"parameter": field})
     if not _is_utf8_text(value):
@@ -93,7 +108,56 @@ def check_string(value: Any, field: str, *, limit: int = MAX_TEXT_LENGTH) -> str
         )
     if len(value) > limit:
         raise ValidationError(f"'{field}' is longer than {limit} characters")
+    _check_characters(value, field, allowed)
     return value
+
+
+def _check_characters(value: str, field: str, allowed: str) -> None:
+    position, char = first_unsafe_character(value, allowed)
+    if char:
+        code = character_code(char)
+        raise ValidationError(
+            f"'{field}' must not contain control or format characters: "
+            f"{code} ({escape_text(char)}) at position {position + 1}",
+            details={"parameter": field, "character": code},
+        )
+
+
+def first_unsafe_character(text: str, allowed: str = "") -> tuple[int, str]:
+    """The index and the first character of `text` in UNSAFE_CATEGORIES and not in
+    `allowed`; (-1, "") when there is none."""
+    if text.isprintable():  # fast path: every unsafe character is unprintable
+        return -1, ""
+    for position, char in enumerate(text):
+        if char not in allowed and unicodedata.category(char) in UNSAFE_CATEGORIES:
+            return position, char
+    return -1, ""
+
+
+def character_code(char: str) -> str:
+    return f"U+{ord(char):04X}"
+
+
+def escape_text(text: str) -> str:
+    """`text` with every unsafe character written as a visible escape (\\x1b, \\n,
+    \\u202e), for terminals and logs: stored text may predate validation or come
+    from an older peer, so output never trusts it."""
+    if first_unsafe_character(text)[1] == "":
+        return text
+    return "".join(_escape_character(c) for c in text)
+
+
+def _escape_character(char: str) -> str:
+    if unicodedata.category(char) not in UNSAFE_CATEGORIES:
+        return char
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def _is_utf8_text(value: str) -> bool:
@@ -105,12 +169,29 @@ def _is_utf8_text(value: str) -> bool:
     return True
 
 
+def check_label(value: Any, field: str, *, limit: int = MAX_NAME_LENGTH) -> str:
+    """One line of text that may be empty (rule and session names), stripped."""
+    return check_string(value, field, limit=limit, allowed="").strip()
+
+
 def check_name(value: Any, field: str = "name") -> str:
-    name = check_string(value, field, limit=MAX_NAME_LENGTH).strip()
+    """The name of an object, tag, administrator, domain or server, stripped.
+
+    Besides the characters `check_label` refuses, a name must not be mistaken for the
+    predefined "Any" (whatever its letter case) or for a uid: references accept a name
+    or a uid alike, and the CLI sends anything shaped like a uid as one.
+    """
+    name = check_label(value, field)
     if not name:
         raise ValidationError(f"'{field}' must not be empty", details={"parameter": field})
-    if name == ANY_NAME:
-        raise ValidationError(f"'{ANY_NAME}' is a reserved name", details={"parameter": field})
+    if name.casefold() == ANY_NAME.casefold():
+        raise ValidationError(
+            f"'{ANY_NAME}' is a reserved name, in any letter case", details={"parameter": field}
+        )
+    if _UID_SHAPE.fullmatch(name):
+        raise ValidationError(
+            f"'{field}' must not look like a uid: {name}", details={"parameter": field}
+        )
     return name
 
 
@@ -449,9 +530,9 @@ def build_rule(
     else:
         rule = dict(existing)
     if "name" in params:
-        rule["name"] = check_string(params["name"], "name", limit=MAX_NAME_LENGTH).strip()
+        rule["name"] = check_label(params["name"], "name")
     if "new-name" in params:
-        rule["name"] = check_string(params["new-name"], "new-name", limit=MAX_NAME_LENGTH).strip()
+        rule["name"] = check_label(params["new-name"], "new-name")
     for field in RULE_REFERENCE_FIELDS:
         if field in params:
             refs = params[field]

@@ -937,7 +937,7 @@ class Node:
             async for frame in self._frames(link):
                 await frames.put(frame)
         except ConnectionClosed as exc:
-            log.log(_close_log_level(exc), "connection %s closed: %s", link.describe(), exc)
+            log.log(_close_log_level(exc), "connection %s closed: %r", link.describe(), str(exc))
         finally:
             # The end mark; if the queue is full the receiver sees this task done instead.
             with contextlib.suppress(asyncio.QueueFull):
@@ -1032,7 +1032,7 @@ class Node:
                 log.debug("%s does not have %s", link.describe(), event.document_id)
             case ConnectionFailed():
                 link.failure = event.message
-                log.warning("closing %s: %s", link.describe(), event.message)
+                log.warning("closing %s: %r", link.describe(), event.message)
 
     async def _persist_from_peer(
         self,
@@ -1085,7 +1085,7 @@ class Node:
             else:
                 info, reply = await self._admit_repo_client(link, join)
         except CrdtmdsError as exc:
-            log.warning("refused %s: %s", link.describe(), exc.message)
+            log.warning("refused %s: %r", link.describe(), exc.message)
             link.failure = exc.message
             self.gossip.reject(link.conn_id, exc.message)
             return
@@ -1238,14 +1238,14 @@ class Node:
                     link.target = url
                     await self._run_link(link)
             except InvalidURI as exc:
-                log.error("not dialing %s: %s", url, exc)
+                log.error("not dialing %r: %r", url, str(exc))
                 return
             except (OSError, InvalidHandshake, TimeoutError, ConnectionClosed) as exc:
                 if not reported:
-                    log.info("cannot reach %s: %s", url, exc)
+                    log.info("cannot reach %r: %r", url, str(exc))
                     reported = True
             except Exception:  # a bug must not end the redialing for good
-                log.exception("connection to %s failed", url)
+                log.exception("connection to %r failed", url)
             if link is not None and link.peer_name is not None and link.failure is None:
                 delay, reported = BACKOFF_INITIAL, False
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
@@ -1334,14 +1334,19 @@ class _Link:
     closing: bool = False
 
     def describe(self) -> str:
+        # Names and URLs come from peers and the cluster document: quoted and escaped.
         who = (
-            f"server {self.peer_name}"
+            f"server {self.peer_name!r}"
             if self.peer_name
-            else f"admin {self.admin}"
+            else f"admin {self.admin!r}"
             if self.admin
             else "peer"
         )
-        where = self.target or _format_address(getattr(self.ws, "remote_address", None))
+        where = (
+            repr(self.target)
+            if self.target
+            else _format_address(getattr(self.ws, "remote_address", None))
+        )
         return f"{who} ({self.conn_id}, {where})"
 
 

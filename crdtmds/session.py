@@ -128,6 +128,7 @@ class Session:
         description: str = "",
         uid: str | None = None,
     ) -> Session:
+        model.check_label(name, "session-name")  # `restore` skips it: old names still load
         base = domain.state
         return cls(
             uid=uid or model.new_uid(),

@@ -30,6 +30,7 @@ import typer
 import yaml
 
 from crdtmds.client import ApiError, Client, SessionLeftBehind, run
+from crdtmds_cli.output import escape_text, json_text, say
 
 T = TypeVar("T")
 
@@ -167,7 +168,7 @@ class _EchoWarnings(logging.Handler):
     """Client log records as `warning: ...` lines on the current stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"warning: {record.getMessage()}", err=True)
+        say(f"warning: {record.getMessage()}", err=True)
 
 
 def show_client_warnings() -> None:
@@ -178,7 +179,7 @@ def show_client_warnings() -> None:
 
 
 def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
-    typer.echo(f"Error {code}: {message}", err=True)
+    say(f"Error {code}: {message}", err=True)
     raise typer.Exit(exit_code)
 
 
@@ -216,18 +217,18 @@ async def _run_and_close(client: Client, work: Callable[[Client], Awaitable[T]])
 
 
 def echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    typer.echo(json_text(data))
 
 
 def echo_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> None:
     """A plain table: columns padded to their widest cell."""
     cells = [[_cell(v) for v in row] for row in rows]
     if not cells:
-        typer.echo("(none)")
+        say("(none)")
         return
     widths = [max(len(r[i]) for r in [headers, *cells]) for i in range(len(headers))]
     for row in [headers, ["-" * w for w in widths], *cells]:
-        typer.echo("  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)))
+        say("  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)))
 
 
 def _cell(value: Any) -> str:
@@ -238,14 +239,15 @@ def _cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(_cell(v) for v in value)
     if isinstance(value, dict):
-        return str(value.get("name") or value.get("uid") or "")
-    return str(value)
+        return escape_text(str(value.get("name") or value.get("uid") or ""))
+    return escape_text(str(value))
 
 
 def echo_record(record: dict[str, Any]) -> None:
-    width = max((len(k) for k in record), default=0)
+    keys = {key: escape_text(key) for key in record}
+    width = max((len(k) for k in keys.values()), default=0)
     for key, value in record.items():
-        typer.echo(f"{key.ljust(width)}  {_cell(value)}")
+        say(f"{keys[key].ljust(width)}  {_cell(value)}")
 
 
 async def all_pages(
@@ -273,9 +275,9 @@ async def publish_now(client: Client, comments: str | None = None) -> None:
     reply = await client.call("publish", **params)
     revision = reply.get("revision")
     if revision is None:
-        typer.echo("nothing to publish")
+        say("nothing to publish")
     else:
-        typer.echo(f"published revision {revision['uid']} ({revision.get('changes', 0)} changes)")
+        say(f"published revision {revision['uid']} ({revision.get('changes', 0)} changes)")
 
 
 def _object_fields(comments: str | None, color: str | None, tags: list[str] | None) -> dict:
@@ -302,7 +304,7 @@ def _write_object(
         what = command.split("-", 1)[1]
         name = reply.get("name", params.get("name", ""))
         suffix = f" ({reply['uid']})" if "uid" in reply else ""
-        typer.echo(f"{done} {what} {name}{suffix}")
+        say(f"{done} {what} {name}{suffix}")
         if publish:
             await publish_now(client)
 
@@ -481,10 +483,10 @@ def login_command(
         return
     where = f"domain {domain}" if domain else "the system-wide view"
     mode = " (read-only)" if reply.get("read-only") else ""
-    typer.echo(f"logged in to {where} on {client.server} as {user}{mode}")
-    typer.echo(f"session {reply.get('uid')}; login kept in {path}")
+    say(f"logged in to {where} on {client.server} as {user}{mode}")
+    say(f"session {reply.get('uid')}; login kept in {path}")
     if client.unpublished:
-        typer.echo("the session holds unpublished changes: `crdtmds session show`")
+        say("the session holds unpublished changes: `crdtmds session show`")
 
 
 def logout_command(session_file: SessionFileOption = None) -> None:
@@ -506,10 +508,10 @@ def logout_command(session_file: SessionFileOption = None) -> None:
     try:
         run(work())
     except ApiError as exc:
-        typer.echo(f"warning: {exc.code}: {exc.message}", err=True)
+        say(f"warning: {exc.code}: {exc.message}", err=True)
     finally:
         path.unlink(missing_ok=True)
-    typer.echo("logged out")
+    say("logged out")
 
 
 # ---------------------------------------------------------------- objects
@@ -718,7 +720,7 @@ def service_set(
     async def work(client: Client) -> None:
         obj_type = await _find_service_type(client, name, protocol)
         reply = await client.call(f"set-{obj_type}", **params)
-        typer.echo(f"changed {obj_type} {reply['name']} ({reply['uid']})")
+        say(f"changed {obj_type} {reply['name']} ({reply['uid']})")
         if publish:
             await publish_now(client)
 
@@ -780,7 +782,7 @@ def service_delete(
     async def work(client: Client) -> None:
         obj_type = await _find_service_type(client, name, protocol)
         await client.call(f"delete-{obj_type}", **{_ref_key(name): name})
-        typer.echo(f"deleted {obj_type} {name}")
+        say(f"deleted {obj_type} {name}")
         if publish:
             await publish_now(client)
 
@@ -1009,7 +1011,7 @@ def rulebase_show(
         def cell(uids: list[str]) -> str:
             return ", ".join(names.get(u, u) for u in uids)
 
-        typer.echo(f"layer {reply['name']}: {reply['total']} rule(s)")
+        say(f"layer {reply['name']}: {reply['total']} rule(s)")
         echo_table(
             ["No.", "Name", "Source", "Destination", "Service", "Action", "Track", "Enabled"],
             [
@@ -1074,11 +1076,11 @@ def _write_rule(
     async def work(client: Client) -> None:
         reply = await client.call(command, **params)
         if command == "delete-access-rule":
-            typer.echo("deleted rule")
+            say("deleted rule")
         else:
             done = "added" if command.startswith("add") else "changed"
             label = f" '{reply['name']}'" if reply.get("name") else ""
-            typer.echo(f"{done} rule {reply['rule-number']}{label} ({reply['uid']})")
+            say(f"{done} rule {reply['rule-number']}{label} ({reply['uid']})")
         if publish:
             await publish_now(client)
 
@@ -1102,7 +1104,7 @@ def session_show(as_json: JsonOption = False, session_file: SessionFileOption = 
             echo_json({"session": session, "changes": changes})
             return
         domain = (session.get("domain") or {}).get("name", "the system-wide view")
-        typer.echo(
+        say(
             f"session {session['uid']} of {session['user-name']} on {domain} "
             f"(server {client.server}): {changes.get('total', 0)} change(s)"
         )
@@ -1158,7 +1160,7 @@ def session_discard(session_file: SessionFileOption = None) -> None:
 
     async def work(client: Client) -> None:
         reply = await client.call("discard")
-        typer.echo(f"discarded {reply.get('number-of-discarded-changes', 0)} change(s)")
+        say(f"discarded {reply.get('number-of-discarded-changes', 0)} change(s)")
 
     with_login(session_file, work)
 
@@ -1181,7 +1183,7 @@ def domain_add(
 
     async def work(client: Client) -> None:
         reply = await client.call("add-domain", name=name)
-        typer.echo(f"added domain {reply['name']} ({reply['uid']}) at {reply['url']}")
+        say(f"added domain {reply['name']} ({reply['uid']}) at {reply['url']}")
 
     with_login(session_file, work)
 
@@ -1247,7 +1249,7 @@ def revert_command(
     async def work(client: Client) -> None:
         params = {"to-revision": revision, **({"comments": comments} if comments else {})}
         reply = await client.call("revert-to-revision", **params)
-        typer.echo(f"reverted to {revision}: published revision {reply['revision']['uid']}")
+        say(f"reverted to {revision}: published revision {reply['revision']['uid']}")
 
     with_login(session_file, work)
 
@@ -1265,7 +1267,7 @@ def verify_command(
             echo_json(reply)
             return
         if not reply["problems"]:
-            typer.echo(f"domain {reply['domain']['name']}: no problems")
+            say(f"domain {reply['domain']['name']}: no problems")
             return
         echo_table(
             ["Problem", "Name / holder", "Details"],
@@ -1306,7 +1308,7 @@ def where_used_command(
             ]
             for r in used["access-control-rules"]
         ]
-        typer.echo(f"{reply['object']['name']} is used {used['total']} time(s)")
+        say(f"{reply['object']['name']} is used {used['total']} time(s)")
         echo_table(["Used by", "Name", "Columns"], rows)
 
     with_login(session_file, work)
@@ -1345,7 +1347,7 @@ def admin_add(
         reply = await client.call(
             "add-administrator", name=name, password=password, superuser=superuser, domains=grants
         )
-        typer.echo(f"added administrator {reply['name']}")
+        say(f"added administrator {reply['name']}")
 
     with_login(session_file, work)
 
@@ -1426,7 +1428,7 @@ def apply_command(
                 "publish or discard them first (`crdtmds session show`)",
             )
         await _apply_entries(client, entries, discard_on_error)
-        typer.echo(f"applied {len(entries)} command(s)")
+        say(f"applied {len(entries)} command(s)")
         if publish:
             await publish_now(client, comments)
 

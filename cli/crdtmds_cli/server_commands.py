@@ -21,8 +21,10 @@ import typer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from crdtmds import model
 from crdtmds.errors import ClusterError, CrdtmdsError
 from crdtmds.node import Limits, Node, advertised_url_for, client_ssl_context, join_cluster
+from crdtmds_cli.output import escape_strings, say
 
 STATUS_TIMEOUT = 5.0
 
@@ -70,6 +72,7 @@ def init_command(
     json_output: JsonOption = False,
 ) -> None:
     """Create a cluster: its Primary server here, a cluster secret and a first superuser."""
+    _check_names(name, region)
     host, port = _parse_listen(listen)
     _check_tls(tls_cert, tls_key)
     if password is None:
@@ -98,9 +101,9 @@ def init_command(
     if json_output:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"created cluster {config.cluster_id} with primary server '{config.name}'")
-    typer.echo(f"url: {result['url']}")
-    typer.echo(f"secret (needed by `crdtmds join`; keep it private): {config.secret}")
+    say(f"created cluster {config.cluster_id} with primary server '{config.name}'")
+    say(f"url: {result['url']}")
+    say(f"secret (needed by `crdtmds join`; keep it private): {config.secret}")
 
 
 def join_command(
@@ -124,6 +127,7 @@ def join_command(
     json_output: JsonOption = False,
 ) -> None:
     """Make a Secondary: fetch the cluster document and every domain from --peer."""
+    _check_names(name, region)
     host, port = _parse_listen(listen)
     _check_tls(tls_cert, tls_key)
     config = _run(
@@ -150,7 +154,7 @@ def join_command(
     if json_output:
         typer.echo(json.dumps(result))
     else:
-        typer.echo(f"joined cluster {config.cluster_id} as secondary server '{config.name}'")
+        say(f"joined cluster {config.cluster_id} as secondary server '{config.name}'")
 
 
 def start_command(
@@ -262,7 +266,8 @@ def status_command(
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:
-        typer.echo(format_status(report))
+        # Every value in the report came from a server, unauthenticated.
+        typer.echo(format_status(escape_strings(report)))
 
 
 # ---------------------------------------------------------------- status
@@ -425,13 +430,23 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     try:
         return asyncio.run(coroutine)
     except CrdtmdsError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _check_names(name: str, region: str) -> None:
+    """Refuse a bad --name or --region before anything is written or sent to a peer."""
+    try:
+        model.check_name(name, "--name")
+        model.check_label(region, "--region")
+    except CrdtmdsError as exc:
+        say(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
