@@ -102,6 +102,7 @@ class StoredLogin:
     unpublished: bool = False
     password: str | None = None
     timeout: float = 10.0
+    device_token: str | None = None
     version: int = SESSION_FILE_VERSION
     left_behind: list[list[str | None]] = field(default_factory=list)
 
@@ -143,6 +144,7 @@ class StoredLogin:
             session_uid=self.session_uid,
             unpublished=self.unpublished,
             timeout=self.timeout,
+            device_token=self.device_token,
         )
 
     def follow(self, client: Client) -> None:
@@ -152,6 +154,7 @@ class StoredLogin:
             self.server = client.server
             self.session_uid = client.session_uid
         self.unpublished = client.unpublished
+        self.device_token = client.device_token
         self.left_behind.extend([lost.server, lost.session] for lost in client.left_behind)
 
 
@@ -450,6 +453,7 @@ def login_command(
             timeout=timeout,
             read_only=read_only,
             continue_last_session=continue_session,
+            device_token=_device_token_of(session_path(session_file), user),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--server") from None
@@ -475,6 +479,7 @@ def login_command(
         unpublished=client.unpublished,
         password=password if remember_password else None,
         timeout=timeout,
+        device_token=client.device_token,
     )
     path = session_path(session_file)
     stored.save(path)
@@ -487,6 +492,16 @@ def login_command(
     say(f"session {reply.get('uid')}; login kept in {path}")
     if client.unpublished:
         say("the session holds unpublished changes: `crdtmds session show`")
+
+
+def _device_token_of(path: Path, user: str) -> str | None:
+    """The device token kept by an earlier login of `user` in this session file: with it,
+    failed logins of others (say, behind the same NAT) do not hold this login back."""
+    try:
+        stored = StoredLogin.load(path)
+    except CliFailure:
+        return None
+    return stored.device_token if stored.user == user else None
 
 
 def logout_command(session_file: SessionFileOption = None) -> None:

@@ -44,6 +44,10 @@ CertOption = Annotated[
 KeyOption = Annotated[Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 DEFAULT_LIMITS = Limits()
+MinPasswordOption = Annotated[
+    int,
+    typer.Option("--min-password-length", min=1, help="Fewest characters a new password may have."),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -69,6 +73,7 @@ def init_command(
     url: UrlOption = None,
     tls_cert: CertOption = None,
     tls_key: KeyOption = None,
+    min_password_length: MinPasswordOption = DEFAULT_LIMITS.min_password_length,
     json_output: JsonOption = False,
 ) -> None:
     """Create a cluster: its Primary server here, a cluster secret and a first superuser."""
@@ -87,6 +92,7 @@ def init_command(
             region=region,
             admin=admin,
             password=password,
+            min_password_length=min_password_length,
             tls_cert=_path_text(tls_cert),
             tls_key=_path_text(tls_key),
         )
@@ -185,7 +191,10 @@ def start_command(
     login_failures: Annotated[
         int,
         typer.Option(
-            "--login-failures", min=1, help="Failed logins from one address before it must wait."
+            "--login-failures",
+            min=1,
+            help="Failed logins for one user name from one address before it must wait "
+            "(four times as many per user name, and per address, over all).",
         ),
     ] = DEFAULT_LIMITS.login_failures,
     login_lockout: Annotated[
@@ -206,6 +215,7 @@ def start_command(
         float,
         typer.Option("--idle-timeout", min=0.1, help="Seconds an /api connection may stay silent."),
     ] = DEFAULT_LIMITS.idle_timeout,
+    min_password_length: MinPasswordOption = DEFAULT_LIMITS.min_password_length,
     relay_delay: Annotated[
         float,
         typer.Option(
@@ -236,6 +246,7 @@ def start_command(
         login_lockout=login_lockout,
         handshake_timeout=handshake_timeout,
         idle_timeout=idle_timeout,
+        min_password_length=min_password_length,
         relay_delay=relay_delay,
     )
 
