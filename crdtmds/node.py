@@ -988,12 +988,19 @@ class Node:
         admitted within the handshake timeout, whatever it sends meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.handshake_timeout
-        while True:
+        # Once the hub has closed the connection nothing more is read: the sender closes
+        # the socket at once instead of waiting for the peer or the admission deadline.
+        while not self.gossip.is_closed(link.conn_id):
             try:
                 if link.outgoing or self.gossip.peer(link.conn_id) is not None:
                     yield await link.ws.recv()
                 else:
-                    yield await asyncio.wait_for(link.ws.recv(), deadline - loop.time())
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows the
+                    # cancellation of a reader whose frame arrived at the same moment,
+                    # which left the socket open until the deadline.
+                    async with asyncio.timeout_at(deadline):
+                        frame = await link.ws.recv()
+                    yield frame
             except ConnectionClosedOK:
                 return
             except TimeoutError:

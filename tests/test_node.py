@@ -10,10 +10,12 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import cbor2
 import pytest
 from automerge.core import Document, SyncState
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from crdtmds import auth
 from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse
@@ -221,6 +223,32 @@ async def test_replayed_server_credentials_are_refused(tmp_path: Path) -> None:
         assert isinstance(replies[0], Peer)
         assert isinstance(replies[1], Error)
         assert replies[1].message == "replayed server credentials"
+    finally:
+        await a.stop()
+
+
+@pytest.mark.parametrize("burst", ["error then join", "error alone"])
+async def test_a_peer_that_reports_an_error_is_closed_at_once(tmp_path: Path, burst: str) -> None:
+    """The server closes the connection it says it closes, well before the admission
+    timeout (10 s by default), even when more frames follow the error in one burst."""
+    a = await start_primary(tmp_path)
+    try:
+        frames = [cbor2.dumps({"type": "error", "message": "x"})]
+        if burst == "error then join":
+            frames.append(encode(Join(sender_id="repo-client")))
+        async with connect(a.config.url + "/sync", proxy=None) as ws:
+            started = asyncio.get_running_loop().time()
+            for frame in frames:
+                await ws.send(frame)
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(a.limits.handshake_timeout / 5):
+                    while True:
+                        await ws.recv()
+            elapsed = asyncio.get_running_loop().time() - started
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason == "peer reported an error: x"
+        assert elapsed < 1.0
     finally:
         await a.stop()
 
