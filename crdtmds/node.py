@@ -51,6 +51,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
+from websockets.server import ServerProtocol
 
 from crdtmds import auth
 from crdtmds.api import AdminAPI
@@ -67,6 +68,7 @@ from crdtmds.errors import (
     SessionError,
     StorageCorruption,
     StorageError,
+    too_large_message,
 )
 from crdtmds.gossip import (
     MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
@@ -803,6 +805,7 @@ class Node:
             config.listen_host,
             config.listen_port,
             process_request=self._route_request,
+            create_connection=_ListenerConnection,
             max_size=self.limits.max_message_size,
             ssl=self._server_ssl(),
             compression=None,
@@ -1318,6 +1321,28 @@ class Node:
 
 
 # ---------------------------------------------------------------- network state
+
+
+class _ListenerConnection(ServerConnection):
+    """A listener's connection whose close for an oversize frame names the limit, so that
+    a client can tell a refused request from a lost server (websockets' own reason only
+    counts bytes)."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        fail = protocol.fail
+
+        def fail_with_limit(code: int, reason: str = "") -> None:
+            if code == CloseCode.MESSAGE_TOO_BIG and protocol.max_message_size is not None:
+                reason = too_large_message(self._unit(), protocol.max_message_size)
+            fail(code, reason)
+
+        protocol.fail = fail_with_limit  # type: ignore[method-assign]
+
+    def _unit(self) -> str:
+        path = urlsplit(self.request.path).path if self.request is not None else ""
+        return "request" if path == API_PATH else "message"
+
 
 
 @dataclass(eq=False, slots=True)

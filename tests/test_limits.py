@@ -109,10 +109,10 @@ async def test_frames_over_the_size_limit_close_only_their_connection(server: No
         reply = await api_call(ws, "show-status", padding="x" * (FRAME_LIMIT - 1000))
         assert reply["error"]["code"] == "generic_err_invalid_parameter"  # read and answered
         await ws.send(json.dumps({"id": 2, "command": "show-status", "padding": "x" * FRAME_LIMIT}))
-        assert (await close_code(ws))[0] == 1009  # message too big
+        assert await close_code(ws) == (1009, "request too large (limit 64 KiB)")
     async with connect(f"{server.url}/sync", proxy=None, max_size=None) as ws:
         await ws.send(b"\x00" * (FRAME_LIMIT + 1))
-        assert (await close_code(ws))[0] == 1009
+        assert await close_code(ws) == (1009, "message too large (limit 64 KiB)")
     await server_answers(server.url)
 
 
