@@ -68,6 +68,7 @@ from crdtmds.errors import (
     SessionError,
     StorageCorruption,
     StorageError,
+    size_text,
     too_large_message,
 )
 from crdtmds.gossip import (
@@ -913,6 +914,8 @@ class Node:
             gossip.close_connection(link.conn_id)
             if link.peer_name is not None:
                 log.info("disconnected from %s", link.describe())
+                if link.failure is None:
+                    net.oversize_reported.discard(link.peer_name)
 
     async def _receive_loop(self, link: _Link) -> None:
         """Apply the peer's frames in batches: everything that arrived while the previous
@@ -937,11 +940,39 @@ class Node:
             async for frame in self._frames(link):
                 await frames.put(frame)
         except ConnectionClosed as exc:
-            log.log(_close_log_level(exc), "connection %s closed: %s", link.describe(), exc)
+            self._note_close(link, exc)
         finally:
             # The end mark; if the queue is full the receiver sees this task done instead.
             with contextlib.suppress(asyncio.QueueFull):
                 frames.put_nowait(None)
+
+    def _note_close(self, link: _Link, exc: ConnectionClosed) -> None:
+        """Log why the socket closed. A frame over either side's size limit will be over it
+        again on the next link: that link failed (its dialer backs off), and is reported
+        once per peer rather than at every redial."""
+        oversize = self._oversize_failure(exc)
+        if oversize is None:
+            log.log(_close_log_level(exc), "connection %s closed: %s", link.describe(), exc)
+            return
+        link.failure = oversize
+        who = link.peer_name or link.target or _format_address(link.ws.remote_address)
+        reported = self._net.oversize_reported
+        level = logging.DEBUG if who in reported else logging.WARNING
+        reported.add(who)
+        retry = "; redialing with backoff" if link.outgoing else ""
+        log.log(level, "link %s failed: %s%s", link.describe(), oversize, retry)
+
+    def _oversize_failure(self, exc: ConnectionClosed) -> str | None:
+        """What a close for a frame over the size limit means, or None for other closes."""
+        we_closed = exc.sent is not None and not exc.rcvd_then_sent
+        first = exc.sent if we_closed else exc.rcvd
+        if first is None or first.code != CloseCode.MESSAGE_TOO_BIG:
+            return None
+        if we_closed:
+            limit = size_text(self.limits.max_message_size)
+            return f"it sent a message over this server's limit of {limit} (--max-message-size)"
+        reason = first.reason or "message too large"
+        return f"it refused a message of ours ({reason}; see its --max-message-size)"
 
     async def _apply_frames(self, link: _Link, batch: list[str | bytes | None]) -> bool:
         """Apply a batch of frames; False once the connection is over."""
@@ -1393,6 +1424,9 @@ class _Network:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     api: AdminAPI | None = None
     fatal: BaseException | None = None
+    oversize_reported: set[str] = field(default_factory=set)
+    """Peers whose links failed for a frame over a size limit, reported once (see
+    `Node._note_close`) until a link with them ends normally."""
     relay_timer: asyncio.TimerHandle | None = None
     """Pending `release_relays` (see `Limits.relay_delay`)."""
     _verifier: auth.NonceVerifier | None = None
@@ -1563,12 +1597,23 @@ def _endpoint(url: str, path: str) -> str:
 
 
 def _dialable(url: str) -> bool:
+    return peer_url_problem(url) is None
+
+
+def peer_url_problem(url: str) -> str | None:
+    """Why `url` cannot be dialed as a peer, or None when it can."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError:
-        return False
-    return parts.scheme in ("ws", "wss") and bool(parts.hostname) and port != 0
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("ws", "wss"):
+        return "expected ws://HOST:PORT or wss://HOST:PORT"
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0 cannot be dialed"
+    return None
 
 
 def _url_host(host: str) -> str:

@@ -242,3 +242,21 @@ def test_every_limit_is_a_start_option_with_a_sane_default() -> None:
         "--login-lockout", "--handshake-timeout", "--idle-timeout",
     ):  # fmt: skip
         assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--log-level", "loud", "must be one of debug, info, warning, error, not 'loud'"),
+        ("--peer", "http://127.0.0.1:7400", "expected ws://HOST:PORT or wss://HOST:PORT"),
+        ("--peer", "ws://127.0.0.1:0", "port 0 cannot be dialed"),
+        ("--peer", "ws://127.0.0.1:99999", "not a URL"),
+    ],
+)
+def test_start_refuses_a_bad_log_level_or_peer(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    """Checked before anything else: the data directory here does not even exist."""
+    result = CliRunner().invoke(app, ["start", "--data", str(tmp_path / "none"), option, value])
+    assert result.exit_code == 2, result.output
+    assert f"error: {option}" in result.stderr and message in result.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from crdtmds import auth
 from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse
 from crdtmds.node import (
     DATABASE_FILE,
+    Limits,
     Node,
     advertised_url_for,
     introduce,
@@ -251,6 +253,39 @@ async def test_a_peer_that_reports_an_error_is_closed_at_once(tmp_path: Path, bu
         assert elapsed < 1.0
     finally:
         await a.stop()
+
+
+async def test_a_peer_over_the_message_size_limit_is_redialed_with_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every link between a server with a 1 KiB frame limit and one that sends it more
+    fails; the dialers back off as for any failed link, and each server says so once."""
+    a = await start_primary(tmp_path)
+    await a.create_domain("acme", created_by="admin")
+    await join_cluster(
+        tmp_path / "b", name="b", listen_host="127.0.0.1", listen_port=0, region="us",
+        peer=a.config.url, secret=a.config.secret, timeout=10,
+    )  # fmt: skip
+    b = await Node.open(tmp_path / "b", limits=Limits(max_message_size=1024))
+    try:
+        with caplog.at_level(logging.INFO, logger="crdtmds.node"):
+            await b.start()
+            session = await a.open_session("acme", admin="admin")
+            for index in range(30):  # ~10 KB of changes for b
+                session.add_object(
+                    "host", {"name": f"h{index}", "ipv4-address": f"192.0.2.{index + 1}"}
+                )
+            await a.publish(session)
+            await asyncio.sleep(3.0)  # unbacked, the links came back ~20 times a second
+    finally:
+        await b.stop()
+        await a.stop()
+    links = [r for r in caplog.records if r.getMessage().startswith("accepted server")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(links) <= 16
+    assert len(warnings) == 2, warnings
+    assert any("over this server's limit of 1 KiB (--max-message-size)" in w for w in warnings)
+    assert any("refused a message of ours" in w for w in warnings)
 
 
 # ---------------------------------------------------------------- joining
