@@ -276,6 +276,7 @@ class Node:
             raise ClusterError(f"{path} holds no crdtmds server (run init or join first)")
         storage = await Storage.open(path / DATABASE_FILE)
         try:
+            await storage.check_writable()
             meta = await storage.get_meta(CONFIG_KEY)
             if not isinstance(meta, dict):
                 raise StorageError(f"{path} has no server configuration")
