@@ -1376,7 +1376,6 @@ class _ListenerConnection(ServerConnection):
         return "request" if path == API_PATH else "message"
 
 
-
 @dataclass(eq=False, slots=True)
 class _Link:
     """One /sync WebSocket connection."""

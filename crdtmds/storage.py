@@ -557,7 +557,6 @@ def _not_writable_error(path: Path, exc: sqlite3.Error) -> StorageError:
     )
 
 
-
 def _create_private_file(path: Path) -> None:
     """Create the parent directory (0700) and the database file (0600) if they are missing."""
     directory = path.parent
