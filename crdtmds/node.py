@@ -73,6 +73,7 @@ from crdtmds.errors import (
 )
 from crdtmds.gossip import (
     MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
+    MAX_SYNC_MESSAGE_SIZE_DEFAULT,
     ConnectionFailed,
     DocumentChanged,
     DocumentUnavailableFromPeer,
@@ -147,6 +148,10 @@ class Limits:
     """Bytes in one WebSocket frame, on /sync and /api; larger frames close the socket."""
     max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT
     """Distinct documents one /sync connection may name."""
+    max_sync_message_size: int = MAX_SYNC_MESSAGE_SIZE_DEFAULT
+    """Bytes in one sync frame this server sends: larger sync messages go as several, so
+    that stock automerge-repo clients (which accept 1 MiB) can fetch large domains. Only a
+    single change larger than this is sent whole."""
     login_failures: int = 5
     """Failed logins from one address before it must wait."""
     login_lockout: float = 1.0
@@ -187,6 +192,7 @@ class Node:
             self,
             max_message_size=self.limits.max_message_size,
             max_documents_per_connection=self.limits.max_documents_per_connection,
+            max_sync_message_size=self.limits.max_sync_message_size,
             on_peer=self._verify_listener,
         )
         self.on_document_changed(self._schedule_gossip)

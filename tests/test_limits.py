@@ -229,6 +229,7 @@ def test_every_limit_is_a_start_option_with_a_sane_default() -> None:
     defaults = Limits()
     assert defaults == Limits(
         max_message_size=16 * 1024 * 1024,
+        max_sync_message_size=1024 * 1024,
         max_documents_per_connection=10_000,
         login_failures=5,
         login_lockout=1.0,
@@ -238,7 +239,8 @@ def test_every_limit_is_a_start_option_with_a_sane_default() -> None:
     result = CliRunner().invoke(app, ["start", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in (
-        "--max-message-size", "--max-documents-per-connection", "--login-failures",
+        "--max-message-size", "--max-sync-message-size", "--max-documents-per-connection",
+        "--login-failures",
         "--login-lockout", "--handshake-timeout", "--idle-timeout",
     ):  # fmt: skip
         assert option in result.output

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
@@ -286,6 +288,75 @@ async def test_a_peer_over_the_message_size_limit_is_redialed_with_backoff(
     assert len(warnings) == 2, warnings
     assert any("over this server's limit of 1 KiB (--max-message-size)" in w for w in warnings)
     assert any("refused a message of ours" in w for w in warnings)
+
+
+class RecordingTransport:
+    """A stock automerge-repo WebSocket transport that notes the size of every frame."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.sizes: list[int] = []
+
+    async def send(self, message: bytes) -> None:
+        await self._transport.send(message)
+
+    async def recv(self) -> bytes:
+        message: bytes = await self._transport.recv()
+        self.sizes.append(len(message))
+        return message
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+async def test_a_stock_client_with_a_small_frame_limit_fetches_a_larger_domain(
+    tmp_path: Path,
+) -> None:
+    """Sync messages over the server's sync message size are split: a stock client that
+    accepts frames of that size gets a domain several times as large (as one that
+    accepts 1 MiB gets a domain of many MiB from a server with the default)."""
+    from automerge.repo import Repo
+    from automerge.transports import WebSocketClientTransport
+
+    limit = 64 * 1024
+    await Node.initialise(
+        tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",
+        region="eu", admin="admin", password=PASSWORD,
+    )  # fmt: skip
+    node = await Node.open(tmp_path / "a", limits=Limits(max_sync_message_size=limit))
+    try:
+        await node.start()
+        entry = await node.create_domain("big", created_by="admin")
+        for batch in range(20):  # 160 hosts with 2 KB comments, in 20 changes
+            session = await node.open_session("big", admin="admin")
+            for index in range(8):
+                host = {"name": f"h{batch}-{index}", "ipv4-address": f"10.0.{batch}.{index + 1}"}
+                session.add_object("host", {**host, "comments": os.urandom(1000).hex()})
+            await node.publish(session)
+        assert len(node.domain("big").doc.save()) > 2 * limit
+
+        socket = await connect(
+            f"{node.config.url}/sync?user=admin&password={PASSWORD}", proxy=None, max_size=limit
+        )
+        transport = RecordingTransport(WebSocketClientTransport(socket))
+        async with await Repo.load() as repo:
+            connection = asyncio.create_task(repo.connect(transport))
+            try:
+                url, handle = f"automerge:{entry['document-id']}", None
+                for _ in range(100):  # None until the handshake is done
+                    handle = await asyncio.wait_for(repo.find(url), 5)
+                    if handle is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert handle is not None
+                await wait_until(lambda: len(handle.doc().get("objects", {})) == 160)
+            finally:
+                await transport.close()
+                await asyncio.wait_for(asyncio.gather(connection, return_exceptions=True), 5)
+        assert max(transport.sizes) <= limit
+        assert sum(size > limit // 2 for size in transport.sizes) >= 3  # split, not trickled
+    finally:
+        await node.stop()
 
 
 # ---------------------------------------------------------------- joining

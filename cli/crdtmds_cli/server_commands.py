@@ -180,6 +180,15 @@ def start_command(
         int,
         typer.Option("--max-message-size", min=1024, help="Bytes in one frame, /sync and /api."),
     ] = DEFAULT_LIMITS.max_message_size,
+    max_sync_message_size: Annotated[
+        int,
+        typer.Option(
+            "--max-sync-message-size",
+            min=1024,
+            help="Bytes in one sync frame this server sends; larger sync messages are split "
+            "(stock automerge-repo clients accept 1 MiB).",
+        ),
+    ] = DEFAULT_LIMITS.max_sync_message_size,
     max_documents: Annotated[
         int,
         typer.Option(
@@ -236,6 +245,7 @@ def start_command(
     _configure_logging(log_level)
     limits = Limits(
         max_message_size=max_message_size,
+        max_sync_message_size=max_sync_message_size,
         max_documents_per_connection=max_documents,
         login_failures=login_failures,
         login_lockout=login_lockout,
