@@ -23,10 +23,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from crdtmds import model
 from crdtmds.errors import ClusterError, CrdtmdsError
-from crdtmds.node import Limits, Node, advertised_url_for, client_ssl_context, join_cluster
+from crdtmds.node import (
+    Limits,
+    Node,
+    advertised_url_for,
+    client_ssl_context,
+    join_cluster,
+    peer_url_problem,
+)
 from crdtmds_cli.output import escape_strings, say
 
 STATUS_TIMEOUT = 5.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DataOption = Annotated[Path, typer.Option("--data", help="The server's data directory.")]
 NameOption = Annotated[str, typer.Option("--name", help="This server's name in the cluster.")]
@@ -182,6 +190,15 @@ def start_command(
         int,
         typer.Option("--max-message-size", min=1024, help="Bytes in one frame, /sync and /api."),
     ] = DEFAULT_LIMITS.max_message_size,
+    max_sync_message_size: Annotated[
+        int,
+        typer.Option(
+            "--max-sync-message-size",
+            min=1024,
+            help="Bytes in one sync frame this server sends; larger sync messages are split "
+            "(stock automerge-repo clients accept 1 MiB).",
+        ),
+    ] = DEFAULT_LIMITS.max_sync_message_size,
     max_documents: Annotated[
         int,
         typer.Option(
@@ -238,9 +255,11 @@ def start_command(
     ] = None,
 ) -> None:
     """Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."""
+    _check_start_options(log_level, peer or [])
     _configure_logging(log_level)
     limits = Limits(
         max_message_size=max_message_size,
+        max_sync_message_size=max_sync_message_size,
         max_documents_per_connection=max_documents,
         login_failures=login_failures,
         login_lockout=login_lockout,
@@ -469,6 +488,21 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port_text)
 
 
+def _check_start_options(log_level: str, peers: list[str]) -> None:
+    """Refuse what would otherwise be ignored (a log level) or redialed forever (a URL)."""
+    if log_level.lower() not in LOG_LEVELS:
+        typer.echo(
+            f"error: --log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    for url in peers:
+        problem = peer_url_problem(url)
+        if problem is not None:
+            typer.echo(f"error: --peer {url!r}: {problem}", err=True)
+            raise typer.Exit(2)
+
+
 def _check_tls(cert: Path | None, key: Path | None) -> None:
     if (cert is None) != (key is None):
         typer.echo("error: --tls-cert and --tls-key go together", err=True)
@@ -493,7 +527,7 @@ def _path_text(path: Path | None) -> str | None:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=getattr(logging, level.upper()),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
