@@ -41,12 +41,12 @@ for _path in (CLI_ROOT, REPO_ROOT):
         sys.path.insert(0, str(_path))
 
 # The sync-message codec is the servers' own (imported once the checkout is on the path).
-from crdtmds.changes import change_hash_and_deps as checked_hash_and_deps  # noqa: E402
-from crdtmds.changes import split_chunks  # noqa: E402
+from crdtmds.core.changes import change_hash_and_deps as checked_hash_and_deps  # noqa: E402
+from crdtmds.core.changes import split_chunks  # noqa: E402
 from crdtmds.errors import ProtocolError  # noqa: E402
-from crdtmds.gossip import SyncMessage  # noqa: E402
-from crdtmds.gossip import encode_sync_message as encode_any_sync_message  # noqa: E402
-from crdtmds.gossip import parse_sync_message as parse_any_sync_message  # noqa: E402
+from crdtmds.sync.gossip import SyncMessage  # noqa: E402
+from crdtmds.sync.gossip import encode_sync_message as encode_any_sync_message  # noqa: E402
+from crdtmds.sync.gossip import parse_sync_message as parse_any_sync_message  # noqa: E402
 
 # Server processes started from here run `python -m crdtmds_cli.main`: give them the checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -434,7 +434,7 @@ _OBJECT_COMMANDS = {
 
 
 def apply_edit(session: Any, command: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply one generated edit to a `crdtmds.session.Session` (one Automerge change)."""
+    """Apply one generated edit to a `crdtmds.core.session.Session` (one Automerge change)."""
     if command in _OBJECT_COMMANDS:
         verb, obj_type = _OBJECT_COMMANDS[command]
         if verb == "add":
@@ -459,9 +459,9 @@ def build_domain_documents(
     Each domain gets publishes of `edits_per_publish` generated edits (one change each,
     plus the revision entry) until it holds at least `changes_per_domain` changes.
     """
-    from crdtmds.domain import Domain
-    from crdtmds.protocol import new_document_id
-    from crdtmds.session import Session
+    from crdtmds.core.domain import Domain
+    from crdtmds.core.session import Session
+    from crdtmds.sync.protocol import new_document_id
 
     docs: dict[str, Any] = {}
     for index in range(count):
@@ -568,7 +568,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -
 
 def run_cli(*args: str, timeout: float = 120.0) -> str:
     """Run one `crdtmds` command to completion and return its standard output."""
-    from crdtmds.localcluster import cli_command
+    from crdtmds.testing.localcluster import cli_command
 
     completed = subprocess.run(
         cli_command(*args), capture_output=True, text=True, timeout=timeout, check=False
@@ -613,7 +613,7 @@ class BenchCluster:
         regions: int | None = None,
         star: bool = False,
     ) -> None:
-        from crdtmds.localcluster import LocalServer
+        from crdtmds.testing.localcluster import LocalServer
 
         self.root = root
         self.size = size
@@ -899,7 +899,7 @@ class MemoryDocuments:
 
 def server_join_metadata(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """Join metadata proving knowledge of a cluster's secret, as a server dialing it."""
-    from crdtmds.auth import ServerCredentials
+    from crdtmds.core.auth import ServerCredentials
     from crdtmds.node import METADATA_KEY
 
     creds = ServerCredentials.create(config["secret"], config["cluster_id"], name)
@@ -918,7 +918,7 @@ def server_join_metadata(config: Mapping[str, Any], name: str) -> dict[str, Any]
 class SyncPeer:
     """One automerge-repo connection from this process to a server's /sync endpoint.
 
-    The protocol work is `crdtmds.gossip.Gossip` (the servers' own sans-I/O engine); this
+    The protocol work is `crdtmds.sync.gossip.Gossip` (the servers' own sans-I/O engine); this
     class only moves its frames over a WebSocket. Received changes are applied to the
     documents of `store`; `on_changed(document_id, before_heads)` is called for each
     batch. The heads the server announces in its sync messages are kept in
@@ -936,7 +936,7 @@ class SyncPeer:
         name: str = "bench-peer",
         on_changed: Callable[[str, list[bytes]], None] | None = None,
     ) -> None:
-        from crdtmds.gossip import Gossip
+        from crdtmds.sync.gossip import Gossip
 
         self.url = url.rstrip("/") + "/sync" + (f"?{query}" if query else "")
         self.store = store
@@ -1029,7 +1029,7 @@ class SyncPeer:
             self.progress.set()
 
     async def _receive_loop(self) -> None:
-        from crdtmds.protocol import decode
+        from crdtmds.sync.protocol import decode
 
         try:
             async for frame in self._ws:
@@ -1047,9 +1047,9 @@ class SyncPeer:
 
     def _receive(self, frame: bytes, message: Any, arrived: float) -> None:
         """Hand one frame (decoded as `message`, received at `arrived`) to the engine."""
-        from crdtmds.gossip import ConnectionFailed, DocumentChanged, PeerConnected
         from crdtmds.node import sync_message_heads
-        from crdtmds.protocol import Request, Sync
+        from crdtmds.sync.gossip import ConnectionFailed, DocumentChanged, PeerConnected
+        from crdtmds.sync.protocol import Request, Sync
 
         if isinstance(message, Sync | Request):
             heads = sync_message_heads(message.data)
@@ -1340,7 +1340,7 @@ class GraphPeer(SyncPeer):
     def prepare(self, document_id: str, batches: Iterable[Sequence[bytes]]) -> list[Offer]:
         """Offers of the change chunks in `batches` (see `GraphSync.prepare`), each wrapped
         in its `sync` envelope for this connection (after `start`)."""
-        from crdtmds.protocol import Sync, encode
+        from crdtmds.sync.protocol import Sync, encode
 
         peer = self.gossip.peer(self._conn)
         if peer is None:
@@ -1365,7 +1365,7 @@ class GraphPeer(SyncPeer):
         await self.flushed()
 
     def _answer(self, document_id: str, sync: GraphSync) -> None:
-        from crdtmds.protocol import Request, Sync, encode
+        from crdtmds.sync.protocol import Request, Sync, encode
 
         data = sync.generate()
         peer = self.gossip.peer(self._conn)
@@ -1375,7 +1375,7 @@ class GraphPeer(SyncPeer):
         self._send(encode(kind(self.peer_id, peer.peer_id, document_id, data)))
 
     def _receive(self, frame: bytes, message: Any, arrived: float) -> None:
-        from crdtmds.protocol import DocUnavailable, Request, Sync
+        from crdtmds.sync.protocol import DocUnavailable, Request, Sync
 
         sync = self.syncs.get(getattr(message, "document_id", ""))
         if sync is None:

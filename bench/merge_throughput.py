@@ -28,7 +28,7 @@ from typing import Any
 import common
 from automerge.core import Document
 
-from crdtmds.localcluster import LocalServer
+from crdtmds.testing.localcluster import LocalServer
 
 NAME = "merge_throughput"
 TARGET_RATIO = 0.5

@@ -27,7 +27,7 @@ The writer (``--writer``):
   the peer's replies as Automerge's sync state would (`common.GraphSync`): a few
   microseconds per change, the same for both systems, so the figure is the peers'.
 - live: the changes are made during the timed window, each an Automerge transaction, and
-  the writer's Automerge sync state (through `crdtmds.gossip.Gossip`) generates the
+  the writer's Automerge sync state (through `crdtmds.sync.gossip.Gossip`) generates the
   messages: about a millisecond of this process per change, which bounds what a fast
   peer can show. For comparison.
 
@@ -60,7 +60,7 @@ from typing import Any
 import common
 from automerge.core import ROOT, Document, ObjType, ScalarType
 
-from crdtmds.protocol import new_document_id
+from crdtmds.sync.protocol import new_document_id
 
 NAME = "peers"
 TARGET_RATIO = 10.0

@@ -31,8 +31,8 @@ from typing import Any
 import common
 from automerge.core import ROOT
 
-from crdtmds import model
-from crdtmds.docdata import child_id, fork_with_actor, insert_value, put_value, read
+from crdtmds.core import model
+from crdtmds.core.docdata import child_id, fork_with_actor, insert_value, put_value, read
 from crdtmds.node import Node
 
 NAME = "rulebase_scaling"

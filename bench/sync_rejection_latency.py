@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import connect
 
 from crdtmds.node import Limits, Node
-from crdtmds.protocol import Join, decode, encode
+from crdtmds.sync.protocol import Join, decode, encode
 
 ADMIN, PASSWORD = "admin", "latency-script-password"
 

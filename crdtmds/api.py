@@ -36,9 +36,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import crdtmds
-from crdtmds import auth, model
-from crdtmds.cluster import READ_ONLY, READ_WRITE, SUPERUSER, public_administrator
-from crdtmds.domain import DomainState, Layer
+from crdtmds.core import auth, model
+from crdtmds.core.cluster import READ_ONLY, READ_WRITE, SUPERUSER, public_administrator
+from crdtmds.core.domain import DomainState, Layer
 from crdtmds.errors import (
     AuthenticationFailed,
     CoreFailure,
@@ -53,11 +53,11 @@ from crdtmds.errors import (
     ValidationError,
     is_core_panic,
 )
-from crdtmds.protocol import document_url
+from crdtmds.sync.protocol import document_url
 
 if TYPE_CHECKING:
+    from crdtmds.core.session import Session
     from crdtmds.node import Node
-    from crdtmds.session import Session
 
 log = logging.getLogger("crdtmds.api")
 

@@ -53,11 +53,12 @@ from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
 from websockets.server import ServerProtocol
 
-from crdtmds import auth
 from crdtmds.api import AdminAPI
-from crdtmds.changes import applied_chunks
-from crdtmds.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
-from crdtmds.domain import Domain
+from crdtmds.core import auth
+from crdtmds.core.changes import applied_chunks
+from crdtmds.core.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
+from crdtmds.core.domain import Domain
+from crdtmds.core.session import Session
 from crdtmds.errors import (
     AuthenticationFailed,
     ClusterError,
@@ -72,7 +73,8 @@ from crdtmds.errors import (
     size_text,
     too_large_message,
 )
-from crdtmds.gossip import (
+from crdtmds.storage import DEFAULT_COMPACT_THRESHOLD, LoadProblem, SessionRecord, Storage
+from crdtmds.sync.gossip import (
     MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
     MAX_SYNC_MESSAGE_SIZE_DEFAULT,
     ConnectionFailed,
@@ -84,10 +86,8 @@ from crdtmds.gossip import (
     PeerConnected,
     PeerInfo,
 )
-from crdtmds.gossip import sync_message_heads as read_sync_message_heads
-from crdtmds.protocol import Error, Join, Peer, Request, Sync, decode, encode, new_document_id
-from crdtmds.session import Session
-from crdtmds.storage import DEFAULT_COMPACT_THRESHOLD, LoadProblem, SessionRecord, Storage
+from crdtmds.sync.gossip import sync_message_heads as read_sync_message_heads
+from crdtmds.sync.protocol import Error, Join, Peer, Request, Sync, decode, encode, new_document_id
 
 log = logging.getLogger("crdtmds.node")
 

@@ -35,7 +35,7 @@ from typing import Any
 import aiosqlite
 import automerge.core
 
-from crdtmds.changes import (
+from crdtmds.core.changes import (
     MAGIC,
     change_hash_and_deps,
     chunk_hash,

@@ -21,7 +21,7 @@ from typing import Any
 from crdtmds_cli.server_commands import collect_status
 from websockets.asyncio.client import ClientConnection, connect
 
-from crdtmds.localcluster import LocalServer, cli_command
+from crdtmds.testing.localcluster import LocalServer, cli_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0

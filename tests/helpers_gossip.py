@@ -8,7 +8,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ScalarType, extract
 
-from crdtmds.gossip import (
+from crdtmds.sync.gossip import (
     ConnectionFailed,
     DocumentChanged,
     Event,
@@ -16,7 +16,7 @@ from crdtmds.gossip import (
     JoinReceived,
     PeerInfo,
 )
-from crdtmds.protocol import Join, Message, decode, new_document_id
+from crdtmds.sync.protocol import Join, Message, decode, new_document_id
 
 SERVER_METADATA: dict[str, Any] = {"role": "secondary"}
 

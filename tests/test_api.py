@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import crdtmds
-from crdtmds import auth, model
 from crdtmds.api import AdminAPI, ApiConnection
+from crdtmds.core import auth, model
 from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
 from crdtmds.node import Node
 

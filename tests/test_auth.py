@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crdtmds import auth
+from crdtmds.core import auth
 from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
 
 

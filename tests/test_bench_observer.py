@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import common
 
-from crdtmds.gossip import SYNC_MESSAGE_V1, SYNC_MESSAGE_V2
+from crdtmds.sync.gossip import SYNC_MESSAGE_V1, SYNC_MESSAGE_V2
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,7 +42,7 @@ def document_with_hosts(count: int) -> Document:
 
 def deflated(raw: bytes) -> bytes:
     """A plain change chunk rewritten as a deflated one (type 2), checksum kept."""
-    from crdtmds.changes import encode_uleb128, read_uleb128
+    from crdtmds.core.changes import encode_uleb128, read_uleb128
 
     length, start = read_uleb128(raw, 9)
     assert raw[8] == 1 and len(raw) - start == length
@@ -333,7 +333,7 @@ async def test_a_writer_streams_prepared_changes_into_a_crdtmds_node(tmp_path: P
     from dataclasses import asdict
 
     from crdtmds.node import Node
-    from crdtmds.protocol import new_document_id
+    from crdtmds.sync.protocol import new_document_id
 
     await Node.initialise(
         tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",

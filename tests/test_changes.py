@@ -10,7 +10,7 @@ from automerge.core import ROOT, Document, ObjType, ScalarType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtmds.changes import (
+from crdtmds.core.changes import (
     DEL,
     HEAD,
     MAKE_LIST,

@@ -21,7 +21,7 @@ from crdtmds_cli.main import app
 from typer.testing import CliRunner, Result
 
 from crdtmds.client import ApiError, Client
-from crdtmds.localcluster import LocalCluster
+from crdtmds.testing.localcluster import LocalCluster
 
 CONVERGENCE_TIMEOUT = 20.0
 DOMAIN = "acme"

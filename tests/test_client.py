@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from crdtmds import auth
 from crdtmds.client import (
     ApiError,
     Client,
@@ -24,6 +23,7 @@ from crdtmds.client import (
     api_url,
     is_draft_edit,
 )
+from crdtmds.core import auth
 from crdtmds.node import Limits, Node
 
 USER, PASSWORD = "root", "root-password"

@@ -25,8 +25,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from crdtmds import auth
-from crdtmds.protocol import Error, Join, Peer, Sync, decode, encode
+from crdtmds.core import auth
+from crdtmds.sync.protocol import Error, Join, Peer, Sync, decode, encode
 from tests.cluster_helpers import (
     ADMIN,
     PASSWORD,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from automerge.core import Document
 
-from crdtmds import auth
-from crdtmds.cluster import (
+from crdtmds.core import auth
+from crdtmds.core.cluster import (
     READ_ONLY,
     READ_WRITE,
     SUPERUSER,

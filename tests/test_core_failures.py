@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from crdtmds.domain import Domain
+from crdtmds.core.domain import Domain
+from crdtmds.core.session import Session
 from crdtmds.errors import is_core_error, is_core_panic
-from crdtmds.session import Session
 from tests.test_api import api, cheap_password_hashes, clock, connect, host, node  # noqa: F401
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from automerge.core import ROOT, Document, ObjType, ScalarType, extract
 
-from crdtmds.docdata import child_id, fork_with_actor, has_heads, new_actor, read, rebuild_at
+from crdtmds.core.docdata import child_id, fork_with_actor, has_heads, new_actor, read, rebuild_at
 from crdtmds.errors import ValidationError
 
 

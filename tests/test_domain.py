@@ -20,10 +20,10 @@ from automerge.core import ROOT, Document, ScalarType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crdtmds import model
-from crdtmds.changes import DEL, HEAD, MAKE_LIST, MAKE_MAP, SET, Op
-from crdtmds.docdata import child_id, hex_heads, put_value, read, replace_list, unhex_heads
-from crdtmds.domain import (
+from crdtmds.core import model
+from crdtmds.core.changes import DEL, HEAD, MAKE_LIST, MAKE_MAP, SET, Op
+from crdtmds.core.docdata import child_id, hex_heads, put_value, read, replace_list, unhex_heads
+from crdtmds.core.domain import (
     FOREIGN,
     FULL,
     Domain,
@@ -33,8 +33,8 @@ from crdtmds.domain import (
     refresh_state,
     touch_of,
 )
+from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError, ProtocolError
-from crdtmds.session import Session
 
 
 def full_read(doc: Document) -> DomainState:
@@ -464,7 +464,7 @@ def test_a_change_that_does_not_decode_means_a_full_read() -> None:
     editor.add_object("host", {"name": "new", "ip-address": "10.0.0.9"})
     publish(editor)
     domain.doc.merge(peer.doc)
-    with mock.patch("crdtmds.domain.decode_change", side_effect=ProtocolError("bad")):
+    with mock.patch("crdtmds.core.domain.decode_change", side_effect=ProtocolError("bad")):
         refreshed = domain.state
     assert refreshed == full_read(domain.doc)
     assert refreshed.find_object("new") is not None
@@ -537,7 +537,7 @@ class _FixedClock(datetime):
 def deterministic_revision(session_uid: str) -> Iterator[None]:
     """The revision entry a session writes depends only on the session, not the moment."""
     with (
-        mock.patch("crdtmds.session.datetime", _FixedClock),
+        mock.patch("crdtmds.core.session.datetime", _FixedClock),
         mock.patch.object(model, "new_uid", lambda: f"revision-of-{session_uid}"),
     ):
         yield

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from crdtmds import auth
+from crdtmds.core import auth
 from crdtmds.node import Node
 
 PUBLISHER = textwrap.dedent(
     """
     import asyncio, json, sys
-    from crdtmds import auth
+    from crdtmds.core import auth
     from crdtmds.node import Node
 
     auth.SCRYPT_N = 2**8

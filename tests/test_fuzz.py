@@ -37,9 +37,9 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from crdtmds import auth
 from crdtmds.api import AdminAPI
-from crdtmds.protocol import (
+from crdtmds.core import auth
+from crdtmds.sync.protocol import (
     DocUnavailable,
     Error,
     Join,

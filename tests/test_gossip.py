@@ -11,9 +11,9 @@ from automerge.core import ROOT, Document, Message, ScalarType, SyncState, extra
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtmds.changes import change_hash_and_deps
+from crdtmds.core.changes import change_hash_and_deps
 from crdtmds.errors import AuthenticationFailed, ProtocolError
-from crdtmds.gossip import (
+from crdtmds.sync.gossip import (
     SYNC_MESSAGE_V1,
     ConnectionFailed,
     ConnectionState,
@@ -29,7 +29,7 @@ from crdtmds.gossip import (
     sync_message_has_changes,
     with_changes,
 )
-from crdtmds.protocol import (
+from crdtmds.sync.protocol import (
     DocUnavailable,
     Ephemeral,
     Error,

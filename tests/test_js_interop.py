@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from crdtmds.client import Client
-from crdtmds.localcluster import LocalCluster
+from crdtmds.testing.localcluster import LocalCluster
 
 JS_DIR = Path(__file__).parent / "js"
 CLIENT_TIMEOUT_MS = 20_000

@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from crdtmds import auth
 from crdtmds.api import AdminAPI
+from crdtmds.core import auth
 from crdtmds.node import Limits, Node
-from crdtmds.protocol import DocUnavailable, Error, Join, Peer, Request, decode, encode
-from crdtmds.protocol import new_document_id as new_id
+from crdtmds.sync.protocol import DocUnavailable, Error, Join, Peer, Request, decode, encode
+from crdtmds.sync.protocol import new_document_id as new_id
 from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
 
 FRAME_LIMIT = 64 * 1024

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from crdtmds import model
-from crdtmds.docdata import read
-from crdtmds.domain import Domain
+from crdtmds.core import model
+from crdtmds.core.docdata import read
+from crdtmds.core.domain import Domain
+from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError
-from crdtmds.session import Session
 
 VALIDATION = "err_validation_failed"
 NAME_IN_USE = "err_name_in_use"

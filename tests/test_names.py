@@ -22,15 +22,15 @@ from crdtmds_cli import server_commands
 from crdtmds_cli.main import app
 from typer.testing import CliRunner
 
-from crdtmds import auth, model
 from crdtmds.api import AdminAPI
 from crdtmds.client import ApiError, Client
-from crdtmds.cluster import ClusterDocument
-from crdtmds.docdata import read
-from crdtmds.domain import Domain
+from crdtmds.core import auth, model
+from crdtmds.core.cluster import ClusterDocument
+from crdtmds.core.docdata import read
+from crdtmds.core.domain import Domain
+from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError
 from crdtmds.node import Node
-from crdtmds.session import Session
 
 VALIDATION = "err_validation_failed"
 UNSAFE = {

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from crdtmds import auth
+from crdtmds.core import auth
 from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse
 from crdtmds.node import (
     DATABASE_FILE,
@@ -31,7 +31,7 @@ from crdtmds.node import (
     join_cluster,
     sync_message_heads,
 )
-from crdtmds.protocol import Error, Join, Peer, decode, encode
+from crdtmds.sync.protocol import Error, Join, Peer, decode, encode
 
 pytestmark = pytest.mark.timeout(30)
 

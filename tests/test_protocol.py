@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtmds.errors import ProtocolError
-from crdtmds.protocol import (
+from crdtmds.sync.protocol import (
     MAX_MESSAGE_SIZE_DEFAULT,
     PROTOCOL_VERSION,
     DocUnavailable,

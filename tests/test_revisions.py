@@ -12,9 +12,9 @@ from automerge.core import Document
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crdtmds.docdata import unhex_heads
-from crdtmds.domain import Domain, DomainState
-from crdtmds.session import Session
+from crdtmds.core.docdata import unhex_heads
+from crdtmds.core.domain import Domain, DomainState
+from crdtmds.core.session import Session
 from tests.test_domain import EDITS, load_base, run_edits
 
 

@@ -29,9 +29,9 @@ from automerge.core import Document, SyncState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from crdtmds import auth
+from crdtmds.core import auth
 from crdtmds.node import DATABASE_FILE, Node
-from crdtmds.protocol import Join, Request, decode, encode
+from crdtmds.sync.protocol import Join, Request, decode, encode
 from tests.cluster_helpers import (
     ADMIN,
     PASSWORD,

@@ -11,11 +11,11 @@ from automerge.core import Document
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtmds import model
-from crdtmds.docdata import hex_heads, read, rebuild_at
-from crdtmds.domain import Domain, DomainState
+from crdtmds.core import model
+from crdtmds.core.docdata import hex_heads, read, rebuild_at
+from crdtmds.core.domain import Domain, DomainState
+from crdtmds.core.session import Session, _moved
 from crdtmds.errors import CrdtmdsError
-from crdtmds.session import Session, _moved
 
 
 def full_read(doc: Document) -> DomainState:

@@ -28,9 +28,9 @@ import pytest
 from automerge.core import ROOT, Document, ScalarType
 
 from crdtmds.client import ApiError, Client
+from crdtmds.core.session import Session
 from crdtmds.errors import ClusterError, StorageError
 from crdtmds.node import DATABASE_FILE, Node
-from crdtmds.session import Session
 from crdtmds.storage import SCHEMA_VERSION, Storage
 from tests.cluster_helpers import ADMIN, PASSWORD, NodeProcess, run_cli
 

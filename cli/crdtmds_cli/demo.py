@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from crdtmds.localcluster import LocalCluster
+from crdtmds.testing.localcluster import LocalCluster
 
 if TYPE_CHECKING:
     from crdtmds.client import Client

@@ -21,7 +21,7 @@ import typer
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from crdtmds import model
+from crdtmds.core import model
 from crdtmds.errors import ClusterError, CrdtmdsError
 from crdtmds.node import (
     Limits,

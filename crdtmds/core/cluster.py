@@ -20,8 +20,8 @@ from typing import Any
 
 from automerge.core import ROOT, Document
 
-from crdtmds import model
-from crdtmds.docdata import child_id, put_value, read
+from crdtmds.core import model
+from crdtmds.core.docdata import child_id, put_value, read
 from crdtmds.errors import ClusterError, InvalidParameter, NameInUse, ObjectNotFound
 
 ROLE_PRIMARY = "primary"

@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 from automerge.core import Document, Message, SyncState
 
-from crdtmds.changes import change_hash_and_deps, encode_uleb128, read_uleb128, split_chunks
+from crdtmds.core.changes import change_hash_and_deps, encode_uleb128, read_uleb128, split_chunks
 from crdtmds.errors import CrdtmdsError, ProtocolError, is_core_error
-from crdtmds.protocol import (
+from crdtmds.sync.protocol import (
     MAX_MESSAGE_SIZE_DEFAULT,
     PROTOCOL_VERSION,
     DocUnavailable,

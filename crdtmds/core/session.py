@@ -23,8 +23,8 @@ from typing import Any
 
 from automerge.core import ROOT, Document
 
-from crdtmds import model
-from crdtmds.docdata import (
+from crdtmds.core import model
+from crdtmds.core.docdata import (
     child_id,
     fork_with_actor,
     hex_heads,
@@ -35,7 +35,7 @@ from crdtmds.docdata import (
     rebuild_at,
     unhex_heads,
 )
-from crdtmds.domain import Domain, DomainState, Layer, refresh_state
+from crdtmds.core.domain import Domain, DomainState, Layer, refresh_state
 from crdtmds.errors import (
     InvalidParameter,
     NameInUse,

@@ -15,9 +15,17 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
-from crdtmds import model
-from crdtmds.changes import DEL, MAKE_ACTIONS, ROOT_ID, ObjectId, Op, decode_change, parse_object_id
-from crdtmds.docdata import child_id, has_heads, put_value, read
+from crdtmds.core import model
+from crdtmds.core.changes import (
+    DEL,
+    MAKE_ACTIONS,
+    ROOT_ID,
+    ObjectId,
+    Op,
+    decode_change,
+    parse_object_id,
+)
+from crdtmds.core.docdata import child_id, has_heads, put_value, read
 from crdtmds.errors import CrdtmdsError, InvalidParameter, ObjectNotFound, ValidationError
 
 # ---------------------------------------------------------------- plain-data view

@@ -1,0 +1,1 @@
+"""Real crdtmds server processes on loopback, for the demo, tests and benchmarks."""
