@@ -18,10 +18,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from crdtmds_cli.server_commands import collect_status
 from websockets.asyncio.client import ClientConnection, connect
 
 from crdtmds.localcluster import LocalServer, cli_command
+from crdtmds.status_query import collect_status
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
