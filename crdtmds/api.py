@@ -452,7 +452,6 @@ class AdminAPI:
     # ------------------------------------------------------------ logins
 
     async def login(self, connection: ApiConnection, params: Mapping[str, Any]) -> dict[str, Any]:
-        self.throttle.check(connection.source)
         user = _required_string(params, "user")
         password = _required_string(params, "password")
         domain_ref = _string(params, "domain")
@@ -462,7 +461,7 @@ class AdminAPI:
         timeout = _integer(params, "session-timeout", self.session_timeout, 1, MAX_SESSION_TIMEOUT)
         want_read_only = _boolean(params, "read-only")
         continue_last = _boolean(params, "continue-last-session")
-        await self._check_password(connection.source, user, password)
+        await self.check_password(connection.source, user, password, params.get("device-token"))
         entry = self.node.cluster.domain_by_ref(domain_ref) if domain_ref else None
         level = self.node.cluster.permission(user, entry["name"] if entry else None)
         if level is None:
@@ -480,21 +479,32 @@ class AdminAPI:
         await self._sweep_expired()
         login = self._new_login(user, entry, session, read_only, timeout)
         connection.sid = login.sid
+        reply = self._login_reply(login)
         log.info("%r logged in from %s to %s", user, connection.source,
                  repr(entry["name"]) if entry else "the system-wide view")  # fmt: skip
-        return self._login_reply(login)
+        # Lets this client's next logins skip throttles that attackers can fill.
+        reply["device-token"] = auth.device_token(self.node.config.secret, user)
+        return reply
 
-    async def _check_password(self, source: str, user: str, password: str) -> None:
+    async def check_password(
+        self, source: str, user: str, password: str, device_token: Any = None
+    ) -> None:
+        """The one password check of `/api` and `/sync`. The attempt is reserved with the
+        throttle before hashing (parallel attempts cannot overrun it), an unknown user name
+        costs the same scrypt as a known one (no probing), and scrypt runs in a worker
+        thread (it would stall every connection of the server for tens of milliseconds)."""
         record = self.node.cluster.administrators().get(user)
-        stored = record.get("password-hash") if record else None
-        if not isinstance(stored, str):
-            stored = await self._unknown_user_hash()  # same work either way: no user probing
-        if record is not None and await asyncio.to_thread(auth.verify_password, password, stored):
-            self.throttle.succeeded(source)
-            return
-        if record is None:
-            await asyncio.to_thread(auth.verify_password, password, stored)
-        self.throttle.failed(source)
+        device = auth.device_key(self.node.config.secret, user, device_token)
+        attempt = self.throttle.begin(_host_of(source), user, device)
+        try:
+            stored = record.get("password-hash") if record else None
+            if not isinstance(stored, str):
+                stored = await self._unknown_user_hash()
+            if await asyncio.to_thread(auth.verify_password, password, stored) and record:
+                attempt.succeeded()
+                return
+        finally:
+            attempt.failed()  # no-op after succeeded(); counts a cancelled check as failed
         log.warning("failed login for %s from %s", _who(user, record), source)
         raise AuthenticationFailed("wrong user name or password")
 
@@ -593,16 +603,17 @@ class AdminAPI:
 
     # ------------------------------------------------------------ automerge-repo clients
 
-    def authenticate_repo_client(
-        self, query: Mapping[str, str]
+    async def authenticate_repo_client(
+        self, query: Mapping[str, str], source: str = "unknown"
     ) -> tuple[str, Callable[[str], bool]]:
         """The administrator behind an automerge-repo client's `/sync` URL query, and a
         `may_read(document_id)` that follows that administrator's current permissions.
 
-        The query holds `user` and `password`, or `token` (a live login's sid). The cluster
-        document (which holds password hashes) is never readable this way.
+        The query holds `user` and `password` (and optionally `device-token`), or `token`
+        (a live login's sid); `source` is the client's address, for the login throttle.
+        The cluster document (which holds password hashes) is never readable this way.
         """
-        admin = self._repo_client_admin(query)
+        admin = await self._repo_client_admin(query, source)
         cluster = self.node.cluster
 
         def may_read(document_id: str) -> bool:
@@ -613,7 +624,7 @@ class AdminAPI:
 
         return admin, may_read
 
-    def _repo_client_admin(self, query: Mapping[str, str]) -> str:
+    async def _repo_client_admin(self, query: Mapping[str, str], source: str) -> str:
         token = query.get("token")
         if token:
             login = self.logins.get(token)
@@ -623,14 +634,7 @@ class AdminAPI:
         user, password = query.get("user"), query.get("password")
         if not user or not password:
             raise AuthenticationFailed("give 'user' and 'password', or 'token'")
-        source = f"repo-client:{user}"
-        self.throttle.check(source)
-        record = self.node.cluster.administrators().get(user)
-        if record is None or not auth.verify_password(password, record.get("password-hash")):
-            self.throttle.failed(source)
-            log.warning("failed automerge-repo login for %s", _who(user, record))
-            raise AuthenticationFailed("wrong user name or password")
-        self.throttle.succeeded(source)
+        await self.check_password(source, user, password, query.get("device-token"))
         return user
 
     # ------------------------------------------------------------ tasks
@@ -1224,7 +1228,7 @@ def _build_commands() -> dict[str, Command]:
     public, logged_in, read, write = Access.PUBLIC, Access.LOGGED_IN, Access.READ, Access.WRITE
     login_params = (
         "user password domain session-name session-description session-timeout read-only"
-        " continue-last-session"
+        " continue-last-session device-token"
     )
     commands = {
         "login": _cmd(_login, public, login_params),

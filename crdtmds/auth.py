@@ -14,10 +14,11 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from crdtmds.errors import AuthenticationFailed, TooManyRequests
+from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -173,41 +174,198 @@ class NonceVerifier:
             self._seen.popitem(last=False)
 
 
+# ---------------------------------------------------------------- password policy
+
+MIN_PASSWORD_LENGTH = 12
+
+
+def check_new_password(user: str, password: Any, *, min_length: int = MIN_PASSWORD_LENGTH) -> str:
+    """`password` if it may be set for `user`; refuses short ones and the user name itself.
+
+    Every path that sets a password goes through here (init, add-administrator)."""
+    if not isinstance(password, str) or not password:
+        raise InvalidParameter("a password must be a non-empty string")
+    if len(password) < min_length:
+        raise InvalidParameter(f"a password needs at least {min_length} characters")
+    if password.casefold() == user.casefold():
+        raise InvalidParameter("a password must not be the user name")
+    return password
+
+
+# ---------------------------------------------------------------- device tokens
+
+
+def device_token(secret: str, user: str) -> str:
+    """Proof that this client once logged in as `user`: a nonce and an HMAC of the cluster
+    secret over it, so every server of the cluster accepts it without shared state.
+
+    It is no credential (the password is still needed); it only gives its holder a login
+    throttle of its own, which an attacker without it cannot exhaust."""
+    nonce = secrets.token_urlsafe(12)
+    return f"{nonce}.{server_proof(secret, 'device', user, nonce)}"
+
+
+def device_key(secret: str, user: str, token: Any) -> str | None:
+    """The throttle key of a valid device token for `user`, else None."""
+    if not isinstance(token, str):
+        return None
+    nonce, dot, proof = token.partition(".")
+    if not dot or not nonce:
+        return None
+    if not hmac.compare_digest(proof, server_proof(secret, "device", user, nonce)):
+        return None
+    return f"device:{user}:{nonce}"
+
+
 # ---------------------------------------------------------------- login throttling
 
 
 @dataclass(slots=True)
 class _Failures:
     count: int = 0
+    pending: int = 0
     locked_until: float = 0.0
+    last_failure: float = 0.0
+
+
+class LoginThrottle:
+    """Failed logins counted per key, with a doubling wait once a key reaches its limit.
+
+    A login attempt reserves itself under every key that applies before its password is
+    hashed (`begin`), so parallel attempts cannot all pass a check made before any of them
+    failed; `Attempt.failed` or `Attempt.succeeded` settles the reservation. Keys:
+
+    - `(address, user)`: `limit` failures, then waits of `base_delay` doubling to `max_delay`;
+    - `user`, over every address: `user_limit` failures;
+    - `address`, over every user name: `address_limit` failures;
+    - a device token (`device_key`): `limit` failures, and nothing else.
+
+    An attempt with a valid device token is counted under its token only: attackers without
+    it cannot lock its holder out. A success clears the keys of its own user, never the
+    address's count of other users' failures. A key forgets after `forget_after` quiet
+    seconds; at most `max_keys` idle keys are kept.
+    """
+
+    def __init__(
+        self,
+        limit: int = 5,
+        base_delay: float = 1.0,
+        max_delay: float = 300.0,
+        *,
+        user_limit: int | None = None,
+        address_limit: int | None = None,
+        forget_after: float = 3600.0,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.user_limit = user_limit if user_limit is not None else 4 * limit
+        self.address_limit = address_limit if address_limit is not None else 4 * limit
+        self.forget_after = forget_after
+        self.max_keys = max_keys
+        self.clock = clock
+        self.checks = 0
+        """Attempts let through to a password check (for tests and monitoring)."""
+        self._keys: OrderedDict[str, _Failures] = OrderedDict()
+
+    def begin(self, address: str, user: str, device: str | None = None) -> Attempt:
+        """Reserve one attempt, or raise `TooManyRequests` if any of its keys must wait."""
+        now = self.clock()
+        self._forget(now)
+        keys = self._keys_of(address, user, device)
+        waits = [self._wait(key, limit, now) for key, limit in keys]
+        if max(waits) > 0:
+            raise TooManyRequests(
+                f"too many failed logins; try again in {max(waits):.0f} s",
+                details={"retry-after": round(max(waits), 1)},
+            )
+        for key, _ in keys:
+            self._state(key).pending += 1
+        self.checks += 1
+        return Attempt(self, keys, user_keys=[k for k, _ in keys if k != _address_key(address)])
+
+    def _keys_of(self, address: str, user: str, device: str | None) -> list[tuple[str, int]]:
+        if device is not None:
+            return [(device, self.limit)]
+        return [
+            (f"pair:{address}:{user}", self.limit),
+            (f"user:{user}", self.user_limit),
+            (_address_key(address), self.address_limit),
+        ]
+
+    def _wait(self, key: str, limit: int, now: float) -> float:
+        """Seconds `key` must wait; in-flight attempts use up the allowance left."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0
+        if state.locked_until > now:
+            return state.locked_until - now
+        if state.pending and state.count + state.pending >= limit:
+            return self.base_delay  # another attempt's outcome decides the next wait
+        return 0.0
+
+    def _state(self, key: str) -> _Failures:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _Failures()
+        return state
+
+    def settle(self, keys: list[tuple[str, int]], user_keys: list[str], ok: bool) -> None:
+        now = self.clock()
+        for key, limit in keys:
+            state = self._state(key)
+            state.pending = max(0, state.pending - 1)
+            if ok and key in user_keys:
+                state.count, state.locked_until = 0, 0.0
+            elif not ok:
+                self._fail(key, state, limit, now)
+
+    def _fail(self, key: str, state: _Failures, limit: int, now: float) -> None:
+        state.count += 1
+        state.last_failure = now
+        self._keys.move_to_end(key)
+        if state.count >= limit:
+            delay = self.base_delay * 2 ** min(state.count - limit, 64)
+            state.locked_until = now + min(self.max_delay, delay)
+
+    def _forget(self, now: float) -> None:
+        """Drop idle keys, oldest failure first: quiet for `forget_after`, or too many."""
+        while self._keys:
+            key, state = next(iter(self._keys.items()))
+            idle = not state.pending and state.locked_until <= now
+            stale = now - state.last_failure > self.forget_after
+            if not idle or not (stale or len(self._keys) > self.max_keys):
+                return
+            del self._keys[key]
+
+    def failures(self, key: str) -> int:
+        """Failures counted under `key` (`pair:ADDR:USER`, `user:USER`, `address:ADDR`)."""
+        state = self._keys.get(key)
+        return state.count if state is not None else 0
+
+
+def _address_key(address: str) -> str:
+    return f"address:{address}"
 
 
 @dataclass(slots=True)
-class LoginThrottle:
-    """Failed logins per source: after `limit` failures the source waits, doubling each time."""
+class Attempt:
+    """One reserved login attempt; settle it exactly once."""
 
-    limit: int = 5
-    base_delay: float = 1.0
-    max_delay: float = 300.0
-    _by_source: dict[str, _Failures] = field(default_factory=dict)
+    throttle: LoginThrottle
+    keys: list[tuple[str, int]]
+    user_keys: list[str]
+    settled: bool = False
 
-    def check(self, source: str, *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        state = self._by_source.get(source)
-        if state is not None and state.locked_until > now:
-            wait = state.locked_until - now
-            raise TooManyRequests(
-                f"too many failed logins; try again in {wait:.0f} s",
-                details={"retry-after": round(wait, 1)},
-            )
+    def failed(self) -> None:
+        self._settle(ok=False)
 
-    def failed(self, source: str, *, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        state = self._by_source.setdefault(source, _Failures())
-        state.count += 1
-        if state.count >= self.limit:
-            exponent = state.count - self.limit
-            state.locked_until = now + min(self.max_delay, self.base_delay * 2**exponent)
+    def succeeded(self) -> None:
+        self._settle(ok=True)
 
-    def succeeded(self, source: str) -> None:
-        self._by_source.pop(source, None)
+    def _settle(self, *, ok: bool) -> None:
+        if not self.settled:
+            self.settled = True
+            self.throttle.settle(self.keys, self.user_keys, ok)

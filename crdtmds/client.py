@@ -150,6 +150,7 @@ class Client:
         timeout: float = 10,
         read_only: bool = False,
         continue_last_session: bool = False,
+        device_token: str | None = None,
     ) -> None:
         if not urls:
             raise ValueError("give at least one server URL")
@@ -161,6 +162,8 @@ class Client:
         self.timeout = timeout
         self.read_only = read_only
         self.continue_last_session = continue_last_session
+        self.device_token = device_token
+        """From this user's last login: lets later logins pass throttles others filled."""
         self.sid: str | None = None
         self.session_uid: str | None = None
         self.unpublished = False
@@ -185,13 +188,17 @@ class Client:
         session_uid: str | None = None,
         unpublished: bool = False,
         timeout: float = 10,
+        device_token: str | None = None,
     ) -> Client:
         """A client continuing an existing login (`sid`) on `server` (default: the first URL).
 
         Closing it does not log out. Without `password` it cannot log in elsewhere, so a
         lost server or login raises `ApiError` asking for a new login.
         """
-        client = cls(urls, user=user, password=password, domain=domain, timeout=timeout)
+        client = cls(
+            urls, user=user, password=password, domain=domain, timeout=timeout,
+            device_token=device_token,
+        )  # fmt: skip
         if server is not None:
             wanted = api_url(server)
             if wanted not in client.urls:
@@ -374,9 +381,12 @@ class Client:
             params["read-only"] = True
         if continuing or self.continue_last_session:
             params["continue-last-session"] = True
+        if self.device_token:
+            params["device-token"] = self.device_token
         self.sid = None
         reply = await self._request("login", params)
         self.sid = reply["sid"]
+        self.device_token = reply.get("device-token") or self.device_token
         self.session_uid = reply.get("uid")
         self.unpublished = bool(continuing or self.continue_last_session) and (
             await self._draft_has_changes()

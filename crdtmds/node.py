@@ -146,9 +146,13 @@ class Limits:
     max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT
     """Distinct documents one /sync connection may name."""
     login_failures: int = 5
-    """Failed logins from one address before it must wait."""
+    """Failed logins for one user name from one address before it must wait; four times as
+    many for one user name over all addresses, and for one address over all user names
+    (see `auth.LoginThrottle`)."""
     login_lockout: float = 1.0
     """Seconds of the first wait; each further failure doubles it (up to five minutes)."""
+    min_password_length: int = auth.MIN_PASSWORD_LENGTH
+    """Fewest characters of a password set on this server (add-administrator)."""
     handshake_timeout: float = 10.0
     """Seconds a /sync peer has, once connected, to be admitted (its join accepted)."""
     idle_timeout: float = 900.0
@@ -204,10 +208,12 @@ class Node:
         region: str,
         admin: str,
         password: str,
+        min_password_length: int = auth.MIN_PASSWORD_LENGTH,
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> NodeConfig:
         """Create a cluster: its document, secret, this Primary server and a superuser."""
+        auth.check_new_password(admin, password, min_length=min_password_length)
         cluster_id = new_document_id()
         config = NodeConfig(
             name=name,
@@ -523,8 +529,10 @@ class Node:
         for domain_name in domains or {}:
             if domain_name != "*":
                 self.cluster.domain_by_ref(domain_name)
+        auth.check_new_password(name, password, min_length=self.limits.min_password_length)
+        password_hash = await asyncio.to_thread(auth.hash_password, password)
         entry = self.cluster.add_administrator(
-            name, auth.hash_password(password), superuser=superuser, domains=domains
+            name, password_hash, superuser=superuser, domains=domains
         )
         await self._write_cluster(self.cluster.last_change())
         return entry
@@ -1110,7 +1118,8 @@ class Node:
 
     async def _admit_repo_client(self, link: _Link, join: Join) -> tuple[PeerInfo, dict[str, Any]]:
         """An administrator's automerge-repo client: credentials in the URL query."""
-        admin, may_read = self._admin_api().authenticate_repo_client(dict(link.query))
+        source = _format_address(getattr(link.ws, "remote_address", None))
+        admin, may_read = await self._admin_api().authenticate_repo_client(dict(link.query), source)
         link.admin = str(admin)
         info = PeerInfo(
             peer_id=join.sender_id,

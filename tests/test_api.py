@@ -7,7 +7,9 @@ acme) and `bob` (read-write on globex), then talks to it through `ApiConnection`
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,13 @@ import pytest
 import crdtmds
 from crdtmds import auth, model
 from crdtmds.api import AdminAPI, ApiConnection
-from crdtmds.errors import AuthenticationFailed
+from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
 from crdtmds.node import Node
 
-PASSWORDS = {"root": "root-pw", "alice": "alice-pw", "reader": "reader-pw", "bob": "bob-pw"}
+PASSWORDS = {
+    "root": "root-password", "alice": "alice-password", "reader": "reader-password",
+    "bob": "bob-password",
+}  # fmt: skip
 
 
 class FakeClock:
@@ -285,7 +290,10 @@ async def test_superuser_adds_domains_and_administrators_without_leaking_hashes(
     assert domain["url"] == f"automerge:{domain['document-id']}"
     assert domain["available"] is True
     added = await root.ok(
-        "add-administrator", name="carol", password="carol-pw", domains={"initech": "read-write"}
+        "add-administrator",
+        name="carol",
+        password="carol-password",
+        domains={"initech": "read-write"},
     )
     assert added == {
         "name": "carol", "superuser": False, "domains": {"initech": "read-write"},
@@ -295,7 +303,9 @@ async def test_superuser_adds_domains_and_administrators_without_leaking_hashes(
     assert "password-hash" not in json.dumps(listed)
     assert {a["name"] for a in listed["objects"]} == {"root", "alice", "reader", "bob", "carol"}
     carol = connect(api)
-    assert (await carol.ok("login", user="carol", password="carol-pw", domain="initech"))["sid"]
+    assert (await carol.ok("login", user="carol", password="carol-password", domain="initech"))[
+        "sid"
+    ]
     domains = await root.ok("show-domains")
     assert [d["name"] for d in domains["objects"]] == ["acme", "globex", "initech"]
     assert all(d["url"].startswith("automerge:") for d in domains["objects"])
@@ -658,16 +668,157 @@ async def test_an_idle_session_sees_and_builds_on_newer_publishes(api: AdminAPI)
 async def test_repo_clients_authenticate_and_read_only_permitted_domains(api: AdminAPI) -> None:
     node = api.node
     acme, globex = node.domain("acme").document_id, node.domain("globex").document_id
-    admin, may_read = api.authenticate_repo_client({"user": "alice", "password": "alice-pw"})
+    admin, may_read = await api.authenticate_repo_client(
+        {"user": "alice", "password": PASSWORDS["alice"]}
+    )
     assert admin == "alice"
     assert may_read(acme) and not may_read(globex)
     assert not may_read(node.cluster.document_id)
-    _, root_reads = api.authenticate_repo_client({"user": "root", "password": "root-pw"})
+    _, root_reads = await api.authenticate_repo_client(
+        {"user": "root", "password": PASSWORDS["root"]}
+    )
     assert root_reads(acme) and root_reads(globex) and not root_reads(node.cluster.document_id)
     bob = connect(api)
     login = await bob.login("bob", domain="globex")
-    admin, may_read = api.authenticate_repo_client({"token": login["sid"]})
+    admin, may_read = await api.authenticate_repo_client({"token": login["sid"]})
     assert admin == "bob" and may_read(globex) and not may_read(acme)
     for query in ({"user": "alice", "password": "wrong"}, {"token": "forged"}, {}):
         with pytest.raises(AuthenticationFailed):
-            api.authenticate_repo_client(query)
+            await api.authenticate_repo_client(query)
+
+
+# ---------------------------------------------------------------- login throttling
+
+
+class CountedChecks:
+    """Wraps `auth.verify_password`: counts calls per password and where they ran."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.passwords: list[str] = []
+        self.on_loop_thread = 0
+        self._verify = auth.verify_password
+        self._loop_thread = threading.get_ident()
+        monkeypatch.setattr(auth, "verify_password", self)
+
+    def __call__(self, password: Any, stored: Any) -> bool:
+        self.passwords.append(password)
+        self.on_loop_thread += threading.get_ident() == self._loop_thread
+        return self._verify(password, stored)
+
+    def count(self, password: str) -> int:
+        return self.passwords.count(password)
+
+
+@pytest.fixture
+def limited_api(node: Node, clock: FakeClock) -> AdminAPI:
+    """The default limit of 5, on a clock that stands still: one window."""
+    return AdminAPI(node, throttle=auth.LoginThrottle(limit=5, clock=clock), clock=clock)
+
+
+async def test_a_good_login_of_another_user_does_not_forgive_wrong_guesses(
+    limited_api: AdminAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """4 wrong guesses for root, then 1 good login of reader, from one address, 25 times."""
+    checks = CountedChecks(monkeypatch)
+    attacker = connect(limited_api, "198.51.100.7:40000")
+    codes = []
+    for _ in range(25):
+        for _ in range(4):
+            codes.append(await attacker.error("login", user="root", password="guess-guess-guess"))
+        await attacker.login("reader")
+    assert checks.count("guess-guess-guess") == 5
+    assert codes.count("err_login_failed") == 5
+    assert codes.count("err_too_many_requests") == 95
+
+
+async def test_parallel_wrong_logins_get_no_more_checks_than_the_limit(
+    limited_api: AdminAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 wrong logins over 20 parallel connections from one address."""
+    checks = CountedChecks(monkeypatch)
+
+    async def guesses(port: int) -> list[str]:
+        admin = connect(limited_api, f"198.51.100.7:{port}")
+        return [await admin.error("login", user="root", password="guess-guess") for _ in range(10)]
+
+    codes = [c for batch in await asyncio.gather(*map(guesses, range(20))) for c in batch]
+    assert len(codes) == 200
+    assert checks.count("guess-guess") == 5
+    assert limited_api.throttle.checks == 5
+    assert codes.count("err_login_failed") == 5
+
+
+async def test_a_flood_from_its_own_address_cannot_lock_out_a_known_good_administrator(
+    limited_api: AdminAPI,
+) -> None:
+    """One attacker behind the team's NAT floods root and unknown names; root, holding the
+    device token of an earlier login, still logs in, and so does alice from elsewhere."""
+    nat = "203.0.113.5"
+    earlier = await connect(limited_api, f"{nat}:1000").login("root", domain=None)
+    attacker = connect(limited_api, f"{nat}:2000")
+    for n in range(100):
+        code = await attacker.error("login", user="root", password=f"guess-{n:04}-guess")
+        assert code in ("err_login_failed", "err_too_many_requests")
+        await attacker.error("login", user=f"nobody-{n}", password="guess-guess-guess")
+    root = connect(limited_api, f"{nat}:3000")
+    assert await root.error("login", user="root", password=PASSWORDS["root"]) == (
+        "err_too_many_requests"  # without the token this address must wait
+    )
+    result = await root.login("root", domain=None, **{"device-token": earlier["device-token"]})
+    assert result["sid"] and result["device-token"]
+    assert await connect(limited_api, "192.0.2.200:1").login("alice")
+    alice = connect(limited_api, f"{nat}:4000")
+    code = await alice.error(
+        "login",
+        user="alice",
+        password=PASSWORDS["alice"],
+        **{"device-token": result["device-token"]},
+    )
+    assert code == "err_too_many_requests"  # root's token is no token for alice
+    assert limited_api.throttle.failures(f"pair:{nat}:root") == 5
+
+
+async def test_unknown_repo_client_users_take_the_same_path_as_known_ones(
+    limited_api: AdminAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/sync: a hash computed off the event loop and a throttled failure, known or not."""
+    checks = CountedChecks(monkeypatch)
+    throttle = limited_api.throttle
+    for user in ("nobody", "alice"):
+        with pytest.raises(AuthenticationFailed):
+            await limited_api.authenticate_repo_client(
+                {"user": user, "password": "wrong-password"}, "198.51.100.9:5000"
+            )
+        assert throttle.failures(f"pair:198.51.100.9:{user}") == 1
+    assert checks.count("wrong-password") == 2
+    assert checks.on_loop_thread == 0
+    for _ in range(4):
+        with pytest.raises(AuthenticationFailed):
+            await limited_api.authenticate_repo_client(
+                {"user": "nobody", "password": "wrong-password"}, "198.51.100.9:5001"
+            )
+    with pytest.raises(TooManyRequests):
+        await limited_api.authenticate_repo_client(
+            {"user": "nobody", "password": "wrong-password"}, "198.51.100.9:5002"
+        )
+
+
+async def test_weak_passwords_are_refused_wherever_one_is_set(
+    api: AdminAPI, node: Node, tmp_path: Path
+) -> None:
+    root = connect(api)
+    await root.login("root", domain=None)
+    for name, password in (
+        ("carol", "x"),
+        ("carol", "eleven-char"),
+        ("carol-admin-1", "carol-admin-1"),
+    ):
+        code = await root.error("add-administrator", name=name, password=password, superuser=True)
+        assert code == "generic_err_invalid_parameter"
+    assert "carol" not in node.cluster.administrators()
+    with pytest.raises(InvalidParameter):
+        await Node.initialise(
+            tmp_path / "weak", name="s2", listen_host="127.0.0.1", listen_port=0, url="",
+            region="eu", admin="root", password="root",
+        )  # fmt: skip
+    assert not (tmp_path / "weak").exists()

@@ -39,6 +39,18 @@ def ok(*args: str, session: Path, password: str | None = None) -> str:
     return result.stdout
 
 
+def test_init_refuses_a_short_password_or_the_user_name(tmp_path: Path) -> None:
+    base = ["init", "--name", "n1", "--listen", "127.0.0.1:0", "--admin", "admin"]
+    for password in ("x", "eleven-char", "ADMIN"):
+        result = crdtmds(*base, "--data", str(tmp_path / "a"), "--password", password)
+        assert result.exit_code == 1 and "password" in result.output, result.output
+        assert not (tmp_path / "a").exists()
+    short = ["--password", "twelve-chars", "--min-password-length", "13"]
+    assert crdtmds(*base, "--data", str(tmp_path / "b"), *short).exit_code == 1
+    loose = ["--password", "pw", "--min-password-length", "2", "--json"]
+    assert crdtmds(*base, "--data", str(tmp_path / "c"), *loose).exit_code == 0
+
+
 def until(check: Any, timeout: float = CONVERGENCE_TIMEOUT) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -25,7 +25,7 @@ from crdtmds.client import (
 )
 from crdtmds.node import Node
 
-USER, PASSWORD = "root", "root-pw"
+USER, PASSWORD = "root", "root-password"
 WEB = {"name": "web", "ipv4-address": "192.0.2.10"}
 
 StartServer = Callable[[str], Awaitable[Node]]

@@ -27,7 +27,7 @@ PUBLISHER = textwrap.dedent(
 
     async def main(data):
         await Node.initialise(data, name="s1", listen_host="127.0.0.1", listen_port=0,
-                              url="", region="eu", admin="admin", password="pw")
+                              url="", region="eu", admin="admin", password="admin-password")
         node = await Node.open(data)
         await node.create_domain("acme", created_by="admin")
         session = await node.open_session("acme", admin="admin", name="published")

@@ -51,7 +51,7 @@ OBJECT_PARAMS: dict[str, dict[str, Any]] = {
     "service-tcp": {"port": 443},
     "service-udp": {"port": 53},
 }
-PASSWORD = "pw"
+PASSWORD = "names-test-password"
 
 
 def code_of(char: str) -> str:
@@ -319,7 +319,7 @@ async def test_api_refuses_bad_names_and_stores_nothing(node: Node) -> None:
     for command, params in [
         ("add-host", {"name": "web\x1b[2J", "ip-address": "192.0.2.1"}),
         ("add-domain", {"name": "acme\n2"}),
-        ("add-administrator", {"name": "eve\u202e", "password": "x"}),
+        ("add-administrator", {"name": "eve\u202e", "password": "long-enough-password"}),
         ("add-access-rule", {"name": "r\u2028", "position": "top"}),
         ("publish", {"comments": "done\x1b]0;owned\x07"}),
     ]:

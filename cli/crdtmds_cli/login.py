@@ -15,7 +15,7 @@ import typer
 
 from crdtmds.client import ApiError, Client, run
 from crdtmds_cli.calls import fail, load_login, show_client_warnings
-from crdtmds_cli.login_file import StoredLogin, login_file_path
+from crdtmds_cli.login_file import StoredLogin, device_token_of, login_file_path
 from crdtmds_cli.options import JsonOption, LoginFileOption, add_command
 from crdtmds_cli.output import echo_json, say
 
@@ -88,6 +88,7 @@ def login_command(
             timeout=timeout,
             read_only=read_only,
             continue_last_session=continue_session,
+            device_token=device_token_of(login_file_path(login_file), user),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--server") from None
@@ -102,6 +103,7 @@ def login_command(
         unpublished=client.unpublished,
         password=password if remember_password else None,
         timeout=timeout,
+        device_token=client.device_token,
     )
     path = login_file_path(login_file)
     stored.save(path)

@@ -42,6 +42,7 @@ class StoredLogin:
     unpublished: bool = False
     password: str | None = None
     timeout: float = 10.0
+    device_token: str | None = None
     version: int = LOGIN_FILE_VERSION
     left_behind: list[list[str | None]] = field(default_factory=list)
 
@@ -83,6 +84,7 @@ class StoredLogin:
             session_uid=self.session_uid,
             unpublished=self.unpublished,
             timeout=self.timeout,
+            device_token=self.device_token,
         )
 
     def follow(self, client: Client) -> None:
@@ -92,6 +94,7 @@ class StoredLogin:
             self.server = client.server
             self.session_uid = client.session_uid
         self.unpublished = client.unpublished
+        self.device_token = client.device_token
         self.left_behind.extend([lost.server, lost.session] for lost in client.left_behind)
 
 
@@ -100,3 +103,13 @@ def login_file_path(option: Path | None) -> Path:
     if option is not None:
         return option
     return Path(typer.get_app_dir("crdtmds")) / LOGIN_FILE_NAME
+
+
+def device_token_of(path: Path, user: str) -> str | None:
+    """The device token kept by an earlier login of `user` in this login file: with it,
+    failed logins of others (say, behind the same NAT) do not hold this login back."""
+    try:
+        stored = StoredLogin.load(path)
+    except CliFailure:
+        return None
+    return stored.device_token if stored.user == user else None

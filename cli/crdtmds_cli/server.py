@@ -21,7 +21,7 @@ import typer
 
 from crdtmds import model
 from crdtmds.errors import CrdtmdsError
-from crdtmds.node import Node, advertised_url_for, join_cluster
+from crdtmds.node import Limits, Node, advertised_url_for, join_cluster
 from crdtmds.status_query import STATUS_TIMEOUT, collect_status
 from crdtmds_cli.limit_options import limit_parameters, limits_from
 from crdtmds_cli.options import add_command, command_from, keyword
@@ -42,6 +42,11 @@ CertOption = Annotated[
 ]
 KeyOption = Annotated[Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DEFAULT_LIMITS = Limits()
+MinPasswordOption = Annotated[
+    int,
+    typer.Option("--min-password-length", min=1, help="Fewest characters a new password may have."),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +72,7 @@ def init_command(
     url: UrlOption = None,
     tls_cert: CertOption = None,
     tls_key: KeyOption = None,
+    min_password_length: MinPasswordOption = DEFAULT_LIMITS.min_password_length,
     json_output: JsonOption = False,
 ) -> None:
     """Create a cluster: its Primary server here, a cluster secret and a first superuser."""
@@ -85,6 +91,7 @@ def init_command(
             region=region,
             admin=admin,
             password=password,
+            min_password_length=min_password_length,
             tls_cert=_path_text(tls_cert),
             tls_key=_path_text(tls_key),
         )
