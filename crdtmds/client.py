@@ -24,6 +24,10 @@ next server of its list (and lastly on the lost one again). Then:
   (`continue-last-session`), and only an edit whose reply was lost raises
   `OutcomeUnknown`, since it may or may not be in the draft.
 
+A request larger than `max_request_size` (the servers' default frame limit, 16 MiB) is
+refused before it is sent, and a server's close for a request over its own limit (code
+1009) is reported as such: both raise `RequestTooLarge` and the client stays where it is.
+
 A login that the server no longer knows (its timeout passed, or the server restarted) is
 renewed on the same server with `continue-last-session`, when the client has the password.
 """
@@ -43,8 +47,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
 
-from crdtmds.errors import CrdtmdsError
+from crdtmds.errors import CrdtmdsError, too_large_message
 
 log = logging.getLogger("crdtmds.client")
 
@@ -52,6 +57,8 @@ T = TypeVar("T")
 
 API_PATH = "/api"
 MAX_REPLY_SIZE = 256 * 1024 * 1024
+MAX_REQUEST_SIZE = 16 * 1024 * 1024
+"""The servers' default frame limit (`crdtmds start --max-message-size`)."""
 SESSION_GONE_CODES = frozenset({"generic_err_wrong_session_id", "generic_err_session_expired"})
 ENDS_DRAFT = frozenset({"publish", "discard", "revert-to-revision"})
 NOT_DRAFT_EDITS = frozenset({"add-domain", "add-administrator"})
@@ -93,6 +100,14 @@ class SessionLeftBehind(ApiError):
         super().__init__("err_session_left_behind", message, details=details)
 
 
+class RequestTooLarge(ApiError):
+    """The request exceeds the frame limit: refused before sending, or by the server's
+    close (code 1009). The server is fine, so the client does not fail over."""
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__("err_request_too_large", message, details=details)
+
+
 class OutcomeUnknown(ApiError):
     """The connection broke after an edit was sent and before its reply arrived."""
 
@@ -114,6 +129,17 @@ class _TransportFailure(Exception):
     def __init__(self, reason: str, *, sent: bool) -> None:
         super().__init__(reason)
         self.sent = sent
+
+
+def _raise_if_too_large(command: str, exc: BaseException) -> None:
+    """A close with code 1009 means the server refused the request's size, not that it
+    went away: raise `RequestTooLarge` with its reason instead of failing over."""
+    close = exc.rcvd if isinstance(exc, ConnectionClosed) else None
+    if close is not None and close.code == CloseCode.MESSAGE_TOO_BIG:
+        raise RequestTooLarge(
+            close.reason or "request too large",
+            details={"command": command, "close-code": close.code},
+        )
 
 
 def api_url(url: str) -> str:
@@ -151,6 +177,7 @@ class Client:
         read_only: bool = False,
         continue_last_session: bool = False,
         device_token: str | None = None,
+        max_request_size: int = MAX_REQUEST_SIZE,
     ) -> None:
         if not urls:
             raise ValueError("give at least one server URL")
@@ -164,6 +191,7 @@ class Client:
         self.continue_last_session = continue_last_session
         self.device_token = device_token
         """From this user's last login: lets later logins pass throttles others filled."""
+        self.max_request_size = max_request_size
         self.sid: str | None = None
         self.session_uid: str | None = None
         self.unpublished = False
@@ -406,15 +434,19 @@ class Client:
         request: dict[str, Any] = {"id": request_id, "command": command, "params": params}
         if self.sid is not None and command != "login":
             request["sid"] = self.sid
+        text = json.dumps(request)
+        self._check_size(command, len(text.encode()))
         try:
-            await ws.send(json.dumps(request))
+            await ws.send(text)
         except (ConnectionClosed, OSError) as exc:
             await self._drop_connection()
+            _raise_if_too_large(command, exc)
             raise _TransportFailure(f"send failed: {exc}", sent=False) from None
         try:
             reply = await asyncio.wait_for(self._reply_to(ws, request_id), self.timeout)
         except (ConnectionClosed, OSError, TimeoutError) as exc:
             await self._drop_connection()
+            _raise_if_too_large(command, exc)
             reason = f"no reply within {self.timeout} s" if isinstance(exc, TimeoutError) else exc
             raise _TransportFailure(f"'{command}': {reason}", sent=True) from None
         if "error" in reply:
@@ -422,6 +454,13 @@ class Client:
         result = reply.get("result")
         self._note_success(command)
         return result if isinstance(result, dict) else {"result": result}
+
+    def _check_size(self, command: str, size: int) -> None:
+        if size > self.max_request_size:
+            raise RequestTooLarge(
+                too_large_message("request", self.max_request_size),
+                details={"command": command, "size": size, "limit": self.max_request_size},
+            )
 
     def _note_success(self, command: str) -> None:
         if is_draft_edit(command):

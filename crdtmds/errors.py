@@ -149,3 +149,16 @@ class StorageVersionError(StorageError):
 
 class ClusterError(CrdtmdsError):
     code = "err_cluster"
+
+
+def size_text(size: int) -> str:
+    """A byte count as people read limits: "16 MiB", "64 KiB", "1500 bytes"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
+def too_large_message(what: str, limit: int) -> str:
+    """What a peer or client is told when `what` ("request", "message") exceeds `limit`."""
+    return f"{what} too large (limit {size_text(limit)})"

@@ -59,6 +59,7 @@ __all__ = [
     "PeerConnected",
     "PeerInfo",
     "default_peer_info",
+    "split_sync_message",
     "sync_message_has_changes",
 ]
 
@@ -66,6 +67,9 @@ _EPHEMERAL_MEMORY = 4096
 """How many ephemeral message ids are remembered to stop them circling a mesh."""
 MAX_DOCUMENTS_PER_CONNECTION_DEFAULT = 10_000
 """How many distinct documents one connection may involve (each costs a sync state)."""
+MAX_SYNC_MESSAGE_SIZE_DEFAULT = 1024 * 1024
+"""Bytes in one sync frame we send: the frame limit of stock automerge-repo clients (the
+`websockets` default that Python's `automerge.repo` transport keeps)."""
 
 
 # --------------------------------------------------------------------------- peers, store
@@ -308,6 +312,9 @@ class Gossip:
        targetId (forwarded ephemeral messages keep their original sender).
     9. A peer that names a document beyond ``max_documents_per_connection`` distinct
        documents on one connection gets an error and the connection closes.
+    10. No sync frame we send exceeds ``max_sync_message_size`` bytes, unless one change
+        alone does: a larger sync message is sent as several, its changes shared out
+        between them (see :func:`split_sync_message`).
 
     A peer "follows" a document when it was announced to it, it has sent a message about
     it, or we requested it from that peer. Servers are sent every document they may read
@@ -324,12 +331,14 @@ class Gossip:
         *,
         max_message_size: int = MAX_MESSAGE_SIZE_DEFAULT,
         max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
+        max_sync_message_size: int = MAX_SYNC_MESSAGE_SIZE_DEFAULT,
         on_peer: Callable[[str, Peer], PeerInfo] | None = None,
     ) -> None:
         self.local_peer_id = local_peer_id
         self._store = store
         self._max_message_size = max_message_size
         self._max_documents = max_documents_per_connection
+        self._max_sync_message_size = max_sync_message_size
         self._peer_info_for = on_peer or (lambda _conn_id, peer: default_peer_info(peer))
         self._connections: dict[str, _Connection] = {}
         self._holds: dict[str, int] = {}
@@ -682,34 +691,41 @@ class Gossip:
             if document_id in self._holds:
                 continue  # stays dirty until persisted
             del conn.dirty[document_id]
-            frame = self._sync_message(conn, document_id)
-            if frame is not None:
-                frames.append(frame)
+            frames.extend(self._sync_message(conn, document_id))
         return frames
 
-    def _sync_message(self, conn: _Connection, document_id: str) -> bytes | None:
+    def _sync_message(self, conn: _Connection, document_id: str) -> list[bytes]:
+        """The frames of one sync message about the document (none when there is nothing
+        to say, several when it is larger than the sync frame limit)."""
         peer = self._peer_of(conn)
         if not peer.may_read(document_id):
-            return None
+            return []
         link = conn.link(document_id)
         doc = self._store.get_document(document_id)
         if doc is None:
             if not link.requested_by_us:
-                return None
+                return []
             doc = Document()  # an empty stand-in: a request says "I have nothing"
         message = doc.generate_sync_message(link.sync_state)
         fresh, link.fresh = link.fresh, []
         if message is None:
-            return None
+            return []
         kind = Sync if link.heard_from_peer or doc.get_heads() else Request
-        return encode(
-            kind(
-                sender_id=self.local_peer_id,
-                target_id=peer.peer_id,
-                document_id=document_id,
-                data=with_changes(message.encode(), fresh),
-            )
+
+        def frame(data: bytes) -> bytes:
+            return encode(kind(self.local_peer_id, peer.peer_id, document_id, data))
+
+        data = with_changes(message.encode(), fresh)
+        whole = frame(data)
+        if len(whole) <= self._max_sync_message_size:
+            return [whole]
+        envelope = len(whole) - len(data) + _COUNT_MARGIN  # the CBOR around the data
+        parts = split_sync_message(
+            data,
+            self._max_sync_message_size - envelope,
+            lambda: [change.bytes for change in doc.get_changes([])],
         )
+        return [frame(part) for part in parts]
 
 
 # ---------------------------------------------------------------- automerge sync messages
@@ -717,6 +733,10 @@ class Gossip:
 SYNC_MESSAGE_V1 = 0x42
 SYNC_MESSAGE_V2 = 0x43
 _HASH_SIZE = 32
+_CHUNK_TYPE_OFFSET = 8
+"""Where a chunk's type byte is: after the magic bytes and the checksum."""
+_CHUNK_DOCUMENT = 0
+_COUNT_MARGIN = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -787,6 +807,51 @@ def with_changes(data: bytes, changes: list[tuple[bytes, bytes]]) -> bytes:
     if not missing:
         return data
     return encode_sync_message(replace(message, changes=[*message.changes, *missing]), data[0])
+
+
+def split_sync_message(
+    data: bytes, budget: int, document_changes: Callable[[], list[bytes]]
+) -> list[bytes]:
+    """`data`, an encoded sync message, as sync messages of at most `budget` bytes each.
+
+    Each part has the message's heads, needs and Bloom filters and a share of its
+    changes, in their order: a receiver applies the changes of each part as it comes
+    (queuing any whose dependencies are still on the way), as it would one message. A
+    whole document, which Automerge sends a peer that holds nothing, cannot be cut: its
+    change chunks (`document_changes()`) are sent instead. A single change larger than the
+    budget goes alone in its part. `data` is returned as it is when it fits, or when it is
+    not a message this reader understands.
+    """
+    if len(data) <= budget:
+        return [data]
+    try:
+        message = parse_sync_message(data)
+        chunks = _change_chunks(message.changes, document_changes)
+    except (ProtocolError, ValueError):
+        return [data]
+    # Every part costs the message without its changes, plus a change count of up to
+    # a few bytes, plus its chunks with their length prefixes.
+    fixed = len(encode_sync_message(replace(message, changes=[]))) + _COUNT_MARGIN
+    parts: list[list[bytes]] = [[]]
+    size = fixed
+    for chunk in chunks:
+        cost = len(chunk) + len(encode_uleb128(len(chunk)))
+        if parts[-1] and size + cost > budget:
+            parts.append([])
+            size = fixed
+        parts[-1].append(chunk)
+        size += cost
+    return [encode_sync_message(replace(message, changes=part)) for part in parts]
+
+
+def _change_chunks(
+    entries: list[bytes], document_changes: Callable[[], list[bytes]]
+) -> list[bytes]:
+    """The change chunks a message's change entries stand for, in order."""
+    chunks = [chunk for entry in entries for chunk in split_chunks(entry)]
+    if any(chunk[_CHUNK_TYPE_OFFSET] == _CHUNK_DOCUMENT for chunk in chunks):
+        return document_changes()
+    return chunks
 
 
 def encode_sync_message(message: SyncMessage, kind: int = SYNC_MESSAGE_V1) -> bytes:

@@ -51,6 +51,7 @@ from websockets.exceptions import (
 from websockets.frames import CloseCode
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response as HttpResponse
+from websockets.server import ServerProtocol
 
 from crdtmds import auth
 from crdtmds.api import AdminAPI
@@ -68,9 +69,12 @@ from crdtmds.errors import (
     StorageCorruption,
     StorageError,
     is_core_error,
+    size_text,
+    too_large_message,
 )
 from crdtmds.gossip import (
     MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
+    MAX_SYNC_MESSAGE_SIZE_DEFAULT,
     ConnectionFailed,
     DocumentChanged,
     DocumentUnavailableFromPeer,
@@ -145,6 +149,10 @@ class Limits:
     """Bytes in one WebSocket frame, on /sync and /api; larger frames close the socket."""
     max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT
     """Distinct documents one /sync connection may name."""
+    max_sync_message_size: int = MAX_SYNC_MESSAGE_SIZE_DEFAULT
+    """Bytes in one sync frame this server sends: larger sync messages go as several, so
+    that stock automerge-repo clients (which accept 1 MiB) can fetch large domains. Only a
+    single change larger than this is sent whole."""
     login_failures: int = 5
     """Failed logins for one user name from one address before it must wait; four times as
     many for one user name over all addresses, and for one address over all user names
@@ -189,6 +197,7 @@ class Node:
             self,
             max_message_size=self.limits.max_message_size,
             max_documents_per_connection=self.limits.max_documents_per_connection,
+            max_sync_message_size=self.limits.max_sync_message_size,
             on_peer=self._verify_listener,
         )
         self.on_document_changed(self._schedule_gossip)
@@ -280,6 +289,7 @@ class Node:
             raise ClusterError(f"{path} holds no crdtmds server (run init or join first)")
         storage = await Storage.open(path / DATABASE_FILE)
         try:
+            await storage.check_writable()
             meta = await storage.get_meta(CONFIG_KEY)
             if not isinstance(meta, dict):
                 raise StorageError(f"{path} has no server configuration")
@@ -814,6 +824,7 @@ class Node:
             config.listen_host,
             config.listen_port,
             process_request=self._route_request,
+            create_connection=_ListenerConnection,
             max_size=self.limits.max_message_size,
             ssl=self._server_ssl(),
             compression=None,
@@ -921,6 +932,8 @@ class Node:
             gossip.close_connection(link.conn_id)
             if link.peer_name is not None:
                 log.info("disconnected from %s", link.describe())
+                if link.failure is None:
+                    net.oversize_reported.discard(link.peer_name)
 
     async def _receive_loop(self, link: _Link) -> None:
         """Apply the peer's frames in batches: everything that arrived while the previous
@@ -945,11 +958,39 @@ class Node:
             async for frame in self._frames(link):
                 await frames.put(frame)
         except ConnectionClosed as exc:
-            log.log(_close_log_level(exc), "connection %s closed: %r", link.describe(), str(exc))
+            self._note_close(link, exc)
         finally:
             # The end mark; if the queue is full the receiver sees this task done instead.
             with contextlib.suppress(asyncio.QueueFull):
                 frames.put_nowait(None)
+
+    def _note_close(self, link: _Link, exc: ConnectionClosed) -> None:
+        """Log why the socket closed. A frame over either side's size limit will be over it
+        again on the next link: that link failed (its dialer backs off), and is reported
+        once per peer rather than at every redial."""
+        oversize = self._oversize_failure(exc)
+        if oversize is None:
+            log.log(_close_log_level(exc), "connection %s closed: %r", link.describe(), str(exc))
+            return
+        link.failure = oversize
+        who = link.peer_name or link.target or _format_address(link.ws.remote_address)
+        reported = self._net.oversize_reported
+        level = logging.DEBUG if who in reported else logging.WARNING
+        reported.add(who)
+        retry = "; redialing with backoff" if link.outgoing else ""
+        log.log(level, "link %s failed: %s%s", link.describe(), oversize, retry)
+
+    def _oversize_failure(self, exc: ConnectionClosed) -> str | None:
+        """What a close for a frame over the size limit means, or None for other closes."""
+        we_closed = exc.sent is not None and not exc.rcvd_then_sent
+        first = exc.sent if we_closed else exc.rcvd
+        if first is None or first.code != CloseCode.MESSAGE_TOO_BIG:
+            return None
+        if we_closed:
+            limit = size_text(self.limits.max_message_size)
+            return f"it sent a message over this server's limit of {limit} (--max-message-size)"
+        reason = first.reason or "message too large"
+        return f"it refused a message of ours ({reason!r}; see its --max-message-size)"
 
     async def _apply_frames(self, link: _Link, batch: list[str | bytes | None]) -> bool:
         """Apply a batch of frames; False once the connection is over."""
@@ -999,12 +1040,19 @@ class Node:
         admitted within the handshake timeout, whatever it sends meanwhile."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.handshake_timeout
-        while True:
+        # Once the hub has closed the connection nothing more is read: the sender closes
+        # the socket at once instead of waiting for the peer or the admission deadline.
+        while not self.gossip.is_closed(link.conn_id):
             try:
                 if link.outgoing or self.gossip.peer(link.conn_id) is not None:
                     yield await link.ws.recv()
                 else:
-                    yield await asyncio.wait_for(link.ws.recv(), deadline - loop.time())
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows the
+                    # cancellation of a reader whose frame arrived at the same moment,
+                    # which left the socket open until the deadline.
+                    async with asyncio.timeout_at(deadline):
+                        frame = await link.ws.recv()
+                    yield frame
             except ConnectionClosedOK:
                 return
             except TimeoutError:
@@ -1325,6 +1373,27 @@ class Node:
 # ---------------------------------------------------------------- network state
 
 
+class _ListenerConnection(ServerConnection):
+    """A listener's connection whose close for an oversize frame names the limit, so that
+    a client can tell a refused request from a lost server (websockets' own reason only
+    counts bytes)."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(protocol, *args, **kwargs)
+        fail = protocol.fail
+
+        def fail_with_limit(code: int, reason: str = "") -> None:
+            if code == CloseCode.MESSAGE_TOO_BIG and protocol.max_message_size is not None:
+                reason = too_large_message(self._unit(), protocol.max_message_size)
+            fail(code, reason)
+
+        protocol.fail = fail_with_limit  # type: ignore[method-assign]
+
+    def _unit(self) -> str:
+        path = urlsplit(self.request.path).path if self.request is not None else ""
+        return "request" if path == API_PATH else "message"
+
+
 @dataclass(eq=False, slots=True)
 class _Link:
     """One /sync WebSocket connection."""
@@ -1378,6 +1447,9 @@ class _Network:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     api: AdminAPI | None = None
     fatal: BaseException | None = None
+    oversize_reported: set[str] = field(default_factory=set)
+    """Peers whose links failed for a frame over a size limit, reported once (see
+    `Node._note_close`) until a link with them ends normally."""
     relay_timer: asyncio.TimerHandle | None = None
     """Pending `release_relays` (see `Limits.relay_delay`)."""
     _verifier: auth.NonceVerifier | None = None
@@ -1548,12 +1620,23 @@ def _endpoint(url: str, path: str) -> str:
 
 
 def _dialable(url: str) -> bool:
+    return peer_url_problem(url) is None
+
+
+def peer_url_problem(url: str) -> str | None:
+    """Why `url` cannot be dialed as a peer, or None when it can."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError:
-        return False
-    return parts.scheme in ("ws", "wss") and bool(parts.hostname) and port != 0
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("ws", "wss"):
+        return "expected ws://HOST:PORT or wss://HOST:PORT"
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0 cannot be dialed"
+    return None
 
 
 def _url_host(host: str) -> str:

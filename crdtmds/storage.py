@@ -469,6 +469,28 @@ class Storage:
             return None
         return stored
 
+    async def check_writable(self) -> None:
+        """Raise `StorageError` unless this process can write the store.
+
+        SQLite opens a file it may not write read-only without a word, and reads work: the
+        first write (a login, a change from a peer) would fail instead. So a write is
+        tried: a row in a transaction that is rolled back, which needs the write lock (the
+        ``-shm`` file) and a writable database file, and leaves nothing behind.
+        """
+        async with self._lock:
+            connection = self._open_connection()
+            try:
+                await connection.execute("BEGIN IMMEDIATE")
+                try:
+                    await connection.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (_WRITE_PROBE_KEY, "{}"),
+                    )
+                finally:
+                    await _rollback_quietly(connection)
+            except sqlite3.Error as exc:
+                raise _not_writable_error(self.path, exc) from exc
+
     # -- transactions ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -512,6 +534,28 @@ class Storage:
 
 # -- opening ---------------------------------------------------------------------------------
 
+_WRITE_PROBE_KEY = "write-probe"
+_READ_ONLY_CODES = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+"""Primary result codes of a store that cannot be written (the file, or its -wal and -shm
+files, or their directory)."""
+_STORE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def _not_writable_error(path: Path, exc: sqlite3.Error) -> StorageError:
+    """Name what cannot be written (the file, its directory, its -wal and -shm files)."""
+    blocked = [
+        f"{candidate} (mode {candidate.stat().st_mode & 0o7777:04o})"
+        for candidate in (path.parent, *(Path(f"{path}{s}") for s in _STORE_SUFFIXES))
+        if candidate.exists() and not os.access(candidate, os.W_OK)
+    ]
+    where = f"; not writable: {', '.join(blocked)}" if blocked else ""
+    return StorageError(
+        f"cannot write {path}: {exc}{where}. The server must be able to write its database "
+        "file, the -wal and -shm files beside it and their directory: check their owner "
+        "and mode, and that the file system is not mounted read-only",
+        details={"path": str(path), "not-writable": blocked},
+    )
+
 
 def _create_private_file(path: Path) -> None:
     """Create the parent directory (0700) and the database file (0600) if they are missing."""
@@ -547,6 +591,8 @@ async def _prepare_database(connection: aiosqlite.Connection, path: Path) -> Non
         if version == 0:
             await _create_schema(connection)
     except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _READ_ONLY_CODES:
+            raise _not_writable_error(path, exc) from exc
         raise StorageError(f"cannot open {path}: {exc}", details={"path": str(path)}) from exc
 
 

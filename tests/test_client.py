@@ -18,17 +18,18 @@ from crdtmds.client import (
     ApiError,
     Client,
     LeftBehind,
+    RequestTooLarge,
     ServerUnreachable,
     SessionLeftBehind,
     api_url,
     is_draft_edit,
 )
-from crdtmds.node import Node
+from crdtmds.node import Limits, Node
 
 USER, PASSWORD = "root", "root-password"
 WEB = {"name": "web", "ipv4-address": "192.0.2.10"}
 
-StartServer = Callable[[str], Awaitable[Node]]
+StartServer = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +37,8 @@ def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
 
 
-async def start_node(data_dir: Path) -> Node:
-    node = await Node.open(data_dir)
+async def start_node(data_dir: Path, limits: Limits | None = None) -> Node:
+    node = await Node.open(data_dir, limits=limits)
     await node.start(mesh=False)
     return node
 
@@ -53,17 +54,17 @@ async def servers(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
 
 @pytest.fixture
 def start_server(tmp_path: Path, servers: dict[str, Node]) -> StartServer:
-    async def start(name: str) -> Node:
+    async def start(name: str, limits: Limits | None = None) -> Node:
         data_dir = tmp_path / name
         if not data_dir.exists():
             await Node.initialise(
                 data_dir, name=name, listen_host="127.0.0.1", listen_port=0, url="",
                 region="test", admin=USER, password=PASSWORD,
             )  # fmt: skip
-            node = await start_node(data_dir)
+            node = await start_node(data_dir, limits)
             await node.create_domain("acme", created_by=USER)
         else:
-            node = await start_node(data_dir)
+            node = await start_node(data_dir, limits)
         servers[name] = node
         return node
 
@@ -154,6 +155,40 @@ async def test_an_unpublished_draft_on_a_lost_server_is_reported(
         assert not client.unpublished
         assert (await client.call("show-changes"))["total"] == 0  # a new, empty session
     assert second.domain("acme").state.find_object("web") is None
+
+
+@pytest.mark.parametrize(
+    ("server_limit", "padding", "message"),
+    [
+        (None, 20 * 1024 * 1024, "request too large (limit 16 MiB)"),  # refused by the client
+        (64 * 1024, 100_000, "request too large (limit 64 KiB)"),  # closed by the server
+    ],
+)
+async def test_an_oversize_request_is_refused_without_failover(
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    server_limit: int | None,
+    padding: int,
+    message: str,
+) -> None:
+    limits = Limits(max_message_size=server_limit) if server_limit else None
+    first, second = await start_server("s1", limits), await start_server("s2")
+    urls = [first.config.url, second.config.url]
+    async with Client(urls, user=USER, password=PASSWORD, domain="acme", timeout=5) as client:
+        await client.call("add-host", **WEB)
+        session = client.session_uid
+        big = {"name": "big", "ipv4-address": "192.0.2.11", "comments": "x" * padding}
+        with caplog.at_level(logging.INFO, logger="crdtmds.client"):
+            with pytest.raises(RequestTooLarge) as caught:
+                await client.call("add-host", **big)
+            assert (caught.value.code, caught.value.message) == ("err_request_too_large", message)
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert client.server == api_url(urls[0])
+        assert client.left_behind == []
+        assert client.session_uid == session
+        assert (await client.call("show-session"))["changes"] == 1  # the draft is still there
+        await client.call("publish")
+    assert first.domain("acme").state.find_object("web") is not None
 
 
 async def test_a_restarted_server_gives_the_draft_back(start_server: StartServer) -> None:

@@ -12,6 +12,10 @@ exactly the data it held before (heads and content, read through the API). Each 
 `/sync` input must end in an `error` message or a close (never in an admission or in data
 the peer may not read); each `/api` request gets exactly one well-formed reply, and never
 an internal error. The number of inputs tried is printed per batch and in total.
+
+Every wait is bounded and never equal to a server timeout: /sync exchanges wait well below
+the server's admission timeout, so a refusal must come at once. Hypothesis does not shrink
+(see `fuzz_settings`), so a failing batch ends after its examples instead of minutes later.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, cast
 import cbor2
 import pytest
 from automerge.core import ROOT, Document, ScalarType, SyncState
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
@@ -50,7 +54,14 @@ from crdtmds.protocol import (
 from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
 
 DOMAIN = "fuzz"
+HANDSHAKE_TIMEOUT = 6.0
+"""The server's admission timeout for /sync peers (`--handshake-timeout`)."""
+SYNC_REPLY_TIMEOUT = 2.0
+"""How long a /sync exchange waits for each frame or the close: well below the admission
+timeout, so that a refusal which only comes with that timeout fails the example instead
+of passing as a close."""
 REPLY_TIMEOUT = 10.0
+"""How long an /api request waits for its reply (the server's idle timeout is 900 s)."""
 MAX_SIZE = 16 * 1024 * 1024
 """The server's default maximum frame size."""
 FORBIDDEN_COMMANDS = frozenset(
@@ -66,10 +77,14 @@ OUTCOMES: Counter[str] = Counter()
 
 
 def fuzz_settings(examples: int) -> settings:
+    """No shrinking: every example is a network exchange bounded by the timeouts above, and
+    shrinking a failure re-runs hundreds of them (minutes). A failure is reported as
+    generated, which is enough to reproduce it."""
     return settings(
         max_examples=examples,
         deadline=None,
         database=None,
+        phases=[Phase.explicit, Phase.generate],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
@@ -148,7 +163,7 @@ def stored_view(url: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     with Cluster(tmp_path_factory.mktemp("fuzz")) as cluster:
-        node = cluster.init("n1")
+        node = cluster.init("n1", start_args=["--handshake-timeout", str(HANDSHAKE_TIMEOUT)])
         setup = ApiConnection(node.url)
         setup.login()
         domain = setup.call("add-domain", name=DOMAIN)
@@ -222,7 +237,7 @@ def send_and_watch(ws: ClientConnection, frames: list[bytes | str], probe: str |
         if probe is not None:
             ws.send(probe_request(probe))
         while True:
-            raw = ws.recv(timeout=REPLY_TIMEOUT)
+            raw = ws.recv(timeout=SYNC_REPLY_TIMEOUT)
             message = decode_reply(raw)
             outcome.messages.append(message)
             if isinstance(message, Error):

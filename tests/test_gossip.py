@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import cbor2
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from crdtmds.changes import change_hash_and_deps
 from crdtmds.errors import AuthenticationFailed, ProtocolError
 from crdtmds.gossip import (
+    SYNC_MESSAGE_V1,
     ConnectionFailed,
     ConnectionState,
     DocumentChanged,
@@ -23,6 +25,7 @@ from crdtmds.gossip import (
     PeerInfo,
     encode_sync_message,
     parse_sync_message,
+    split_sync_message,
     sync_message_has_changes,
     with_changes,
 )
@@ -856,3 +859,30 @@ def test_hub_syncs_with_plain_automerge_peer() -> None:
     assert extract(plain.docs[from_hub], ROOT) == {"name": "hub's"}
     assert sorted(plain.docs[from_hub].get_heads()) == hub.heads(from_hub)
     assert sorted(plain.docs[from_plain].get_heads()) == hub.heads(from_plain)
+
+
+def test_a_sync_message_over_the_budget_is_split_into_messages_that_apply_in_turn() -> None:
+    """Automerge sends a peer that holds nothing the whole document, which cannot be cut:
+    its changes go instead, shared out in order between messages within the budget."""
+    source = Document()
+    for index in range(40):
+        with source.transaction() as tx:
+            tx.put(ROOT, f"k{index}", ScalarType.Str, os.urandom(200).hex())  # no compression
+    state = SyncState()
+    target, target_state = Document(), SyncState()
+    request = target.generate_sync_message(target_state)
+    assert request is not None
+    source.receive_sync_message(state, request)
+    message = source.generate_sync_message(state)
+    assert message is not None
+    data = message.encode()
+    budget = len(data) // 3
+
+    parts = split_sync_message(data, budget, lambda: [c.bytes for c in source.get_changes([])])
+
+    assert len(parts) > 3 and all(len(part) <= budget for part in parts)
+    assert {part[0] for part in parts} == {SYNC_MESSAGE_V1}
+    for part in parts:
+        target.receive_sync_message(target_state, Message.decode(part))
+    assert target.get_heads() == source.get_heads()
+    assert split_sync_message(data, len(data), list) == [data]  # fits: as it is

@@ -109,10 +109,10 @@ async def test_frames_over_the_size_limit_close_only_their_connection(server: No
         reply = await api_call(ws, "show-status", padding="x" * (FRAME_LIMIT - 1000))
         assert reply["error"]["code"] == "generic_err_invalid_parameter"  # read and answered
         await ws.send(json.dumps({"id": 2, "command": "show-status", "padding": "x" * FRAME_LIMIT}))
-        assert (await close_code(ws))[0] == 1009  # message too big
+        assert await close_code(ws) == (1009, "request too large (limit 64 KiB)")
     async with connect(f"{server.url}/sync", proxy=None, max_size=None) as ws:
         await ws.send(b"\x00" * (FRAME_LIMIT + 1))
-        assert (await close_code(ws))[0] == 1009
+        assert await close_code(ws) == (1009, "message too large (limit 64 KiB)")
     await server_answers(server.url)
 
 
@@ -229,6 +229,7 @@ def test_every_limit_is_a_start_option_with_a_sane_default() -> None:
     defaults = Limits()
     assert defaults == Limits(
         max_message_size=16 * 1024 * 1024,
+        max_sync_message_size=1024 * 1024,
         max_documents_per_connection=10_000,
         login_failures=5,
         login_lockout=1.0,
@@ -238,7 +239,26 @@ def test_every_limit_is_a_start_option_with_a_sane_default() -> None:
     result = CliRunner().invoke(app, ["start", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for option in (
-        "--max-message-size", "--max-documents-per-connection", "--login-failures",
+        "--max-message-size", "--max-sync-message-size", "--max-documents-per-connection",
+        "--login-failures",
         "--login-lockout", "--handshake-timeout", "--idle-timeout",
     ):  # fmt: skip
         assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--log-level", "loud", "must be one of debug, info, warning, error, not 'loud'"),
+        ("--peer", "http://127.0.0.1:7400", "expected ws://HOST:PORT or wss://HOST:PORT"),
+        ("--peer", "ws://127.0.0.1:0", "port 0 cannot be dialed"),
+        ("--peer", "ws://127.0.0.1:99999", "not a URL"),
+    ],
+)
+def test_start_refuses_a_bad_log_level_or_peer(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    """Checked before anything else: the data directory here does not even exist."""
+    result = CliRunner().invoke(app, ["start", "--data", str(tmp_path / "none"), option, value])
+    assert result.exit_code == 2, result.output
+    assert f"error: {option}" in result.stderr and message in result.stderr

@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import pytest
 from automerge.core import Document, SyncState
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from crdtmds import auth
 from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse
 from crdtmds.node import (
     DATABASE_FILE,
+    Limits,
     Node,
     advertised_url_for,
     introduce,
@@ -223,6 +229,134 @@ async def test_replayed_server_credentials_are_refused(tmp_path: Path) -> None:
         assert replies[1].message == "replayed server credentials"
     finally:
         await a.stop()
+
+
+@pytest.mark.parametrize("burst", ["error then join", "error alone"])
+async def test_a_peer_that_reports_an_error_is_closed_at_once(tmp_path: Path, burst: str) -> None:
+    """The server closes the connection it says it closes, well before the admission
+    timeout (10 s by default), even when more frames follow the error in one burst."""
+    a = await start_primary(tmp_path)
+    try:
+        frames = [cbor2.dumps({"type": "error", "message": "x"})]
+        if burst == "error then join":
+            frames.append(encode(Join(sender_id="repo-client")))
+        async with connect(a.config.url + "/sync", proxy=None) as ws:
+            started = asyncio.get_running_loop().time()
+            for frame in frames:
+                await ws.send(frame)
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(a.limits.handshake_timeout / 5):
+                    while True:
+                        await ws.recv()
+            elapsed = asyncio.get_running_loop().time() - started
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason == "peer reported an error: x"
+        assert elapsed < 1.0
+    finally:
+        await a.stop()
+
+
+async def test_a_peer_over_the_message_size_limit_is_redialed_with_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every link between a server with a 1 KiB frame limit and one that sends it more
+    fails; the dialers back off as for any failed link, and each server says so once."""
+    a = await start_primary(tmp_path)
+    await a.create_domain("acme", created_by="admin")
+    await join_cluster(
+        tmp_path / "b", name="b", listen_host="127.0.0.1", listen_port=0, region="us",
+        peer=a.config.url, secret=a.config.secret, timeout=10,
+    )  # fmt: skip
+    b = await Node.open(tmp_path / "b", limits=Limits(max_message_size=1024))
+    try:
+        with caplog.at_level(logging.INFO, logger="crdtmds.node"):
+            await b.start()
+            session = await a.open_session("acme", admin="admin")
+            for index in range(30):  # ~10 KB of changes for b
+                session.add_object(
+                    "host", {"name": f"h{index}", "ipv4-address": f"192.0.2.{index + 1}"}
+                )
+            await a.publish(session)
+            await asyncio.sleep(3.0)  # unbacked, the links came back ~20 times a second
+    finally:
+        await b.stop()
+        await a.stop()
+    links = [r for r in caplog.records if r.getMessage().startswith("accepted server")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 1 <= len(links) <= 16
+    assert len(warnings) == 2, warnings
+    assert any("over this server's limit of 1 KiB (--max-message-size)" in w for w in warnings)
+    assert any("refused a message of ours" in w for w in warnings)
+
+
+class RecordingTransport:
+    """A stock automerge-repo WebSocket transport that notes the size of every frame."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.sizes: list[int] = []
+
+    async def send(self, message: bytes) -> None:
+        await self._transport.send(message)
+
+    async def recv(self) -> bytes:
+        message: bytes = await self._transport.recv()
+        self.sizes.append(len(message))
+        return message
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+async def test_a_stock_client_with_a_small_frame_limit_fetches_a_larger_domain(
+    tmp_path: Path,
+) -> None:
+    """Sync messages over the server's sync message size are split: a stock client that
+    accepts frames of that size gets a domain several times as large (as one that
+    accepts 1 MiB gets a domain of many MiB from a server with the default)."""
+    from automerge.repo import Repo
+    from automerge.transports import WebSocketClientTransport
+
+    limit = 64 * 1024
+    await Node.initialise(
+        tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",
+        region="eu", admin="admin", password=PASSWORD,
+    )  # fmt: skip
+    node = await Node.open(tmp_path / "a", limits=Limits(max_sync_message_size=limit))
+    try:
+        await node.start()
+        entry = await node.create_domain("big", created_by="admin")
+        for batch in range(20):  # 160 hosts with 2 KB comments, in 20 changes
+            session = await node.open_session("big", admin="admin")
+            for index in range(8):
+                host = {"name": f"h{batch}-{index}", "ipv4-address": f"10.0.{batch}.{index + 1}"}
+                session.add_object("host", {**host, "comments": os.urandom(1000).hex()})
+            await node.publish(session)
+        assert len(node.domain("big").doc.save()) > 2 * limit
+
+        socket = await connect(
+            f"{node.config.url}/sync?user=admin&password={PASSWORD}", proxy=None, max_size=limit
+        )
+        transport = RecordingTransport(WebSocketClientTransport(socket))
+        async with await Repo.load() as repo:
+            connection = asyncio.create_task(repo.connect(transport))
+            try:
+                url, handle = f"automerge:{entry['document-id']}", None
+                for _ in range(100):  # None until the handshake is done
+                    handle = await asyncio.wait_for(repo.find(url), 5)
+                    if handle is not None:
+                        break
+                    await asyncio.sleep(0.05)
+                assert handle is not None
+                await wait_until(lambda: len(handle.doc().get("objects", {})) == 160)
+            finally:
+                await transport.close()
+                await asyncio.wait_for(asyncio.gather(connection, return_exceptions=True), 5)
+        assert max(transport.sizes) <= limit
+        assert sum(size > limit // 2 for size in transport.sizes) >= 3  # split, not trickled
+    finally:
+        await node.stop()
 
 
 # ---------------------------------------------------------------- joining

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import resource
 import shutil
@@ -27,7 +28,7 @@ import pytest
 from automerge.core import ROOT, Document, ScalarType
 
 from crdtmds.client import ApiError, Client
-from crdtmds.errors import StorageError
+from crdtmds.errors import ClusterError, StorageError
 from crdtmds.node import DATABASE_FILE, Node
 from crdtmds.session import Session
 from crdtmds.storage import SCHEMA_VERSION, Storage
@@ -425,3 +426,69 @@ def test_start_refuses_a_data_directory_of_a_newer_version(damaged: Path) -> Non
     assert "err_storage_version" in stderr
     assert f"schema version {SCHEMA_VERSION + 1}" in stderr and "newer" in stderr
     assert run_sql(damaged, "PRAGMA user_version") == [(SCHEMA_VERSION + 1,)]
+
+
+# ---------------------------------------------------------------- a store it may not write
+
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+
+
+def as_an_ordinary_user() -> None:
+    """In the child, before it runs the server: as root, give up the capabilities that let
+    root write any file whatever its mode (the server then has none of them), so that
+    file modes bind it as they bind any other user. Nothing to do for other users."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def modes_bind_the_server(tmp_path: Path) -> bool:
+    """Whether a process started with `as_an_ordinary_user` is refused a 0400 file (a
+    container may not let root give its capabilities up)."""
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    probe.chmod(0o400)
+    try:
+        child = subprocess.run(
+            ["sh", "-c", f"echo x > '{probe}'"],
+            preexec_fn=as_an_ordinary_user, capture_output=True, timeout=10, check=False,
+        )  # fmt: skip
+    except subprocess.SubprocessError:
+        return False
+    finally:
+        probe.unlink()
+    return child.returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("target", "mode", "named"),
+    [("database file", 0o400, "crdtmds.sqlite3 (mode 0400)"), ("directory", 0o500, "(mode 0500)")],
+)
+def test_start_refuses_a_store_it_may_not_write(
+    damaged: Path, tmp_path: Path, target: str, mode: int, named: str
+) -> None:
+    """Run as root, the server gives up root's right to write any file, so that the test
+    means the same for root (as in CI) as for the user a server runs as."""
+    if not modes_bind_the_server(tmp_path):
+        pytest.skip("root cannot give up its file capabilities in this environment")
+    server = NodeProcess("n1", damaged)
+    server.start(timeout=START_TIMEOUT)  # records its port: the next start writes nothing
+    server.stop()
+    path = damaged / DATABASE_FILE if target == "database file" else damaged
+    path.chmod(mode)
+    try:
+        with pytest.raises(ClusterError) as refused:
+            server.start(timeout=START_TIMEOUT, preexec=as_an_ordinary_user)
+    finally:
+        server.stop()
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    message = str(refused.value)
+    assert "exited with code 1" in message, message
+    assert f"error: err_storage: cannot write {damaged / DATABASE_FILE}" in message, message
+    assert "not writable: " in message and named in message, message
+    assert "Traceback" not in message

@@ -23,6 +23,7 @@ from crdtmds_cli.options import keyword
 
 LOWEST: dict[str, int | float] = {
     "max_message_size": 1024,
+    "max_sync_message_size": 1024,
     "handshake_timeout": 0.1,
     "idle_timeout": 0.1,
 }

@@ -21,11 +21,13 @@ import typer
 
 from crdtmds import model
 from crdtmds.errors import CrdtmdsError
-from crdtmds.node import Limits, Node, advertised_url_for, join_cluster
+from crdtmds.node import Limits, Node, advertised_url_for, join_cluster, peer_url_problem
 from crdtmds.status_query import STATUS_TIMEOUT, collect_status
 from crdtmds_cli.limit_options import limit_parameters, limits_from
 from crdtmds_cli.options import add_command, command_from, keyword
 from crdtmds_cli.output import escape_strings, say
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DataOption = Annotated[Path, typer.Option("--data", help="The server's data directory.")]
 NameOption = Annotated[str, typer.Option("--name", help="This server's name in the cluster.")]
@@ -209,6 +211,7 @@ def _start(
     compact_threshold: int | None,
     **limit_values: Any,
 ) -> None:
+    _check_start_options(log_level, peer or [])
     _configure_logging(log_level)
     limits = limits_from(limit_values)
 
@@ -304,6 +307,21 @@ def _parse_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port_text)
 
 
+def _check_start_options(log_level: str, peers: list[str]) -> None:
+    """Refuse what would otherwise be ignored (a log level) or redialed forever (a URL)."""
+    if log_level.lower() not in LOG_LEVELS:
+        typer.echo(
+            f"error: --log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    for url in peers:
+        problem = peer_url_problem(url)
+        if problem is not None:
+            typer.echo(f"error: --peer {url!r}: {problem}", err=True)
+            raise typer.Exit(2)
+
+
 def _check_tls(cert: Path | None, key: Path | None) -> None:
     if (cert is None) != (key is None):
         typer.echo("error: --tls-cert and --tls-key go together", err=True)
@@ -320,7 +338,7 @@ def _path_text(path: Path | None) -> str | None:
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
+        level=getattr(logging, level.upper()),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
