@@ -684,7 +684,7 @@ class BenchCluster:
 
     async def wait_connected(self, timeout: float = 60.0, *, links: int | None = None) -> float:
         """Wait until every server has live links with `links` others (default: all)."""
-        from crdtmds_cli.server_commands import query_status
+        from crdtmds.status_query import query_status
 
         async def all_linked() -> bool:
             for url in self.urls:

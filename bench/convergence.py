@@ -185,14 +185,14 @@ class Publishers:
 
 
 async def domain_document_id(url: str) -> str:
-    from crdtmds_cli.server_commands import query_status
+    from crdtmds.status_query import query_status
 
     status = await query_status(url, timeout=5.0)
     return str(status["domains"][DOMAIN]["document-id"])
 
 
 async def wait_domain_everywhere(urls: list[str], timeout: float = 60.0) -> None:
-    from crdtmds_cli.server_commands import query_status
+    from crdtmds.status_query import query_status
 
     async def everywhere() -> bool:
         for url in urls:

@@ -18,9 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from crdtmds_cli.server_commands import collect_status
 from websockets.asyncio.client import ClientConnection, connect
 
+from crdtmds.status_query import collect_status
 from crdtmds.testing.localcluster import LocalServer, cli_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

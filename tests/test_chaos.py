@@ -32,10 +32,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from crdtmds_cli.server_commands import query_status
 
 from crdtmds.client import ApiError, Client
 from crdtmds.errors import ClusterError, CrdtmdsError
+from crdtmds.status_query import query_status
 from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
 from tests.tcp_proxy import TcpProxy
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crdtmds_cli import server_commands
+from crdtmds_cli import server as server_cli
 from crdtmds_cli.main import app
 from typer.testing import CliRunner
 
@@ -445,7 +445,7 @@ def test_cluster_status_from_a_hostile_server_is_escaped(monkeypatch: pytest.Mon
     async def collect(server: str, **_: Any) -> dict[str, Any]:
         return report
 
-    monkeypatch.setattr(server_commands, "collect_status", collect)
+    monkeypatch.setattr(server_cli, "collect_status", collect)
     result = cli("status", "--server", "ws://h:1")
     assert result.exit_code == 0, result.output
     assert_terminal_safe(result.stdout)

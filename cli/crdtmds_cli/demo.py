@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from crdtmds.testing.localcluster import LocalCluster
+from crdtmds_cli.options import add_command
 
 if TYPE_CHECKING:
     from crdtmds.client import Client
@@ -23,7 +24,7 @@ CONVERGENCE_TIMEOUT = 30.0
 
 def register(app: typer.Typer) -> None:
     """Add the `demo` command to `app`."""
-    app.command("demo")(demo)
+    add_command(app, "demo", demo)
 
 
 def demo(

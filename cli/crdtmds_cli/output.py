@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 import typer
@@ -55,3 +56,68 @@ def _json_escape(char: str) -> str:
         return f"\\u{code:04x}"
     code -= 0x10000  # a UTF-16 surrogate pair, as JSON writes characters beyond the BMP
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def echo_json(data: Any) -> None:
+    typer.echo(json_text(data))
+
+
+def echo_table(headers: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A plain table: columns padded to their widest cell."""
+    cells = [[cell(v) for v in row] for row in rows]
+    if not cells:
+        say("(none)")
+        return
+    widths = [max(len(r[i]) for r in [headers, *cells]) for i in range(len(headers))]
+    for row in [headers, ["-" * w for w in widths], *cells]:
+        say("  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)))
+
+
+def cell(value: Any) -> str:
+    """One value as table text: lists joined, objects by name, booleans as yes/no."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return escape_text(str(value.get("name") or value.get("uid") or ""))
+    return escape_text(str(value))
+
+
+def echo_record(record: dict[str, Any]) -> None:
+    keys = {key: escape_text(key) for key in record}
+    width = max((len(k) for k in keys.values()), default=0)
+    for key, value in record.items():
+        say(f"{keys[key].ljust(width)}  {cell(value)}")
+
+
+def summary_of(record: dict[str, Any]) -> str:
+    """The type-specific part of an object, in one cell."""
+    kind = record.get("type")
+    if kind == "host":
+        return " ".join(filter(None, [record.get("ipv4-address"), record.get("ipv6-address")]))
+    if kind == "network":
+        parts = [
+            f"{record[f'subnet{v}']}/{record[f'mask-length{v}']}"
+            for v in (4, 6)
+            if f"subnet{v}" in record
+        ]
+        return " ".join(parts)
+    if kind == "address-range":
+        return " ".join(
+            f"{record[f'ipv{v}-address-first']}-{record[f'ipv{v}-address-last']}"
+            for v in (4, 6)
+            if f"ipv{v}-address-first" in record
+        )
+    if kind == "group":
+        return cell(record.get("members", []))
+    if kind in ("service-tcp", "service-udp"):
+        return f"{kind.removeprefix('service-')}/{record.get('port', '')}"
+    if kind == "access-rule":
+        source, destination, service = (
+            cell(record.get(column, [])) for column in ("source", "destination", "service")
+        )
+        return f"{source} -> {destination} ({service}): {record.get('action', '')}"
+    return ""

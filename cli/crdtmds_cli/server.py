@@ -9,31 +9,24 @@ has converged. Every command exits non-zero with the error code on failure.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from crdtmds.core import model
-from crdtmds.errors import ClusterError, CrdtmdsError
-from crdtmds.node import (
-    Limits,
-    Node,
-    advertised_url_for,
-    client_ssl_context,
-    join_cluster,
-    peer_url_problem,
-)
+from crdtmds.errors import CrdtmdsError
+from crdtmds.node import Limits, Node, advertised_url_for, join_cluster, peer_url_problem
+from crdtmds.status_query import STATUS_TIMEOUT, collect_status
+from crdtmds_cli.limit_options import limit_parameters, limits_from
+from crdtmds_cli.options import add_command, command_from, keyword
 from crdtmds_cli.output import escape_strings, say
 
-STATUS_TIMEOUT = 5.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DataOption = Annotated[Path, typer.Option("--data", help="The server's data directory.")]
@@ -60,10 +53,10 @@ MinPasswordOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to `app`."""
-    app.command("init")(init_command)
-    app.command("join")(join_command)
-    app.command("start")(start_command)
-    app.command("status")(status_command)
+    add_command(app, "init", init_command)
+    add_command(app, "join", join_command)
+    add_command(app, "start", start_command())
+    add_command(app, "status", status_command)
 
 
 # ---------------------------------------------------------------- commands
@@ -171,103 +164,56 @@ def join_command(
         say(f"joined cluster {config.cluster_id} as secondary server '{config.name}'")
 
 
-def start_command(
-    data: DataOption,
-    log_level: Annotated[
-        str, typer.Option("--log-level", help="debug, info, warning or error.")
-    ] = "info",
-    no_mesh: Annotated[
-        bool,
-        typer.Option(
-            "--no-mesh",
-            help="Dial only the configured and --peer URLs, not every server of the cluster.",
-        ),
-    ] = False,
-    peer: Annotated[
-        list[str] | None, typer.Option("--peer", help="Another URL to dial (repeatable).")
-    ] = None,
-    max_message_size: Annotated[
-        int,
-        typer.Option("--max-message-size", min=1024, help="Bytes in one frame, /sync and /api."),
-    ] = DEFAULT_LIMITS.max_message_size,
-    max_sync_message_size: Annotated[
-        int,
-        typer.Option(
-            "--max-sync-message-size",
-            min=1024,
-            help="Bytes in one sync frame this server sends; larger sync messages are split "
-            "(stock automerge-repo clients accept 1 MiB).",
-        ),
-    ] = DEFAULT_LIMITS.max_sync_message_size,
-    max_documents: Annotated[
-        int,
-        typer.Option(
-            "--max-documents-per-connection", min=1, help="Documents one /sync peer may name."
-        ),
-    ] = DEFAULT_LIMITS.max_documents_per_connection,
-    login_failures: Annotated[
-        int,
-        typer.Option(
-            "--login-failures",
-            min=1,
-            help="Failed logins for one user name from one address before it must wait "
-            "(four times as many per user name, and per address, over all).",
-        ),
-    ] = DEFAULT_LIMITS.login_failures,
-    login_lockout: Annotated[
-        float,
-        typer.Option(
-            "--login-lockout",
-            min=0.0,
-            help="Seconds of that first wait; each further failure doubles it (up to 300 s).",
-        ),
-    ] = DEFAULT_LIMITS.login_lockout,
-    handshake_timeout: Annotated[
-        float,
-        typer.Option(
-            "--handshake-timeout", min=0.1, help="Seconds a /sync peer has to be admitted."
-        ),
-    ] = DEFAULT_LIMITS.handshake_timeout,
-    idle_timeout: Annotated[
-        float,
-        typer.Option("--idle-timeout", min=0.1, help="Seconds an /api connection may stay silent."),
-    ] = DEFAULT_LIMITS.idle_timeout,
-    min_password_length: MinPasswordOption = DEFAULT_LIMITS.min_password_length,
-    relay_delay: Annotated[
-        float,
-        typer.Option(
-            "--relay-delay",
-            min=0.0,
-            help="In a full mesh, seconds to wait before passing one server's changes on to "
-            "the others while linked to every server (they most likely have them from their "
-            "origin). Without the mesh, changes are relayed at once.",
-        ),
-    ] = DEFAULT_LIMITS.relay_delay,
-    compact_threshold: Annotated[
-        int | None,
-        typer.Option(
-            "--compact-threshold",
-            min=1,
-            help="Change rows a document may have before they are compacted into a snapshot "
-            "(default: the configured value, 1000); past the first compaction, the rows may "
-            "grow to as many as the snapshots took in.",
-        ),
-    ] = None,
+START_HELP = "Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", help="debug, info, warning or error.")
+]
+NoMeshOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-mesh",
+        help="Dial only the configured and --peer URLs, not every server of the cluster.",
+    ),
+]
+PeersOption = Annotated[
+    list[str] | None, typer.Option("--peer", help="Another URL to dial (repeatable).")
+]
+CompactThresholdOption = Annotated[
+    int | None,
+    typer.Option(
+        "--compact-threshold",
+        min=1,
+        help="Change rows a document may have before they are compacted into a snapshot "
+        "(default: the configured value, 1000); past the first compaction, the rows may "
+        "grow to as many as the snapshots took in.",
+    ),
+]
+
+
+def start_command() -> Callable[..., None]:
+    """`start`, whose options are the fixed ones and one per `Limits` field."""
+    parameters = [
+        keyword("data", DataOption, inspect.Parameter.empty),
+        keyword("log_level", LogLevelOption, "info"),
+        keyword("no_mesh", NoMeshOption, False),
+        keyword("peer", PeersOption),
+        *limit_parameters(),
+        keyword("compact_threshold", CompactThresholdOption),
+    ]
+    return command_from("start_command", START_HELP, parameters, _start)
+
+
+def _start(
+    data: Path,
+    log_level: str,
+    no_mesh: bool,
+    peer: list[str] | None,
+    compact_threshold: int | None,
+    **limit_values: Any,
 ) -> None:
-    """Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."""
     _check_start_options(log_level, peer or [])
     _configure_logging(log_level)
-    limits = Limits(
-        max_message_size=max_message_size,
-        max_sync_message_size=max_sync_message_size,
-        max_documents_per_connection=max_documents,
-        login_failures=login_failures,
-        login_lockout=login_lockout,
-        handshake_timeout=handshake_timeout,
-        idle_timeout=idle_timeout,
-        min_password_length=min_password_length,
-        relay_delay=relay_delay,
-    )
+    limits = limits_from(limit_values)
 
     def ready(url: str) -> None:
         print(f"listening on {url}", flush=True)
@@ -301,133 +247,6 @@ def status_command(
 
 
 # ---------------------------------------------------------------- status
-
-
-async def collect_status(
-    server: str, *, timeout: float = STATUS_TIMEOUT, tls_ca: str | None = None
-) -> dict[str, Any]:
-    """Ask `server` for the server list, then every server for its own status.
-
-    Returns `servers` (name, url, region, role, reachable, peers), `domains` (per domain:
-    document id, each server's heads, converged), `cluster-document` (likewise) and
-    `converged`: every server reachable and identical heads everywhere.
-    """
-    first = await query_status(server, timeout=timeout, tls_ca=tls_ca)
-    listed = {entry["name"]: entry for entry in first.get("servers", []) if entry.get("name")}
-    listed.setdefault(first["name"], {"name": first["name"], "url": first.get("url", "")})
-    names = sorted(listed)
-
-    async def status_of(name: str) -> dict[str, Any] | str:
-        if name == first["name"]:
-            return first
-        url = listed[name].get("url") or ""
-        if not url:
-            return "no URL registered yet"
-        try:
-            return await query_status(url, timeout=timeout, tls_ca=tls_ca)
-        except CrdtmdsError as exc:
-            return exc.message
-
-    answers = dict(zip(names, await asyncio.gather(*(status_of(n) for n in names)), strict=True))
-    return _status_report(listed, answers)
-
-
-def _status_report(
-    listed: dict[str, dict[str, Any]], answers: dict[str, dict[str, Any] | str]
-) -> dict[str, Any]:
-    servers = []
-    reachable: dict[str, dict[str, Any]] = {}
-    for name, answer in answers.items():
-        entry = listed[name]
-        row = {
-            "name": name,
-            "url": entry.get("url", ""),
-            "region": entry.get("region"),
-            "role": entry.get("role"),
-            "reachable": isinstance(answer, dict),
-            "peers": [],
-        }
-        if isinstance(answer, dict):
-            reachable[name] = answer
-            row.update(
-                url=answer.get("url", row["url"]),
-                region=answer.get("region"),
-                role=answer.get("role"),
-                peers=answer.get("peers", []),
-            )
-        else:
-            row["error"] = answer
-        servers.append(row)
-    domain_names = sorted({d for status in reachable.values() for d in status.get("domains", {})})
-    domains = {name: _heads_by_server(reachable, name) for name in domain_names}
-    cluster_document = _heads_by_server(reachable, None)
-    converged = (
-        len(reachable) == len(answers)
-        and cluster_document["converged"]
-        and all(d["converged"] for d in domains.values())
-    )
-    return {
-        "servers": servers,
-        "domains": domains,
-        "cluster-document": cluster_document,
-        "converged": converged,
-    }
-
-
-def _heads_by_server(statuses: dict[str, dict[str, Any]], domain: str | None) -> dict[str, Any]:
-    """One domain's (or, for None, the cluster document's) heads on every server."""
-    heads: dict[str, list[str] | None] = {}
-    document_id = None
-    for name, status in statuses.items():
-        entry = (
-            status.get("cluster-document")
-            if domain is None
-            else status.get("domains", {}).get(domain)
-        )
-        heads[name] = entry.get("heads") if entry else None
-        document_id = document_id or (entry or {}).get("document-id")
-    distinct = {tuple(h) for h in heads.values() if h is not None}
-    converged = None not in heads.values() and len(distinct) == 1 and () not in distinct
-    return {"document-id": document_id, "heads": heads, "converged": converged}
-
-
-async def query_status(
-    server: str, *, timeout: float = STATUS_TIMEOUT, tls_ca: str | None = None
-) -> dict[str, Any]:
-    """One server's own status: the unauthenticated `show-status` command over /api."""
-    request = json.dumps({"id": 1, "command": "show-status", "params": {}})
-    try:
-        async with asyncio.timeout(timeout):
-            async with connect(
-                _api_url(server),
-                ssl=client_ssl_context(tls_ca) if server.startswith("wss:") else None,
-                proxy=None,
-                open_timeout=timeout,
-            ) as ws:
-                await ws.send(request)
-                text = await ws.recv()
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
-        raise ClusterError(f"cannot reach {server}: {exc or type(exc).__name__}") from exc
-    return _reply_data(server, text)
-
-
-def _reply_data(server: str, text: str | bytes) -> dict[str, Any]:
-    try:
-        reply = json.loads(text)
-    except ValueError as exc:
-        raise ClusterError(f"{server} sent a malformed reply: {exc}") from exc
-    if not isinstance(reply, dict):
-        raise ClusterError(f"{server} sent a malformed reply")
-    error = reply.get("error")
-    if error:
-        message = error.get("message", error) if isinstance(error, dict) else error
-        raise ClusterError(f"{server} refused show-status: {message}")
-    for key in ("result", "data"):
-        if isinstance(reply.get(key), dict):
-            return reply[key]
-    if "name" in reply:
-        return reply
-    raise ClusterError(f"{server} sent a reply without a status")
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -511,14 +330,6 @@ def _check_tls(cert: Path | None, key: Path | None) -> None:
 
 def _pending_url(host: str, tls: bool) -> str:
     return f"{'wss' if tls else 'ws'}://{host}:(port chosen at start)"
-
-
-def _api_url(server: str) -> str:
-    parts = urlsplit(server.strip())
-    path = parts.path.rstrip("/")
-    if path.endswith(("/sync", "/api")):
-        path = path.rsplit("/", 1)[0]
-    return urlunsplit((parts.scheme, parts.netloc, path + "/api", "", ""))
 
 
 def _path_text(path: Path | None) -> str | None:

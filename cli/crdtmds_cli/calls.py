@@ -1,0 +1,121 @@
+"""Running a command's API calls with the stored login, and what failures print.
+
+Failures print `Error <code>: <message>` on stderr and exit 1; usage mistakes exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from crdtmds.client import ApiError, Client, SessionLeftBehind, run
+from crdtmds_cli.login_file import CliFailure, StoredLogin, login_file_path
+from crdtmds_cli.output import say
+
+T = TypeVar("T")
+
+PAGE_SIZE = 500
+UID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+class _EchoWarnings(logging.Handler):
+    """Client log records as `warning: ...` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(f"warning: {record.getMessage()}", err=True)
+
+
+def show_client_warnings() -> None:
+    """Print the client's warnings (failover, drafts left behind) for the user to see."""
+    logger = logging.getLogger("crdtmds.client")
+    if not any(isinstance(h, _EchoWarnings) for h in logger.handlers):
+        logger.addHandler(_EchoWarnings(logging.WARNING))  # also stops the bare fallback output
+
+
+def fail(code: str, message: str, exit_code: int = 1) -> NoReturn:
+    say(f"Error {code}: {message}", err=True)
+    raise typer.Exit(exit_code)
+
+
+def load_login(path: Path) -> StoredLogin:
+    try:
+        return StoredLogin.load(path)
+    except CliFailure as failure:
+        fail(failure.code, failure.message)
+
+
+def with_login(login_file: Path | None, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run `work` with the stored login, and store where the login ended up."""
+    path = login_file_path(login_file)
+    stored = load_login(path)
+    client = stored.client()
+    show_client_warnings()
+    try:
+        return run(_run_and_close(client, work))
+    except SessionLeftBehind as exc:
+        fail(
+            exc.code,
+            f"{exc.message}. Redo the edits here, or log in again on "
+            f"{exc.details.get('server')} with --continue-session later.",
+        )
+    except ApiError as exc:
+        fail(exc.code, exc.message)
+    except CliFailure as failure:
+        fail(failure.code, failure.message)
+    finally:
+        stored.follow(client)
+        stored.save(path)
+
+
+async def _run_and_close(client: Client, work: Callable[[Client], Awaitable[T]]) -> T:
+    try:
+        return await work(client)
+    finally:
+        await client.close()
+
+
+async def all_pages(
+    client: Client, command: str, key: str, limit: int | None, **params: Any
+) -> dict[str, Any]:
+    """Every item of a paged list (up to `limit`), merged into the last page's reply."""
+    items: list[Any] = []
+    while True:
+        size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(items))
+        reply = await client.call(command, limit=size, offset=len(items), **params)
+        items.extend(reply.get(key, []))
+        done = reply.get("to", 0) >= reply.get("total", 0) or not reply.get(key)
+        if done or (limit is not None and len(items) >= limit):
+            break
+    if key == "rulebase":
+        dictionary: dict[str, Any] = {}
+        for item in reply.get("objects-dictionary", []):
+            dictionary[item["uid"]] = item
+        reply["objects-dictionary"] = list(dictionary.values())
+    return {**reply, key: items, "from": 1 if items else 0, "to": len(items)}
+
+
+async def publish_now(client: Client, comments: str | None = None) -> None:
+    params = {"comments": comments} if comments else {}
+    reply = await client.call("publish", **params)
+    revision = reply.get("revision")
+    if revision is None:
+        say("nothing to publish")
+    else:
+        say(f"published revision {revision['uid']} ({revision.get('changes', 0)} changes)")
+
+
+def ref_key(ref: str) -> str:
+    """The API parameter that names an object given as `ref`: its uid or its name."""
+    return "uid" if UID_RE.match(ref) else "name"
+
+
+def domain_param(domain: str | None) -> dict[str, Any]:
+    """`--domain` of a read command, as API parameters."""
+    return {"domain": domain} if domain else {}
