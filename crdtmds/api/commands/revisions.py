@@ -1,0 +1,79 @@
+"""Commands of published revisions: list them, revert to one, and verify the policy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from crdtmds.api.call import Access, Call, Command, command
+from crdtmds.api.params import (
+    PAGING,
+    page_of,
+)
+from crdtmds.api.replies import domain_ref
+from crdtmds.core import model
+from crdtmds.core.domain import DomainState
+from crdtmds.errors import InvalidParameter, MissingParameter, ObjectNotFound, ValidationError
+
+log = logging.getLogger("crdtmds.api")
+
+
+async def _show_revisions(call: Call) -> dict[str, Any]:
+    state, entry = call.read_view()
+    revisions = [{**r, "type": "revision", "domain": domain_ref(entry)} for r in state.revisions]
+    revisions.reverse()  # newest first
+    page, bounds = page_of(revisions, call.params)
+    return {"objects": page, **bounds}
+
+
+async def _revert_to_revision(call: Call) -> dict[str, Any]:
+    target = _revert_target(call.params)
+    comments = model.check_string(call.params.get("comments", ""), "comments")
+    async with call.editing() as session:
+        if session.has_changes():
+            raise ValidationError(
+                "the session has unpublished changes: publish or discard them before a revert"
+            )
+        revision = _find_revision(session.view, target)
+        session.revert_to(revision["uid"])
+        note = comments or f"revert to revision {revision['uid']}"
+        published = await call.services.sessions.publish(session, note)
+    task = call.services.tasks.record(call.login.admin, "Revert operation", {"revision": published})
+    return {"message": "OK", "task-id": task["task-id"], "revision": published}
+
+
+def _revert_target(params: Mapping[str, Any]) -> str:
+    for key in ("to-revision", "to-session"):
+        if key in params:
+            value = params[key]
+            if not isinstance(value, str) or not value:
+                raise InvalidParameter(
+                    f"'{key}' must be a revision uid", details={"parameter": key}
+                )
+            return value
+    raise MissingParameter("give 'to-revision' (a revision uid)",
+                           details={"parameter": "to-revision"})  # fmt: skip
+
+
+def _find_revision(state: DomainState, ref: str) -> dict[str, Any]:
+    """A revision by its uid, or the latest one published by the session `ref`."""
+    for revision in reversed(state.revisions):
+        if ref in (revision.get("uid"), revision.get("session")):
+            return revision
+    raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})
+
+
+async def _verify_policy(call: Call) -> dict[str, Any]:
+    state, entry = call.read_view()
+    problems = state.verify()
+    return {"domain": domain_ref(entry), "problems": problems, "total": len(problems)}
+
+
+COMMANDS: dict[str, Command] = {
+    "show-revisions": command(_show_revisions, Access.READ, "domain", PAGING),
+    "revert-to-revision": command(
+        _revert_to_revision, Access.WRITE, "to-revision to-session comments"
+    ),
+    "verify-policy": command(_verify_policy, Access.READ, "domain policy-package"),
+}

@@ -1,0 +1,176 @@
+"""Administrators' sessions on one server: their drafts, stored so that they survive a
+restart, and the whole publish protocol in one place.
+
+A publish is, in this order: the revision entry written to the draft; the draft's changes
+durable on this server (one storage write, which also empties the stored draft); the hub
+told of them (they travel in the next message to each peer); the live document taking
+them (listeners told); compaction if due. Anything failing before the write leaves the
+draft as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from crdtmds.app.documents import Documents
+from crdtmds.app.persistence import Persister
+from crdtmds.core.session import Session
+from crdtmds.errors import SessionError, StorageCorruption, StorageError, is_core_error
+from crdtmds.storage import SessionRecord, Storage
+from crdtmds.sync.gossip import Gossip
+
+log = logging.getLogger("crdtmds.sessions")
+
+
+class Sessions:
+    """Every session (draft) of this server, by uid."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        documents: Documents,
+        persister: Persister,
+        hub: Gossip,
+        server_name: str,
+    ) -> None:
+        self.storage = storage
+        self.documents = documents
+        self.persister = persister
+        self.hub = hub
+        self.server_name = server_name
+        self.by_uid: dict[str, Session] = {}
+
+    async def restore_stored(self, data_dir: Path) -> None:
+        """Rebuild the drafts stored before a restart; a draft that does not rebuild stops
+        the start (serving without it would lose an administrator's work silently)."""
+        for record in await self.storage.load_sessions():
+            domain = self.documents.domains.get(record.document_id)
+            if domain is None:
+                log.warning("session %s belongs to an unknown domain; kept on disk", record.uid)
+                continue
+            try:
+                self.by_uid[record.uid] = Session.restore(
+                    domain,
+                    uid=record.uid,
+                    admin=record.admin,
+                    server=self.server_name,
+                    base_heads=record.base_heads,
+                    actor=record.actor,
+                    changes=record.changes,
+                    name=record.name,
+                    description=record.description,
+                    created_at=record.created_at,
+                )
+            except BaseException as exc:
+                if not is_core_error(exc):
+                    raise
+                raise StorageCorruption(
+                    f"{data_dir}: the stored draft of session {record.uid} "
+                    f"({record.admin}, domain {record.domain}) cannot be restored: {exc}",
+                    details={"table": "session_changes", "session": record.uid},
+                ) from exc
+
+    async def open(
+        self, domain_ref: Any, *, admin: str, name: str = "", description: str = ""
+    ) -> Session:
+        domain = self.documents.domain(domain_ref)
+        session = Session.open(
+            domain, admin=admin, server=self.server_name, name=name, description=description
+        )
+        await self.storage.save_session(_record_of(session))
+        self.by_uid[session.uid] = session
+        return session
+
+    def get(self, uid: Any) -> Session:
+        session = self.by_uid.get(uid) if isinstance(uid, str) else None
+        if session is None:
+            raise SessionError(f"no session '{uid}' on this server")
+        return session
+
+    def of(self, admin: str, document_id: str | None = None) -> list[Session]:
+        """The sessions of `admin` (in one domain, given its document id)."""
+        return [
+            s
+            for s in self.by_uid.values()
+            if s.admin == admin and (document_id is None or s.domain.document_id == document_id)
+        ]
+
+    async def save_edits(self, session: Session) -> None:
+        """Persist the draft's new changes, so an unpublished session survives a restart.
+
+        One write: the new changes, the draft's base heads (an empty draft may have moved
+        onto newer ones, see `start_from_live`) and its last activity. Changes that fail
+        to persist (a full disk) are kept for the next call: later changes depend on them,
+        and a stored draft must never lack a dependency.
+        """
+        unsaved = session.take_unsaved_changes()
+        try:
+            await self.storage.append_session_changes(
+                session.uid,
+                unsaved,
+                base_heads=session.base_heads,
+                last_active=session.last_active,
+            )
+        except StorageError:
+            session.return_unsaved_changes(unsaved)
+            raise
+
+    def start_from_live(self, session: Session) -> None:
+        """Move a draft without changes onto the live heads. Nothing is written: the stored
+        draft is as empty, and the next `save_edits` records the new base."""
+        if session.has_changes():
+            raise SessionError("the session has unpublished changes")
+        session.discard()
+
+    async def publish(self, session: Session, comments: str = "") -> dict[str, Any]:
+        """Durable on this server before it returns (one write), then gossiped."""
+        pending = session.prepare_publish(comments)
+        # The draft's unsaved changes are among the published ones; kept should it fail.
+        unsaved = session.take_unsaved_changes()
+        document_id = session.domain.document_id
+        try:
+            count = await self.storage.publish_changes(
+                document_id,
+                pending.changes,
+                session_uid=session.uid,
+                base_heads=session.fork.get_heads(),
+                last_active=session.last_active,
+            )
+        except BaseException:
+            session.abort_publish()
+            session.return_unsaved_changes(unsaved)
+            raise
+        self.persister.note_appended(document_id, pending.changes)
+        self.hub.local_changes(document_id, pending.changes)
+        # The hub learns of the publish as soon as the live document holds it, before the
+        # session is rebased onto it.
+        revision = session.complete_publish(on_merged=lambda: self.documents.changed(document_id))
+        await self.persister.compact_if_due(document_id, count)
+        return revision
+
+    async def discard(self, session: Session) -> int:
+        count = session.discard()
+        await self.storage.replace_session_changes(session.uid, session.base_heads, [])
+        return count
+
+    async def close(self, session: Session) -> None:
+        """Forget a session (logout of a session with nothing unpublished)."""
+        self.by_uid.pop(session.uid, None)
+        await self.storage.delete_session(session.uid)
+
+
+def _record_of(session: Session) -> SessionRecord:
+    return SessionRecord(
+        uid=session.uid,
+        document_id=session.domain.document_id,
+        domain=session.domain.name,
+        admin=session.admin,
+        name=session.name,
+        description=session.description,
+        base_heads=session.base_heads,
+        actor=session.actor,
+        created_at=session.created_at,
+        last_active=session.last_active,
+    )

@@ -1,0 +1,66 @@
+"""What `show-status` and `crdtmds status` report of one server: who it is, whom it is
+linked with, and the heads of every document it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtmds.app.documents import Documents
+from crdtmds.config import ServerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """The network side's account of this server's open links."""
+
+    peers: list[str] = field(default_factory=list)
+    """Names of the servers with a live, authenticated link."""
+    servers: int = 0
+    """Links with servers (one server may have two for a moment)."""
+    repo_clients: int = 0
+    """Links with administrators' automerge-repo clients."""
+
+
+class StatusView:
+    """This server's own view. `connections` is handed in by the network side (the
+    application knows nothing of sockets); until then it reports none."""
+
+    def __init__(self, config: ServerConfig, documents: Documents) -> None:
+        self.config = config
+        self.documents = documents
+        self.connections: Callable[[], Connections] = Connections
+
+    def domain_heads(self) -> dict[str, dict[str, Any]]:
+        """Per domain name: document id and sorted hex heads on this server."""
+        result: dict[str, dict[str, Any]] = {}
+        for name, entry in sorted(self.documents.cluster.domains().items()):
+            doc = self.documents.document(entry.get("document-id", ""))
+            heads = sorted(h.hex() for h in doc.get_heads()) if doc is not None else []
+            result[name] = {"document-id": entry.get("document-id"), "heads": heads}
+        return result
+
+    def local_status(self) -> dict[str, Any]:
+        """Identity, connections and the heads of every document."""
+        config, cluster = self.config, self.documents.cluster
+        servers = [
+            {key: entry.get(key) for key in ("name", "url", "region", "role")}
+            for _, entry in sorted(cluster.servers().items())
+        ]
+        links = self.connections()
+        return {
+            "name": config.name,
+            "region": config.region,
+            "role": config.role,
+            "url": config.url,
+            "cluster-id": config.cluster_id,
+            "peers": links.peers,
+            "connections": {"servers": links.servers, "repo-clients": links.repo_clients},
+            "servers": servers,
+            "domains": self.domain_heads(),
+            "cluster-document": {
+                "document-id": cluster.document_id,
+                "heads": sorted(h.hex() for h in cluster.doc.get_heads()),
+            },
+        }

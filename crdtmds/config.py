@@ -1,0 +1,79 @@
+"""What a server is configured with: `ServerConfig`, kept in its data directory, and
+`Limits`, what one connection may cost it (the `crdtmds start` options are derived from
+the fields of `Limits`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from crdtmds.core import auth
+from crdtmds.core.cluster import ROLE_PRIMARY
+from crdtmds.storage import DEFAULT_COMPACT_THRESHOLD
+from crdtmds.sync.gossip import MAX_DOCUMENTS_PER_CONNECTION_DEFAULT, MAX_SYNC_MESSAGE_SIZE_DEFAULT
+
+DATABASE_FILE = "crdtmds.sqlite3"
+"""The SQLite file inside a server's data directory."""
+CONFIG_KEY = "node-config"
+"""The storage meta key of the `ServerConfig` (its name predates the word "server")."""
+MAX_MESSAGE_SIZE_DEFAULT = 16 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    """What a server remembers about itself (kept in the storage's meta table)."""
+
+    name: str
+    cluster_id: str
+    cluster_document_id: str
+    secret: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    url: str = ""
+    region: str = "default"
+    role: str = ROLE_PRIMARY
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    compact_threshold: int = DEFAULT_COMPACT_THRESHOLD
+    max_message_size: int = MAX_MESSAGE_SIZE_DEFAULT
+    peers: list[str] = field(default_factory=list)
+    """Extra URLs to dial besides the servers in the cluster document."""
+
+    def to_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> ServerConfig:
+        known = {k: v for k, v in meta.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may cost a server (set by `crdtmds start` options)."""
+
+    max_message_size: int = MAX_MESSAGE_SIZE_DEFAULT
+    """Bytes in one WebSocket frame, on /sync and /api; larger frames close the socket."""
+    max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT
+    """Distinct documents one /sync connection may name."""
+    max_sync_message_size: int = MAX_SYNC_MESSAGE_SIZE_DEFAULT
+    """Bytes in one sync frame this server sends: larger sync messages go as several, so
+    that stock automerge-repo clients (which accept 1 MiB) can fetch large domains. Only a
+    single change larger than this is sent whole."""
+    login_failures: int = 5
+    """Failed logins for one user name from one address before it must wait; four times as
+    many for one user name over all addresses, and for one address over all user names
+    (see `auth.LoginThrottle`)."""
+    login_lockout: float = 1.0
+    """Seconds of the first wait; each further failure doubles it (up to five minutes)."""
+    min_password_length: int = auth.MIN_PASSWORD_LENGTH
+    """Fewest characters of a password set on this server (add-administrator)."""
+    handshake_timeout: float = 10.0
+    """Seconds a /sync peer has, once connected, to be admitted (its join accepted)."""
+    idle_timeout: float = 900.0
+    """Seconds an /api connection may stay silent before it is closed."""
+    relay_delay: float = 0.5
+    """Seconds a server of a full mesh, linked to every other server, waits before passing
+    on changes it got from one of them: the others almost always got them from their
+    origin, and relaying at once would send each change to each server once per server.
+    Without the mesh (`--no-mesh`) a server relays at once."""

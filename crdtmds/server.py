@@ -1,0 +1,274 @@
+"""A crdtmds server: the composition root, the only place that constructs the services,
+the gossip hub, the network side and the doors, and wires them together with listeners
+and hooks (no service imports another layer's upper half).
+
+Open one with `Server.open(data_dir)` after `bootstrap.init_cluster` or
+`bootstrap.join_cluster`; then `serve_forever()` (or `start()` ... `stop()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from crdtmds.api.call import Services
+from crdtmds.api.dispatch import AdminAPI
+from crdtmds.api.tasks import Tasks
+from crdtmds.app.cluster_admin import ClusterAdmin
+from crdtmds.app.documents import Documents
+from crdtmds.app.logins import Logins
+from crdtmds.app.persistence import Persister
+from crdtmds.app.sessions import Sessions
+from crdtmds.app.status import StatusView
+from crdtmds.config import CONFIG_KEY, DATABASE_FILE, Limits, ServerConfig
+from crdtmds.core import auth
+from crdtmds.errors import ClusterError, StorageCorruption, StorageError
+from crdtmds.net.admission import Admission
+from crdtmds.net.catchup import JOIN_TIMEOUT, CatchUp
+from crdtmds.net.link_driver import LinkDriver, LinkHooks
+from crdtmds.net.links import Links
+from crdtmds.net.mesh import Mesh
+from crdtmds.net.relays import Relays
+from crdtmds.net.urls import advertised_url
+from crdtmds.storage import LoadProblem, Storage
+from crdtmds.sync.gossip import Gossip
+from crdtmds.tls import server_ssl_context
+from crdtmds.transports.ws import WebSocketListener
+from crdtmds.transports.ws_api import serve_api
+
+log = logging.getLogger("crdtmds.server")
+
+
+class Server:
+    """One server, wired. Its parts are public for the tests and the benchmarks."""
+
+    def __init__(
+        self, config: ServerConfig, storage: Storage, data_dir: Path, limits: Limits | None = None
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.data_dir = data_dir
+        self.limits = limits = limits or Limits(max_message_size=config.max_message_size)
+        self._build_services()
+        self._build_network()
+        self.listener: WebSocketListener | None = None
+        self.running = False
+        self.fatal: BaseException | None = None
+        """The storage failure that stopped the server, if one did."""
+        self._stop_requested = asyncio.Event()
+
+    def _build_services(self) -> None:
+        config, limits, storage = self.config, self.limits, self.storage
+        self.documents = documents = Documents(config.cluster_document_id)
+        self.persister = persister = Persister(storage, documents, config.compact_threshold)
+        self.hub = Gossip(
+            f"crdtmds-{config.name}-{secrets.token_hex(4)}",
+            documents,
+            max_message_size=limits.max_message_size,
+            max_documents_per_connection=limits.max_documents_per_connection,
+            max_sync_message_size=limits.max_sync_message_size,
+            on_peer=lambda conn_id, peer: self.admission.verify_listener(conn_id, peer),
+        )
+        self.sessions = Sessions(storage, documents, persister, self.hub, config.name)
+        self.cluster_admin = ClusterAdmin(config, limits, documents, persister)
+        throttle = auth.LoginThrottle(limit=limits.login_failures, base_delay=limits.login_lockout)
+        self.logins = Logins(documents, self.sessions, config.secret, throttle=throttle)
+        self.status = StatusView(config, documents)
+        self.api = AdminAPI(
+            Services(
+                config, documents, self.sessions, self.cluster_admin, self.logins, self.status,
+                Tasks(),
+            )
+        )  # fmt: skip
+
+    def _build_network(self) -> None:
+        config, limits, documents, hub = self.config, self.limits, self.documents, self.hub
+        self.links = links = Links(hub)
+        self.admission = Admission(config, documents, self.logins)
+        self.relays = Relays(hub, links, documents, config.name, limits.relay_delay)
+        self.hooks = LinkHooks(on_storage_failure=self._fail_fatally, running=lambda: self.running)
+        self.driver = LinkDriver(
+            hub, links, self.persister, self.admission, self.relays, limits, self.hooks
+        )
+        self.mesh = Mesh(config, limits, documents, hub, links, self.driver)
+        self.hooks.on_peer_connected = self.mesh.on_peer_connected
+        self.status.connections = links.connections
+        documents.on_changed(self._offer_to_peers)
+        documents.on_cluster_updated(self.mesh.refresh)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ------------------------------------------------------------ opening and closing
+
+    @classmethod
+    async def open(cls, data_dir: str | Path, *, limits: Limits | None = None) -> Server:
+        """Load a server from its data directory: every stored document and session.
+
+        Without `limits`, the defaults apply (and the stored maximum message size)."""
+        path = Path(data_dir)
+        if not (path / DATABASE_FILE).exists():
+            raise ClusterError(f"{path} holds no crdtmds server (run init or join first)")
+        storage = await Storage.open(path / DATABASE_FILE)
+        try:
+            await storage.check_writable()
+            meta = await storage.get_meta(CONFIG_KEY)
+            if not isinstance(meta, dict):
+                raise StorageError(f"{path} has no server configuration")
+            server = cls(ServerConfig.from_meta(meta), storage, path, limits)
+            await server._load_documents()
+            await server.sessions.restore_stored(path)
+        except BaseException:
+            await storage.close()
+            raise
+        return server
+
+    async def _load_documents(self) -> None:
+        """Load every stored document; refuse a store that does not load whole, since
+        serving what is left would show administrators (and peers) a wrong state."""
+        loaded = await self.storage.load_all()
+        for problem in loaded.problems:
+            log.error(
+                "stored document %s is corrupt (%s row %s): %s",
+                problem.document_id, problem.table, problem.row_id, problem.message,
+            )  # fmt: skip
+        if loaded.problems:
+            raise _damaged_store_error(self.data_dir, loaded.problems)
+        self.persister.track_loaded(loaded.documents)
+        self.documents.take_loaded(loaded.documents)
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+    # ------------------------------------------------------------ running
+
+    async def start(
+        self, *, listen: bool = True, mesh: bool = True, peers: Iterable[str] = ()
+    ) -> None:
+        """Listen (unless `listen` is False), then dial the servers and peers to dial.
+
+        Every server of the cluster document is dialed when `mesh` is true; besides them,
+        or alone when it is false, the configured peers and `peers`. Port 0 binds a free
+        port; the port and the URL it gives are saved in the configuration and in the
+        cluster document, so a restart listens where the other servers dial.
+        """
+        if self.running:
+            raise RuntimeError("the server is already started")
+        self.running = True
+        self.relays.mesh = mesh
+        if listen:
+            await self._listen()
+            await self.cluster_admin.register_self()
+        self.mesh.start(full=mesh, peers=peers)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every link, then close the storage."""
+        if self.running:
+            self.running = False
+            self.relays.cancel()
+            await self.mesh.stop()
+            if self.listener is not None:
+                await self.listener.stop()
+            await asyncio.gather(*self.links.background, return_exceptions=True)
+        await self.close()
+
+    def request_stop(self) -> None:
+        """Make `serve_forever` return (signal handlers call this)."""
+        self._stop_requested.set()
+
+    async def serve_forever(
+        self,
+        *,
+        on_ready: Callable[[str], None] | None = None,
+        mesh: bool = True,
+        peers: Iterable[str] = (),
+    ) -> None:
+        """Run until SIGINT or SIGTERM (or `request_stop`), then shut down gracefully.
+
+        `on_ready(url)` is called once the listener is bound. Raises the storage error that
+        stopped the server, if one did.
+        """
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for signum in signals:
+            loop.add_signal_handler(signum, self.request_stop)
+        try:
+            await self.start(mesh=mesh, peers=peers)
+            if on_ready is not None:
+                on_ready(self.config.url)
+            await self._stop_requested.wait()
+            log.info("stopping")
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+            await self.stop()
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def fetch_from_peers(self, timeout: float = JOIN_TIMEOUT) -> None:
+        """A join's second half: dial the configured peer (without listening), catch up
+        with what it announces, and register this server in the cluster document."""
+        catchup = CatchUp(
+            self.documents,
+            self.cluster_admin,
+            self.links.progress,
+            self.config.name,
+            self.limits.max_message_size,
+        )
+        self.hooks.on_frame = catchup.note_frame
+        await self.start(listen=False, mesh=False)
+        await catchup.fetch(timeout)
+
+    # ------------------------------------------------------------ inside
+
+    async def _listen(self) -> None:
+        config = self.config
+        self.listener = WebSocketListener(
+            config.listen_host,
+            config.listen_port,
+            links=self.links,
+            run_link=self.driver.run,
+            serve_api=lambda ws: serve_api(ws, self.api, self.limits.idle_timeout),
+            max_message_size=self.limits.max_message_size,
+            ssl=server_ssl_context(config.tls_cert, config.tls_key),
+        )
+        port = await self.listener.start()
+        url = advertised_url(config.url, config.listen_host, port, tls=bool(config.tls_cert))
+        if (port, url) != (config.listen_port, config.url):
+            config.listen_port, config.url = port, url
+            await self.storage.set_meta(CONFIG_KEY, config.to_meta())
+        log.info("listening on %s (%s:%d)", url, config.listen_host, port)
+
+    def _offer_to_peers(self, document_id: str) -> None:
+        """A change made here is persisted: the hub offers it, the senders wake."""
+        self.hub.document_changed(document_id)
+        self.links.wake_all()
+
+    def _fail_fatally(self, exc: BaseException) -> None:
+        log.critical("storage failed; stopping the server: %s", exc)
+        if self.fatal is None:
+            self.fatal = exc
+        self.request_stop()
+
+
+def _damaged_store_error(path: Path, problems: list[LoadProblem]) -> StorageCorruption:
+    first = problems[0]
+    where = first.table if first.row_id is None else f"{first.table} row {first.row_id}"
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return StorageCorruption(
+        f"{path}: stored document {first.document_id} does not load, {where}: "
+        f"{first.message}{more}. Restore the data directory from a backup, or remove it "
+        "and join the cluster again",
+        details={
+            "problems": [
+                {"document-id": p.document_id, "table": p.table, "row": p.row_id,
+                 "message": p.message}
+                for p in problems
+            ]
+        },
+    )  # fmt: skip
