@@ -15,7 +15,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document, ObjType
 
-from crdtmds.core import model
+from crdtmds.core import model, names
 from crdtmds.core.changes import (
     DEL,
     MAKE_ACTIONS,
@@ -381,7 +381,7 @@ class Domain:
     @classmethod
     def create(cls, name: str, document_id: str) -> Domain:
         """A new domain with the default access layer, in one change."""
-        name = model.check_name(name, "name")
+        name = names.check_name(name, "name")
         doc = Document()
         layer_uid = model.new_uid()
         with doc.transaction() as tx:

@@ -23,7 +23,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document
 
-from crdtmds.core import model
+from crdtmds.core import model, names
 from crdtmds.core.docdata import (
     child_id,
     fork_with_actor,
@@ -128,7 +128,7 @@ class Session:
         description: str = "",
         uid: str | None = None,
     ) -> Session:
-        model.check_label(name, "session-name")  # `restore` skips it: old names still load
+        names.check_label(name, "session-name")  # `restore` skips it: old names still load
         base = domain.state
         return cls(
             uid=uid or model.new_uid(),
@@ -441,7 +441,7 @@ class Session:
         """Write the revision entry to the fork; persist `changes` before completing."""
         if self._pending is not None:
             return self._pending
-        comments = model.check_string(comments, "comments")
+        comments = names.check_string(comments, "comments")
         heads_before = self.fork.get_heads()
         content = _merged_heads(heads_before, self.base_heads, self.domain.heads())
         revision = self.revision_entry(content, comments, self.change_count())
