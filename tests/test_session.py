@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from crdtmds.core import model
 from crdtmds.core.docdata import hex_heads, read, rebuild_at
-from crdtmds.core.domain import Domain, DomainState
+from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session, _moved
 from crdtmds.errors import CrdtmdsError
 

@@ -35,7 +35,9 @@ from crdtmds.core.docdata import (
     rebuild_at,
     unhex_heads,
 )
-from crdtmds.core.domain import Domain, DomainState, Layer, refresh_state
+from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState, Layer
+from crdtmds.core.view_refresh import refresh_state
 from crdtmds.errors import (
     InvalidParameter,
     NameInUse,
