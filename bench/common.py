@@ -44,9 +44,9 @@ for _path in (CLI_ROOT, REPO_ROOT):
 from crdtmds.core.changes import change_hash_and_deps as checked_hash_and_deps  # noqa: E402
 from crdtmds.core.changes import split_chunks  # noqa: E402
 from crdtmds.errors import ProtocolError  # noqa: E402
-from crdtmds.sync.gossip import SyncMessage  # noqa: E402
-from crdtmds.sync.gossip import encode_sync_message as encode_any_sync_message  # noqa: E402
-from crdtmds.sync.gossip import parse_sync_message as parse_any_sync_message  # noqa: E402
+from crdtmds.sync.sync_message import SyncMessage  # noqa: E402
+from crdtmds.sync.sync_message import encode_sync_message as encode_any_sync_message  # noqa: E402
+from crdtmds.sync.sync_message import parse_sync_message as parse_any_sync_message  # noqa: E402
 
 # Server processes started from here run `python -m crdtmds_cli.main`: give them the checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(

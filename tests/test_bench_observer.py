@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import common
 
-from crdtmds.sync.gossip import SYNC_MESSAGE_V1, SYNC_MESSAGE_V2
+from crdtmds.sync.sync_message import SYNC_MESSAGE_V1, SYNC_MESSAGE_V2
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -23,17 +23,10 @@ from hypothesis import strategies as st
 from crdtmds.core import model
 from crdtmds.core.changes import DEL, HEAD, MAKE_LIST, MAKE_MAP, SET, Op
 from crdtmds.core.docdata import child_id, hex_heads, put_value, read, replace_list, unhex_heads
-from crdtmds.core.domain import (
-    FOREIGN,
-    FULL,
-    Domain,
-    DomainState,
-    Entity,
-    child_entity,
-    refresh_state,
-    touch_of,
-)
+from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
+from crdtmds.core.view_refresh import FOREIGN, FULL, Entity, child_entity, refresh_state, touch_of
 from crdtmds.errors import CrdtmdsError, ProtocolError
 
 
@@ -464,7 +457,7 @@ def test_a_change_that_does_not_decode_means_a_full_read() -> None:
     editor.add_object("host", {"name": "new", "ip-address": "10.0.0.9"})
     publish(editor)
     domain.doc.merge(peer.doc)
-    with mock.patch("crdtmds.core.domain.decode_change", side_effect=ProtocolError("bad")):
+    with mock.patch("crdtmds.core.view_refresh.decode_change", side_effect=ProtocolError("bad")):
         refreshed = domain.state
     assert refreshed == full_read(domain.doc)
     assert refreshed.find_object("new") is not None

@@ -13,21 +13,15 @@ from hypothesis import strategies as st
 
 from crdtmds.core.changes import change_hash_and_deps
 from crdtmds.errors import AuthenticationFailed, ProtocolError
+from crdtmds.sync.connection import ConnectionState
 from crdtmds.sync.gossip import (
-    SYNC_MESSAGE_V1,
     ConnectionFailed,
-    ConnectionState,
     DocumentChanged,
     DocumentUnavailableFromPeer,
     Gossip,
     JoinReceived,
     PeerConnected,
     PeerInfo,
-    encode_sync_message,
-    parse_sync_message,
-    split_sync_message,
-    sync_message_has_changes,
-    with_changes,
 )
 from crdtmds.sync.protocol import (
     DocUnavailable,
@@ -41,6 +35,14 @@ from crdtmds.sync.protocol import (
     decode,
     encode,
     new_document_id,
+)
+from crdtmds.sync.sync_message import (
+    SYNC_MESSAGE_V1,
+    encode_sync_message,
+    parse_sync_message,
+    split_sync_message,
+    sync_message_has_changes,
+    with_changes,
 )
 from tests.helpers_gossip import SERVER_METADATA, Hub, MemoryStore, Network, server_peer
 

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from crdtmds.api import AdminAPI
 from crdtmds.client import ApiError, Client
-from crdtmds.core import auth, model
+from crdtmds.core import auth, model, names
 from crdtmds.core.cluster import ClusterDocument
 from crdtmds.core.docdata import read
 from crdtmds.core.domain import Domain
@@ -74,7 +74,7 @@ def expect_refusal(call: Callable[[], Any], char: str, code: str = VALIDATION) -
 def unchecked_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Write as a server without these checks did: names stored as given."""
     with monkeypatch.context() as patch:
-        patch.setattr(model, "check_name", lambda value, field="name": value)
+        patch.setattr(names, "check_name", lambda value, field="name": value)
         yield
 
 
@@ -267,9 +267,9 @@ def test_names_stored_before_the_checks_still_load_and_update(
     ],
 )
 def test_escape_text_makes_unsafe_characters_visible(text: str, shown: str) -> None:
-    assert model.escape_text(text) == shown
-    assert model.escape_text(shown) == shown
-    assert model.first_unsafe_character(shown) == (-1, "")
+    assert names.escape_text(text) == shown
+    assert names.escape_text(shown) == shown
+    assert names.first_unsafe_character(shown) == (-1, "")
 
 
 def test_json_output_escapes_what_json_dumps_leaves_raw() -> None:
@@ -278,7 +278,7 @@ def test_json_output_escapes_what_json_dumps_leaves_raw() -> None:
     data = {"name": "a\x1b\x9b\u202e\u2028\U000e0001b", "comments": "é\n网"}
     text = json_text(data)
     assert json.loads(text) == data
-    assert model.first_unsafe_character(text, "\n") == (-1, "")
+    assert names.first_unsafe_character(text, "\n") == (-1, "")
     assert "é" in text and "网" in text
 
 

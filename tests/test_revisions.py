@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtmds.core.docdata import unhex_heads
-from crdtmds.core.domain import Domain, DomainState
+from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
 from tests.test_domain import EDITS, load_base, run_edits
 

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from crdtmds.core import model
 from crdtmds.core.docdata import hex_heads, read, rebuild_at
-from crdtmds.core.domain import Domain, DomainState
-from crdtmds.core.session import Session, _moved
+from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState
+from crdtmds.core.session import Session
+from crdtmds.core.session_diff import moved_rules
 from crdtmds.errors import CrdtmdsError
 
 
@@ -250,7 +252,7 @@ def test_moved_rules_are_the_fewest_whose_relative_order_changed(
     old: list[int], new: list[int]
 ) -> None:
     old_order, new_order = [f"r{n}" for n in old], [f"r{n}" for n in new]
-    moved = _moved(old_order, new_order)
+    moved = moved_rules(old_order, new_order)
     kept = [u for u in new_order if u in set(old_order)]
     assert moved <= set(kept)
     rank = {u: n for n, u in enumerate(old_order)}

@@ -581,13 +581,13 @@ async def test_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
 
 async def limit_growth(storage: Storage) -> None:
     """Cap the file at its current page count, as a full disk would."""
-    connection = storage._connection
+    connection = storage._database._connection
     assert connection is not None
     await connection.execute("PRAGMA max_page_count = 1")
 
 
 async def lift_limit(storage: Storage) -> None:
-    connection = storage._connection
+    connection = storage._database._connection
     assert connection is not None
     await connection.execute("PRAGMA max_page_count = 1073741823")
 

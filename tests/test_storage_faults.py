@@ -63,13 +63,13 @@ async def opened(data_dir: Path) -> AsyncIterator[Node]:
 
 async def fill_disk(node: Node) -> None:
     """Cap the database at its current size, as a full disk would."""
-    connection = node.storage._connection
+    connection = node.storage._database._connection
     assert connection is not None
     await connection.execute("PRAGMA max_page_count = 1")
 
 
 async def free_disk(node: Node) -> None:
-    connection = node.storage._connection
+    connection = node.storage._database._connection
     assert connection is not None
     await connection.execute("PRAGMA max_page_count = 1073741823")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document
 
-from crdtmds.core import model
+from crdtmds.core import model, names
 from crdtmds.core.docdata import child_id, put_value, read
 from crdtmds.errors import ClusterError, InvalidParameter, NameInUse, ObjectNotFound
 
@@ -112,9 +112,9 @@ class ClusterDocument:
         server listed before the checks (or by an older peer) still starts."""
         current = self.servers().get(name)
         if current is None:
-            model.check_name(name, "name")
+            names.check_name(name, "name")
         if current is None or current.get("region") != region:
-            model.check_label(region, "region")
+            names.check_label(region, "region")
         entry = {
             "name": name,
             "url": url,
@@ -125,7 +125,7 @@ class ClusterDocument:
         return self._write("servers", name, entry)
 
     def add_domain(self, name: str, document_id: str, *, created_by: str) -> dict[str, Any]:
-        name = model.check_name(name, "name")
+        name = names.check_name(name, "name")
         if name in self.domains():
             raise NameInUse(f"domain '{name}' already exists", details={"name": name})
         entry = {
@@ -146,7 +146,7 @@ class ClusterDocument:
         superuser: bool = False,
         domains: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        name = model.check_name(name, "name")
+        name = names.check_name(name, "name")
         if name in self.administrators():
             raise NameInUse(f"administrator '{name}' already exists", details={"name": name})
         grants = dict(domains or {})

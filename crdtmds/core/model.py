@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from crdtmds.core import names
 from crdtmds.errors import InvalidParameter, MissingParameter, ValidationError
 
 ANY_UID = "97aeb369-9aea-11d5-bd16-0090272ccb30"
 """The uid Check Point gives its predefined "Any" object; rules may use it in any column."""
 
-ANY_NAME = "Any"
 DEFAULT_LAYER_NAME = "Network"
 
 NETWORK_TYPES = frozenset({"host", "network", "address-range", "group"})
@@ -64,20 +63,7 @@ RULE_FIELDS = (
 )
 RULE_REFERENCE_FIELDS = ("source", "destination", "service")
 
-MAX_NAME_LENGTH = 128
-MAX_TEXT_LENGTH = 4096
 _PORT_RE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
-
-UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-"""Control, format (bidi overrides, zero-width joiners) and line/paragraph separators:
-characters that drive a terminal, reorder the text around them or start a new line."""
-TEXT_LAYOUT = "\t\n"
-"""The only unsafe characters free text (comments, descriptions) may hold."""
-_UID_SHAPE = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE
-)
-"""What `new_uid` makes, in either letter case (clients treat both as uids)."""
-_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 Resolver = Callable[[str], Mapping[str, Any] | None]
 """Looks an object up by uid or name, as the editing session sees the domain."""
@@ -96,105 +82,6 @@ def require(params: Mapping[str, Any], key: str) -> Any:
     return params[key]
 
 
-def check_string(
-    value: Any, field: str, *, limit: int = MAX_TEXT_LENGTH, allowed: str = TEXT_LAYOUT
-) -> str:
-    """A string of at most `limit` characters with no unsafe character but those `allowed`."""
-    if not isinstance(value, str):
-        raise InvalidParameter(f"'{field}' must be a string", details={"parameter": field})
-    if not _is_utf8_text(value):
-        raise InvalidParameter(
-            f"'{field}' is not valid Unicode text (lone surrogate)", details={"parameter": field}
-        )
-    if len(value) > limit:
-        raise ValidationError(f"'{field}' is longer than {limit} characters")
-    _check_characters(value, field, allowed)
-    return value
-
-
-def _check_characters(value: str, field: str, allowed: str) -> None:
-    position, char = first_unsafe_character(value, allowed)
-    if char:
-        code = character_code(char)
-        raise ValidationError(
-            f"'{field}' must not contain control or format characters: "
-            f"{code} ({escape_text(char)}) at position {position + 1}",
-            details={"parameter": field, "character": code},
-        )
-
-
-def first_unsafe_character(text: str, allowed: str = "") -> tuple[int, str]:
-    """The index and the first character of `text` in UNSAFE_CATEGORIES and not in
-    `allowed`; (-1, "") when there is none."""
-    if text.isprintable():  # fast path: every unsafe character is unprintable
-        return -1, ""
-    for position, char in enumerate(text):
-        if char not in allowed and unicodedata.category(char) in UNSAFE_CATEGORIES:
-            return position, char
-    return -1, ""
-
-
-def character_code(char: str) -> str:
-    return f"U+{ord(char):04X}"
-
-
-def escape_text(text: str) -> str:
-    """`text` with every unsafe character written as a visible escape (\\x1b, \\n,
-    \\u202e), for terminals and logs: stored text may predate validation or come
-    from an older peer, so output never trusts it."""
-    if first_unsafe_character(text)[1] == "":
-        return text
-    return "".join(_escape_character(c) for c in text)
-
-
-def _escape_character(char: str) -> str:
-    if unicodedata.category(char) not in UNSAFE_CATEGORIES:
-        return char
-    if char in _NAMED_ESCAPES:
-        return _NAMED_ESCAPES[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def _is_utf8_text(value: str) -> bool:
-    # JSON may carry "\ud800"; Automerge stores UTF-8 and would fail mid-transaction.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def check_label(value: Any, field: str, *, limit: int = MAX_NAME_LENGTH) -> str:
-    """One line of text that may be empty (rule and session names), stripped."""
-    return check_string(value, field, limit=limit, allowed="").strip()
-
-
-def check_name(value: Any, field: str = "name") -> str:
-    """The name of an object, tag, administrator, domain or server, stripped.
-
-    Besides the characters `check_label` refuses, a name must not be mistaken for the
-    predefined "Any" (whatever its letter case) or for a uid: references accept a name
-    or a uid alike, and the CLI sends anything shaped like a uid as one.
-    """
-    name = check_label(value, field)
-    if not name:
-        raise ValidationError(f"'{field}' must not be empty", details={"parameter": field})
-    if name.casefold() == ANY_NAME.casefold():
-        raise ValidationError(
-            f"'{ANY_NAME}' is a reserved name, in any letter case", details={"parameter": field}
-        )
-    if _UID_SHAPE.fullmatch(name):
-        raise ValidationError(
-            f"'{field}' must not look like a uid: {name}", details={"parameter": field}
-        )
-    return name
-
-
 def check_bool(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidParameter(f"'{field}' must be true or false", details={"parameter": field})
@@ -202,7 +89,7 @@ def check_bool(value: Any, field: str) -> bool:
 
 
 def check_color(value: Any) -> str:
-    color = check_string(value, "color").lower()
+    color = names.check_string(value, "color").lower()
     if color not in COLORS:
         raise ValidationError(f"unknown color '{value}'", details={"parameter": "color"})
     return color
@@ -213,11 +100,11 @@ def check_tags(value: Any) -> list[str]:
         value = [value]
     if not isinstance(value, list):
         raise InvalidParameter("'tags' must be a list of strings", details={"parameter": "tags"})
-    return sorted({check_name(tag, "tags") for tag in value})
+    return sorted({names.check_name(tag, "tags") for tag in value})
 
 
 def check_ip(value: Any, field: str, version: int | None = None) -> str:
-    text = check_string(value, field)
+    text = names.check_string(value, field)
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -255,7 +142,7 @@ def _is_ascii_number(value: Any) -> bool:
 def check_port(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    text = check_string(value, "port").strip()
+    text = names.check_string(value, "port").strip()
     match = _PORT_RE.match(text)
     if not match:
         raise ValidationError(
@@ -292,9 +179,9 @@ def build_object(
         raise InvalidParameter(f"unknown object type '{obj_type}'")
     record: dict[str, Any] = dict(existing) if existing else _new_record(obj_type, uid)
     if existing is None:
-        record["name"] = check_name(require(params, "name"))
+        record["name"] = names.check_name(require(params, "name"))
     elif "new-name" in params:
-        record["name"] = check_name(params["new-name"], "new-name")
+        record["name"] = names.check_name(params["new-name"], "new-name")
     _apply_common_fields(record, params)
     _TYPE_BUILDERS[obj_type](record, params, resolve)
     return record
@@ -313,7 +200,7 @@ def _new_record(obj_type: str, uid: str | None) -> dict[str, Any]:
 
 def _apply_common_fields(record: dict[str, Any], params: Mapping[str, Any]) -> None:
     if "comments" in params:
-        record["comments"] = check_string(params["comments"], "comments")
+        record["comments"] = names.check_string(params["comments"], "comments")
     if "color" in params:
         record["color"] = check_color(params["color"])
     if "tags" in params:
@@ -487,7 +374,7 @@ def resolve_references(
 
 
 def _resolve_one(ref: str, field: str, allowed: frozenset[str], resolve: Resolver) -> str:
-    if ref in (ANY_NAME, ANY_UID):
+    if ref in (names.ANY_NAME, ANY_UID):
         if field == "members":
             raise ValidationError("a group cannot contain 'Any'", details={"parameter": field})
         return ANY_UID
@@ -530,9 +417,9 @@ def build_rule(
     else:
         rule = dict(existing)
     if "name" in params:
-        rule["name"] = check_label(params["name"], "name")
+        rule["name"] = names.check_label(params["name"], "name")
     if "new-name" in params:
-        rule["name"] = check_label(params["new-name"], "new-name")
+        rule["name"] = names.check_label(params["new-name"], "new-name")
     for field in RULE_REFERENCE_FIELDS:
         if field in params:
             refs = params[field]
@@ -549,7 +436,7 @@ def build_rule(
     if "enabled" in params:
         rule["enabled"] = check_bool(params["enabled"], "enabled")
     if "comments" in params:
-        rule["comments"] = check_string(params["comments"], "comments")
+        rule["comments"] = names.check_string(params["comments"], "comments")
     return rule
 
 

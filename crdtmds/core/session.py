@@ -14,16 +14,15 @@ the changes returned by `prepare_publish()` before `complete_publish()`.
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from automerge.core import ROOT, Document
 
-from crdtmds.core import model
+from crdtmds.core import model, names
 from crdtmds.core.docdata import (
     child_id,
     fork_with_actor,
@@ -35,7 +34,11 @@ from crdtmds.core.docdata import (
     rebuild_at,
     unhex_heads,
 )
-from crdtmds.core.domain import Domain, DomainState, Layer, refresh_state
+from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState, Layer
+from crdtmds.core.field_writes import put_changed_fields, write_layers_like, write_objects_like
+from crdtmds.core.session_diff import Touched, draft_changes
+from crdtmds.core.view_refresh import refresh_state
 from crdtmds.errors import (
     InvalidParameter,
     NameInUse,
@@ -48,9 +51,6 @@ from crdtmds.errors import (
 Change = tuple[bytes, bytes]
 """(hash, bytes) of one Automerge change."""
 
-_FEW_MOVED = 4
-"""Up to this many moved rules, each one's number is found by a search in C."""
-
 
 @dataclass(slots=True)
 class PendingPublish:
@@ -59,18 +59,6 @@ class PendingPublish:
     revision: dict[str, Any]
     changes: list[Change]
     heads_before_revision: list[bytes]
-
-
-@dataclass(slots=True)
-class _Touched:
-    """What the draft changed since its base, so show-changes need not scan everything."""
-
-    objects: set[str] = field(default_factory=set)
-    rules: set[tuple[str, str]] = field(default_factory=set)
-    orders: set[str] = field(default_factory=set)
-
-    def __len__(self) -> int:
-        return len(self.objects) + len(self.rules)
 
 
 class Session:
@@ -110,7 +98,7 @@ class Session:
         self._view = view
         self._own_changes: list[Change] = list(own_changes or [])
         self._unsaved: list[bytes] = []
-        self._touched = _Touched()
+        self._touched = Touched()
         self._pending: PendingPublish | None = None
         if own_changes:
             self._touch_everything()
@@ -128,7 +116,7 @@ class Session:
         description: str = "",
         uid: str | None = None,
     ) -> Session:
-        model.check_label(name, "session-name")  # `restore` skips it: old names still load
+        names.check_label(name, "session-name")  # `restore` skips it: old names still load
         base = domain.state
         return cls(
             uid=uid or model.new_uid(),
@@ -383,53 +371,7 @@ class Session:
 
     def show_changes(self) -> dict[str, list[dict[str, Any]]]:
         """What the draft adds, modifies (field by field, old -> new) and deletes."""
-        added: list[dict[str, Any]] = []
-        modified: list[dict[str, Any]] = []
-        deleted: list[dict[str, Any]] = []
-        for uid in sorted(self._touched.objects):
-            _classify(self.base.objects.get(uid), self.view.objects.get(uid), added, modified,
-                      deleted)  # fmt: skip
-        for layer_uid, uid in sorted(self._touched.rules):
-            old_layer = self.base.layers.get(layer_uid)
-            new_layer = self.view.layers.get(layer_uid)
-            old = old_layer.rules.get(uid) if old_layer else None
-            new = new_layer.rules.get(uid) if new_layer else None
-            _classify(_as_rule(old, old_layer), _as_rule(new, new_layer), added, modified,
-                      deleted)  # fmt: skip
-        self._add_moved_rules(modified)
-        return {"added": added, "modified": modified, "deleted": deleted}
-
-    def _add_moved_rules(self, modified: list[dict[str, Any]]) -> None:
-        """Report rules the draft moved as a change of their `rule-number`.
-
-        A rule counts as moved when its order relative to the other rules changed; a rule
-        that only shifted because others were added, deleted or moved around it does not.
-        """
-        listed = {entry["uid"]: entry for entry in modified}
-        for layer_uid in sorted(self._touched.orders):
-            old_layer, new_layer = self.base.layers.get(layer_uid), self.view.layers.get(layer_uid)
-            if old_layer is None or new_layer is None:
-                continue
-            old_order, new_order = old_layer.ordered_uids(), new_layer.ordered_uids()
-            moved = _moved(old_order, new_order)
-            if not moved:
-                continue
-            before = _numbers_of(old_order, moved)
-            after = _numbers_of(new_order, moved)
-            for uid in sorted(moved, key=after.__getitem__):
-                number = {"rule-number": {"old": before[uid], "new": after[uid]}}
-                if uid in listed:
-                    listed[uid]["fields"].update(number)
-                    continue
-                modified.append(
-                    {
-                        "uid": uid,
-                        "type": "access-rule",
-                        "name": new_layer.rules[uid].get("name", ""),
-                        "layer": new_layer.name,
-                        "fields": number,
-                    }
-                )
+        return draft_changes(self.base, self.view, self._touched)
 
     def change_count(self) -> int:
         changes = self.show_changes()
@@ -441,7 +383,7 @@ class Session:
         """Write the revision entry to the fork; persist `changes` before completing."""
         if self._pending is not None:
             return self._pending
-        comments = model.check_string(comments, "comments")
+        comments = names.check_string(comments, "comments")
         heads_before = self.fork.get_heads()
         content = _merged_heads(heads_before, self.base_heads, self.domain.heads())
         revision = self.revision_entry(content, comments, self.change_count())
@@ -519,69 +461,14 @@ class Session:
             raise ValidationError(f"revision '{revision_ref}' has no content heads")
         target = self.domain.state_at(unhex_heads(heads))
         objects = self._objects_id()
-        self._commit(lambda tx: self._write_objects_like(tx, objects, target))
+        self._commit(lambda tx: write_objects_like(tx, objects, self.view, target))
         layers = child_id(self.fork, ROOT, "layers")
         if layers is None:
             raise ValidationError("the domain document has no layers")
-        self._commit(lambda tx: self._write_layers_like(tx, layers, target))
+        self._commit(lambda tx: write_layers_like(tx, layers, self.view, target))
         self._view = DomainState.from_plain(read(self.fork))
         self._touch_everything()
         return revision
-
-    def _write_objects_like(self, tx: Any, objects: bytes, target: DomainState) -> None:
-        for uid in self.view.objects.keys() - target.objects.keys():
-            tx.delete(objects, uid)
-        for uid, record in target.objects.items():
-            current = self.view.objects.get(uid)
-            if current is None:
-                put_value(tx, objects, uid, record)
-            elif current != record:
-                obj = child_id(tx, objects, uid)
-                if obj is None:
-                    put_value(tx, objects, uid, record)
-                else:
-                    self._put_changed_fields(tx, obj, current, record)
-
-    def _write_layers_like(self, tx: Any, layers: bytes, target: DomainState) -> None:
-        for uid in self.view.layers.keys() - target.layers.keys():
-            tx.delete(layers, uid)
-        for uid, layer in target.layers.items():
-            plain = {"uid": uid, "name": layer.name, "rules": layer.rules, "order": layer.order}
-            current = self.view.layers.get(uid)
-            layer_id = child_id(tx, layers, uid) if current else None
-            if layer_id is None:
-                put_value(tx, layers, uid, plain)
-                continue
-            rules_id = child_id(tx, layer_id, "rules")
-            if rules_id is None:
-                put_value(tx, layers, uid, plain)
-                continue
-            if current.name != layer.name:
-                put_value(tx, layer_id, "name", layer.name)
-            for rule_uid in current.rules.keys() - layer.rules.keys():
-                tx.delete(rules_id, rule_uid)
-            for rule_uid, rule in layer.rules.items():
-                old = current.rules.get(rule_uid)
-                rule_id = child_id(tx, rules_id, rule_uid) if old is not None else None
-                if rule_id is None:
-                    put_value(tx, rules_id, rule_uid, rule)
-                elif old != rule:
-                    self._put_changed_fields(tx, rule_id, old, rule)
-            if current.order != layer.order:
-                self._rewrite_order(tx, layer_id, layer.order)
-
-    @staticmethod
-    def _rewrite_order(tx: Any, layer_id: bytes, order: list[str]) -> None:
-        # Rewritten in place rather than replaced by a new list: a rule that another
-        # session inserts concurrently then stays in the list the layer keeps.
-        order_id = child_id(tx, layer_id, "order")
-        if order_id is None:
-            put_value(tx, layer_id, "order", order)
-            return
-        for index in reversed(range(tx.length(order_id))):
-            tx.delete(order_id, index)
-        for index, uid in enumerate(order):
-            insert_value(tx, order_id, index, uid)
 
     def _rebase(self) -> None:
         # The live document holds everything the fork had (it was just published or
@@ -589,7 +476,7 @@ class Session:
         self._bound = False
         self._own_changes = []
         self._unsaved = []
-        self._touched = _Touched()
+        self._touched = Touched()
         self._pending = None
 
     def _bind(self) -> None:
@@ -658,18 +545,7 @@ class Session:
         self.last_active = time.time()
 
     def _write_fields(self, obj: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        self._commit(lambda tx: self._put_changed_fields(tx, obj, old, new))
-
-    @staticmethod
-    def _put_changed_fields(
-        tx: Any, obj: bytes, old: Mapping[str, Any], new: Mapping[str, Any]
-    ) -> None:
-        # Field-level writes: concurrent edits of different fields of one record both survive.
-        for key, value in new.items():
-            if old.get(key) != value or key not in old:
-                put_value(tx, obj, key, value)
-        for key in old.keys() - new.keys():
-            tx.delete(obj, key)
+        self._commit(lambda tx: put_changed_fields(tx, obj, old, new))
 
     def _objects_id(self) -> bytes:
         objects = child_id(self.fork, ROOT, "objects")
@@ -724,101 +600,3 @@ def _rule_ref(params: Mapping[str, Any]) -> Any:
 
 def _indices_of(order: list[str], uid: str) -> list[int]:
     return [i for i, u in enumerate(order) if u == uid]
-
-
-def _moved(old_order: list[str], new_order: list[str]) -> set[str]:
-    """Rules in both orders whose order relative to the others changed: those outside one
-    longest run that kept its order. Only the stretch between the first and the last
-    difference is searched: the rules before and after it kept their places, and a move
-    or two in a big layer leaves most of the layer there."""
-    old_set, new_set = set(old_order), set(new_order)
-    old_kept = [u for u in old_order if u in new_set]
-    new_kept = [u for u in new_order if u in old_set]
-    start = _common_prefix(old_kept, new_kept)
-    end = len(new_kept) - _common_prefix(old_kept[start:][::-1], new_kept[start:][::-1])
-    old_middle, new_middle = old_kept[start:end], new_kept[start:end]
-    if not old_middle:
-        return set()
-    # One rule moved across the whole stretch: up (checked first, so that of two rules
-    # that swapped, the later one is the one that moved, as the longest run has it) or down.
-    if old_middle[:-1] == new_middle[1:]:
-        return {old_middle[-1]}
-    if old_middle[1:] == new_middle[:-1]:
-        return {old_middle[0]}
-    rank = {u: n for n, u in enumerate(old_middle)}
-    return set(new_middle) - _longest_increasing(new_middle, rank.__getitem__)
-
-
-def _common_prefix(first: list[str], second: list[str]) -> int:
-    """How many leading items two lists share (slices compare in C: bisect on them)."""
-    low, high = 0, min(len(first), len(second))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if first[:middle] == second[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def _numbers_of(order: list[str], uids: set[str]) -> dict[str, int]:
-    """The 1-based rule numbers of `uids` in `order` (a few are looked up in C)."""
-    if len(uids) <= _FEW_MOVED:
-        return {u: order.index(u) + 1 for u in uids}
-    return {u: n for n, u in enumerate(order, start=1) if u in uids}
-
-
-def _longest_increasing(items: list[str], key: Callable[[str], int]) -> set[str]:
-    """The items of one longest subsequence of `items` whose keys increase."""
-    tails: list[int] = []  # tails[k]: index of the smallest last item of a run of length k+1
-    tail_keys: list[int] = []
-    previous: list[int | None] = []
-    for index, item in enumerate(items):
-        k = key(item)
-        length = bisect.bisect_left(tail_keys, k)
-        previous.append(tails[length - 1] if length else None)
-        if length == len(tails):
-            tails.append(index)
-            tail_keys.append(k)
-        else:
-            tails[length] = index
-            tail_keys[length] = k
-    found: set[str] = set()
-    cursor = tails[-1] if tails else None
-    while cursor is not None:
-        found.add(items[cursor])
-        cursor = previous[cursor]
-    return found
-
-
-def _as_rule(rule: dict[str, Any] | None, layer: Layer | None) -> dict[str, Any] | None:
-    if rule is None or layer is None:
-        return None
-    return {**rule, "type": "access-rule", "layer": layer.name}
-
-
-def _classify(
-    old: dict[str, Any] | None,
-    new: dict[str, Any] | None,
-    added: list[dict[str, Any]],
-    modified: list[dict[str, Any]],
-    deleted: list[dict[str, Any]],
-) -> None:
-    if old is None and new is not None:
-        added.append(new)
-    elif new is None and old is not None:
-        deleted.append(old)
-    elif old is not None and new is not None and old != new:
-        fields = {
-            key: {"old": old.get(key), "new": new.get(key)}
-            for key in sorted(old.keys() | new.keys())
-            if old.get(key) != new.get(key)
-        }
-        modified.append(
-            {
-                "uid": new["uid"],
-                "type": new.get("type"),
-                "name": new.get("name", ""),
-                "fields": fields,
-            }
-        )
