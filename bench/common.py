@@ -488,10 +488,10 @@ BENCH_PASSWORD = "bench-password"
 
 async def init_node_dir(data_dir: Path, name: str = "bench-1", *, port: int = 0) -> None:
     """A fresh Primary server's data directory, with the bench superuser."""
-    from crdtmds.node import Node
+    from crdtmds.bootstrap import init_cluster
 
     url = f"ws://127.0.0.1:{port}" if port else ""
-    await Node.initialise(
+    await init_cluster(
         data_dir,
         name=name,
         listen_host="127.0.0.1",
@@ -512,13 +512,13 @@ async def publish_edits(
     edits_per_publish: int,
 ) -> int:
     """Make `publishes` publishes of generated edits in one session; returns changes made."""
-    session = await node.open_session(domain, admin=BENCH_ADMIN)
+    session = await node.sessions.open(domain, admin=BENCH_ADMIN)
     before = len(session.domain.doc.get_changes([]))
     for _ in range(publishes):
         for _ in range(edits_per_publish):
             apply_edit(session, *generator.next_edit())
-        await node.publish(session)
-    await node.close_session(session)
+        await node.sessions.publish(session)
+    await node.sessions.close(session)
     return len(session.domain.doc.get_changes([])) - before
 
 
@@ -538,7 +538,7 @@ async def populate_domains(
     made: dict[str, int] = {}
     for index in range(count):
         name = f"domain-{index + 1:03d}"
-        await node.create_domain(name, created_by=BENCH_ADMIN)
+        await node.cluster_admin.create_domain(name, created_by=BENCH_ADMIN)
         generator = EditGenerator(seed=seed * 100_003 + index, prefix=f"d{index + 1}")
         made[name] = await publish_edits(
             node, name, generator, publishes=publishes, edits_per_publish=edits_per_publish
@@ -580,7 +580,7 @@ def run_cli(*args: str, timeout: float = 120.0) -> str:
 
 async def read_node_config(data_dir: Path) -> dict[str, Any]:
     """A server's stored configuration (name, cluster id, secret, ...) from its data dir."""
-    from crdtmds.node import CONFIG_KEY, DATABASE_FILE
+    from crdtmds.config import CONFIG_KEY, DATABASE_FILE
     from crdtmds.storage import Storage
 
     storage = await Storage.open(data_dir / DATABASE_FILE)
@@ -900,7 +900,7 @@ class MemoryDocuments:
 def server_join_metadata(config: Mapping[str, Any], name: str) -> dict[str, Any]:
     """Join metadata proving knowledge of a cluster's secret, as a server dialing it."""
     from crdtmds.core.auth import ServerCredentials
-    from crdtmds.node import METADATA_KEY
+    from crdtmds.net.admission import METADATA_KEY
 
     creds = ServerCredentials.create(config["secret"], config["cluster_id"], name)
     identity = {
@@ -1047,9 +1047,9 @@ class SyncPeer:
 
     def _receive(self, frame: bytes, message: Any, arrived: float) -> None:
         """Hand one frame (decoded as `message`, received at `arrived`) to the engine."""
-        from crdtmds.node import sync_message_heads
         from crdtmds.sync.gossip import ConnectionFailed, DocumentChanged, PeerConnected
         from crdtmds.sync.protocol import Request, Sync
+        from crdtmds.sync.sync_message import sync_message_heads
 
         if isinstance(message, Sync | Request):
             heads = sync_message_heads(message.data)

@@ -33,7 +33,7 @@ from automerge.core import ROOT
 
 from crdtmds.core import model
 from crdtmds.core.docdata import child_id, fork_with_actor, insert_value, put_value, read
-from crdtmds.node import Node
+from crdtmds.server import Server
 
 NAME = "rulebase_scaling"
 TARGET_RATIO = 2.0
@@ -73,19 +73,19 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------- building the layers
 
 
-async def build_domain(node: Node, size: int, args: argparse.Namespace) -> str:
+async def build_domain(node: Server, size: int, args: argparse.Namespace) -> str:
     """A domain whose default layer holds `size` rules over some hosts and services."""
     name = f"rules-{size}"
-    await node.create_domain(name, created_by=common.BENCH_ADMIN)
+    await node.cluster_admin.create_domain(name, created_by=common.BENCH_ADMIN)
     generator = common.EditGenerator(seed=args.seed + size, prefix=f"s{size}")
-    session = await node.open_session(name, admin=common.BENCH_ADMIN)
+    session = await node.sessions.open(name, admin=common.BENCH_ADMIN)
     for _ in range(50):
         common.apply_edit(session, *generator.add_host())
     for _ in range(10):
         common.apply_edit(session, *generator.next_edit())
-    await node.publish(session)
-    await node.close_session(session)
-    domain = node.domain(name)
+    await node.sessions.publish(session)
+    await node.sessions.close(session)
+    domain = node.documents.domain(name)
     objects = domain.state.find_object
     layer_uid = domain.state.get_layer(None).uid
     rng = random.Random(args.seed)
@@ -109,7 +109,7 @@ async def build_domain(node: Node, size: int, args: argparse.Namespace) -> str:
     return name
 
 
-async def append_rules(node: Node, domain: Any, layer_uid: str, rules: list[Any]) -> None:
+async def append_rules(node: Server, domain: Any, layer_uid: str, rules: list[Any]) -> None:
     """Append rules to a layer in one change, persisted like a change from a peer.
 
     The domain's plain-data view is left alone here: it catches up once, when the
@@ -122,7 +122,7 @@ async def append_rules(node: Node, domain: Any, layer_uid: str, rules: list[Any]
         for offset, rule in enumerate(rules):
             put_value(tx, rules_id, rule["uid"], rule)
             insert_value(tx, order_id, end + offset, rule["uid"])
-    await node.persist_received(domain.document_id, before)
+    await node.persister.persist_received(domain.document_id, before)
 
 
 # ---------------------------------------------------------------- one measured round
@@ -131,7 +131,7 @@ async def append_rules(node: Node, domain: Any, layer_uid: str, rules: list[Any]
 class LayerBench:
     """One domain and a long-lived session on it, edited once per repetition."""
 
-    def __init__(self, node: Node, domain_name: str, seed: int) -> None:
+    def __init__(self, node: Server, domain_name: str, seed: int) -> None:
         self.node = node
         self.domain_name = domain_name
         self.rng = random.Random(seed)
@@ -139,7 +139,7 @@ class LayerBench:
         self.added = 0
 
     async def open(self) -> None:
-        self.session = await self.node.open_session(self.domain_name, admin=common.BENCH_ADMIN)
+        self.session = await self.node.sessions.open(self.domain_name, admin=common.BENCH_ADMIN)
 
     async def round(self, *, read_document: bool) -> dict[str, common.Timing]:
         """Time each step once (the Automerge extract only with `read_document`)."""
@@ -147,7 +147,9 @@ class LayerBench:
         self.added += 1
         rule = {"name": f"new-{self.added}", "action": "Accept", "position": "top"}
         times["add"] = await common.measured(lambda: self.session.add_rule(rule))
-        times["publish add"] = await common.measured(lambda: self.node.publish(self.session))
+        times["publish add"] = await common.measured(
+            lambda: self.node.sessions.publish(self.session)
+        )
         layer = self.session.view.get_layer(None)
         count = len(layer.rules)
         move = {
@@ -155,8 +157,10 @@ class LayerBench:
             "new-position": self.rng.randint(1, count),
         }
         times["move"] = await common.measured(lambda: self.session.set_rule(move))
-        times["publish move"] = await common.measured(lambda: self.node.publish(self.session))
-        domain = self.node.domain(self.domain_name)
+        times["publish move"] = await common.measured(
+            lambda: self.node.sessions.publish(self.session)
+        )
+        domain = self.node.documents.domain(self.domain_name)
         times["read view"] = await common.measured(lambda: domain.state.rulebase())
         if read_document:
             times["read document"] = await common.measured(lambda: read_layer_from_document(domain))
@@ -208,7 +212,7 @@ async def benchmark(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-rules-") as tmp:
         data_dir = Path(tmp) / "node"
         await common.init_node_dir(data_dir)
-        node = await Node.open(data_dir)
+        node = await Server.open(data_dir)
         try:
             benches: dict[int, LayerBench] = {}
             for size in args.sizes:

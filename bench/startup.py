@@ -6,7 +6,7 @@ through sessions and published), then, in one run with interleaved repetitions:
 - ``Storage.load_all()``: every stored document, read from SQLite and loaded;
 - ``Document.load``: the same bytes (read out of the database beforehand) loaded by the
   Automerge core alone, the floor any storage layer can reach;
-- ``Node.open``: a whole server start (storage, cluster document, domains, sessions),
+- ``Server.open``: a whole server start (storage, cluster document, domains, sessions),
   for information.
 
 Both layouts a server meets are measured: the change log as published, and after
@@ -31,7 +31,8 @@ from typing import Any
 import common
 from automerge.core import Document
 
-from crdtmds.node import DATABASE_FILE, Node
+from crdtmds.config import DATABASE_FILE
+from crdtmds.server import Server
 from crdtmds.storage import Storage
 
 NAME = "startup"
@@ -69,10 +70,10 @@ def stored_documents(database: Path) -> dict[str, bytes]:
 
 
 async def compact_everything(data_dir: Path) -> None:
-    node = await Node.open(data_dir)
+    node = await Server.open(data_dir)
     try:
-        for document_id in node.document_ids():
-            await node.compact(document_id)
+        for document_id in node.documents.document_ids():
+            await node.persister.compact(document_id)
     finally:
         await node.close()
 
@@ -95,10 +96,10 @@ async def memory_child(mode: str, data_dir: Path) -> dict[str, Any]:
         after = common.memory_kib()
         await storage.close()
     else:
-        node = await Node.open(data_dir)
-        for domain in node.domains.values():
+        node = await Server.open(data_dir)
+        for domain in node.documents.domains.values():
             _ = domain.state  # a serving node keeps each domain's plain-data view too
-        count = len(node.domains) + 1
+        count = len(node.documents.domains) + 1
         after = common.memory_kib()
         await node.close()
     return {"mode": mode, "before_kib": before["rss"], "peak_kib": after["peak"], "docs": count}
@@ -124,7 +125,7 @@ async def time_layout(data_dir: Path, reps: int) -> dict[str, Any]:
     storage = await Storage.open(database)
 
     async def open_node() -> None:
-        node = await Node.open(data_dir)
+        node = await Server.open(data_dir)
         await node.close()
 
     try:
@@ -136,7 +137,7 @@ async def time_layout(data_dir: Path, reps: int) -> dict[str, Any]:
             {
                 "Document.load": lambda: [Document.load(blob) for blob in blobs],
                 "Storage.load_all": storage.load_all,
-                "Node.open": open_node,
+                "Server.open": open_node,
             },
         )
     finally:
@@ -159,7 +160,7 @@ async def benchmark(args: argparse.Namespace) -> None:
         data_dir = Path(tmp) / "node"
         print(f"building {args.domains} domains of {args.edits} edits each ...", flush=True)
         await common.init_node_dir(data_dir)
-        node = await Node.open(data_dir)
+        node = await Server.open(data_dir)
         try:
             made = await common.populate_domains(
                 node,
@@ -177,7 +178,7 @@ async def benchmark(args: argparse.Namespace) -> None:
             result = await time_layout(data_dir, args.reps)
             result["memory"] = {
                 mode: measure_memory(mode, data_dir)
-                for mode in ("Document.load", "Storage.load_all", "Node.open")
+                for mode in ("Document.load", "Storage.load_all", "Server.open")
             }
             layouts[layout] = result
     report(args, made, layouts)
@@ -191,7 +192,7 @@ def report(args: argparse.Namespace, made: dict[str, int], layouts: dict[str, An
     rows = []
     for layout, result in layouts.items():
         medians = result["median_seconds"]
-        for mode in ("Document.load", "Storage.load_all", "Node.open"):
+        for mode in ("Document.load", "Storage.load_all", "Server.open"):
             rows.append(
                 [
                     layout,

@@ -20,7 +20,9 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import connect
 
-from crdtmds.node import Limits, Node
+from crdtmds.bootstrap import init_cluster
+from crdtmds.config import Limits
+from crdtmds.server import Server
 from crdtmds.sync.protocol import Join, decode, encode
 
 ADMIN, PASSWORD = "admin", "latency-script-password"
@@ -40,12 +42,12 @@ async def refusal_seconds(url: str, user: str) -> float:
 
 async def measure(attempts: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
-        await Node.initialise(
+        await init_cluster(
             Path(directory), name="n1", listen_host="127.0.0.1", listen_port=0, url="",
             region="lab", admin=ADMIN, password=PASSWORD,
         )  # fmt: skip
         limits = Limits(login_failures=10**6)
-        node = await Node.open(Path(directory), limits=limits)
+        node = await Server.open(Path(directory), limits=limits)
         await node.start(mesh=False)
         try:
             await refusal_seconds(node.config.url, "warm-up")

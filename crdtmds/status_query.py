@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from crdtmds.errors import ClusterError, CrdtmdsError
-from crdtmds.node import client_ssl_context
+from crdtmds.tls import client_ssl_context
 
 STATUS_TIMEOUT = 5.0
 

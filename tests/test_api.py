@@ -1,8 +1,8 @@
-"""The administrators' API, in process: JSON text in, JSON text out, over a real Node.
+"""The administrators' API, in process: JSON text in, JSON text out, over a real Server.
 
 Each test builds a server in a temporary directory with domains `acme` and `globex` and
 administrators `root` (superuser), `alice` (read-write on acme), `reader` (read-only on
-acme) and `bob` (read-write on globex), then talks to it through `ApiConnection`s.
+acme) and `bob` (read-write on globex), then talks to it through `JsonConnection`s.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 import crdtmds
-from crdtmds.api import AdminAPI, ApiConnection
+from crdtmds.api.dispatch import AdminAPI
+from crdtmds.bootstrap import init_cluster
 from crdtmds.core import auth, model
 from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
-from crdtmds.node import Node
+from crdtmds.server import Server
+from crdtmds.transports.ws_api import JsonConnection
+from tests.api_doors import admin_api
 
 PASSWORDS = {
     "root": "root-password", "alice": "alice-password", "reader": "reader-password",
@@ -39,7 +42,7 @@ class FakeClock:
 class Admin:
     """One connection and its login, with helpers that parse replies."""
 
-    def __init__(self, connection: ApiConnection) -> None:
+    def __init__(self, connection: JsonConnection) -> None:
         self.connection = connection
         self.sid: str | None = None
 
@@ -81,17 +84,23 @@ def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    await Node.initialise(
+async def node(tmp_path: Path) -> AsyncIterator[Server]:
+    await init_cluster(
         tmp_path, name="s1", listen_host="127.0.0.1", listen_port=0, url="ws://127.0.0.1:1",
         region="eu", admin="root", password=PASSWORDS["root"],
     )  # fmt: skip
-    node = await Node.open(tmp_path)
-    await node.create_domain("acme", created_by="root")
-    await node.create_domain("globex", created_by="root")
-    await node.add_administrator("alice", PASSWORDS["alice"], domains={"acme": "read-write"})
-    await node.add_administrator("reader", PASSWORDS["reader"], domains={"acme": "read-only"})
-    await node.add_administrator("bob", PASSWORDS["bob"], domains={"globex": "read-write"})
+    node = await Server.open(tmp_path)
+    await node.cluster_admin.create_domain("acme", created_by="root")
+    await node.cluster_admin.create_domain("globex", created_by="root")
+    await node.cluster_admin.add_administrator(
+        "alice", PASSWORDS["alice"], domains={"acme": "read-write"}
+    )
+    await node.cluster_admin.add_administrator(
+        "reader", PASSWORDS["reader"], domains={"acme": "read-only"}
+    )
+    await node.cluster_admin.add_administrator(
+        "bob", PASSWORDS["bob"], domains={"globex": "read-write"}
+    )
     yield node
     await node.close()
 
@@ -102,16 +111,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def api(node: Node, clock: FakeClock) -> AdminAPI:
-    return AdminAPI(node, throttle=auth.LoginThrottle(limit=3), clock=clock)
+def api(node: Server, clock: FakeClock) -> AdminAPI:
+    return admin_api(node, throttle=auth.LoginThrottle(limit=3), clock=clock)
 
 
 def connect(api: AdminAPI, source: str = "192.0.2.1:40000") -> Admin:
-    return Admin(api.connect(source))
+    return Admin(JsonConnection(api, source))
 
 
-def heads(node: Node) -> dict[str, Any]:
-    return node.domain_heads()
+def heads(api: AdminAPI) -> dict[str, Any]:
+    return api.services.status.domain_heads()
 
 
 # ---------------------------------------------------------------- logins
@@ -120,8 +129,8 @@ def heads(node: Node) -> dict[str, Any]:
 async def test_login_replies_like_check_point(api: AdminAPI) -> None:
     admin = connect(api)
     result = await admin.login("alice", **{"session-name": "morning", "session-timeout": 120})
-    assert result["uid"] in api.node.sessions
-    assert api.node.sessions[result["uid"]].name == "morning"
+    assert result["uid"] in api.services.sessions.by_uid
+    assert api.services.sessions.by_uid[result["uid"]].name == "morning"
     assert result["session-timeout"] == 120
     assert result["read-only"] is False
     assert result["domain"]["name"] == "acme"
@@ -181,7 +190,7 @@ async def test_sessions_expire_unless_kept_alive(api: AdminAPI, clock: FakeClock
     clock.now += 61
     assert await admin.error("show-hosts") == "generic_err_session_expired"
     assert await admin.error("show-hosts") == "generic_err_wrong_session_id"
-    assert result["uid"] not in api.node.sessions  # an empty draft is not kept
+    assert result["uid"] not in api.services.sessions.by_uid  # an empty draft is not kept
 
 
 async def test_logout_keeps_a_draft_with_changes_for_continue_last_session(
@@ -192,7 +201,7 @@ async def test_logout_keeps_a_draft_with_changes_for_continue_last_session(
     await admin.ok("add-host", **host("web", "192.0.2.10"))
     assert await admin.ok("logout") == {"message": "OK"}
     assert await admin.error("show-hosts") == "generic_err_wrong_session_id"
-    assert first["uid"] in api.node.sessions
+    assert first["uid"] in api.services.sessions.by_uid
     fresh = await admin.login("alice")
     assert fresh["uid"] != first["uid"]
     assert (await admin.ok("show-changes"))["total"] == 0
@@ -203,14 +212,14 @@ async def test_logout_keeps_a_draft_with_changes_for_continue_last_session(
     assert [o["name"] for o in changes["added-objects"]] == ["web"]
 
 
-async def test_drafts_survive_a_restart_and_can_be_continued(node: Node, tmp_path: Path) -> None:
-    admin = connect(AdminAPI(node))
+async def test_drafts_survive_a_restart_and_can_be_continued(node: Server, tmp_path: Path) -> None:
+    admin = connect(node.api)
     first = await admin.login("alice")
     await admin.ok("add-host", **host("web", "192.0.2.10"))
     await node.close()
-    reopened = await Node.open(tmp_path)
+    reopened = await Server.open(tmp_path)
     try:
-        admin = connect(AdminAPI(reopened))
+        admin = connect(reopened.api)
         assert (await admin.send("show-hosts", sid=first["sid"]))["error"]["code"] == (
             "generic_err_wrong_session_id"
         )  # logins are not kept across a restart
@@ -233,13 +242,13 @@ async def test_read_only_administrator_reads_but_cannot_write_or_publish(api: Ad
     result = await reader.login("reader")
     assert result["read-only"] is True
     assert [h["name"] for h in (await reader.ok("show-hosts"))["objects"]] == ["web"]
-    before = heads(api.node)
+    before = heads(api)
     assert await reader.error("publish") == "err_insufficient_permissions"
     assert await reader.error("add-host", **host("db", "192.0.2.11")) == (
         "err_insufficient_permissions"
     )
     assert await reader.error("delete-host", name="web") == "err_insufficient_permissions"
-    assert heads(api.node) == before
+    assert heads(api) == before
 
 
 async def test_a_read_only_login_of_a_writer_cannot_publish(api: AdminAPI) -> None:
@@ -328,7 +337,7 @@ async def test_a_system_wide_login_cannot_edit_without_a_domain(api: AdminAPI) -
 async def test_malformed_requests_get_clear_errors_and_change_nothing(api: AdminAPI) -> None:
     admin = connect(api)
     await admin.login("alice")
-    before = heads(api.node)
+    before = heads(api)
 
     async def raw(text: str | bytes) -> dict[str, Any]:
         return json.loads(await admin.connection.handle_text(text))
@@ -368,7 +377,7 @@ async def test_malformed_requests_get_clear_errors_and_change_nothing(api: Admin
         "ipv4-address-first": "10.0.0.9", "ipv4-address-last": "10.0.0.1"
     }) == "err_validation_failed"  # fmt: skip
     assert await admin.error("add-service-tcp", name="s", port="70000") == "err_validation_failed"
-    assert heads(api.node) == before
+    assert heads(api) == before
     assert (await admin.ok("show-changes"))["total"] == 0
     assert (await admin.ok("show-hosts"))["total"] == 0
 
@@ -567,20 +576,20 @@ async def test_show_changes_names_the_objects_its_changes_refer_to(api: AdminAPI
 
 
 async def test_edits_are_private_until_published_and_persisted(
-    api: AdminAPI, node: Node, tmp_path: Path
+    api: AdminAPI, node: Server, tmp_path: Path
 ) -> None:
     alice, root = connect(api), connect(api)
     await alice.login("alice")
     await root.login("root")
-    before = heads(node)
+    before = heads(node.api)
     await alice.ok("add-host", **host("web", "192.0.2.10"))
-    assert heads(node) == before
+    assert heads(node.api) == before
     assert (await root.ok("show-hosts"))["total"] == 0
     await alice.ok("publish")
-    assert heads(node) != before
+    assert heads(node.api) != before
     assert [h["name"] for h in (await root.ok("show-hosts"))["objects"]] == ["web"]
-    stored = await node.storage.load_document(node.domain("acme").document_id)
-    assert stored is not None and stored.get_heads() == node.domain("acme").heads()
+    stored = await node.storage.load_document(node.documents.domain("acme").document_id)
+    assert stored is not None and stored.get_heads() == node.documents.domain("acme").heads()
 
 
 async def test_revisions_and_revert(api: AdminAPI) -> None:
@@ -666,25 +675,32 @@ async def test_an_idle_session_sees_and_builds_on_newer_publishes(api: AdminAPI)
 
 
 async def test_repo_clients_authenticate_and_read_only_permitted_domains(api: AdminAPI) -> None:
-    node = api.node
-    acme, globex = node.domain("acme").document_id, node.domain("globex").document_id
-    admin, may_read = await api.authenticate_repo_client(
+    node = api.services
+    acme, globex = (
+        node.documents.domain("acme").document_id,
+        node.documents.domain("globex").document_id,
+    )
+    admin, may_read = await api.services.logins.authenticate_repo_client(
         {"user": "alice", "password": PASSWORDS["alice"]}
     )
     assert admin == "alice"
     assert may_read(acme) and not may_read(globex)
-    assert not may_read(node.cluster.document_id)
-    _, root_reads = await api.authenticate_repo_client(
+    assert not may_read(node.documents.cluster.document_id)
+    _, root_reads = await api.services.logins.authenticate_repo_client(
         {"user": "root", "password": PASSWORDS["root"]}
     )
-    assert root_reads(acme) and root_reads(globex) and not root_reads(node.cluster.document_id)
+    assert (
+        root_reads(acme)
+        and root_reads(globex)
+        and not root_reads(node.documents.cluster.document_id)
+    )
     bob = connect(api)
     login = await bob.login("bob", domain="globex")
-    admin, may_read = await api.authenticate_repo_client({"token": login["sid"]})
+    admin, may_read = await api.services.logins.authenticate_repo_client({"token": login["sid"]})
     assert admin == "bob" and may_read(globex) and not may_read(acme)
     for query in ({"user": "alice", "password": "wrong"}, {"token": "forged"}, {}):
         with pytest.raises(AuthenticationFailed):
-            await api.authenticate_repo_client(query)
+            await api.services.logins.authenticate_repo_client(query)
 
 
 # ---------------------------------------------------------------- login throttling
@@ -710,9 +726,9 @@ class CountedChecks:
 
 
 @pytest.fixture
-def limited_api(node: Node, clock: FakeClock) -> AdminAPI:
+def limited_api(node: Server, clock: FakeClock) -> AdminAPI:
     """The default limit of 5, on a clock that stands still: one window."""
-    return AdminAPI(node, throttle=auth.LoginThrottle(limit=5, clock=clock), clock=clock)
+    return admin_api(node, throttle=auth.LoginThrottle(limit=5, clock=clock), clock=clock)
 
 
 async def test_a_good_login_of_another_user_does_not_forgive_wrong_guesses(
@@ -744,7 +760,7 @@ async def test_parallel_wrong_logins_get_no_more_checks_than_the_limit(
     codes = [c for batch in await asyncio.gather(*map(guesses, range(20))) for c in batch]
     assert len(codes) == 200
     assert checks.count("guess-guess") == 5
-    assert limited_api.throttle.checks == 5
+    assert limited_api.services.logins.throttle.checks == 5
     assert codes.count("err_login_failed") == 5
 
 
@@ -775,7 +791,7 @@ async def test_a_flood_from_its_own_address_cannot_lock_out_a_known_good_adminis
         **{"device-token": result["device-token"]},
     )
     assert code == "err_too_many_requests"  # root's token is no token for alice
-    assert limited_api.throttle.failures(f"pair:{nat}:root") == 5
+    assert limited_api.services.logins.throttle.failures(f"pair:{nat}:root") == 5
 
 
 async def test_unknown_repo_client_users_take_the_same_path_as_known_ones(
@@ -783,10 +799,10 @@ async def test_unknown_repo_client_users_take_the_same_path_as_known_ones(
 ) -> None:
     """/sync: a hash computed off the event loop and a throttled failure, known or not."""
     checks = CountedChecks(monkeypatch)
-    throttle = limited_api.throttle
+    throttle = limited_api.services.logins.throttle
     for user in ("nobody", "alice"):
         with pytest.raises(AuthenticationFailed):
-            await limited_api.authenticate_repo_client(
+            await limited_api.services.logins.authenticate_repo_client(
                 {"user": user, "password": "wrong-password"}, "198.51.100.9:5000"
             )
         assert throttle.failures(f"pair:198.51.100.9:{user}") == 1
@@ -794,17 +810,17 @@ async def test_unknown_repo_client_users_take_the_same_path_as_known_ones(
     assert checks.on_loop_thread == 0
     for _ in range(4):
         with pytest.raises(AuthenticationFailed):
-            await limited_api.authenticate_repo_client(
+            await limited_api.services.logins.authenticate_repo_client(
                 {"user": "nobody", "password": "wrong-password"}, "198.51.100.9:5001"
             )
     with pytest.raises(TooManyRequests):
-        await limited_api.authenticate_repo_client(
+        await limited_api.services.logins.authenticate_repo_client(
             {"user": "nobody", "password": "wrong-password"}, "198.51.100.9:5002"
         )
 
 
 async def test_weak_passwords_are_refused_wherever_one_is_set(
-    api: AdminAPI, node: Node, tmp_path: Path
+    api: AdminAPI, node: Server, tmp_path: Path
 ) -> None:
     root = connect(api)
     await root.login("root", domain=None)
@@ -815,9 +831,9 @@ async def test_weak_passwords_are_refused_wherever_one_is_set(
     ):
         code = await root.error("add-administrator", name=name, password=password, superuser=True)
         assert code == "generic_err_invalid_parameter"
-    assert "carol" not in node.cluster.administrators()
+    assert "carol" not in node.documents.cluster.administrators()
     with pytest.raises(InvalidParameter):
-        await Node.initialise(
+        await init_cluster(
             tmp_path / "weak", name="s2", listen_host="127.0.0.1", listen_port=0, url="",
             region="eu", admin="root", password="root",
         )  # fmt: skip

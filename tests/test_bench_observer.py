@@ -298,27 +298,28 @@ def test_a_needed_change_of_ours_is_sent_again() -> None:
 
 
 async def test_observes_every_published_change_of_a_crdtmds_node(tmp_path: Path) -> None:
-    from crdtmds.node import Node
+    from crdtmds.bootstrap import init_cluster
+    from crdtmds.server import Server
 
     password = "observer-test-password"
-    await Node.initialise(
+    await init_cluster(
         tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",
         region="eu", admin="admin", password=password,
     )  # fmt: skip
-    node = await Node.open(tmp_path / "a")
+    node = await Server.open(tmp_path / "a")
     await node.start()
     peer = None
     try:
-        await node.create_domain("lab", created_by="admin")
-        document_id = node.domain("lab").document_id
+        await node.cluster_admin.create_domain("lab", created_by="admin")
+        document_id = node.documents.domain("lab").document_id
         query = urlencode({"user": "admin", "password": password})
         peer = await common.GraphPeer(node.config.url, query=query).start(timeout=10)
         peer.request(document_id)
         for index in range(3):
-            session = await node.open_session("lab", admin="admin")
+            session = await node.sessions.open("lab", admin="admin")
             session.add_object("host", {"name": f"h{index}", "ipv4-address": "192.0.2.1"})
-            await node.publish(session)
-        doc = node.document(document_id)
+            await node.sessions.publish(session)
+        doc = node.documents.document(document_id)
         assert doc is not None
         await asyncio.wait_for(_until(lambda: peer.holds(document_id, doc.get_heads())), 10)
         assert set(peer.graph(document_id).arrived) == {c.hash for c in doc.get_changes([])}
@@ -332,14 +333,15 @@ async def test_observes_every_published_change_of_a_crdtmds_node(tmp_path: Path)
 async def test_a_writer_streams_prepared_changes_into_a_crdtmds_node(tmp_path: Path) -> None:
     from dataclasses import asdict
 
-    from crdtmds.node import Node
+    from crdtmds.bootstrap import init_cluster
+    from crdtmds.server import Server
     from crdtmds.sync.protocol import new_document_id
 
-    await Node.initialise(
+    await init_cluster(
         tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",
         region="eu", admin="admin", password="writer-test-password",
     )  # fmt: skip
-    node = await Node.open(tmp_path / "a")
+    node = await Server.open(tmp_path / "a")
     await node.start()
     config = asdict(node.config)
     peers: list[common.GraphPeer] = []
@@ -359,7 +361,7 @@ async def test_a_writer_streams_prepared_changes_into_a_crdtmds_node(tmp_path: P
         await writer.stream(document_id, offers)
         heads = source.get_heads()
         await asyncio.wait_for(_until(lambda: observer.holds(document_id, heads)), 10)
-        doc = node.document(document_id)
+        doc = node.documents.document(document_id)
         assert doc is not None and doc.get_heads() == heads
         assert writer.failure is None and observer.failure is None
     finally:

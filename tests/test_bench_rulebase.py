@@ -14,21 +14,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common
 import rulebase_scaling
 
-from crdtmds.node import Node
+from crdtmds.server import Server
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def test_automerge_floor_leaves_the_live_domain_alone(tmp_path: Path) -> None:
     await common.init_node_dir(tmp_path / "node")
-    node = await Node.open(tmp_path / "node")
+    node = await Server.open(tmp_path / "node")
     try:
         args = argparse.Namespace(seed=3, rules_per_change=10)
         name = await rulebase_scaling.build_domain(node, 20, args)
         bench = rulebase_scaling.LayerBench(node, name, seed=3)
         await bench.open()
         await bench.round(read_document=False)
-        domain = node.domain(name)
+        domain = node.documents.domain(name)
         heads = domain.heads()
         rules = [rule["uid"] for rule in domain.state.rulebase()]
 

@@ -52,13 +52,13 @@ def test_startup(tmp_path: Path) -> None:
         assert set(results[layout]["median_seconds"]) == {
             "Document.load",
             "Storage.load_all",
-            "Node.open",
+            "Server.open",
         }
         assert results[layout]["ratio"]["wall"] > 0
         assert set(results[layout]["peak_kib_per_document"]) == {
             "Document.load",
             "Storage.load_all",
-            "Node.open",
+            "Server.open",
         }
     assert len(results["changes_per_domain"]) == 2
 

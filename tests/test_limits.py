@@ -22,11 +22,14 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from crdtmds.api import AdminAPI
+from crdtmds.bootstrap import init_cluster
+from crdtmds.config import Limits
 from crdtmds.core import auth
-from crdtmds.node import Limits, Node
+from crdtmds.server import Server
 from crdtmds.sync.protocol import DocUnavailable, Error, Join, Peer, Request, decode, encode
 from crdtmds.sync.protocol import new_document_id as new_id
+from crdtmds.transports.ws_api import JsonConnection
+from tests.api_doors import admin_api
 from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
 
 FRAME_LIMIT = 64 * 1024
@@ -196,16 +199,16 @@ async def test_failed_logins_lock_the_address_out_with_doubling_waits(
 
 
 async def test_failed_logins_are_counted_per_source_address(tmp_path: Path) -> None:
-    await Node.initialise(
+    await init_cluster(
         tmp_path / "n1", name="n1", listen_host="127.0.0.1", listen_port=0, url="",
         region="default", admin=ADMIN, password=PASSWORD,
     )  # fmt: skip
-    node = await Node.open(tmp_path / "n1")
+    node = await Server.open(tmp_path / "n1")
     try:
-        api = AdminAPI(node, throttle=auth.LoginThrottle(limit=2, base_delay=60))
-        attacker = api.connect("198.51.100.7:40000")
-        same_host = api.connect("198.51.100.7:40001")
-        other_host = api.connect("198.51.100.8:40000")
+        api = admin_api(node, throttle=auth.LoginThrottle(limit=2, base_delay=60))
+        attacker = JsonConnection(api, "198.51.100.7:40000")
+        same_host = JsonConnection(api, "198.51.100.7:40001")
+        other_host = JsonConnection(api, "198.51.100.8:40000")
 
         async def login(connection: Any, password: str) -> dict[str, Any]:
             request = {"id": 1, "command": "login", "params": {"user": ADMIN, "password": password}}

@@ -22,7 +22,8 @@ from crdtmds_cli import server as server_cli
 from crdtmds_cli.main import app
 from typer.testing import CliRunner
 
-from crdtmds.api import AdminAPI
+from crdtmds.api.dispatch import AdminAPI
+from crdtmds.bootstrap import init_cluster
 from crdtmds.client import ApiError, Client
 from crdtmds.core import auth, model, names
 from crdtmds.core.cluster import ClusterDocument
@@ -30,7 +31,9 @@ from crdtmds.core.docdata import read
 from crdtmds.core.domain import Domain
 from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError
-from crdtmds.node import Node
+from crdtmds.server import Server
+from crdtmds.transports.ws_api import JsonConnection
+from tests.api_doors import admin_api
 
 VALIDATION = "err_validation_failed"
 UNSAFE = {
@@ -286,21 +289,21 @@ def test_json_output_escapes_what_json_dumps_leaves_raw() -> None:
 
 
 @pytest.fixture
-async def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Node]:
+async def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Server]:
     monkeypatch.setattr(auth, "SCRYPT_N", 2**8)  # cheap hashes: these tests log in a lot
-    await Node.initialise(
+    await init_cluster(
         tmp_path, name="s1", listen_host="127.0.0.1", listen_port=0, url="ws://127.0.0.1:1",
         region="eu", admin="root", password=PASSWORD,
     )  # fmt: skip
-    node = await Node.open(tmp_path)
-    await node.create_domain("acme", created_by="root")
+    node = await Server.open(tmp_path)
+    await node.cluster_admin.create_domain("acme", created_by="root")
     yield node
     await node.close()
 
 
 class Caller:
     def __init__(self, api: AdminAPI) -> None:
-        self.connection = api.connect("192.0.2.1:40000")
+        self.connection = JsonConnection(api, "192.0.2.1:40000")
 
     async def send(self, command: str, **params: Any) -> dict[str, Any]:
         request = {"id": 1, "command": command, "params": params}
@@ -312,10 +315,10 @@ class Caller:
         return reply["result"]
 
 
-async def test_api_refuses_bad_names_and_stores_nothing(node: Node) -> None:
-    caller = Caller(AdminAPI(node, throttle=auth.LoginThrottle(limit=3)))
+async def test_api_refuses_bad_names_and_stores_nothing(node: Server) -> None:
+    caller = Caller(admin_api(node, throttle=auth.LoginThrottle(limit=3)))
     await caller.ok("login", user="root", password=PASSWORD, domain="acme")
-    cluster_heads = node.cluster.doc.get_heads()
+    cluster_heads = node.documents.cluster.doc.get_heads()
     for command, params in [
         ("add-host", {"name": "web\x1b[2J", "ip-address": "192.0.2.1"}),
         ("add-domain", {"name": "acme\n2"}),
@@ -327,26 +330,28 @@ async def test_api_refuses_bad_names_and_stores_nothing(node: Node) -> None:
         error = reply["error"]
         assert error["code"] == VALIDATION, (command, reply)
         assert error["message"].startswith(f"'{error['details']['parameter']}' must not")
-    assert node.cluster.doc.get_heads() == cluster_heads
+    assert node.documents.cluster.doc.get_heads() == cluster_heads
     assert (await caller.ok("show-changes"))["total"] == 0
-    refused = await Caller(AdminAPI(node)).send(
+    refused = await Caller(node.api).send(
         "login", user="root", password=PASSWORD, domain="acme", **{"session-name": "s\x1b"}
     )
     assert refused["error"]["code"] == VALIDATION
 
 
 async def test_a_name_from_an_older_server_cannot_forge_log_lines(
-    node: Node, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    node: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     forger = "eve\n2026-01-01 00:00:00 INFO crdtmds.api root added administrator mallory"
     with unchecked_names(monkeypatch):
-        await node.add_administrator(forger, PASSWORD, superuser=True)
-    caller = Caller(AdminAPI(node))
-    with caplog.at_level(logging.INFO, logger="crdtmds.api"):
+        await node.cluster_admin.add_administrator(forger, PASSWORD, superuser=True)
+    caller = Caller(node.api)
+    with caplog.at_level(logging.INFO, logger="crdtmds"):
         await caller.ok("login", user=forger, password=PASSWORD, domain="acme")
         await caller.ok("add-domain", name="globex")
         await caller.send("login", user=f"{forger}x", password="wrong")
-    messages = [r.getMessage() for r in caplog.records if r.name == "crdtmds.api"]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name in ("crdtmds.api", "crdtmds.logins")
+    ]
     assert len(messages) == 3, messages
     for message in messages:
         assert "\n" not in message and "\r" not in message, message

@@ -20,18 +20,14 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from crdtmds.bootstrap import init_cluster, introduce, join_cluster
+from crdtmds.config import DATABASE_FILE, Limits
 from crdtmds.core import auth
-from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse
-from crdtmds.node import (
-    DATABASE_FILE,
-    Limits,
-    Node,
-    advertised_url_for,
-    introduce,
-    join_cluster,
-    sync_message_heads,
-)
+from crdtmds.errors import AuthenticationFailed, ClusterError, NameInUse, ProtocolError
+from crdtmds.net.urls import advertised_url_for
+from crdtmds.server import Server
 from crdtmds.sync.protocol import Error, Join, Peer, decode, encode
+from crdtmds.sync.sync_message import sync_message_heads
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,30 +42,30 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
         await asyncio.sleep(0.02)
 
 
-async def start_primary(root: Path, name: str = "a", *, mesh: bool = True) -> Node:
-    await Node.initialise(
+async def start_primary(root: Path, name: str = "a", *, mesh: bool = True) -> Server:
+    await init_cluster(
         root / name, name=name, listen_host="127.0.0.1", listen_port=0, url="",
         region="eu", admin="admin", password=PASSWORD,
     )  # fmt: skip
-    node = await Node.open(root / name)
+    node = await Server.open(root / name)
     await node.start(mesh=mesh)
     return node
 
 
 async def start_secondary(
-    root: Path, name: str, peer: Node, *, mesh: bool = True, peers: tuple[str, ...] = ()
-) -> Node:
+    root: Path, name: str, peer: Server, *, mesh: bool = True, peers: tuple[str, ...] = ()
+) -> Server:
     await join_cluster(
         root / name, name=name, listen_host="127.0.0.1", listen_port=0, region="us",
         peer=peer.config.url, secret=peer.config.secret, timeout=10,
     )  # fmt: skip
-    node = await Node.open(root / name)
+    node = await Server.open(root / name)
     await node.start(mesh=mesh, peers=peers)
     return node
 
 
 @pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Server, Server]]:
     a = await start_primary(tmp_path)
     b = await start_secondary(tmp_path, "b", a)
     try:
@@ -79,14 +75,14 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
         await a.stop()
 
 
-async def publish_host(node: Node, domain: str, name: str) -> None:
-    session = await node.open_session(domain, admin="admin")
+async def publish_host(node: Server, domain: str, name: str) -> None:
+    session = await node.sessions.open(domain, admin="admin")
     session.add_object("host", {"name": name, "ipv4-address": "192.0.2.1"})
-    await node.publish(session)
+    await node.sessions.publish(session)
 
 
-def host_names(node: Node, domain: str) -> list[str]:
-    return sorted(o["name"] for o in node.domain(domain).state.objects_of_type("host"))
+def host_names(node: Server, domain: str) -> list[str]:
+    return sorted(o["name"] for o in node.documents.domain(domain).state.objects_of_type("host"))
 
 
 # ---------------------------------------------------------------- listening and status
@@ -97,10 +93,10 @@ async def test_port_zero_is_recorded_and_kept_across_restarts(tmp_path: Path) ->
     port = node.config.listen_port
     assert port != 0
     assert node.config.url == f"ws://127.0.0.1:{port}"
-    assert node.cluster.servers()["a"]["url"] == node.config.url
+    assert node.documents.cluster.servers()["a"]["url"] == node.config.url
     await node.stop()
 
-    again = await Node.open(tmp_path / "a")
+    again = await Server.open(tmp_path / "a")
     try:
         assert again.config.listen_port == port
         await again.start()
@@ -109,20 +105,22 @@ async def test_port_zero_is_recorded_and_kept_across_restarts(tmp_path: Path) ->
         await again.stop()
 
 
-async def test_local_status_reports_identity_peers_and_heads(pair: tuple[Node, Node]) -> None:
+async def test_local_status_reports_identity_peers_and_heads(pair: tuple[Server, Server]) -> None:
     a, b = pair
-    entry = await a.create_domain("acme", created_by="admin")
-    await wait_until(lambda: b.local_status()["domains"] == a.local_status()["domains"])
+    entry = await a.cluster_admin.create_domain("acme", created_by="admin")
+    await wait_until(
+        lambda: b.status.local_status()["domains"] == a.status.local_status()["domains"]
+    )
     # The two servers dialed each other; one link goes after a grace period.
-    await wait_until(lambda: b.local_status()["connections"]["servers"] == 1)
+    await wait_until(lambda: b.status.local_status()["connections"]["servers"] == 1)
 
-    status = b.local_status()
+    status = b.status.local_status()
     assert (status["name"], status["region"], status["role"]) == ("b", "us", "secondary")
     assert status["url"] == b.config.url
     assert status["peers"] == ["a"]
     assert status["connections"] == {"servers": 1, "repo-clients": 0}
     assert status["domains"]["acme"]["document-id"] == entry["document-id"]
-    assert status["domains"]["acme"]["heads"] == a.domain_heads()["acme"]["heads"]
+    assert status["domains"]["acme"]["heads"] == a.status.domain_heads()["acme"]["heads"]
     assert {s["name"]: s["role"] for s in status["servers"]} == {
         "a": "primary",
         "b": "secondary",
@@ -134,54 +132,60 @@ async def test_local_status_reports_identity_peers_and_heads(pair: tuple[Node, N
 
 
 async def test_publish_reaches_the_other_node_and_is_persisted_there(
-    pair: tuple[Node, Node], tmp_path: Path
+    pair: tuple[Server, Server], tmp_path: Path
 ) -> None:
     a, b = pair
-    await a.create_domain("acme", created_by="admin")
-    await wait_until(lambda: "acme" in b.domain_heads() and b.domain_heads() == a.domain_heads())
+    await a.cluster_admin.create_domain("acme", created_by="admin")
+    await wait_until(
+        lambda: (
+            "acme" in b.status.domain_heads() and b.status.domain_heads() == a.status.domain_heads()
+        )
+    )
 
     await publish_host(b, "acme", "from-b")
     await publish_host(a, "acme", "from-a")
-    await wait_until(lambda: a.domain_heads() == b.domain_heads())
+    await wait_until(lambda: a.status.domain_heads() == b.status.domain_heads())
     assert host_names(a, "acme") == host_names(b, "acme") == ["from-a", "from-b"]
 
     await b.stop()
-    reopened = await Node.open(tmp_path / "b")
+    reopened = await Server.open(tmp_path / "b")
     try:
         assert host_names(reopened, "acme") == ["from-a", "from-b"]
     finally:
         await reopened.close()
 
 
-async def test_dialer_reconnects_when_the_peer_comes_back(pair: tuple[Node, Node]) -> None:
+async def test_dialer_reconnects_when_the_peer_comes_back(pair: tuple[Server, Server]) -> None:
     a, b = pair
-    await wait_until(lambda: a.connected_peers() == ["b"])
+    await wait_until(lambda: a.links.connected_peers() == ["b"])
     data_dir = b.data_dir
     await b.stop()
-    await wait_until(lambda: a.connected_peers() == [])
-    await a.create_domain("while-b-was-away", created_by="admin")
+    await wait_until(lambda: a.links.connected_peers() == [])
+    await a.cluster_admin.create_domain("while-b-was-away", created_by="admin")
 
-    back = await Node.open(data_dir)
+    back = await Server.open(data_dir)
     try:
         await back.start()
-        await wait_until(lambda: back.domain_heads() == a.domain_heads())
-        assert a.connected_peers() == ["b"]
-        assert "while-b-was-away" in back.domain_heads()
+        await wait_until(lambda: back.status.domain_heads() == a.status.domain_heads())
+        assert a.links.connected_peers() == ["b"]
+        assert "while-b-was-away" in back.status.domain_heads()
     finally:
         await back.stop()
 
 
-async def test_two_servers_dialing_each_other_keep_one_link(pair: tuple[Node, Node]) -> None:
+async def test_two_servers_dialing_each_other_keep_one_link(pair: tuple[Server, Server]) -> None:
     a, b = pair  # b dials a (its join peer and the cluster document); a dials b (mesh)
-    await wait_until(lambda: a.connected_peers() == ["b"] and b.connected_peers() == ["a"])
+    await wait_until(
+        lambda: a.links.connected_peers() == ["b"] and b.links.connected_peers() == ["a"]
+    )
     await wait_until(
         lambda: (
-            a.local_status()["connections"]["servers"] == 1
-            and b.local_status()["connections"]["servers"] == 1
+            a.status.local_status()["connections"]["servers"] == 1
+            and b.status.local_status()["connections"]["servers"] == 1
         )
     )
-    await a.create_domain("after-dedup", created_by="admin")
-    await wait_until(lambda: b.domain_heads() == a.domain_heads())
+    await a.cluster_admin.create_domain("after-dedup", created_by="admin")
+    await wait_until(lambda: b.status.domain_heads() == a.status.domain_heads())
 
 
 async def test_without_mesh_a_server_dials_only_its_peers(tmp_path: Path) -> None:
@@ -191,11 +195,11 @@ async def test_without_mesh_a_server_dials_only_its_peers(tmp_path: Path) -> Non
     # Without the mesh, b is c's only way to a: it must relay at once, never later.
     b.limits = dataclasses.replace(b.limits, relay_delay=3600.0)
     try:
-        await a.create_domain("chain", created_by="admin")
-        await wait_until(lambda: c.domain_heads() == a.domain_heads())
-        assert "chain" in c.domain_heads()
-        assert c.connected_peers() == ["b"]
-        assert "c" not in a.connected_peers()
+        await a.cluster_admin.create_domain("chain", created_by="admin")
+        await wait_until(lambda: c.status.domain_heads() == a.status.domain_heads())
+        assert "chain" in c.status.domain_heads()
+        assert c.links.connected_peers() == ["b"]
+        assert "c" not in a.links.connected_peers()
     finally:
         for node in (c, b, a):
             await node.stop()
@@ -206,8 +210,8 @@ async def test_extra_peers_are_dialed_without_mesh(tmp_path: Path) -> None:
     b = await start_secondary(tmp_path, "b", a, mesh=False)
     c = await start_secondary(tmp_path, "c", a, mesh=False, peers=(b.config.url + "/sync",))
     try:
-        await wait_until(lambda: c.connected_peers() == ["a", "b"])
-        assert b.connected_peers() == ["a", "c"]
+        await wait_until(lambda: c.links.connected_peers() == ["a", "b"])
+        assert b.links.connected_peers() == ["a", "c"]
     finally:
         for node in (c, b, a):
             await node.stop()
@@ -263,21 +267,21 @@ async def test_a_peer_over_the_message_size_limit_is_redialed_with_backoff(
     """Every link between a server with a 1 KiB frame limit and one that sends it more
     fails; the dialers back off as for any failed link, and each server says so once."""
     a = await start_primary(tmp_path)
-    await a.create_domain("acme", created_by="admin")
+    await a.cluster_admin.create_domain("acme", created_by="admin")
     await join_cluster(
         tmp_path / "b", name="b", listen_host="127.0.0.1", listen_port=0, region="us",
         peer=a.config.url, secret=a.config.secret, timeout=10,
     )  # fmt: skip
-    b = await Node.open(tmp_path / "b", limits=Limits(max_message_size=1024))
+    b = await Server.open(tmp_path / "b", limits=Limits(max_message_size=1024))
     try:
-        with caplog.at_level(logging.INFO, logger="crdtmds.node"):
+        with caplog.at_level(logging.INFO, logger="crdtmds"):
             await b.start()
-            session = await a.open_session("acme", admin="admin")
+            session = await a.sessions.open("acme", admin="admin")
             for index in range(30):  # ~10 KB of changes for b
                 session.add_object(
                     "host", {"name": f"h{index}", "ipv4-address": f"192.0.2.{index + 1}"}
                 )
-            await a.publish(session)
+            await a.sessions.publish(session)
             await asyncio.sleep(3.0)  # unbacked, the links came back ~20 times a second
     finally:
         await b.stop()
@@ -319,21 +323,21 @@ async def test_a_stock_client_with_a_small_frame_limit_fetches_a_larger_domain(
     from automerge.transports import WebSocketClientTransport
 
     limit = 64 * 1024
-    await Node.initialise(
+    await init_cluster(
         tmp_path / "a", name="a", listen_host="127.0.0.1", listen_port=0, url="",
         region="eu", admin="admin", password=PASSWORD,
     )  # fmt: skip
-    node = await Node.open(tmp_path / "a", limits=Limits(max_sync_message_size=limit))
+    node = await Server.open(tmp_path / "a", limits=Limits(max_sync_message_size=limit))
     try:
         await node.start()
-        entry = await node.create_domain("big", created_by="admin")
+        entry = await node.cluster_admin.create_domain("big", created_by="admin")
         for batch in range(20):  # 160 hosts with 2 KB comments, in 20 changes
-            session = await node.open_session("big", admin="admin")
+            session = await node.sessions.open("big", admin="admin")
             for index in range(8):
                 host = {"name": f"h{batch}-{index}", "ipv4-address": f"10.0.{batch}.{index + 1}"}
                 session.add_object("host", {**host, "comments": os.urandom(1000).hex()})
-            await node.publish(session)
-        assert len(node.domain("big").doc.save()) > 2 * limit
+            await node.sessions.publish(session)
+        assert len(node.documents.domain("big").doc.save()) > 2 * limit
 
         socket = await connect(
             f"{node.config.url}/sync?user=admin&password={PASSWORD}", proxy=None, max_size=limit
@@ -377,7 +381,7 @@ async def test_join_with_a_wrong_secret_writes_nothing(tmp_path: Path) -> None:
 
 
 async def test_join_under_a_name_already_in_the_cluster_is_refused(
-    pair: tuple[Node, Node], tmp_path: Path
+    pair: tuple[Server, Server], tmp_path: Path
 ) -> None:
     a, _ = pair
     with pytest.raises(NameInUse, match="already has a server named 'b'"):
@@ -386,7 +390,7 @@ async def test_join_under_a_name_already_in_the_cluster_is_refused(
             region="us", peer=a.config.url, secret=a.config.secret, timeout=10,
         )  # fmt: skip
     assert not (tmp_path / "b2" / DATABASE_FILE).exists()
-    assert a.cluster.servers()["b"]["region"] == "us"
+    assert a.documents.cluster.servers()["b"]["region"] == "us"
 
 
 async def test_join_to_an_unreachable_peer_fails(tmp_path: Path) -> None:
@@ -428,8 +432,9 @@ def test_sync_message_heads_reads_the_senders_heads() -> None:
     message = doc.generate_sync_message(SyncState())
     assert message is not None
     assert sync_message_heads(message.encode()) == doc.get_heads()
-    assert sync_message_heads(b"\x42\x05short") is None
-    assert sync_message_heads(b"not a sync message") is None
+    for malformed in (b"\x42\x05short", b"not a sync message"):
+        with pytest.raises(ProtocolError):
+            sync_message_heads(malformed)
 
 
 def test_advertised_url() -> None:
@@ -441,9 +446,9 @@ def test_advertised_url() -> None:
 async def test_compaction_waits_for_the_log_to_match_the_snapshots(tmp_path: Path) -> None:
     node = await start_primary(tmp_path, mesh=False)
     try:
-        await node.create_domain("acme", created_by="admin")
-        node.config.compact_threshold = 4
-        document_id = node.domain("acme").document_id
+        await node.cluster_admin.create_domain("acme", created_by="admin")
+        node.persister.compact_threshold = 4
+        document_id = node.documents.domain("acme").document_id
         rows = []
         for index in range(12):
             await publish_host(node, "acme", f"h{index}")  # two changes each
@@ -454,7 +459,7 @@ async def test_compaction_waits_for_the_log_to_match_the_snapshots(tmp_path: Pat
         assert sorted(host_names(node, "acme")) == sorted(f"h{i}" for i in range(12))
     finally:
         await node.stop()
-    reopened = await Node.open(tmp_path / "a")
+    reopened = await Server.open(tmp_path / "a")
     try:
         assert sorted(host_names(reopened, "acme")) == sorted(f"h{i}" for i in range(12))
     finally:
@@ -469,11 +474,13 @@ async def test_in_a_full_mesh_changes_reach_every_server_from_their_origin(
     c = await start_secondary(tmp_path, "c", a)
     nodes = (a, b, c)
     try:
-        await wait_until(lambda: all(len(n.connected_peers()) == 2 for n in nodes))
+        await wait_until(lambda: all(len(n.links.connected_peers()) == 2 for n in nodes))
         for node in nodes:  # relays would come only after an hour
             node.limits = dataclasses.replace(node.limits, relay_delay=3600.0)
-        await a.create_domain("mesh", created_by="admin")
-        await wait_until(lambda: b.domain_heads() == c.domain_heads() == a.domain_heads())
+        await a.cluster_admin.create_domain("mesh", created_by="admin")
+        await wait_until(
+            lambda: b.status.domain_heads() == c.status.domain_heads() == a.status.domain_heads()
+        )
         await publish_host(b, "mesh", "from-b")
         await wait_until(lambda: "from-b" in host_names(c, "mesh"))
         assert host_names(a, "mesh") == host_names(c, "mesh") == ["from-b"]

@@ -29,8 +29,9 @@ from automerge.core import Document, SyncState
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from crdtmds.config import DATABASE_FILE
 from crdtmds.core import auth
-from crdtmds.node import DATABASE_FILE, Node
+from crdtmds.server import Server
 from crdtmds.sync.protocol import Join, Request, decode, encode
 from tests.cluster_helpers import (
     ADMIN,
@@ -212,9 +213,9 @@ async def messages(ws: Any, count: int, transcript: Transcript) -> list[Any]:
 
 
 async def stored_password_hashes(data_dir: Path) -> list[str]:
-    node = await Node.open(data_dir)
+    node = await Server.open(data_dir)
     try:
-        records = node.cluster.administrators().values()
+        records = node.documents.cluster.administrators().values()
         return [record["password-hash"] for record in records]
     finally:
         await node.close()

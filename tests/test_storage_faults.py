@@ -1,7 +1,7 @@
 """Storage faults at the level of a server: a full disk, damaged rows, a newer data directory.
 
 A full disk is simulated two ways: a size-limited SQLite file (`max_page_count`) under an
-in-process `Node`, and a real server process whose file size limit (RLIMIT_FSIZE) is
+in-process `Server`, and a real server process whose file size limit (RLIMIT_FSIZE) is
 reached. Either way the failing call gets a clear storage error, nothing is half-written,
 the server goes on serving, and once there is room again nothing acknowledged is missing.
 
@@ -27,10 +27,12 @@ from typing import Any
 import pytest
 from automerge.core import ROOT, Document, ScalarType
 
+from crdtmds.bootstrap import init_cluster
 from crdtmds.client import ApiError, Client
+from crdtmds.config import DATABASE_FILE
 from crdtmds.core.session import Session
 from crdtmds.errors import ClusterError, StorageError
-from crdtmds.node import DATABASE_FILE, Node
+from crdtmds.server import Server
 from crdtmds.storage import SCHEMA_VERSION, Storage
 from tests.cluster_helpers import ADMIN, PASSWORD, NodeProcess, run_cli
 
@@ -42,33 +44,33 @@ START_TIMEOUT = 30.0
 # ---------------------------------------------------------------- in-process helpers
 
 
-async def new_node(data_dir: Path) -> Node:
-    await Node.initialise(
+async def new_node(data_dir: Path) -> Server:
+    await init_cluster(
         data_dir, name="n1", listen_host="127.0.0.1", listen_port=0, url="",
         region="default", admin=ADMIN, password=PASSWORD,
     )  # fmt: skip
-    node = await Node.open(data_dir)
-    await node.create_domain(DOMAIN, created_by=ADMIN)
+    node = await Server.open(data_dir)
+    await node.cluster_admin.create_domain(DOMAIN, created_by=ADMIN)
     return node
 
 
 @contextlib.asynccontextmanager
-async def opened(data_dir: Path) -> AsyncIterator[Node]:
-    node = await Node.open(data_dir)
+async def opened(data_dir: Path) -> AsyncIterator[Server]:
+    node = await Server.open(data_dir)
     try:
         yield node
     finally:
         await node.close()
 
 
-async def fill_disk(node: Node) -> None:
+async def fill_disk(node: Server) -> None:
     """Cap the database at its current size, as a full disk would."""
     connection = node.storage._database._connection
     assert connection is not None
     await connection.execute("PRAGMA max_page_count = 1")
 
 
-async def free_disk(node: Node) -> None:
+async def free_disk(node: Server) -> None:
     connection = node.storage._database._connection
     assert connection is not None
     await connection.execute("PRAGMA max_page_count = 1073741823")
@@ -95,18 +97,18 @@ async def test_publish_on_a_full_disk_changes_nothing_and_keeps_the_draft(
     data_dir = tmp_path / "n1"
     node = await new_node(data_dir)
     try:
-        first = await node.open_session(DOMAIN, admin=ADMIN)
+        first = await node.sessions.open(DOMAIN, admin=ADMIN)
         add_hosts(first, "kept", 2)
-        await node.publish(first, "before the disk filled up")
-        domain = node.domain(DOMAIN)
+        await node.sessions.publish(first, "before the disk filled up")
+        domain = node.documents.domain(DOMAIN)
         heads, revisions = domain.heads(), list(domain.state.revisions)
 
-        draft = await node.open_session(DOMAIN, admin=ADMIN)
+        draft = await node.sessions.open(DOMAIN, admin=ADMIN)
         add_hosts(draft, "big", 60, bulky=True)
-        await node.save_session_edits(draft)
+        await node.sessions.save_edits(draft)
         await fill_disk(node)
         with pytest.raises(StorageError) as failed:
-            await node.publish(draft, "does not fit")
+            await node.sessions.publish(draft, "does not fit")
         assert failed.value.code == "err_storage"
         assert "full" in failed.value.message and domain.document_id in failed.value.message
         assert domain.heads() == heads and domain.state.revisions == revisions
@@ -116,13 +118,13 @@ async def test_publish_on_a_full_disk_changes_nothing_and_keeps_the_draft(
         await node.close()
 
     async with opened(data_dir) as node:  # what is on disk: the old state and the draft
-        domain = node.domain(DOMAIN)
+        domain = node.documents.domain(DOMAIN)
         assert domain.heads() == heads and domain.state.revisions == revisions
-        draft = node.session(draft.uid)
+        draft = node.sessions.get(draft.uid)
         assert len(host_names(draft.view)) == 62
-        revision = await node.publish(draft, "there is room again")
+        revision = await node.sessions.publish(draft, "there is room again")
     async with opened(data_dir) as node:
-        state = node.domain(DOMAIN).state
+        state = node.documents.domain(DOMAIN).state
         assert [r["uid"] for r in state.revisions] == [*(r["uid"] for r in revisions),
                                                         revision["uid"]]  # fmt: skip
         assert len(host_names(state)) == 62
@@ -132,21 +134,21 @@ async def test_edits_whose_saving_failed_are_saved_with_the_next_edit(tmp_path: 
     data_dir = tmp_path / "n1"
     node = await new_node(data_dir)
     try:
-        draft = await node.open_session(DOMAIN, admin=ADMIN)
+        draft = await node.sessions.open(DOMAIN, admin=ADMIN)
         add_hosts(draft, "first", 1)
-        await node.save_session_edits(draft)
+        await node.sessions.save_edits(draft)
         await fill_disk(node)
         add_hosts(draft, "big", 40, bulky=True)
         with pytest.raises(StorageError, match="full"):
-            await node.save_session_edits(draft)
+            await node.sessions.save_edits(draft)
         await free_disk(node)
         add_hosts(draft, "later", 1)
-        await node.save_session_edits(draft)
+        await node.sessions.save_edits(draft)
         in_memory = host_names(draft.view)
     finally:
         await node.close()
     async with opened(data_dir) as node:
-        assert host_names(node.session(draft.uid).view) == in_memory
+        assert host_names(node.sessions.get(draft.uid).view) == in_memory
         assert len(in_memory) == 42
 
 
@@ -159,17 +161,17 @@ async def test_publish_that_triggers_compaction_is_on_disk(tmp_path: Path) -> No
     data_dir = tmp_path / "n1"
     node = await new_node(data_dir)
     try:
-        node.config.compact_threshold = 6
+        node.persister.compact_threshold = 6
         published = []
         for round_number in range(4):
-            session = await node.open_session(DOMAIN, admin=ADMIN)
+            session = await node.sessions.open(DOMAIN, admin=ADMIN)
             add_hosts(session, f"r{round_number}-", 1)
-            published.append((await node.publish(session))["uid"])
-        heads = node.domain(DOMAIN).heads()
+            published.append((await node.sessions.publish(session))["uid"])
+        heads = node.documents.domain(DOMAIN).heads()
     finally:
         await node.close()
     async with opened(data_dir) as node:
-        domain = node.domain(DOMAIN)
+        domain = node.documents.domain(DOMAIN)
         assert domain.heads() == heads
         assert [r["uid"] for r in domain.state.revisions] == published
         assert await node.storage.uncompacted_count(domain.document_id) < 6
@@ -181,25 +183,25 @@ async def test_failed_compaction_neither_fails_the_publish_nor_loses_rows(
     data_dir = tmp_path / "n1"
     node = await new_node(data_dir)
     try:
-        node.config.compact_threshold = 3
+        node.persister.compact_threshold = 3
 
         async def failing_write(*args: Any) -> None:
             raise StorageError("write snapshot: disk I/O error")
 
         with monkeypatch.context() as patch:
             patch.setattr(node.storage, "save_snapshot", failing_write)
-            session = await node.open_session(DOMAIN, admin=ADMIN)
+            session = await node.sessions.open(DOMAIN, admin=ADMIN)
             add_hosts(session, "a", 3)
-            first = await node.publish(session)  # compaction fails; the publish stands
-        document_id = node.domain(DOMAIN).document_id
+            first = await node.sessions.publish(session)  # compaction fails; the publish stands
+        document_id = node.documents.domain(DOMAIN).document_id
         assert await node.storage.uncompacted_count(document_id) >= 3
         add_hosts(session, "b", 1)
-        second = await node.publish(session)  # compacts what the failed attempt left
+        second = await node.sessions.publish(session)  # compacts what the failed attempt left
         assert await node.storage.uncompacted_count(document_id) == 0
     finally:
         await node.close()
     async with opened(data_dir) as node:
-        revisions = [r["uid"] for r in node.domain(DOMAIN).state.revisions]
+        revisions = [r["uid"] for r in node.documents.domain(DOMAIN).state.revisions]
         assert revisions == [first["uid"], second["uid"]]
 
 
@@ -326,16 +328,16 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def build() -> None:
         node = await new_node(data_dir)
         try:
-            session = await node.open_session(DOMAIN, admin=ADMIN)
+            session = await node.sessions.open(DOMAIN, admin=ADMIN)
             add_hosts(session, "snap", 3)
-            await node.publish(session)
-            await node.compact(node.domain(DOMAIN).document_id)
+            await node.sessions.publish(session)
+            await node.persister.compact(node.documents.domain(DOMAIN).document_id)
             for prefix in ("after", "later"):  # change rows, the second depending on the first
                 add_hosts(session, prefix, 2)
-                await node.publish(session)
-            draft = await node.open_session(DOMAIN, admin=ADMIN, name="draft")
+                await node.sessions.publish(session)
+            draft = await node.sessions.open(DOMAIN, admin=ADMIN, name="draft")
             add_hosts(draft, "draft", 1)
-            await node.save_session_edits(draft)
+            await node.sessions.save_edits(draft)
         finally:
             await node.close()
 

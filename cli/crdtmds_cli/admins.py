@@ -19,7 +19,6 @@ from crdtmds_cli.output import echo_json, echo_table, say
 admin_app = group("Administrators and their permissions.")
 
 
-
 @admin_app.command("add", cls=CliCommand)
 def admin_add(
     name: Annotated[str, typer.Argument(help="The administrator's login name.")],

@@ -2,7 +2,7 @@
 field, with the field's default and, as help, its docstring.
 
 The docstrings are read from the source with `ast` rather than kept in field metadata:
-they stay where readers of `crdtmds/node.py` look for them, and a field added there
+they stay where readers of `crdtmds/config.py` look for them, and a field added there
 becomes an option without touching the command line.
 """
 
@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from crdtmds.node import Limits
+from crdtmds.config import Limits
 from crdtmds_cli.options import keyword
 
 LOWEST: dict[str, int | float] = {

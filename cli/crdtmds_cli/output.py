@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from crdtmds.core.model import UNSAFE_CATEGORIES, escape_text, first_unsafe_character
+from crdtmds.core.names import UNSAFE_CATEGORIES, escape_text, first_unsafe_character
 
 
 def say(text: str, *, err: bool = False) -> None:

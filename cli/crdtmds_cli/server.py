@@ -19,9 +19,12 @@ from typing import Annotated, Any
 
 import typer
 
-from crdtmds.core import model
+from crdtmds.bootstrap import init_cluster, join_cluster
+from crdtmds.config import Limits
+from crdtmds.core import names
 from crdtmds.errors import CrdtmdsError
-from crdtmds.node import Limits, Node, advertised_url_for, join_cluster, peer_url_problem
+from crdtmds.net.urls import advertised_url_for, peer_url_problem
+from crdtmds.server import Server
 from crdtmds.status_query import STATUS_TIMEOUT, collect_status
 from crdtmds_cli.limit_options import limit_parameters, limits_from
 from crdtmds_cli.options import add_command, command_from, keyword
@@ -84,7 +87,7 @@ def init_command(
     if password is None:
         password = typer.prompt(f"Password for {admin}", hide_input=True, confirmation_prompt=True)
     config = _run(
-        Node.initialise(
+        init_cluster(
             data,
             name=name,
             listen_host=host,
@@ -165,9 +168,7 @@ def join_command(
 
 
 START_HELP = "Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."
-LogLevelOption = Annotated[
-    str, typer.Option("--log-level", help="debug, info, warning or error.")
-]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 NoMeshOption = Annotated[
     bool,
     typer.Option(
@@ -219,9 +220,9 @@ def _start(
         print(f"listening on {url}", flush=True)
 
     async def serve() -> None:
-        node = await Node.open(data, limits=limits)
+        node = await Server.open(data, limits=limits)
         if compact_threshold is not None:
-            node.config.compact_threshold = compact_threshold
+            node.persister.compact_threshold = compact_threshold
         await node.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
 
     _run(serve())
@@ -291,8 +292,8 @@ def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
 def _check_names(name: str, region: str) -> None:
     """Refuse a bad --name or --region before anything is written or sent to a peer."""
     try:
-        model.check_name(name, "--name")
-        model.check_label(region, "--region")
+        names.check_name(name, "--name")
+        names.check_label(region, "--region")
     except CrdtmdsError as exc:
         say(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

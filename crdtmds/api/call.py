@@ -18,7 +18,7 @@ from crdtmds.app.sessions import Sessions
 from crdtmds.app.status import StatusView
 from crdtmds.config import ServerConfig
 from crdtmds.core.cluster import READ_WRITE, SUPERUSER, ClusterDocument
-from crdtmds.core.domain import DomainState
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
 from crdtmds.errors import InvalidParameter, PermissionDenied, SessionError
 

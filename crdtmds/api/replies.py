@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from crdtmds.core import model
-from crdtmds.core.domain import DomainState, Layer
+from crdtmds.core import model, names
+from crdtmds.core.domain_state import DomainState, Layer
 
-ANY_SUMMARY = {"uid": model.ANY_UID, "name": model.ANY_NAME, "type": "CpmiAnyObject"}
+ANY_SUMMARY = {"uid": model.ANY_UID, "name": names.ANY_NAME, "type": "CpmiAnyObject"}
 
 
 def timestamp(seconds: float) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from crdtmds.app.cluster_admin import ClusterAdmin
 from crdtmds.app.documents import Documents
 from crdtmds.errors import ClusterError, NameInUse, ProtocolError
-from crdtmds.sync.gossip import sync_message_heads
 from crdtmds.sync.protocol import Request, Sync, decode
+from crdtmds.sync.sync_message import sync_message_heads
 
 log = logging.getLogger("crdtmds.net")
 

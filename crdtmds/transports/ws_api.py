@@ -65,7 +65,7 @@ class JsonConnection:
         except (TypeError, ValueError):
             return json.dumps({"id": None, "error": reply["error"]})
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """The connection is gone. Its login stays valid (by `sid`) until logout or timeout."""
         self.caller.sid = None
 
@@ -85,7 +85,7 @@ async def serve_api(ws: ServerConnection, api: AdminAPI, idle_timeout: float) ->
     except ConnectionClosed:
         pass
     finally:
-        connection.close()
+        await connection.close()
 
 
 def _decode_request(text: str | bytes) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from crdtmds.api.params import (
     page_of,
     required_string,
 )
-from crdtmds.core import model
+from crdtmds.core import names
 from crdtmds.core.cluster import SUPERUSER, public_administrator
 from crdtmds.errors import InvalidParameter
 from crdtmds.sync.protocol import document_url
@@ -48,7 +48,7 @@ async def _show_domains(call: Call) -> dict[str, Any]:
 
 
 async def _add_domain(call: Call) -> dict[str, Any]:
-    name = model.check_name(call.params.get("name"), "name")
+    name = names.check_name(call.params.get("name"), "name")
     entry = await call.services.cluster_admin.create_domain(name, created_by=call.login.admin)
     log.info("%r added domain %r", call.login.admin, name)
     return _domain_reply(call, entry)
@@ -64,7 +64,7 @@ async def _show_servers(call: Call) -> dict[str, Any]:
 
 
 async def _add_administrator(call: Call) -> dict[str, Any]:
-    name = model.check_name(call.params.get("name"), "name")
+    name = names.check_name(call.params.get("name"), "name")
     password = required_string(call.params, "password")
     superuser = boolean(call.params, "superuser")
     grants = call.params.get("domains", {})

@@ -12,8 +12,8 @@ from crdtmds.api.params import (
     page_of,
 )
 from crdtmds.api.replies import domain_ref
-from crdtmds.core import model
-from crdtmds.core.domain import DomainState
+from crdtmds.core import names
+from crdtmds.core.domain_state import DomainState
 from crdtmds.errors import InvalidParameter, MissingParameter, ObjectNotFound, ValidationError
 
 log = logging.getLogger("crdtmds.api")
@@ -29,7 +29,7 @@ async def _show_revisions(call: Call) -> dict[str, Any]:
 
 async def _revert_to_revision(call: Call) -> dict[str, Any]:
     target = _revert_target(call.params)
-    comments = model.check_string(call.params.get("comments", ""), "comments")
+    comments = names.check_string(call.params.get("comments", ""), "comments")
     async with call.editing() as session:
         if session.has_changes():
             raise ValidationError(

@@ -18,7 +18,7 @@ from crdtmds.api.params import (
 )
 from crdtmds.api.replies import object_reply, rule_number, rule_reply, summary
 from crdtmds.core import model
-from crdtmds.core.domain import DomainState
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
 from crdtmds.errors import MissingParameter
 

@@ -21,7 +21,7 @@ from crdtmds.api.params import (
 )
 from crdtmds.api.replies import domain_ref, summary, timestamp
 from crdtmds.app.logins import DEFAULT_SESSION_TIMEOUT, Login, LoginRequest
-from crdtmds.core import model
+from crdtmds.core import model, names
 from crdtmds.core.cluster import SUPERUSER
 from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError, MissingParameter, ObjectNotFound
@@ -42,8 +42,8 @@ async def _login(call: Call) -> dict[str, Any]:
         user=required_string(params, "user"),
         password=required_string(params, "password"),
         domain=optional_string(params, "domain"),
-        session_name=model.check_string(params.get("session-name", ""), "session-name", limit=128),
-        session_description=model.check_string(
+        session_name=names.check_string(params.get("session-name", ""), "session-name", limit=128),
+        session_description=names.check_string(
             params.get("session-description", ""), "session-description"
         ),
         timeout=integer(params, "session-timeout", DEFAULT_SESSION_TIMEOUT, 1, MAX_SESSION_TIMEOUT),
@@ -87,7 +87,7 @@ async def _show_status(call: Call) -> dict[str, Any]:
 
 
 async def _publish(call: Call) -> dict[str, Any]:
-    comments = model.check_string(call.params.get("comments", ""), "comments")
+    comments = names.check_string(call.params.get("comments", ""), "comments")
     async with call.session_locked() as session:
         if not session.has_changes():
             revision = None
