@@ -320,40 +320,7 @@ def target_seconds(args: argparse.Namespace) -> float:
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    rows = []
-    for result in results:
-        visible = result["publish_to_visible"]
-        rows.append(
-            [
-                result["servers"],
-                result["counted"],
-                result["achieved_rate"],
-                result["queued_before_publish"]["p95"] * 1000,
-                result["publish_ack"]["p50"] * 1000,
-                visible["p50"] * 1000,
-                visible["p95"] * 1000,
-                visible["p99"] * 1000,
-                visible["max"] * 1000,
-                result["not_visible_in_time"] + result["errors"],
-            ]
-        )
-    delay = f", {args.delay_ms:g} ms one-way delay between regions" if args.delay_ms else ""
-    print_table(
-        f"Publish -> visible on every server, ms ({args.rate:g}/s for {args.duration:g} s{delay})",
-        [
-            "servers",
-            "publishes",
-            "rate/s",
-            "queue p95",
-            "ack p50",
-            "p50",
-            "p95",
-            "p99",
-            "max",
-            "lost/err",
-        ],
-        rows,
-    )
+    print_latency_table(args, results)
     print_table(
         f"CPU per publish, ms: all servers together, this benchmark process"
         f" ({args.observer} observers)",
@@ -393,6 +360,53 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
         results={"clusters": stored},
         targets={"p99_seconds_below": target, "for_servers": TARGET_SIZE, "at_rate": 50},
     )
+    plot_latencies(args, results, target)
+
+
+def print_latency_table(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    rows = []
+    for result in results:
+        visible = result["publish_to_visible"]
+        rows.append(
+            [
+                result["servers"],
+                result["counted"],
+                result["achieved_rate"],
+                result["queued_before_publish"]["p95"] * 1000,
+                result["publish_ack"]["p50"] * 1000,
+                visible["p50"] * 1000,
+                visible["p95"] * 1000,
+                visible["p99"] * 1000,
+                visible["max"] * 1000,
+                result["not_visible_in_time"] + result["errors"],
+            ]
+        )
+    delay = delay_note(args)
+    print_table(
+        f"Publish -> visible on every server, ms ({args.rate:g}/s for {args.duration:g} s{delay})",
+        [
+            "servers",
+            "publishes",
+            "rate/s",
+            "queue p95",
+            "ack p50",
+            "p50",
+            "p95",
+            "p99",
+            "max",
+            "lost/err",
+        ],
+        rows,
+    )
+
+
+def delay_note(args: argparse.Namespace) -> str:
+    return f", {args.delay_ms:g} ms one-way delay between regions" if args.delay_ms else ""
+
+
+def plot_latencies(args: argparse.Namespace, results: list[dict[str, Any]], target: float) -> None:
+    """The distribution of publish -> visible latencies, one curve per cluster size."""
+    delay = delay_note(args)
 
     def draw(axes: Any) -> None:
         for result in results:

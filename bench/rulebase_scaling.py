@@ -250,13 +250,7 @@ def combined(first: Samples, second: Samples) -> Samples:
 
 
 def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> None:
-    for steps in samples.values():
-        steps["add + publish"] = combined(steps["add"], steps["publish add"])
-        steps["move + publish"] = combined(steps["move"], steps["publish move"])
-    medians = {
-        size: {step: values.medians() for step, values in steps.items()}
-        for size, steps in samples.items()
-    }
+    medians = step_medians(samples)
     columns = ["add", "publish add", "add + publish", "move", "move + publish", "read view"]
     columns += ["read document", "automerge floor"]
     print_table(
@@ -310,6 +304,25 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> 
         },
         targets={"add_publish_ratio_at_most": TARGET_RATIO},
     )
+    plot_costs(args, medians)
+
+
+def step_medians(
+    samples: dict[int, dict[str, Samples]],
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Median wall and CPU seconds per size and step, with the add + publish and move +
+    publish sums added to `samples`."""
+    for steps in samples.values():
+        steps["add + publish"] = combined(steps["add"], steps["publish add"])
+        steps["move + publish"] = combined(steps["move"], steps["publish move"])
+    return {
+        size: {step: values.medians() for step, values in steps.items()}
+        for size, steps in samples.items()
+    }
+
+
+def plot_costs(args: argparse.Namespace, medians: dict[int, dict[str, dict[str, float]]]) -> None:
+    """Median cost of each operation against the size of the layer, log-log."""
     sizes = list(medians)
 
     def draw(axes: Any) -> None:
