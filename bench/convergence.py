@@ -34,9 +34,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
-import common
+from lib.cluster import BenchCluster, wait_for_status
+from lib.command_line import base_parser, int_list, run
+from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD, admin_login_query
+from lib.observers import add_observer_option, arrival_times, start_observer
+from lib.report import plot, print_table, verdict, write_results
+from lib.resources import cpu_seconds
+from lib.stats import ratio, summary
+from lib.sync_peer import SyncPeer
+from lib.timing import now, wait_until
 
 from crdtmds.client import Client
 
@@ -48,7 +55,7 @@ CLIENTS_PER_SERVER = 4
 
 
 def parse_args() -> argparse.Namespace:
-    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="3,5,9", help="cluster sizes (default 3,5,9)")
     parser.add_argument("--rate", type=float, default=50.0, help="publishes per second (50)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of publishing")
@@ -56,9 +63,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link")
     parser.add_argument("--regions", type=int, default=None, help="regions (default: one each)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the rest")
-    common.add_observer_option(parser)
+    add_observer_option(parser)
     args = parser.parse_args()
-    args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    args.sizes = int_list(args.sizes)
     return args
 
 
@@ -70,7 +77,7 @@ class Observer:
     """When each change reached each server, as told by one repo connection per server.
 
     A "graph" observer reads each change's hash and dependencies from the sync messages
-    (`common.GraphPeer`); a "document" observer applies the changes to an Automerge
+    (`lib.observers.GraphPeer`); a "document" observer applies the changes to an Automerge
     document, at a cost that grows with the document's history and is taken from the
     servers on the same machine. A change counts from when its message arrived (graph) or
     was applied (document).
@@ -78,30 +85,16 @@ class Observer:
 
     kind: str = "graph"
     seen: list[dict[bytes, float]] = field(default_factory=list)
-    peers: list[common.SyncPeer] = field(default_factory=list)
+    peers: list[SyncPeer] = field(default_factory=list)
 
     async def attach(self, urls: list[str], document_id: str) -> None:
-        query = urlencode({"user": common.BENCH_ADMIN, "password": common.BENCH_PASSWORD})
         for index, url in enumerate(urls):
             name = f"observer-{index + 1}"
-            peer = common.observer_peer(self.kind, url, document_id, query=query, name=name)
-            await peer.start()
-            peer.request(document_id)  # nothing arrives before the next await
-            if isinstance(peer, common.GraphPeer):
-                self.seen.append(peer.graph(document_id).arrived)
-            else:
-                self.seen.append({})
-                peer.on_changed = self._recorder(peer.store, self.seen[-1])
+            peer = await start_observer(
+                self.kind, url, document_id, query=admin_login_query(), name=name
+            )
+            self.seen.append(arrival_times(peer, document_id))
             self.peers.append(peer)
-
-    @staticmethod
-    def _recorder(store: common.MemoryDocuments, seen: dict[bytes, float]) -> Any:
-        def record(document_id: str, before_heads: list[bytes]) -> None:
-            arrived = common.now()
-            for change in store.docs[document_id].get_changes(before_heads):
-                seen.setdefault(change.hash, arrived)
-
-        return record
 
     def handling_cpu(self) -> float:
         """CPU seconds this process spent on the observers' received frames."""
@@ -147,18 +140,16 @@ class Publishers:
     async def prepare(self, per_server: int) -> None:
         for server, url in enumerate(self.urls):
             for _ in range(per_server):
-                client = Client(
-                    [url], user=common.BENCH_ADMIN, password=common.BENCH_PASSWORD, domain=DOMAIN
-                )
+                client = Client([url], user=BENCH_ADMIN, password=BENCH_PASSWORD, domain=DOMAIN)
                 await client.login()
                 self.all.append(client)
                 self.idle[server].put_nowait(client)
 
     async def publish(self, publish: Publish, size: int) -> None:
-        publish.due = common.now()
+        publish.due = now()
         pool = self.idle[publish.server]
         client = await pool.get()
-        publish.started = common.now()
+        publish.started = now()
         try:
             octets = f"{publish.index >> 8 & 255}.{publish.index & 255}"
             await client.call(
@@ -166,9 +157,9 @@ class Publishers:
                 name=f"c{size}-{publish.index}",
                 **{"ipv4-address": f"10.{size}.{octets}"},
             )
-            publish.sent = common.now()
+            publish.sent = now()
             reply = await client.call("publish")
-            publish.acknowledged = common.now()
+            publish.acknowledged = now()
             publish.change = bytes.fromhex(reply["revision"]["heads"][0])
         except Exception as exc:  # recorded and reported, the run goes on
             publish.error = f"{type(exc).__name__}: {exc}"
@@ -192,33 +183,23 @@ async def domain_document_id(url: str) -> str:
 
 
 async def wait_domain_everywhere(urls: list[str], timeout: float = 60.0) -> None:
-    from crdtmds.status_query import query_status
-
-    async def everywhere() -> bool:
-        for url in urls:
-            status = await query_status(url, timeout=5.0)
-            if DOMAIN not in status.get("domains", {}):
-                return False
-        return True
-
-    start = common.now()
-    while not await everywhere():
-        if common.now() - start > timeout:
-            raise TimeoutError(f"domain {DOMAIN} did not reach every server")
-        await asyncio.sleep(0.1)
+    await wait_for_status(
+        urls,
+        lambda status: DOMAIN in status.get("domains", {}),
+        timeout,
+        f"domain {DOMAIN} did not reach every server",
+    )
 
 
 async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     print(f"starting {size} servers ...", flush=True)
-    with common.BenchCluster(
+    with BenchCluster(
         root / f"cluster-{size}", size, delay_ms=args.delay_ms, regions=args.regions
     ) as cluster:
         cluster.start()
         await cluster.wait_connected()
         urls = cluster.urls
-        async with Client(
-            [urls[0]], user=common.BENCH_ADMIN, password=common.BENCH_PASSWORD
-        ) as admin:
+        async with Client([urls[0]], user=BENCH_ADMIN, password=BENCH_PASSWORD) as admin:
             await admin.call("add-domain", name=DOMAIN)
         await wait_domain_everywhere(urls)
         observer = Observer(args.observer)
@@ -249,20 +230,20 @@ class BenchCpu:
 
     @classmethod
     def start(cls, observer: Observer, pids: list[int]) -> BenchCpu:
-        return cls(-time.process_time(), -observer.handling_cpu(), -common.cpu_seconds(pids))
+        return cls(-time.process_time(), -observer.handling_cpu(), -cpu_seconds(pids))
 
     def stop(self, observer: Observer, pids: list[int]) -> None:
         self.process += time.process_time()
         self.observers += observer.handling_cpu()
-        self.servers += common.cpu_seconds(pids)
+        self.servers += cpu_seconds(pids)
 
     def per_publish(self, publishes: int) -> dict[str, float]:
         return {
             "bench_cpu_seconds": self.process,
-            "bench_cpu_ms_per_publish": 1000 * common.ratio(self.process, publishes),
-            "observer_cpu_ms_per_publish": 1000 * common.ratio(self.observers, publishes),
+            "bench_cpu_ms_per_publish": 1000 * ratio(self.process, publishes),
+            "observer_cpu_ms_per_publish": 1000 * ratio(self.observers, publishes),
             "servers_cpu_seconds": self.servers,
-            "servers_cpu_ms_per_publish": 1000 * common.ratio(self.servers, publishes),
+            "servers_cpu_ms_per_publish": 1000 * ratio(self.servers, publishes),
         }
 
 
@@ -274,9 +255,9 @@ async def steady_publishing(
     count = int(args.duration * args.rate)
     publishes = [Publish(index, rng.randrange(size)) for index in range(count)]
     tasks = []
-    start = common.now()
+    start = now()
     for publish in publishes:
-        delay = start + publish.index / args.rate - common.now()
+        delay = start + publish.index / args.rate - now()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(publishers.publish(publish, size)))
@@ -287,7 +268,7 @@ async def steady_publishing(
 async def wait_all_visible(observer: Observer, publishes: list[Publish], timeout: float) -> None:
     done = [p for p in publishes if p.change]
     with contextlib.suppress(TimeoutError):
-        await common.wait_until(
+        await wait_until(
             lambda: all(observer.visible_everywhere(p.change) is not None for p in done),
             timeout,
             "every publish visible on every server",
@@ -318,10 +299,10 @@ def summarise(
         "errors": len(errors),
         "first_errors": errors[:5],
         "achieved_rate": len(publishes) / max(1e-9, _span(publishes)),
-        "publish_to_visible": common.summary(latencies),
-        "ack_to_visible": common.summary(from_ack),
-        "publish_ack": common.summary(acks),
-        "queued_before_publish": common.summary(queued),
+        "publish_to_visible": summary(latencies),
+        "ack_to_visible": summary(from_ack),
+        "publish_ack": summary(acks),
+        "queued_before_publish": summary(queued),
         "latencies": latencies,
     }
 
@@ -339,41 +320,8 @@ def target_seconds(args: argparse.Namespace) -> float:
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    rows = []
-    for result in results:
-        visible = result["publish_to_visible"]
-        rows.append(
-            [
-                result["servers"],
-                result["counted"],
-                result["achieved_rate"],
-                result["queued_before_publish"]["p95"] * 1000,
-                result["publish_ack"]["p50"] * 1000,
-                visible["p50"] * 1000,
-                visible["p95"] * 1000,
-                visible["p99"] * 1000,
-                visible["max"] * 1000,
-                result["not_visible_in_time"] + result["errors"],
-            ]
-        )
-    delay = f", {args.delay_ms:g} ms one-way delay between regions" if args.delay_ms else ""
-    common.print_table(
-        f"Publish -> visible on every server, ms ({args.rate:g}/s for {args.duration:g} s{delay})",
-        [
-            "servers",
-            "publishes",
-            "rate/s",
-            "queue p95",
-            "ack p50",
-            "p50",
-            "p95",
-            "p99",
-            "max",
-            "lost/err",
-        ],
-        rows,
-    )
-    common.print_table(
+    print_latency_table(args, results)
+    print_table(
         f"CPU per publish, ms: all servers together, this benchmark process"
         f" ({args.observer} observers)",
         ["servers", "all servers", "benchmark process", "its observers"],
@@ -393,11 +341,11 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
             r["servers"],
             r["publish_to_visible"]["p99"] * 1000,
             target * 1000,
-            common.verdict(r["publish_to_visible"]["p99"], target, at_least=False),
+            verdict(r["publish_to_visible"]["p99"], target, at_least=False),
         ]
         for r in results
     ]
-    common.print_table(
+    print_table(
         f"p99 against the target (the target is set for {TARGET_SIZE} servers)",
         ["servers", "p99 ms", "target < ms", "verdict"],
         verdict_rows,
@@ -405,13 +353,60 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     stored = [{k: v for k, v in r.items() if k != "latencies"} for r in results]
     for entry, result in zip(stored, results, strict=True):
         entry["latencies_ms"] = [round(x * 1000, 3) for x in result["latencies"]]
-    common.write_results(
+    write_results(
         args.out,
         NAME,
         parameters=vars(args),
         results={"clusters": stored},
         targets={"p99_seconds_below": target, "for_servers": TARGET_SIZE, "at_rate": 50},
     )
+    plot_latencies(args, results, target)
+
+
+def print_latency_table(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    rows = []
+    for result in results:
+        visible = result["publish_to_visible"]
+        rows.append(
+            [
+                result["servers"],
+                result["counted"],
+                result["achieved_rate"],
+                result["queued_before_publish"]["p95"] * 1000,
+                result["publish_ack"]["p50"] * 1000,
+                visible["p50"] * 1000,
+                visible["p95"] * 1000,
+                visible["p99"] * 1000,
+                visible["max"] * 1000,
+                result["not_visible_in_time"] + result["errors"],
+            ]
+        )
+    delay = delay_note(args)
+    print_table(
+        f"Publish -> visible on every server, ms ({args.rate:g}/s for {args.duration:g} s{delay})",
+        [
+            "servers",
+            "publishes",
+            "rate/s",
+            "queue p95",
+            "ack p50",
+            "p50",
+            "p95",
+            "p99",
+            "max",
+            "lost/err",
+        ],
+        rows,
+    )
+
+
+def delay_note(args: argparse.Namespace) -> str:
+    return f", {args.delay_ms:g} ms one-way delay between regions" if args.delay_ms else ""
+
+
+def plot_latencies(args: argparse.Namespace, results: list[dict[str, Any]], target: float) -> None:
+    """The distribution of publish -> visible latencies, one curve per cluster size."""
+    delay = delay_note(args)
 
     def draw(axes: Any) -> None:
         for result in results:
@@ -426,7 +421,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
         axes.legend()
         axes.grid(True, alpha=0.3)
 
-    common.plot(args.out, NAME, draw, enabled=not args.no_plot)
+    plot(args.out, NAME, draw, enabled=not args.no_plot)
 
 
 async def benchmark(args: argparse.Namespace) -> None:
@@ -439,7 +434,7 @@ async def benchmark(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
-    common.run(lambda: benchmark(args))
+    run(lambda: benchmark(args))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import common
 from automerge.core import Document
+from lib.command_line import base_parser, run
+from lib.credentials import server_join_metadata
+from lib.node_dirs import init_node_dir, read_node_config
+from lib.report import print_table, verdict, write_results
+from lib.resources import process_cpu_seconds
+from lib.stats import median
+from lib.sync_peer import MemoryDocuments, SyncPeer
+from lib.timing import Samples, measured, now
+from lib.workload import build_domain_documents
 
 from crdtmds.testing.localcluster import LocalServer
 
@@ -35,7 +43,7 @@ TARGET_RATIO = 0.5
 
 
 def parse_args() -> argparse.Namespace:
-    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=20_000, help="changes in all (20000)")
     parser.add_argument("--domains", type=int, default=10, help="domains (default 10)")
     parser.add_argument("--edits-per-publish", type=int, default=10, help="default 10")
@@ -64,31 +72,31 @@ async def server_ingest(
 ) -> dict[str, Any]:
     """Start a fresh server, send it every source domain, time until it has them all."""
     data_dir = root / f"ingest-{repetition}"
-    await common.init_node_dir(data_dir, name=f"ingest-{repetition}")
-    config = await common.read_node_config(data_dir)
+    await init_node_dir(data_dir, name=f"ingest-{repetition}")
+    config = await read_node_config(data_dir)
     server = LocalServer(name=config["name"], data_dir=data_dir)
     url = server.start(log_level="warning")
     heads = {doc_id: doc.get_heads() for doc_id, doc in sources.items()}
-    peer = common.SyncPeer(
+    peer = SyncPeer(
         url,
-        common.MemoryDocuments(sources),
-        metadata=common.server_join_metadata(config, "bench-source"),
+        MemoryDocuments(sources),
+        metadata=server_join_metadata(config, "bench-source"),
         name="bench-source",
     )
     try:
-        start = common.now()
-        cpu_start = common.process_cpu_seconds(server.process.pid)
+        start = now()
+        cpu_start = process_cpu_seconds(server.process.pid)
         await peer.start()
         while not all(peer.server_has(doc_id, h) for doc_id, h in heads.items()):
             if peer.failure:
                 raise RuntimeError(f"the server dropped the connection: {peer.failure}")
-            if common.now() - start > timeout:
+            if now() - start > timeout:
                 raise TimeoutError(f"the server did not ingest everything in {timeout} s")
             peer.progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(peer.progress.wait(), 1.0)
-        seconds = common.now() - start
-        server_cpu = common.process_cpu_seconds(server.process.pid) - cpu_start
+        seconds = now() - start
+        server_cpu = process_cpu_seconds(server.process.pid) - cpu_start
     finally:
         await peer.close()
         server.stop()
@@ -106,17 +114,17 @@ async def server_ingest(
 async def benchmark(args: argparse.Namespace) -> None:
     per_domain = max(1, args.changes // args.domains)
     print(f"building {args.domains} domains of {per_domain} changes ...", flush=True)
-    start = common.now()
-    sources = common.build_domain_documents(
+    start = now()
+    sources = build_domain_documents(
         args.domains, per_domain, edits_per_publish=args.edits_per_publish, seed=args.seed
     )
     total = sum(len(doc.get_changes([])) for doc in sources.values())
-    print(f"{total} changes built in {common.now() - start:.1f} s", flush=True)
-    core = common.Samples()
+    print(f"{total} changes built in {now() - start:.1f} s", flush=True)
+    core = Samples()
     ingests: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-merge-") as tmp:
         for repetition in range(args.reps):
-            core.add(await common.measured(lambda: core_merge(sources)))
+            core.add(await measured(lambda: core_merge(sources)))
             ingests.append(await server_ingest(sources, Path(tmp), repetition, args.timeout))
             print(
                 f"  rep {repetition + 1}: core {core.wall[-1]:.3f} s,"
@@ -127,28 +135,28 @@ async def benchmark(args: argparse.Namespace) -> None:
 
 
 def report(
-    args: argparse.Namespace, total: int, core: common.Samples, ingests: list[dict[str, Any]]
+    args: argparse.Namespace, total: int, core: Samples, ingests: list[dict[str, Any]]
 ) -> None:
-    core_seconds = common.median(core.wall)
-    server_seconds = common.median([i["seconds"] for i in ingests])
-    server_cpu = common.median([i["server_cpu_seconds"] for i in ingests])
+    core_seconds = median(core.wall)
+    server_seconds = median([i["seconds"] for i in ingests])
+    server_cpu = median([i["server_cpu_seconds"] for i in ingests])
     core_rate = total / core_seconds
     server_rate = total / server_seconds
     ratio = server_rate / core_rate
-    common.print_table(
+    print_table(
         f"Merge throughput: {total} changes over {args.domains} domains, medians of {args.reps}",
         ["path", "seconds", "changes/s", "cpu seconds"],
         [
-            ["(a) Automerge core, in memory", core_seconds, core_rate, common.median(core.cpu)],
+            ["(a) Automerge core, in memory", core_seconds, core_rate, median(core.cpu)],
             ["(b) server over WebSockets + SQLite", server_seconds, server_rate, server_cpu],
         ],
     )
-    common.print_table(
+    print_table(
         "Ratio b/a (higher is better)",
         ["ratio", "target >=", "verdict"],
-        [[ratio, TARGET_RATIO, common.verdict(ratio, TARGET_RATIO, at_least=True)]],
+        [[ratio, TARGET_RATIO, verdict(ratio, TARGET_RATIO, at_least=True)]],
     )
-    common.write_results(
+    write_results(
         args.out,
         NAME,
         parameters=vars(args),
@@ -168,7 +176,7 @@ def report(
 
 def main() -> None:
     args = parse_args()
-    common.run(lambda: benchmark(args))
+    run(lambda: benchmark(args))
 
 
 if __name__ == "__main__":

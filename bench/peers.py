@@ -20,11 +20,11 @@ the run.
 The writer (``--writer``):
 
 - prebuilt (default): before the clock starts, a real Automerge document gets its N
-  changes and each sync message is encoded, envelope and all (`common.GraphPeer.prepare`:
+  changes and each sync message is encoded, envelope and all (`GraphPeer.prepare`:
   heads after its changes, no need, a last sync at those heads); the document itself
   (its first change) is announced and held by every peer before the clock too. Timed,
   the writer only hands the ready frames to its socket, one after another, and answers
-  the peer's replies as Automerge's sync state would (`common.GraphSync`): a few
+  the peer's replies as Automerge's sync state would (`GraphSync`): a few
   microseconds per change, the same for both systems, so the figure is the peers'.
 - live: the changes are made during the timed window, each an Automerge transaction, and
   the writer's Automerge sync state (through `crdtmds.sync.gossip.Gossip`) generates the
@@ -57,8 +57,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import common
 from automerge.core import ROOT, Document, ObjType, ScalarType
+from lib.change_graph import Offer
+from lib.cluster import BenchCluster
+from lib.command_line import base_parser, int_list, run
+from lib.credentials import server_join_metadata
+from lib.node_dirs import read_node_config
+from lib.observers import GraphPeer, add_observer_option, observer_holds, start_observer
+from lib.report import print_table, verdict, write_results
+from lib.resources import cpu_seconds
+from lib.stats import median, ratio
+from lib.sync_peer import MemoryDocuments, SyncPeer
+from lib.timing import now, wait_until
 
 from crdtmds.sync.protocol import new_document_id
 
@@ -72,7 +82,7 @@ QUIET_CPU_SHARE = 0.05
 
 
 def parse_args() -> argparse.Namespace:
-    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=1000, help="changes per run (1000)")
     parser.add_argument("--reps", type=int, default=3, help="runs per system and case")
     parser.add_argument(
@@ -81,7 +91,7 @@ def parse_args() -> argparse.Namespace:
         help="changes the writer makes between two sync rounds, one case each (default 1,10)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
-    common.add_observer_option(parser)
+    add_observer_option(parser)
     parser.add_argument(
         "--writer",
         choices=WRITER_KINDS,
@@ -91,7 +101,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.batches = sorted({int(b) for b in args.batches.split(",") if b.strip()})
+    args.batches = int_list(args.batches)
     return args
 
 
@@ -166,14 +176,12 @@ class Peers:
 
 
 async def crdtmds_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
-    cluster = stack.enter_context(common.BenchCluster(root / "crdtmds", 3, star=True))
+    cluster = stack.enter_context(BenchCluster(root / "crdtmds", 3, star=True))
     cluster.start()
     await cluster.wait_connected(links=1)
-    config = await common.read_node_config(cluster.servers[0].data_dir)
+    config = await read_node_config(cluster.servers[0].data_dir)
     pids = [server.process.pid for server in cluster.servers if server.process is not None]
-    return Peers(
-        "crdtmds", cluster.urls, pids, lambda name: common.server_join_metadata(config, name)
-    )
+    return Peers("crdtmds", cluster.urls, pids, lambda name: server_join_metadata(config, name))
 
 
 def repo_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
@@ -198,13 +206,13 @@ async def settle(pids: list[int], timeout: float) -> float:
     """Wait until the peer processes are idle, together under `QUIET_CPU_SHARE` of a core:
     a peer still working off one run's backlog would take a core from the next run's
     peers. Returns the seconds waited (`timeout` at most)."""
-    start = common.now()
-    while common.now() - start < timeout:
-        before = common.cpu_seconds(pids)
+    start = now()
+    while now() - start < timeout:
+        before = cpu_seconds(pids)
         await asyncio.sleep(QUIET_WINDOW)
-        if common.cpu_seconds(pids) - before < QUIET_CPU_SHARE * QUIET_WINDOW:
+        if cpu_seconds(pids) - before < QUIET_CPU_SHARE * QUIET_WINDOW:
             break
-    return common.now() - start
+    return now() - start
 
 
 # ---------------------------------------------------------------- one run
@@ -227,26 +235,14 @@ def host_change(doc: Document, objects: bytes, index: int) -> None:
         tx.put_object(host, "tags", ObjType.List)
 
 
-async def attach_observers(peers: Peers, document_id: str, kind: str) -> list[common.SyncPeer]:
-    """One observer per peer: a `GraphPeer` (the change graph only) or, for comparison, a
-    `SyncPeer` applying everything to an Automerge document."""
-    observers: list[common.SyncPeer] = []
+async def attach_observers(peers: Peers, document_id: str, kind: str) -> list[SyncPeer]:
+    """One observer of `kind` per peer (see `lib.observers`)."""
+    observers: list[SyncPeer] = []
     for index, url in enumerate(peers.urls):
         name = f"bench-observer-{index}"
         metadata = peers.join_metadata(name)
-        observer = common.observer_peer(kind, url, document_id, metadata=metadata, name=name)
-        await observer.start()
-        observer.request(document_id)
-        observers.append(observer)
+        observers.append(await start_observer(kind, url, document_id, metadata=metadata, name=name))
     return observers
-
-
-def holds(observer: common.SyncPeer, document_id: str, heads: list[bytes]) -> bool:
-    """Whether the observer's peer has sent it exactly the changes up to `heads`."""
-    if isinstance(observer, common.GraphPeer):
-        return observer.holds(document_id, heads)
-    doc = observer.store.docs.get(document_id)
-    return doc is not None and sorted(doc.get_heads()) == sorted(heads)
 
 
 def new_source() -> tuple[Document, bytes]:
@@ -259,13 +255,13 @@ def new_source() -> tuple[Document, bytes]:
 
 async def start_writer(
     peers: Peers, url: str, document_id: str, source: Document, kind: str
-) -> common.SyncPeer:
+) -> SyncPeer:
     """The writer's connection, having announced the document as `source` has it."""
     metadata = peers.join_metadata("bench-writer")
     if kind == "live":
-        store = common.MemoryDocuments({document_id: source})
-        return await common.SyncPeer(url, store, metadata=metadata, name="bench-writer").start()
-    writer = await common.GraphPeer(url, metadata=metadata, name="bench-writer").start()
+        store = MemoryDocuments({document_id: source})
+        return await SyncPeer(url, store, metadata=metadata, name="bench-writer").start()
+    writer = await GraphPeer(url, metadata=metadata, name="bench-writer").start()
     chunks = [change.bytes for change in source.get_changes([])]
     for offer in writer.prepare(document_id, [chunks]):
         writer.write(document_id, offer)
@@ -273,13 +269,13 @@ async def start_writer(
 
 
 def prebuilt_offers(
-    writer: common.GraphPeer,
+    writer: GraphPeer,
     document_id: str,
     source: Document,
     objects: bytes,
     changes: int,
     batch: int,
-) -> list[common.Offer]:
+) -> list[Offer]:
     """Make the changes in `source` and encode the messages that will carry them."""
     before = source.get_heads()
     for index in range(changes):
@@ -290,7 +286,7 @@ def prebuilt_offers(
 
 
 async def write_live(
-    writer: common.SyncPeer,
+    writer: SyncPeer,
     document_id: str,
     source: Document,
     objects: bytes,
@@ -318,26 +314,26 @@ async def propagate(
     timeout = args.timeout
     try:
         heads = source.get_heads()
-        await common.wait_until(
-            lambda: all(holds(o, document_id, heads) for o in observers),
+        await wait_until(
+            lambda: all(observer_holds(o, document_id, heads) for o in observers),
             timeout,
             "the new document on every peer",
         )
-        offers: list[common.Offer] = []
-        if isinstance(writer, common.GraphPeer):
+        offers: list[Offer] = []
+        if isinstance(writer, GraphPeer):
             offers = prebuilt_offers(writer, document_id, source, objects, changes, batch)
-        start = common.now()
+        start = now()
         cpu_start = time.process_time()
         observers_cpu_start = sum(o.handling_cpu for o in observers)
-        if isinstance(writer, common.GraphPeer):
+        if isinstance(writer, GraphPeer):
             await writer.stream(document_id, offers)
         else:
             await write_live(writer, document_id, source, objects, changes, batch)
-        written = common.now() - start
+        written = now() - start
         heads = source.get_heads()
-        await common.wait_until(
+        await wait_until(
             lambda: (
-                all(holds(o, document_id, heads) for o in observers)
+                all(observer_holds(o, document_id, heads) for o in observers)
                 or any(p.failure for p in (writer, *observers))
             ),
             timeout,
@@ -346,7 +342,7 @@ async def propagate(
         failures = [p.failure for p in (writer, *observers) if p.failure]
         if failures:
             raise RuntimeError(f"a {peers.system} peer dropped a connection: {failures[0]}")
-        seconds = common.now() - start
+        seconds = now() - start
         cpu = time.process_time() - cpu_start
         observers_cpu = sum(o.handling_cpu for o in observers) - observers_cpu_start
     finally:
@@ -423,17 +419,16 @@ async def run_case(
 def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     medians = {
         system: {
-            case: common.median([r["changes_per_second"] for r in results])
+            case: median([r["changes_per_second"] for r in results])
             for case, results in by_case.items()
         }
         for system, by_case in runs.items()
     }
     cases = list(medians["crdtmds"])
     ratios = {
-        case: common.ratio(medians["crdtmds"][case], medians["automerge.repo"][case])
-        for case in cases
+        case: ratio(medians["crdtmds"][case], medians["automerge.repo"][case]) for case in cases
     }
-    common.print_table(
+    print_table(
         f"Propagation of {args.changes} changes to 3 peers ({args.writer} writer),"
         f" median changes/s of {args.reps} runs",
         ["case", "crdtmds", "automerge.repo", "ratio", "target >=", "verdict"],
@@ -444,7 +439,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
                 medians["automerge.repo"][case],
                 ratios[case],
                 TARGET_RATIO,
-                common.verdict(ratios[case], TARGET_RATIO, at_least=True),
+                verdict(ratios[case], TARGET_RATIO, at_least=True),
             ]
             for case in cases
         ],
@@ -452,14 +447,14 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
     cpu = {
         key: {
             system: {
-                case: common.median([r[f"{key}_cpu_ms_per_change"] for r in results])
+                case: median([r[f"{key}_cpu_ms_per_change"] for r in results])
                 for case, results in by_case.items()
             }
             for system, by_case in runs.items()
         }
         for key in ("bench", "observer")
     }
-    common.print_table(
+    print_table(
         f"CPU of this process, median ms per change ({args.observer} observers)",
         ["case", *(f"{s}: {part}" for s in SYSTEMS for part in ("all", "observers"))],
         [
@@ -467,7 +462,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
             for case in cases
         ],
     )
-    common.write_results(
+    write_results(
         args.out,
         NAME,
         parameters={k: v for k, v in vars(args).items() if k not in ("repo_child", "dial")},
@@ -485,9 +480,9 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
 def main() -> None:
     args = parse_args()
     if args.repo_child:
-        common.run(lambda: repo_child(args.dial))
+        run(lambda: repo_child(args.dial))
         return
-    common.run(lambda: benchmark(args))
+    run(lambda: benchmark(args))
 
 
 if __name__ == "__main__":

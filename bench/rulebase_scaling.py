@@ -28,8 +28,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import common
 from automerge.core import ROOT
+from lib.command_line import base_parser, int_list, run
+from lib.credentials import BENCH_ADMIN
+from lib.node_dirs import init_node_dir
+from lib.report import plot, print_table, verdict, write_results
+from lib.stats import ratio
+from lib.timing import Samples, Timing, measured, now
+from lib.workload import EditGenerator, apply_edit, apply_edits
 
 from crdtmds.core import model
 from crdtmds.core.docdata import child_id, fork_with_actor, insert_value, put_value, read
@@ -49,7 +55,7 @@ STEPS = (
 
 
 def parse_args() -> argparse.Namespace:
-    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sizes",
         default="10,1000,10000",
@@ -66,7 +72,7 @@ def parse_args() -> argparse.Namespace:
         help="repetitions that also extract the rulebase from Automerge (slow: ~1 ms/rule)",
     )
     args = parser.parse_args()
-    args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
+    args.sizes = int_list(args.sizes)
     return args
 
 
@@ -76,13 +82,12 @@ def parse_args() -> argparse.Namespace:
 async def build_domain(node: Server, size: int, args: argparse.Namespace) -> str:
     """A domain whose default layer holds `size` rules over some hosts and services."""
     name = f"rules-{size}"
-    await node.cluster_admin.create_domain(name, created_by=common.BENCH_ADMIN)
-    generator = common.EditGenerator(seed=args.seed + size, prefix=f"s{size}")
-    session = await node.sessions.open(name, admin=common.BENCH_ADMIN)
+    await node.cluster_admin.create_domain(name, created_by=BENCH_ADMIN)
+    generator = EditGenerator(seed=args.seed + size, prefix=f"s{size}")
+    session = await node.sessions.open(name, admin=BENCH_ADMIN)
     for _ in range(50):
-        common.apply_edit(session, *generator.add_host())
-    for _ in range(10):
-        common.apply_edit(session, *generator.next_edit())
+        apply_edit(session, *generator.add_host())
+    apply_edits(session, generator, 10)
     await node.sessions.publish(session)
     await node.sessions.close(session)
     domain = node.documents.domain(name)
@@ -139,33 +144,29 @@ class LayerBench:
         self.added = 0
 
     async def open(self) -> None:
-        self.session = await self.node.sessions.open(self.domain_name, admin=common.BENCH_ADMIN)
+        self.session = await self.node.sessions.open(self.domain_name, admin=BENCH_ADMIN)
 
-    async def round(self, *, read_document: bool) -> dict[str, common.Timing]:
+    async def round(self, *, read_document: bool) -> dict[str, Timing]:
         """Time each step once (the Automerge extract only with `read_document`)."""
-        times: dict[str, common.Timing] = {}
+        times: dict[str, Timing] = {}
         self.added += 1
         rule = {"name": f"new-{self.added}", "action": "Accept", "position": "top"}
-        times["add"] = await common.measured(lambda: self.session.add_rule(rule))
-        times["publish add"] = await common.measured(
-            lambda: self.node.sessions.publish(self.session)
-        )
+        times["add"] = await measured(lambda: self.session.add_rule(rule))
+        times["publish add"] = await measured(lambda: self.node.sessions.publish(self.session))
         layer = self.session.view.get_layer(None)
         count = len(layer.rules)
         move = {
             "rule-number": self.rng.randint(1, count),
             "new-position": self.rng.randint(1, count),
         }
-        times["move"] = await common.measured(lambda: self.session.set_rule(move))
-        times["publish move"] = await common.measured(
-            lambda: self.node.sessions.publish(self.session)
-        )
+        times["move"] = await measured(lambda: self.session.set_rule(move))
+        times["publish move"] = await measured(lambda: self.node.sessions.publish(self.session))
         domain = self.node.documents.domain(self.domain_name)
-        times["read view"] = await common.measured(lambda: domain.state.rulebase())
+        times["read view"] = await measured(lambda: domain.state.rulebase())
         if read_document:
-            times["read document"] = await common.measured(lambda: read_layer_from_document(domain))
+            times["read document"] = await measured(lambda: read_layer_from_document(domain))
         floor = self.floor_inputs(domain)
-        times["automerge floor"] = await common.measured(lambda: automerge_floor(domain, *floor))
+        times["automerge floor"] = await measured(lambda: automerge_floor(domain, *floor))
         return times
 
     def floor_inputs(self, domain: Any) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
@@ -211,17 +212,17 @@ def read_layer_from_document(domain: Any) -> list[dict[str, Any]]:
 async def benchmark(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-rules-") as tmp:
         data_dir = Path(tmp) / "node"
-        await common.init_node_dir(data_dir)
+        await init_node_dir(data_dir)
         node = await Server.open(data_dir)
         try:
             benches: dict[int, LayerBench] = {}
             for size in args.sizes:
-                start = common.now()
+                start = now()
                 name = await build_domain(node, size, args)
-                print(f"layer of {size} rules built in {common.now() - start:.1f} s", flush=True)
+                print(f"layer of {size} rules built in {now() - start:.1f} s", flush=True)
                 benches[size] = LayerBench(node, name, args.seed + size)
                 await benches[size].open()
-            samples = {size: {step: common.Samples() for step in STEPS} for size in args.sizes}
+            samples = {size: {step: Samples() for step in STEPS} for size in args.sizes}
             for repetition in range(args.reps):
                 order = args.sizes if repetition % 2 == 0 else args.sizes[::-1]
                 for size in order:
@@ -238,27 +239,21 @@ async def benchmark(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- report
 
 
-def combined(first: common.Samples, second: common.Samples) -> common.Samples:
+def combined(first: Samples, second: Samples) -> Samples:
     """Per repetition, the sum of two steps (an edit and its publish)."""
-    total = common.Samples()
+    total = Samples()
     for wall_a, cpu_a, wall_b, cpu_b in zip(
         first.wall, first.cpu, second.wall, second.cpu, strict=True
     ):
-        total.add(common.Timing(wall_a + wall_b, cpu_a + cpu_b))
+        total.add(Timing(wall_a + wall_b, cpu_a + cpu_b))
     return total
 
 
-def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples]]) -> None:
-    for steps in samples.values():
-        steps["add + publish"] = combined(steps["add"], steps["publish add"])
-        steps["move + publish"] = combined(steps["move"], steps["publish move"])
-    medians = {
-        size: {step: values.medians() for step, values in steps.items()}
-        for size, steps in samples.items()
-    }
+def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> None:
+    medians = step_medians(samples)
     columns = ["add", "publish add", "add + publish", "move", "move + publish", "read view"]
     columns += ["read document", "automerge floor"]
-    common.print_table(
+    print_table(
         f"Rulebase scaling: median wall ms over {args.reps} interleaved repetitions",
         ["rules", *columns],
         [[size, *(medians[size][c]["wall"] * 1000 for c in columns)] for size in medians],
@@ -266,12 +261,12 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples
     smallest, largest = min(medians), max(medians)
     ratios = {
         step: {
-            clock: common.ratio(medians[largest][step][clock], medians[smallest][step][clock])
+            clock: ratio(medians[largest][step][clock], medians[smallest][step][clock])
             for clock in ("wall", "cpu")
         }
         for step in ("add + publish", "move + publish", "read view", "automerge floor")
     }
-    common.print_table(
+    print_table(
         f"Cost at {largest} rules relative to {smallest} rules (target: add + publish)",
         ["operation", "wall ratio", "cpu ratio", "verdict (wall)"],
         [
@@ -279,7 +274,7 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples
                 step,
                 value["wall"],
                 value["cpu"],
-                common.verdict(value["wall"], TARGET_RATIO, at_least=False)
+                verdict(value["wall"], TARGET_RATIO, at_least=False)
                 if step == "add + publish"
                 else "",
             ]
@@ -287,14 +282,14 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples
         ],
     )
     print(f"target: add + publish at {largest} rules <= {TARGET_RATIO}x the cost at {smallest}")
-    floor_share = common.ratio(
+    floor_share = ratio(
         medians[largest]["automerge floor"]["wall"], medians[smallest]["add + publish"]["wall"]
     )
     print(
         f"Automerge floor at {largest} rules alone: {floor_share:.2f}x the whole add + publish"
         f" at {smallest} rules"
     )
-    common.write_results(
+    write_results(
         args.out,
         NAME,
         parameters=vars(args),
@@ -309,6 +304,25 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples
         },
         targets={"add_publish_ratio_at_most": TARGET_RATIO},
     )
+    plot_costs(args, medians)
+
+
+def step_medians(
+    samples: dict[int, dict[str, Samples]],
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Median wall and CPU seconds per size and step, with the add + publish and move +
+    publish sums added to `samples`."""
+    for steps in samples.values():
+        steps["add + publish"] = combined(steps["add"], steps["publish add"])
+        steps["move + publish"] = combined(steps["move"], steps["publish move"])
+    return {
+        size: {step: values.medians() for step, values in steps.items()}
+        for size, steps in samples.items()
+    }
+
+
+def plot_costs(args: argparse.Namespace, medians: dict[int, dict[str, dict[str, float]]]) -> None:
+    """Median cost of each operation against the size of the layer, log-log."""
     sizes = list(medians)
 
     def draw(axes: Any) -> None:
@@ -329,12 +343,12 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, common.Samples
         axes.legend()
         axes.grid(True, which="both", alpha=0.3)
 
-    common.plot(args.out, NAME, draw, enabled=not args.no_plot)
+    plot(args.out, NAME, draw, enabled=not args.no_plot)
 
 
 def main() -> None:
     args = parse_args()
-    common.run(lambda: benchmark(args))
+    run(lambda: benchmark(args))
 
 
 if __name__ == "__main__":

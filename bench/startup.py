@@ -28,8 +28,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import common
 from automerge.core import Document
+from lib.command_line import base_parser, run
+from lib.node_dirs import init_node_dir
+from lib.report import print_table, verdict, write_results
+from lib.resources import memory_kib, reset_peak_memory
+from lib.stats import ratio
+from lib.timing import interleaved
+from lib.workload import populate_domains
 
 from crdtmds.config import DATABASE_FILE
 from crdtmds.server import Server
@@ -41,7 +47,7 @@ LAYOUTS = ("change log", "snapshots")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--domains", type=int, default=50, help="stored domains (default 50)")
     parser.add_argument("--edits", type=int, default=300, help="edits per domain (default 300)")
     parser.add_argument("--publishes", type=int, default=3, help="publishes per domain")
@@ -86,21 +92,21 @@ async def memory_child(mode: str, data_dir: Path) -> dict[str, Any]:
     database = data_dir / DATABASE_FILE
     blobs = stored_documents(database) if mode == "Document.load" else {}
     storage = await Storage.open(database) if mode == "Storage.load_all" else None
-    common.reset_peak_memory()
-    before = common.memory_kib()
+    reset_peak_memory()
+    before = memory_kib()
     if mode == "Document.load":
         count = len([Document.load(blob) for blob in blobs.values()])
-        after = common.memory_kib()
+        after = memory_kib()
     elif storage is not None:
         count = len((await storage.load_all()).documents)
-        after = common.memory_kib()
+        after = memory_kib()
         await storage.close()
     else:
         node = await Server.open(data_dir)
         for domain in node.documents.domains.values():
             _ = domain.state  # a serving node keeps each domain's plain-data view too
         count = len(node.documents.domains) + 1
-        after = common.memory_kib()
+        after = memory_kib()
         await node.close()
     return {"mode": mode, "before_kib": before["rss"], "peak_kib": after["peak"], "docs": count}
 
@@ -132,7 +138,7 @@ async def time_layout(data_dir: Path, reps: int) -> dict[str, Any]:
         loaded = await storage.load_all()
         if loaded.problems or len(loaded.documents) != len(blobs):
             raise SystemExit(f"stored documents did not all load: {loaded.problems}")
-        times = await common.interleaved(
+        times = await interleaved(
             reps,
             {
                 "Document.load": lambda: [Document.load(blob) for blob in blobs],
@@ -149,7 +155,7 @@ async def time_layout(data_dir: Path, reps: int) -> dict[str, Any]:
         "seconds": {name: case.to_json() for name, case in times.items()},
         "median_seconds": medians,
         "ratio": {
-            clock: common.ratio(medians["Document.load"][clock], medians["Storage.load_all"][clock])
+            clock: ratio(medians["Document.load"][clock], medians["Storage.load_all"][clock])
             for clock in ("wall", "cpu")
         },
     }
@@ -159,10 +165,10 @@ async def benchmark(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-startup-") as tmp:
         data_dir = Path(tmp) / "node"
         print(f"building {args.domains} domains of {args.edits} edits each ...", flush=True)
-        await common.init_node_dir(data_dir)
+        await init_node_dir(data_dir)
         node = await Server.open(data_dir)
         try:
-            made = await common.populate_domains(
+            made = await populate_domains(
                 node,
                 args.domains,
                 publishes=args.publishes,
@@ -204,7 +210,7 @@ def report(args: argparse.Namespace, made: dict[str, int], layouts: dict[str, An
                 ]
             )
     changes = sum(made.values())
-    common.print_table(
+    print_table(
         f"Start-up: {args.domains} domains, {changes} changes, medians of {args.reps} reps",
         ["layout", "loader", "wall ms", "cpu ms", "docs/s", "peak KiB/doc"],
         rows,
@@ -215,11 +221,11 @@ def report(args: argparse.Namespace, made: dict[str, int], layouts: dict[str, An
             result["ratio"]["wall"],
             result["ratio"]["cpu"],
             TARGET_RATIO,
-            common.verdict(result["ratio"]["wall"], TARGET_RATIO, at_least=True),
+            verdict(result["ratio"]["wall"], TARGET_RATIO, at_least=True),
         ]
         for layout, result in layouts.items()
     ]
-    common.print_table(
+    print_table(
         "Speed of Storage.load_all relative to Document.load (higher is better)",
         ["layout", "wall ratio", "cpu ratio", "target >=", "verdict (wall)"],
         ratio_rows,
@@ -234,7 +240,7 @@ def report(args: argparse.Namespace, made: dict[str, int], layouts: dict[str, An
         for layout, result in layouts.items()
     }
     results["changes_per_domain"] = made
-    common.write_results(
+    write_results(
         args.out,
         NAME,
         parameters={k: v for k, v in vars(args).items() if k != "memory_child"},
@@ -247,9 +253,9 @@ def main() -> None:
     args = parse_args()
     if args.memory_child:
         mode, data_dir = args.memory_child
-        print(json.dumps(common.run(lambda: memory_child(mode, Path(data_dir)))))
+        print(json.dumps(run(lambda: memory_child(mode, Path(data_dir)))))
         return
-    common.run(lambda: benchmark(args))
+    run(lambda: benchmark(args))
 
 
 if __name__ == "__main__":

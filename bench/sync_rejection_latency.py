@@ -12,40 +12,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from lib.credentials import BENCH_ADMIN
+from lib.node_dirs import init_node_dir
+from lib.stats import median
+from lib.timing import now
 from websockets.asyncio.client import connect
 
-from crdtmds.bootstrap import init_cluster
 from crdtmds.config import Limits
 from crdtmds.server import Server
 from crdtmds.sync.protocol import Join, decode, encode
-
-ADMIN, PASSWORD = "admin", "latency-script-password"
 
 
 async def refusal_seconds(url: str, user: str) -> float:
     """Seconds from sending the join to receiving the refusal."""
     query = urlencode({"user": user, "password": "not-the-password"})
     async with connect(f"{url}/sync?{query}", proxy=None) as ws:
-        started = time.perf_counter()
+        started = now()
         await ws.send(encode(Join(sender_id="latency-probe")))
         reply = decode(await asyncio.wait_for(ws.recv(), 10))
-        elapsed = time.perf_counter() - started
+        elapsed = now() - started
     assert type(reply).__name__ == "Error", reply
     return elapsed
 
 
 async def measure(attempts: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
-        await init_cluster(
-            Path(directory), name="n1", listen_host="127.0.0.1", listen_port=0, url="",
-            region="lab", admin=ADMIN, password=PASSWORD,
-        )  # fmt: skip
+        await init_node_dir(Path(directory), name="n1")
         limits = Limits(login_failures=10**6)
         node = await Server.open(Path(directory), limits=limits)
         await node.start(mesh=False)
@@ -54,13 +50,13 @@ async def measure(attempts: int) -> dict[str, float]:
             unknown, known = [], []
             for index in range(attempts):
                 unknown.append(await refusal_seconds(node.config.url, f"nobody-{index}"))
-                known.append(await refusal_seconds(node.config.url, ADMIN))
+                known.append(await refusal_seconds(node.config.url, BENCH_ADMIN))
         finally:
             await node.stop()
     return {
         "attempts": attempts,
-        "unknown-median-ms": round(statistics.median(unknown) * 1000, 2),
-        "known-median-ms": round(statistics.median(known) * 1000, 2),
+        "unknown-median-ms": round(median(unknown) * 1000, 2),
+        "known-median-ms": round(median(known) * 1000, 2),
     }
 
 

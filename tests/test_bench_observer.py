@@ -1,5 +1,6 @@
-"""The benchmarks' change-graph observer (bench/common.py): sync message fields, change
-hashes and dependencies, heads, and the sync protocol against Automerge's own.
+"""The benchmarks' change-graph observer (bench/lib: sync_codec, change_graph, observers):
+sync message fields, change hashes and dependencies, heads, and the sync protocol against
+Automerge's own.
 
 Most tests need no network: an `automerge.core.Document` with a `SyncState` plays the
 server. One test observes a real crdtmds node on 127.0.0.1.
@@ -19,7 +20,7 @@ from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncSta
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import common
+from lib import change_graph, credentials, observers, sync_codec
 
 from crdtmds.sync.sync_message import SYNC_MESSAGE_V1, SYNC_MESSAGE_V2
 
@@ -59,7 +60,10 @@ def test_change_hash_and_deps_match_the_automerge_change() -> None:
     with doc.transaction() as tx:  # a second actor's concurrent change makes two heads
         tx.put(ROOT, "note", ScalarType.Str, "x")
     for change in doc.get_changes([]):
-        assert common.change_hash_and_deps(change.raw_bytes) == (change.hash, tuple(change.deps))
+        assert sync_codec.change_hash_and_deps(change.raw_bytes) == (
+            change.hash,
+            tuple(change.deps),
+        )
 
 
 def test_a_deflated_change_has_the_hash_of_its_uncompressed_form() -> None:
@@ -69,16 +73,19 @@ def test_a_deflated_change_has_the_hash_of_its_uncompressed_form() -> None:
             tx.put(ROOT, f"key-{index}", ScalarType.Str, "value " * 20)
     (change,) = doc.get_changes([])
     assert change.bytes[8] == 2  # the package itself deflates a change this large
-    assert common.change_hash_and_deps(change.bytes) == (change.hash, ())
+    assert sync_codec.change_hash_and_deps(change.bytes) == (change.hash, ())
     small = document_with_hosts(2).get_changes([])[1]
-    assert common.change_hash_and_deps(deflated(small.raw_bytes)) == (small.hash, (small.deps[0],))
+    assert sync_codec.change_hash_and_deps(deflated(small.raw_bytes)) == (
+        small.hash,
+        (small.deps[0],),
+    )
 
 
 def test_a_corrupt_change_chunk_is_refused() -> None:
     raw = bytearray(document_with_hosts(1).get_changes([])[0].raw_bytes)
     raw[-1] ^= 0xFF
     with pytest.raises(ValueError, match="checksum"):
-        common.change_hash_and_deps(bytes(raw))
+        sync_codec.change_hash_and_deps(bytes(raw))
 
 
 # ---------------------------------------------------------------- sync messages
@@ -87,15 +94,15 @@ def test_a_corrupt_change_chunk_is_refused() -> None:
 def test_parse_reads_a_v1_message_with_its_changes() -> None:
     doc = document_with_hosts(3)
     state = SyncState()
-    doc.receive_sync_message(state, Message.decode(common.encode_sync_message([], [], [[]])))
+    doc.receive_sync_message(state, Message.decode(sync_codec.encode_sync_message([], [], [[]])))
     data = doc.generate_sync_message(state).encode()
     assert data[0] == SYNC_MESSAGE_V1
-    message = common.parse_sync_message(data)
+    message = sync_codec.parse_sync_message(data)
     assert message.heads == doc.get_heads()
     assert message.need == []
     changes = doc.get_changes([])
     assert message.changes == [change.raw_bytes for change in changes]
-    assert common.sync_message_changes(message) == [(c.hash, tuple(c.deps)) for c in changes]
+    assert sync_codec.sync_message_changes(message) == [(c.hash, tuple(c.deps)) for c in changes]
 
 
 def test_a_v2_whole_document_yields_every_change() -> None:
@@ -105,24 +112,24 @@ def test_a_v2_whole_document_yields_every_change() -> None:
     doc.receive_sync_message(state, asking)
     data = doc.generate_sync_message(state).encode()
     assert data[0] == SYNC_MESSAGE_V2
-    message = common.parse_sync_message(data)
+    message = sync_codec.parse_sync_message(data)
     assert message.capabilities == b"\x01\x02"
     assert [chunk[8] for chunk in message.changes] == [0]  # one document chunk
-    found = common.sync_message_changes(message)
+    found = sync_codec.sync_message_changes(message)
     assert found == [(c.hash, tuple(c.deps)) for c in doc.get_changes([])]
 
 
 def test_concatenated_chunks_in_one_entry_are_all_read() -> None:
     changes = document_with_hosts(3).get_changes([])
     joined = b"".join(change.raw_bytes for change in changes)
-    message = common.SyncMessage([], [], [], [joined])
-    assert [h for h, _ in common.sync_message_changes(message)] == [c.hash for c in changes]
+    message = sync_codec.SyncMessage([], [], [], [joined])
+    assert [h for h, _ in sync_codec.sync_message_changes(message)] == [c.hash for c in changes]
 
 
 def test_encoded_message_is_what_automerge_reads() -> None:
     heads = sorted(document_with_hosts(2).get_heads() + document_with_hosts(3).get_heads())
-    data = common.encode_sync_message(heads, [heads[0]], [heads])
-    assert common.parse_sync_message(data) == common.SyncMessage(
+    data = sync_codec.encode_sync_message(heads, [heads[0]], [heads])
+    assert sync_codec.parse_sync_message(data) == sync_codec.SyncMessage(
         heads, [heads[0]], [(heads, b"")], [], None
     )
     decoded = Message.decode(data)  # the core accepts it
@@ -133,8 +140,8 @@ def test_encoded_changes_are_applied_by_automerge() -> None:
     changes = document_with_hosts(3).get_changes([])
     chunks = [change.bytes for change in changes]
     heads = [changes[-1].hash]
-    data = common.encode_sync_message(heads, [], [heads], chunks)
-    assert common.parse_sync_message(data) == common.SyncMessage(
+    data = sync_codec.encode_sync_message(heads, [], [heads], chunks)
+    assert sync_codec.parse_sync_message(data) == sync_codec.SyncMessage(
         heads, [], [(heads, b"")], chunks, None
     )
     receiver = Document()
@@ -149,7 +156,7 @@ def test_encoded_changes_are_applied_by_automerge() -> None:
 )
 def test_malformed_messages_raise_value_error(data: bytes) -> None:
     with pytest.raises(ValueError):
-        common.parse_sync_message(data)
+        sync_codec.parse_sync_message(data)
 
 
 # ---------------------------------------------------------------- the graph
@@ -162,7 +169,7 @@ def test_heads_are_the_held_changes_nothing_depends_on() -> None:
     add_host(right, 11)
     base.merge(left)
     base.merge(right)
-    graph = common.ChangeGraph()
+    graph = change_graph.ChangeGraph()
     for change in base.get_changes([]):
         assert graph.add(change.hash, change.deps, 1.0) == [change.hash]
     assert graph.heads == set(base.get_heads())
@@ -173,7 +180,7 @@ def test_heads_are_the_held_changes_nothing_depends_on() -> None:
 def test_a_change_waits_for_its_dependencies() -> None:
     changes = document_with_hosts(3).get_changes([])
     first, second, third = ((c.hash, c.deps) for c in changes)
-    graph = common.ChangeGraph()
+    graph = change_graph.ChangeGraph()
     assert graph.add(*third, 1.0) == []
     assert graph.missing() == [second[0]]
     assert graph.add(*second, 2.0) == []
@@ -189,7 +196,7 @@ def test_a_change_waits_for_its_dependencies() -> None:
 # ---------------------------------------------------------------- the sync protocol
 
 
-def converse(server: Document, state: SyncState, observer: common.GraphSync) -> Iterator[int]:
+def converse(server: Document, state: SyncState, observer: change_graph.GraphSync) -> Iterator[int]:
     """Run the exchange until both sides are quiet; yield how many changes each server
     message carried."""
     for _ in range(50):
@@ -201,7 +208,7 @@ def converse(server: Document, state: SyncState, observer: common.GraphSync) -> 
             return
         if reply is not None:
             data = reply.encode()
-            yield len(common.parse_sync_message(data).changes)
+            yield len(sync_codec.parse_sync_message(data).changes)
             observer.receive(data, 0.0)
     raise AssertionError("the exchange did not settle")
 
@@ -209,7 +216,7 @@ def converse(server: Document, state: SyncState, observer: common.GraphSync) -> 
 def test_the_server_sends_each_change_once_and_falls_quiet() -> None:
     server = document_with_hosts(3)
     state = SyncState()
-    observer = common.GraphSync()
+    observer = change_graph.GraphSync()
     assert sum(converse(server, state, observer)) == 3
     assert observer.graph.heads == set(server.get_heads())
     for round_size in (1, 4, 2):
@@ -225,7 +232,7 @@ def test_the_server_sends_each_change_once_and_falls_quiet() -> None:
 def test_changes_streamed_before_an_answer_are_not_sent_again() -> None:
     server = document_with_hosts(1)
     state = SyncState()
-    observer = common.GraphSync()
+    observer = change_graph.GraphSync()
     list(converse(server, state, observer))
     carried = []
     for index in range(5):  # the server speaks five times before the observer answers
@@ -233,7 +240,7 @@ def test_changes_streamed_before_an_answer_are_not_sent_again() -> None:
         reply = server.generate_sync_message(state)
         assert reply is not None
         data = reply.encode()
-        carried.append(len(common.parse_sync_message(data).changes))
+        carried.append(len(sync_codec.parse_sync_message(data).changes))
         observer.receive(data, float(index))
     assert carried == [1, 1, 1, 1, 1]
     assert sum(converse(server, state, observer)) == 0
@@ -251,7 +258,7 @@ def batches_of(doc: Document, size: int) -> list[list[bytes]]:
 @pytest.mark.parametrize("size", [1, 3])
 def test_prepared_offers_reach_automerge_and_nothing_comes_back(size: int) -> None:
     source = document_with_hosts(7)
-    writer = common.GraphSync()
+    writer = change_graph.GraphSync()
     offers = writer.prepare(batches_of(source, size))
     assert writer.graph.arrived == {}  # preparing sends nothing
     peer, state = Document(), SyncState()
@@ -261,7 +268,7 @@ def test_prepared_offers_reach_automerge_and_nothing_comes_back(size: int) -> No
         assert peer.get_heads() == offer.heads == writer.graph.sorted_heads()
         reply = peer.generate_sync_message(state)
         assert reply is not None
-        answer = common.parse_sync_message(reply.encode())
+        answer = sync_codec.parse_sync_message(reply.encode())
         assert answer.changes == []  # no echo of what the writer just sent
         writer.receive(reply.encode(), 2.0)
     assert peer.get_heads() == source.get_heads()
@@ -272,7 +279,7 @@ def test_prepared_offers_reach_automerge_and_nothing_comes_back(size: int) -> No
 
 def test_prepared_offers_continue_from_what_was_taken() -> None:
     source = document_with_hosts(2)
-    writer = common.GraphSync()
+    writer = change_graph.GraphSync()
     (first,) = writer.prepare([[source.get_changes([])[0].bytes]])
     writer.take(first, 0.0)
     (second,) = writer.prepare([[source.get_changes([])[1].bytes]])
@@ -282,15 +289,15 @@ def test_prepared_offers_continue_from_what_was_taken() -> None:
 
 def test_a_needed_change_of_ours_is_sent_again() -> None:
     source = document_with_hosts(3)
-    writer = common.GraphSync()
+    writer = change_graph.GraphSync()
     for offer in writer.prepare(batches_of(source, 1)):
         writer.take(offer, 0.0)
     lost = source.get_changes([])[1]
-    writer.receive(common.encode_sync_message([], [lost.hash], [[]]), 0.0)
-    message = common.parse_sync_message(writer.generate() or b"")
+    writer.receive(sync_codec.encode_sync_message([], [lost.hash], [[]]), 0.0)
+    message = sync_codec.parse_sync_message(writer.generate() or b"")
     assert message.changes == [lost.bytes]
     assert message.heads == source.get_heads()
-    writer.receive(common.encode_sync_message(source.get_heads(), [], [[]]), 0.0)
+    writer.receive(sync_codec.encode_sync_message(source.get_heads(), [], [[]]), 0.0)
     assert writer.generate() is None
 
 
@@ -313,7 +320,7 @@ async def test_observes_every_published_change_of_a_crdtmds_node(tmp_path: Path)
         await node.cluster_admin.create_domain("lab", created_by="admin")
         document_id = node.documents.domain("lab").document_id
         query = urlencode({"user": "admin", "password": password})
-        peer = await common.GraphPeer(node.config.url, query=query).start(timeout=10)
+        peer = await observers.GraphPeer(node.config.url, query=query).start(timeout=10)
         peer.request(document_id)
         for index in range(3):
             session = await node.sessions.open("lab", admin="admin")
@@ -344,11 +351,11 @@ async def test_a_writer_streams_prepared_changes_into_a_crdtmds_node(tmp_path: P
     node = await Server.open(tmp_path / "a")
     await node.start()
     config = asdict(node.config)
-    peers: list[common.GraphPeer] = []
+    peers: list[observers.GraphPeer] = []
     try:
         for name in ("bench-writer", "bench-observer"):
-            metadata = common.server_join_metadata(config, name)
-            peers.append(await common.GraphPeer(node.config.url, metadata=metadata).start(10))
+            metadata = credentials.server_join_metadata(config, name)
+            peers.append(await observers.GraphPeer(node.config.url, metadata=metadata).start(10))
         writer, observer = peers
         document_id = new_document_id()
         source = document_with_hosts(9)

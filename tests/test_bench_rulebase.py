@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import common
 import rulebase_scaling
+from lib.node_dirs import init_node_dir
 
 from crdtmds.server import Server
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def test_automerge_floor_leaves_the_live_domain_alone(tmp_path: Path) -> None:
-    await common.init_node_dir(tmp_path / "node")
+    await init_node_dir(tmp_path / "node")
     node = await Server.open(tmp_path / "node")
     try:
         args = argparse.Namespace(seed=3, rules_per_change=10)

@@ -1,0 +1,46 @@
+"""CPU time and memory of processes, read from Linux's /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+from pathlib import Path
+
+
+def memory_kib() -> dict[str, int]:
+    """This process's resident set now (VmRSS) and at its peak (VmHWM), in KiB."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0])
+    peak = found.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return {"rss": found.get("VmRSS", peak), "peak": peak}
+
+
+def reset_peak_memory() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds another process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used so far; a process that is
+    gone counts 0."""
+    return sum(seconds for seconds in map(process_cpu_seconds, pids) if not math.isnan(seconds))
