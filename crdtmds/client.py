@@ -35,55 +35,28 @@ renewed on the same server with `continue-last-session`, when the client has the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import json
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.frames import CloseCode
-
-from crdtmds.errors import CrdtmdsError, too_large_message
+from crdtmds.api_socket import (
+    MAX_REQUEST_SIZE,
+    ApiError,
+    ApiSocket,
+    TransportFailure,
+    api_url,
+)
 
 log = logging.getLogger("crdtmds.client")
 
 T = TypeVar("T")
 
-API_PATH = "/api"
-MAX_REPLY_SIZE = 256 * 1024 * 1024
-MAX_REQUEST_SIZE = 16 * 1024 * 1024
-"""The servers' default frame limit (`crdtmds start --max-message-size`)."""
 SESSION_GONE_CODES = frozenset({"generic_err_wrong_session_id", "generic_err_session_expired"})
 ENDS_DRAFT = frozenset({"publish", "discard", "revert-to-revision"})
 NOT_DRAFT_EDITS = frozenset({"add-domain", "add-administrator"})
 """Writes that apply at once (cluster document), not to the session's draft."""
-
-
-class ApiError(CrdtmdsError):
-    """An error reply of the server, or a failure of the client to reach one."""
-
-    code = "generic_error"
-
-    def __init__(self, code: str, message: str, *, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message, details=details)
-        self.code = code
-
-    @classmethod
-    def from_reply(cls, error: Any) -> ApiError:
-        if not isinstance(error, dict):
-            return cls("generic_error", f"malformed error reply: {error!r}")
-        details = error.get("details")
-        return cls(
-            str(error.get("code", "generic_error")),
-            str(error.get("message", "")),
-            details=details if isinstance(details, dict) else {},
-        )
 
 
 class ServerUnreachable(ApiError):
@@ -100,14 +73,6 @@ class SessionLeftBehind(ApiError):
         super().__init__("err_session_left_behind", message, details=details)
 
 
-class RequestTooLarge(ApiError):
-    """The request exceeds the frame limit: refused before sending, or by the server's
-    close (code 1009). The server is fine, so the client does not fail over."""
-
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
-        super().__init__("err_request_too_large", message, details=details)
-
-
 class OutcomeUnknown(ApiError):
     """The connection broke after an edit was sent and before its reply arrived."""
 
@@ -121,35 +86,6 @@ class LeftBehind:
 
     server: str
     session: str | None
-
-
-class _TransportFailure(Exception):
-    """The connection failed; `sent` tells whether the request may have reached the server."""
-
-    def __init__(self, reason: str, *, sent: bool) -> None:
-        super().__init__(reason)
-        self.sent = sent
-
-
-def _raise_if_too_large(command: str, exc: BaseException) -> None:
-    """A close with code 1009 means the server refused the request's size, not that it
-    went away: raise `RequestTooLarge` with its reason instead of failing over."""
-    close = exc.rcvd if isinstance(exc, ConnectionClosed) else None
-    if close is not None and close.code == CloseCode.MESSAGE_TOO_BIG:
-        raise RequestTooLarge(
-            close.reason or "request too large",
-            details={"command": command, "close-code": close.code},
-        )
-
-
-def api_url(url: str) -> str:
-    """The `/api` WebSocket URL of a server given as `ws://host:port` (or http, or /api)."""
-    parts = urlsplit(url.strip())
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"not a server URL: {url!r} (expected ws://host:port)")
-    path = parts.path if parts.path not in ("", "/") else API_PATH
-    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
 
 
 def is_draft_edit(command: str) -> bool:
@@ -199,8 +135,7 @@ class Client:
         self.left_behind: list[LeftBehind] = []
         self.logout_on_close = True
         self._index = 0
-        self._ws: ClientConnection | None = None
-        self._ids = itertools.count(1)
+        self._socket = ApiSocket(timeout=timeout, max_request_size=max_request_size)
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -275,7 +210,7 @@ class Client:
                 )  # fmt: skip
             try:
                 await self._request("logout", {})
-            except (_TransportFailure, ApiError) as exc:
+            except (TransportFailure, ApiError) as exc:
                 log.info("logout from %s failed: %s", self.server, exc)
             self.sid = None
             self.unpublished = False
@@ -308,7 +243,7 @@ class Client:
         for _ in range(len(self.urls) + 1):
             try:
                 return await self._request(command, params)
-            except _TransportFailure as failure:
+            except TransportFailure as failure:
                 await self._recover_from_lost_server(command, failure)
             except ApiError as error:
                 if error.code not in SESSION_GONE_CODES or renewed or self.password is None:
@@ -317,7 +252,7 @@ class Client:
                 await self._renew_login(error)
         raise ServerUnreachable(f"'{command}' failed on every server: {', '.join(self.urls)}")
 
-    async def _recover_from_lost_server(self, command: str, failure: _TransportFailure) -> None:
+    async def _recover_from_lost_server(self, command: str, failure: TransportFailure) -> None:
         lost, lost_session = self.server, self.session_uid
         edit_in_flight = failure.sent and (is_draft_edit(command) or command in ENDS_DRAFT)
         draft_at_risk = self.unpublished or edit_in_flight
@@ -376,7 +311,7 @@ class Client:
         for index in order:
             try:
                 return await self._login_at(index, continuing=self.urls[index] == continuing)
-            except _TransportFailure as failure:
+            except TransportFailure as failure:
                 failures.append(f"{self.urls[index]}: {failure}")
             except ApiError as error:
                 if error.code == "err_login_required":
@@ -429,38 +364,9 @@ class Client:
     # ------------------------------------------------------------ one request
 
     async def _request(self, command: str, params: dict[str, Any]) -> dict[str, Any]:
-        ws = await self._connection()
-        request_id = next(self._ids)
-        request: dict[str, Any] = {"id": request_id, "command": command, "params": params}
-        if self.sid is not None and command != "login":
-            request["sid"] = self.sid
-        text = json.dumps(request)
-        self._check_size(command, len(text.encode()))
-        try:
-            await ws.send(text)
-        except (ConnectionClosed, OSError) as exc:
-            await self._drop_connection()
-            _raise_if_too_large(command, exc)
-            raise _TransportFailure(f"send failed: {exc}", sent=False) from None
-        try:
-            reply = await asyncio.wait_for(self._reply_to(ws, request_id), self.timeout)
-        except (ConnectionClosed, OSError, TimeoutError) as exc:
-            await self._drop_connection()
-            _raise_if_too_large(command, exc)
-            reason = f"no reply within {self.timeout} s" if isinstance(exc, TimeoutError) else exc
-            raise _TransportFailure(f"'{command}': {reason}", sent=True) from None
-        if "error" in reply:
-            raise ApiError.from_reply(reply["error"])
-        result = reply.get("result")
+        result = await self._socket.request(self.server, command, params, self.sid)
         self._note_success(command)
-        return result if isinstance(result, dict) else {"result": result}
-
-    def _check_size(self, command: str, size: int) -> None:
-        if size > self.max_request_size:
-            raise RequestTooLarge(
-                too_large_message("request", self.max_request_size),
-                details={"command": command, "size": size, "limit": self.max_request_size},
-            )
+        return result
 
     def _note_success(self, command: str) -> None:
         if is_draft_edit(command):
@@ -468,37 +374,5 @@ class Client:
         elif command in ENDS_DRAFT:
             self.unpublished = False
 
-    @staticmethod
-    async def _reply_to(ws: ClientConnection, request_id: int) -> dict[str, Any]:
-        while True:
-            message = await ws.recv()
-            try:
-                reply = json.loads(message)
-            except ValueError:
-                log.warning("ignoring a reply that is not JSON")
-                continue
-            if isinstance(reply, dict) and reply.get("id") == request_id:
-                return reply
-
-    async def _connection(self) -> ClientConnection:
-        if self._ws is not None:
-            return self._ws
-        try:
-            self._ws = await connect(
-                self.server,
-                open_timeout=self.timeout,
-                close_timeout=1,
-                max_size=MAX_REPLY_SIZE,
-                proxy=None,
-            )
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise _TransportFailure(f"cannot connect to {self.server}: {exc}", sent=False) from None
-        except InvalidURI as exc:
-            raise ApiError("generic_err_invalid_parameter", str(exc)) from None
-        return self._ws
-
     async def _drop_connection(self) -> None:
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(OSError, ConnectionClosed, TimeoutError):
-                await ws.close()
+        await self._socket.close()

@@ -20,7 +20,9 @@ PACKAGE = ROOT / "crdtmds"
 LAYERS: list[tuple[str, ...]] = [
     ("crdtmds", "crdtmds.errors"),
     ("crdtmds.core",),
-    ("crdtmds.storage", "crdtmds.sync", "crdtmds.tls", "crdtmds.client", "crdtmds.status_query"),
+    ("crdtmds.tls",),
+    ("crdtmds.storage", "crdtmds.sync", "crdtmds.api_socket", "crdtmds.status_query"),
+    ("crdtmds.client",),
     ("crdtmds.config",),
     ("crdtmds.app",),
     ("crdtmds.api", "crdtmds.net"),
@@ -48,7 +50,8 @@ def part_of(module: str) -> str:
     best = ""
     for layer in LAYERS:
         for part in layer:
-            if (module == part or module.startswith(part + ".")) and len(part) > len(best):
+            inside = module == part or (part != "crdtmds" and module.startswith(part + "."))
+            if inside and len(part) > len(best):
                 best = part
     return best
 

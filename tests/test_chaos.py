@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from crdtmds.client import ApiError, Client
+from crdtmds.api_socket import ApiError
+from crdtmds.client import Client
 from crdtmds.errors import ClusterError, CrdtmdsError
 from crdtmds.status_query import query_status
 from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess

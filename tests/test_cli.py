@@ -20,7 +20,8 @@ import typer
 from crdtmds_cli.main import app
 from typer.testing import CliRunner, Result
 
-from crdtmds.client import ApiError, Client
+from crdtmds.api_socket import ApiError
+from crdtmds.client import Client
 from crdtmds.testing.localcluster import LocalCluster
 
 CONVERGENCE_TIMEOUT = 20.0

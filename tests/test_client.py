@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from crdtmds.api_socket import ApiError, RequestTooLarge, api_url
 from crdtmds.bootstrap import init_cluster
 from crdtmds.client import (
-    ApiError,
     Client,
     LeftBehind,
-    RequestTooLarge,
     ServerUnreachable,
     SessionLeftBehind,
-    api_url,
     is_draft_edit,
 )
 from crdtmds.config import Limits

@@ -23,8 +23,9 @@ from crdtmds_cli.main import app
 from typer.testing import CliRunner
 
 from crdtmds.api.dispatch import AdminAPI
+from crdtmds.api_socket import ApiError
 from crdtmds.bootstrap import init_cluster
-from crdtmds.client import ApiError, Client
+from crdtmds.client import Client
 from crdtmds.core import auth, model, names
 from crdtmds.core.cluster import ClusterDocument
 from crdtmds.core.docdata import read

@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 from automerge.core import ROOT, Document, ScalarType
 
+from crdtmds.api_socket import ApiError
 from crdtmds.bootstrap import init_cluster
-from crdtmds.client import ApiError, Client
+from crdtmds.client import Client
 from crdtmds.config import DATABASE_FILE
 from crdtmds.core.session import Session
 from crdtmds.errors import ClusterError, StorageError

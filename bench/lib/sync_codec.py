@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from crdtmds.core.changes import change_hash_and_deps as checked_hash_and_deps
 from crdtmds.core.changes import split_chunks
 from crdtmds.errors import ProtocolError
-from crdtmds.sync.gossip import SyncMessage
-from crdtmds.sync.gossip import encode_sync_message as encode_any_sync_message
-from crdtmds.sync.gossip import parse_sync_message as parse_any_sync_message
+from crdtmds.sync.sync_message import SyncMessage
+from crdtmds.sync.sync_message import encode_sync_message as encode_any_sync_message
+from crdtmds.sync.sync_message import parse_sync_message as parse_any_sync_message
 
 __all__ = [
     "SyncMessage",

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from crdtmds.client import ApiError, Client
+from crdtmds.api_socket import ApiError
+from crdtmds.client import Client
 from crdtmds_cli.calls import publish_now, with_login
 from crdtmds_cli.login_file import CliFailure
 from crdtmds_cli.options import (

@@ -13,7 +13,8 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
-from crdtmds.client import ApiError, Client, SessionLeftBehind, run
+from crdtmds.api_socket import ApiError
+from crdtmds.client import Client, SessionLeftBehind, run
 from crdtmds_cli.login_file import CliFailure, StoredLogin, login_file_path
 from crdtmds_cli.output import say
 

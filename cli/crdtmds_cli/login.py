@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from crdtmds.client import ApiError, Client, run
+from crdtmds.api_socket import ApiError
+from crdtmds.client import Client, run
 from crdtmds_cli.calls import fail, load_login, show_client_warnings
 from crdtmds_cli.login_file import StoredLogin, device_token_of, login_file_path
 from crdtmds_cli.options import JsonOption, LoginFileOption, add_command

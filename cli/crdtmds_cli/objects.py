@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
-from crdtmds.client import ApiError, Client
+from crdtmds.api_socket import ApiError
+from crdtmds.client import Client
 from crdtmds_cli.calls import all_pages, domain_param, publish_now, ref_key, with_login
 from crdtmds_cli.login_file import CliFailure
 from crdtmds_cli.options import (
