@@ -220,10 +220,10 @@ def _start(
         print(f"listening on {url}", flush=True)
 
     async def serve() -> None:
-        node = await Server.open(data, limits=limits)
+        server = await Server.open(data, limits=limits)
         if compact_threshold is not None:
-            node.persister.compact_threshold = compact_threshold
-        await node.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
+            server.persister.compact_threshold = compact_threshold
+        await server.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
 
     _run(serve())
 
@@ -344,6 +344,6 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Their debug records show request lines (credentials in /sync URL queries) and SQL
-    # parameters (the node configuration with the cluster secret, stored changes).
+    # parameters (the server configuration with the cluster secret, stored changes).
     for noisy in ("websockets", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,7 +4,7 @@ Every Automerge document is an append-only log of change chunks (``changes``, ke
 ``(document_id, change hash)``) plus at most one snapshot (``snapshots``) written by
 compaction; a document loads in one ``Document.load`` of the snapshot followed by its
 change rows. Administrator sessions are kept with their fork's changes
-(`crdtmds.storage.sessions`), node metadata as JSON values (``meta``).
+(`crdtmds.storage.sessions`), server metadata as JSON values (``meta``).
 
 Compaction is the caller's decision: `Storage.append_changes` returns how many change rows
 a document has outside its snapshot; past `DEFAULT_COMPACT_THRESHOLD` the caller saves the
@@ -297,7 +297,7 @@ class Storage:
             changes.setdefault(uid, []).append(data)
         return [session_from_row(row, changes.get(row[0], [])) for row in session_rows]
 
-    # -- node metadata ---------------------------------------------------------------------
+    # -- server metadata -------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> Any | None:
         """The JSON value stored under ``key``, or None.

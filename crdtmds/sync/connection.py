@@ -1,4 +1,4 @@
-"""One peer connection of a node, as `crdtmds.sync.gossip.Gossip` tracks it: where its
+"""One peer connection of a server, as `crdtmds.sync.gossip.Gossip` tracks it: where its
 handshake stands, the frames queued for it, the sync state of each document it follows,
 and the sync frames it is sent about one document.
 

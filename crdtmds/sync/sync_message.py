@@ -68,7 +68,7 @@ def parse_sync_message(data: bytes, *, exact: bool = False) -> SyncMessage:
 def try_parse_sync_message(data: bytes) -> SyncMessage | None:
     """The fields of `data`, or None when this reader does not know its form."""
     # Automerge accepted the message; a form this reader does not know only means the
-    # node asks the document for the changes instead.
+    # server asks the document for the changes instead.
     try:
         return parse_sync_message(data)
     except ProtocolError:
