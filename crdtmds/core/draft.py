@@ -9,6 +9,7 @@ document. What an edit means, and the publish protocol, belong to `Session`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,8 @@ class Draft:
         self.touched = Touched()
         """What the draft changed since its base (read by show-changes)."""
         self.pending: PendingPublish | None = None
+        self.last_write: float | None = None
+        """When `commit` last ran a write (the session's last activity)."""
         if own_changes:
             self.touch_everything()
 
@@ -226,6 +229,7 @@ class Draft:
                 self._own_changes.append((change.hash, change.bytes))
                 if draft:
                     self._unsaved.append(change.bytes)
+        self.last_write = time.time()
 
     def objects_id(self) -> bytes:
         objects = child_id(self.fork, ROOT, "objects")

@@ -55,9 +55,13 @@ class Session:
         self.name = name
         self.description = description
         self.created_at = created_at if created_at is not None else time.time()
-        self.last_active = self.created_at
         self.draft = draft
         """The draft's document, base, view and own changes."""
+
+    @property
+    def last_active(self) -> float:
+        """When the session last wrote to its draft, else when it was opened."""
+        return self.draft.last_write or self.created_at
 
     # ------------------------------------------------------------ lifecycle
 
@@ -154,7 +158,7 @@ class Session:
         record = model.build_object(obj_type, params, self.view.find_object)
         _check_name_free(self.view, record["name"], record["uid"])
         objects = self.draft.objects_id()
-        self._commit(lambda tx: put_value(tx, objects, record["uid"], record))
+        self.draft.commit(lambda tx: put_value(tx, objects, record["uid"], record))
         self.view.put_object(record["uid"], record)
         self.draft.touched.objects.add(record["uid"])
         return record
@@ -166,7 +170,8 @@ class Session:
         if record["name"] != current["name"]:
             _check_name_free(self.view, record["name"], record["uid"])
         if record != current:
-            self._write_fields(self.draft.object_id(current["uid"]), current, record)
+            obj = self.draft.object_id(current["uid"])
+            self.draft.commit(lambda tx: put_changed_fields(tx, obj, current, record))
             self.view.put_object(record["uid"], record)
             self.draft.touched.objects.add(record["uid"])
         return record
@@ -181,7 +186,7 @@ class Session:
                 details={"where-used": uses},
             )
         objects = self.draft.objects_id()
-        self._commit(lambda tx: tx.delete(objects, record["uid"]))
+        self.draft.commit(lambda tx: tx.delete(objects, record["uid"]))
         self.view.remove_object(record["uid"])
         self.draft.touched.objects.add(record["uid"])
         return record
@@ -200,7 +205,7 @@ class Session:
             put_value(tx, rules_id, rule["uid"], rule)
             insert_value(tx, order_id, index, rule["uid"])
 
-        self._commit(write)
+        self.draft.commit(write)
         layer.insert_rule(rule, index)
         self.draft.touched.rules.add((layer.uid, rule["uid"]))
         return _numbered(layer, rule)
@@ -216,7 +221,8 @@ class Session:
             position = model.check_position(params["new-position"], "new-position")
             target = _raw_index(self.view, layer, position, moving=rule["uid"])
         if rule != current:
-            self._write_fields(self.draft.rule_id(layer.uid, rule["uid"]), current, rule)
+            rule_id = self.draft.rule_id(layer.uid, rule["uid"])
+            self.draft.commit(lambda tx: put_changed_fields(tx, rule_id, current, rule))
             layer.replace_rule(rule)
             self.draft.touched.rules.add((layer.uid, rule["uid"]))
         if target is not None:
@@ -235,7 +241,7 @@ class Session:
             for index in reversed(indices):
                 tx.delete(order_id, index)
 
-        self._commit(write)
+        self.draft.commit(write)
         layer.remove_rule(rule["uid"])
         self.draft.touched.rules.add((layer.uid, rule["uid"]))
         return rule
@@ -250,7 +256,7 @@ class Session:
                 tx.delete(order_id, index)
             insert_value(tx, order_id, target, uid)
 
-        self._commit(write)
+        self.draft.commit(write)
         layer.move_rule(uid, target)
         # Only moves (and reverts) change the relative order of rules; adds and deletes
         # do not, so only these layers need the order comparison of show-changes.
@@ -273,11 +279,9 @@ class Session:
         if self.draft.pending is not None:
             return self.draft.pending
         comments = names.check_string(comments, "comments")
-        pending = self.draft.write_revision(
+        return self.draft.write_revision(
             lambda heads: self.revision_entry(heads, comments, self.change_count())
         )
-        self.last_active = time.time()
-        return pending
 
     def revision_entry(self, heads: Sequence[bytes], comments: str, changes: int) -> dict[str, Any]:
         """The revision entry a publish of this session writes, now, of the draft at
@@ -328,21 +332,11 @@ class Session:
             raise ValidationError(f"revision '{revision_ref}' has no content heads")
         target = self.domain.state_at(unhex_heads(heads))
         objects = self.draft.objects_id()
-        self._commit(lambda tx: write_objects_like(tx, objects, self.view, target))
+        self.draft.commit(lambda tx: write_objects_like(tx, objects, self.view, target))
         layers = self.draft.layers_id()
-        self._commit(lambda tx: write_layers_like(tx, layers, self.view, target))
+        self.draft.commit(lambda tx: write_layers_like(tx, layers, self.view, target))
         self.draft.reread_view()
         return revision
-
-    # ------------------------------------------------------------ writing the fork
-
-    def _commit(self, write: Any) -> None:
-        """Write one change of the draft (see `Draft.commit`); the session is active."""
-        self.draft.commit(write)
-        self.last_active = time.time()
-
-    def _write_fields(self, obj: bytes, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-        self._commit(lambda tx: put_changed_fields(tx, obj, old, new))
 
 
 def _check_name_free(view: DomainState, name: str, uid: str) -> None:
