@@ -14,8 +14,8 @@ from crdtmds.sync.gossip import (
     Event,
     Gossip,
     JoinReceived,
-    PeerInfo,
 )
+from crdtmds.sync.peers import PeerInfo
 from crdtmds.sync.protocol import Join, Message, decode, new_document_id
 
 SERVER_METADATA: dict[str, Any] = {"role": "secondary"}

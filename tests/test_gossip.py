@@ -21,8 +21,8 @@ from crdtmds.sync.gossip import (
     Gossip,
     JoinReceived,
     PeerConnected,
-    PeerInfo,
 )
+from crdtmds.sync.peers import PeerInfo
 from crdtmds.sync.protocol import (
     DocUnavailable,
     Ephemeral,

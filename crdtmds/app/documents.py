@@ -18,7 +18,7 @@ from automerge.core import Document
 from crdtmds.core.cluster import ClusterDocument
 from crdtmds.core.domain import Domain
 from crdtmds.errors import ObjectNotFound
-from crdtmds.sync.gossip import PeerInfo
+from crdtmds.sync.peers import PeerInfo
 
 
 class Documents:

@@ -20,7 +20,7 @@ from crdtmds.core import auth
 from crdtmds.errors import AuthenticationFailed
 from crdtmds.net.links import SyncLink
 from crdtmds.net.urls import format_address
-from crdtmds.sync.gossip import PeerInfo
+from crdtmds.sync.peers import PeerInfo
 from crdtmds.sync.protocol import Join, Peer
 
 METADATA_KEY = "crdtmds"

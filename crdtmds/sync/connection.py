@@ -10,17 +10,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from automerge.core import Document, SyncState
 
 from crdtmds.errors import ProtocolError
+from crdtmds.sync.peers import PeerInfo
 from crdtmds.sync.protocol import DocUnavailable, Error, Join, Request, Sync, encode
 from crdtmds.sync.sync_message import COUNT_MARGIN, split_sync_message, with_changes
-
-if TYPE_CHECKING:
-    # Only named in annotations: gossip, which defines it, imports this module.
-    from crdtmds.sync.gossip import PeerInfo
 
 
 class ConnectionState(enum.Enum):

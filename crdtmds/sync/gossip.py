@@ -38,7 +38,7 @@ The rules :class:`Gossip` follows:
    With ``persisted(..., relay_later=True)``, changes that came from servers only are
    made dirty at once for their senders and for repo clients, and for the other
    servers at the next ``release_relays`` (in a full mesh those got them from their
-   origin).
+   origin). The bookkeeping is `crdtmds.sync.relay_hold.RelayHold`.
 4. A peer with ``may_write=False`` whose sync message carries changes is refused with
    an error ("changes refused: ...") and :class:`ConnectionFailed`; the changes never
    reach the live document (see `crdtmds.sync.sync_message.sync_message_has_changes`).
@@ -50,17 +50,19 @@ The rules :class:`Gossip` follows:
    is called for it.
 6. Handshake: a dialer sends ``join`` with our metadata and waits for ``peer``, which
    yields :class:`PeerConnected` with the PeerInfo made by ``on_peer`` (default
-   :func:`default_peer_info`; raising a CrdtmdsError there refuses the peer). A
-   listener yields :class:`JoinReceived` and the caller must ``accept`` or ``reject``
-   before any other message is processed; anything else first is a protocol error.
+   :func:`crdtmds.sync.peers.default_peer_info`; raising a CrdtmdsError there refuses
+   the peer). A listener yields :class:`JoinReceived` and the caller must ``accept`` or
+   ``reject`` before any other message is processed; anything else first is a protocol
+   error.
    A join that does not offer version "1" gets "unsupported protocol version" and the
    connection closes. Every malformed frame or message out of place gets an error
    and :class:`ConnectionFailed` for that connection alone; after an error, sent or
    received, everything from the peer is ignored.
 7. Ephemeral messages go on to every other connection whose peer may read and follows
    the document, each message once (remembered by sender, session and count), and
-   never back to a mesh loop's origin (our own sender id); the message types listed
-   as ignored by the protocol are dropped.
+   never back to a mesh loop's origin (our own sender id), by
+   `crdtmds.sync.ephemeral.EphemeralRelay`; the message types listed as ignored by the
+   protocol are dropped.
 8. Outgoing messages carry our ``local_peer_id`` as senderId and the peer's id as
    targetId (forwarded ephemeral messages keep their original sender).
 9. A peer that names a document beyond ``max_documents_per_connection`` distinct
@@ -79,7 +81,6 @@ RuntimeError; ``receive`` and ``data_to_send`` on a forgotten connection return 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -88,6 +89,8 @@ from automerge.core import Document, Message
 
 from crdtmds.errors import CrdtmdsError, ProtocolError, is_core_error
 from crdtmds.sync.connection import Connection, ConnectionState
+from crdtmds.sync.ephemeral import EphemeralRelay
+from crdtmds.sync.peers import PeerInfo, default_peer_info
 from crdtmds.sync.protocol import (
     MAX_MESSAGE_SIZE_DEFAULT,
     PROTOCOL_VERSION,
@@ -102,6 +105,7 @@ from crdtmds.sync.protocol import (
     decode,
     encode,
 )
+from crdtmds.sync.relay_hold import RelayHold
 from crdtmds.sync.sync_message import sync_message_has_changes, try_parse_sync_message
 
 __all__ = [
@@ -113,12 +117,8 @@ __all__ = [
     "Gossip",
     "JoinReceived",
     "PeerConnected",
-    "PeerInfo",
-    "default_peer_info",
 ]
 
-_EPHEMERAL_MEMORY = 4096
-"""How many ephemeral message ids are remembered to stop them circling a mesh."""
 MAX_DOCUMENTS_PER_CONNECTION_DEFAULT = 10_000
 """How many distinct documents one connection may involve (each costs a sync state)."""
 MAX_SYNC_MESSAGE_SIZE_DEFAULT = 1024 * 1024
@@ -126,27 +126,7 @@ MAX_SYNC_MESSAGE_SIZE_DEFAULT = 1024 * 1024
 `websockets` default that Python's `automerge.repo` transport keeps)."""
 
 
-# --------------------------------------------------------------------------- peers, store
-
-
-def _read_anything(document_id: str) -> bool:
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """What the node decided about the peer at the other end of one connection."""
-
-    peer_id: str
-    metadata: dict[str, Any]
-    may_write: bool
-    """False for admin repo clients: a sync message of theirs that carries changes is
-    refused with an error and the connection is closed."""
-    may_read: Callable[[str], bool] = _read_anything
-    """Which documents this peer may receive; others are answered with doc-unavailable."""
-    is_server: bool = False
-    """Servers are sent every document they may read; other peers only the documents
-    they were announced at connect time or have asked about."""
+# ---------------------------------------------------------------------------------- store
 
 
 class DocumentStore(Protocol):
@@ -166,23 +146,6 @@ class DocumentStore(Protocol):
     def shared_documents(self, peer: PeerInfo) -> Iterable[str]:
         """Ids announced to ``peer`` when its connection opens (anti-entropy)."""
         ...
-
-
-def default_peer_info(peer: Peer) -> PeerInfo:
-    """How a dialer sees the listener that answered its join, unless told otherwise.
-
-    A listener is trusted to write and to read everything (we chose to dial it); it is a
-    server when its metadata carries a ``role`` (servers announce "primary" or
-    "secondary").
-    """
-    metadata = dict(peer.peer_metadata or {})
-    return PeerInfo(
-        peer_id=peer.sender_id,
-        metadata=metadata,
-        may_write=True,
-        may_read=_read_anything,
-        is_server="role" in metadata,
-    )
 
 
 # --------------------------------------------------------------------------------- events
@@ -298,14 +261,11 @@ class Gossip:
         self._max_sync_message_size = max_sync_message_size
         self._peer_info_for = on_peer or (lambda _conn_id, peer: default_peer_info(peer))
         self._connections: dict[str, Connection] = {}
-        self._holds: dict[str, int] = {}
-        self._sources: dict[str, set[str]] = {}
-        """Per held document, the connections whose messages brought the changes."""
-        self._relays: dict[str, set[str]] = {}
-        """Per document, servers to send it to at ``release_relays``."""
+        self._hold = RelayHold(self._connections)
+        """Persist before forward (rule 3): held documents and relays that wait."""
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
-        self._seen_ephemeral: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._ephemeral = EphemeralRelay(local_peer_id)
 
     # ---------------------------------------------------------------- connections
 
@@ -392,7 +352,7 @@ class Gossip:
 
     def document_changed(self, document_id: str) -> None:
         """A local change (a publish): mark the document dirty for every peer of it."""
-        self._relays.pop(document_id, None)
+        self._hold.forget_relays(document_id)
         fresh = self._fresh.pop(document_id, [])
         for conn in self._connections.values():
             if conn.state is ConnectionState.CONNECTED and conn.should_sync(document_id):
@@ -409,38 +369,16 @@ class Gossip:
         changes that came from servers only go to the other servers at the next
         ``release_relays``. Changes from repo clients never wait.
         """
-        holds = self._holds.get(document_id, 0)
-        if holds == 0:
-            raise RuntimeError(f"persisted({document_id!r}) without a pending DocumentChanged")
-        if holds > 1:
-            self._holds[document_id] = holds - 1
-            return
-        del self._holds[document_id]
-        sources = self._sources.pop(document_id, set())
-        if not relay_later or not all(self._from_server(c) for c in sources):
+        if self._hold.persisted(document_id, relay_later=relay_later):
             self.document_changed(document_id)
-            return
-        # The senders hear our new heads now (so they stop offering the changes); other
-        # servers get them at the next release, along with whatever else came by then.
-        for conn in self._connections.values():
-            if conn.state is ConnectionState.CONNECTED and conn.should_sync(document_id):
-                if conn.conn_id in sources or not conn.peer_info.is_server:
-                    conn.dirty[document_id] = None
-                else:
-                    self._relays.setdefault(document_id, set()).add(conn.conn_id)
 
     def relays_pending(self) -> bool:
         """Whether changes wait for ``release_relays`` (see ``persisted``)."""
-        return bool(self._relays)
+        return self._hold.relays_pending()
 
     def release_relays(self) -> None:
         """Mark every waiting relay dirty; call ``data_to_send`` for every connection."""
-        relays, self._relays = self._relays, {}
-        for document_id, conn_ids in relays.items():
-            for conn_id in conn_ids:
-                conn = self._connections.get(conn_id)
-                if conn is not None and conn.state is ConnectionState.CONNECTED:
-                    conn.dirty[document_id] = None
+        self._hold.release()
 
     def has_data_to_send(self, conn_id: str) -> bool:
         """Whether ``data_to_send`` may return frames (a queued frame or a dirty document
@@ -448,7 +386,7 @@ class Gossip:
         conn = self._connections.get(conn_id)
         if conn is None:
             return False
-        return bool(conn.outbox) or any(d not in self._holds for d in conn.dirty)
+        return bool(conn.outbox) or any(not self._hold.is_held(d) for d in conn.dirty)
 
     def is_warm(self, conn_id: str) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it:
@@ -461,12 +399,8 @@ class Gossip:
             and all(link.heard_from_peer for link in conn.links.values())
         )
 
-    def _from_server(self, conn_id: str) -> bool:
-        conn = self._connections.get(conn_id)
-        return conn is not None and conn.peer is not None and conn.peer.is_server
-
     def is_held(self, document_id: str) -> bool:
-        return document_id in self._holds
+        return self._hold.is_held(document_id)
 
     def data_to_send(self, conn_id: str) -> list[bytes]:
         """Drain the connection: handshake, error and other queued frames, then one sync
@@ -556,8 +490,7 @@ class Gossip:
             conn.dirty[document_id] = None
             return []
         fields = try_parse_sync_message(data)
-        self._holds[document_id] = self._holds.get(document_id, 0) + 1
-        self._sources.setdefault(document_id, set()).add(conn.conn_id)
+        self._hold.hold(document_id, conn.conn_id)
         chunks = tuple(fields.changes) if fields is not None else ()
         return [DocumentChanged(conn.conn_id, document_id, before_heads, chunks)]
 
@@ -572,23 +505,7 @@ class Gossip:
         if not conn.peer_info.may_read(document_id):
             return []
         conn.link(document_id)
-        if message.sender_id == self.local_peer_id or not self._first_sight_of_ephemeral(message):
-            return []  # our own, come back around a loop, or seen before
-        for other in self._connections.values():
-            if (
-                other is not conn
-                and other.state is ConnectionState.CONNECTED
-                and other.should_sync(document_id)
-            ):
-                forwarded = Ephemeral(
-                    sender_id=message.sender_id,
-                    target_id=other.peer_info.peer_id,
-                    document_id=document_id,
-                    count=message.count,
-                    session_id=message.session_id,
-                    data=message.data,
-                )
-                other.outbox.append(encode(forwarded))
+        self._ephemeral.forward(message, conn, self._connections.values())
         return []
 
     # ---------------------------------------------------------------- internals
@@ -605,19 +522,10 @@ class Gossip:
         conn.close_with_error(message)
         return ConnectionFailed(conn.conn_id, message)
 
-    def _first_sight_of_ephemeral(self, message: Ephemeral) -> bool:
-        key = (message.sender_id, message.session_id, message.count)
-        if key in self._seen_ephemeral:
-            return False
-        self._seen_ephemeral[key] = None
-        if len(self._seen_ephemeral) > _EPHEMERAL_MEMORY:
-            self._seen_ephemeral.popitem(last=False)
-        return True
-
     def _sync_messages(self, conn: Connection) -> list[bytes]:
         frames: list[bytes] = []
         for document_id in list(conn.dirty):
-            if document_id in self._holds:
+            if self._hold.is_held(document_id):
                 continue  # stays dirty until persisted
             del conn.dirty[document_id]
             frames.extend(
