@@ -55,12 +55,10 @@ class Session:
         self.name = name
         self.description = description
         self.created_at = created_at if created_at is not None else time.time()
-        self.draft = draft
-        """The draft's document, base, view and own changes."""
+        self.draft = draft  # the draft's document, base, view and own changes
 
     @property
-    def last_active(self) -> float:
-        """When the session last wrote to its draft, else when it was opened."""
+    def last_active(self) -> float:  # the draft's last write, else when the session opened
         return self.draft.last_write or self.created_at
 
     # ------------------------------------------------------------ lifecycle
@@ -115,7 +113,6 @@ class Session:
         )
 
     # The draft's state, as callers read it (see `Draft`).
-
     @property
     def actor(self) -> bytes:
         return self.draft.actor
@@ -325,17 +322,17 @@ class Session:
 
     def revert_to(self, revision_ref: str) -> dict[str, Any]:
         """Make the draft's content that of a past revision (published as a new one)."""
-        self.draft.ready_to_edit()
+        draft = self.draft
+        draft.ready_to_edit()
         revision = self.view.revision(revision_ref)
         heads = revision.get("heads")
         if not isinstance(heads, list):
             raise ValidationError(f"revision '{revision_ref}' has no content heads")
         target = self.domain.state_at(unhex_heads(heads))
-        objects = self.draft.objects_id()
-        self.draft.commit(lambda tx: write_objects_like(tx, objects, self.view, target))
-        layers = self.draft.layers_id()
-        self.draft.commit(lambda tx: write_layers_like(tx, layers, self.view, target))
-        self.draft.reread_view()
+        objects, layers = draft.objects_id(), draft.layers_id()
+        draft.commit(lambda tx: write_objects_like(tx, objects, self.view, target))
+        draft.commit(lambda tx: write_layers_like(tx, layers, self.view, target))
+        draft.reread_view()
         return revision
 
 
