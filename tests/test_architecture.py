@@ -76,6 +76,9 @@ def runtime_imports(tree: ast.AST) -> Iterator[tuple[str, int]]:
                     yield f"crdtmds.{alias.name}", node.lineno
             elif node.module.startswith("crdtmds."):
                 yield node.module, node.lineno
+                # `from crdtmds.core import model` imports the module crdtmds.core.model
+                for alias in node.names:
+                    yield f"{node.module}.{alias.name}", node.lineno
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("crdtmds."):
