@@ -58,18 +58,24 @@ def _show_flags_as_flags(params: list[Any]) -> None:
             param.metavar = ""
 
 
-class CliCommand(TyperCommand):
-    """A command whose flags read as flags and whose login file has its old name too."""
+class _FlagsAsFlags:
+    """Boolean options, `--help` included, read as flags in `--help` (not `<bool>`)."""
+
+    params: list[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _show_flags_as_flags(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
             _show_flags_as_flags([option])
         return option
+
+
+class CliCommand(_FlagsAsFlags, TyperCommand):
+    """A command whose flags read as flags and whose login file has its old name too."""
 
     def make_parser(self, ctx: Any) -> Any:
         parser = super().make_parser(ctx)
@@ -82,18 +88,8 @@ class CliCommand(TyperCommand):
         return parser
 
 
-class CliGroup(TyperGroup):
+class CliGroup(_FlagsAsFlags, TyperGroup):
     """A group whose `--help` reads as a flag."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _show_flags_as_flags(self.params)
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            _show_flags_as_flags([option])
-        return option
 
 
 def group(help_text: str) -> typer.Typer:
