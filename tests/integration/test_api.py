@@ -23,7 +23,7 @@ from crdtmds.core import auth, model
 from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
 from crdtmds.server import Server
 from crdtmds.transports.ws_api import JsonConnection
-from tests.api_doors import admin_api
+from tests.helpers.api_doors import admin_api
 
 PASSWORDS = {
     "root": "root-password", "alice": "alice-password", "reader": "reader-password",

@@ -34,7 +34,7 @@ from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError
 from crdtmds.server import Server
 from crdtmds.transports.ws_api import JsonConnection
-from tests.api_doors import admin_api
+from tests.helpers.api_doors import admin_api
 
 VALIDATION = "err_validation_failed"
 UNSAFE = {

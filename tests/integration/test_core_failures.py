@@ -11,7 +11,7 @@ import pytest
 from crdtmds.core.domain import Domain
 from crdtmds.core.session import Session
 from crdtmds.errors import is_core_error, is_core_panic
-from tests.test_api import api, cheap_password_hashes, clock, connect, host, node  # noqa: F401
+from tests.integration.test_api import api, cheap_password_hashes, clock, connect, host, node  # noqa: F401
 
 
 def genuine_panic() -> BaseException:
