@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from crdtmds.core import auth
 from crdtmds.server import Server
 
 PUBLISHER = textwrap.dedent(
@@ -49,9 +48,7 @@ PUBLISHER = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
+pytestmark = pytest.mark.usefixtures("cheap_password_hashes")
 
 
 def _publish_then_sigkill(data: Path) -> dict[str, object]:
