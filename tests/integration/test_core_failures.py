@@ -11,7 +11,7 @@ import pytest
 from crdtmds.core.domain import Domain
 from crdtmds.core.session import Session
 from crdtmds.errors import is_core_error, is_core_panic
-from tests.test_api import api, cheap_password_hashes, clock, connect, host, node  # noqa: F401
+from tests.helpers.api_doors import connect, host
 
 
 def genuine_panic() -> BaseException:
@@ -48,7 +48,7 @@ def test_a_core_panic_is_not_an_exception_but_is_recognised() -> None:
 
 
 async def test_a_panic_under_a_command_is_answered_and_the_connection_goes_on(
-    api: Any,  # noqa: F811
+    api: Any,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

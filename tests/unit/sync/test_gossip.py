@@ -44,7 +44,7 @@ from crdtmds.sync.sync_message import (
     sync_message_has_changes,
     with_changes,
 )
-from tests.helpers_gossip import SERVER_METADATA, Hub, MemoryStore, Network, server_peer
+from tests.helpers.gossip import SERVER_METADATA, Hub, MemoryStore, Network, server_peer
 
 
 def make_doc(**values: str) -> Document:

@@ -6,6 +6,7 @@ import pytest
 
 from crdtmds.core import auth
 from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
+from tests.helpers.clock import FakeClock
 
 
 def test_password_hash_verifies_only_the_right_password() -> None:
@@ -87,14 +88,6 @@ def test_answer_proof_depends_on_the_dialer_nonce() -> None:
     assert one == auth.answer_proof("secret", "c1", "eu1", "nonce-a")
     assert one != auth.answer_proof("secret", "c1", "eu1", "nonce-b")
     assert one != auth.answer_proof("other", "c1", "eu1", "nonce-a")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _fail(throttle: auth.LoginThrottle, address: str, user: str) -> None:

@@ -29,8 +29,8 @@ from crdtmds.server import Server
 from crdtmds.sync.protocol import DocUnavailable, Error, Join, Peer, Request, decode, encode
 from crdtmds.sync.protocol import new_document_id as new_id
 from crdtmds.transports.ws_api import JsonConnection
-from tests.api_doors import admin_api
-from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
+from tests.helpers.api_doors import admin_api
+from tests.helpers.cluster import ADMIN, PASSWORD, Cluster, NodeProcess
 
 FRAME_LIMIT = 64 * 1024
 DOCUMENT_LIMIT = 5

@@ -23,18 +23,12 @@ from crdtmds.client import (
     is_draft_edit,
 )
 from crdtmds.config import Limits
-from crdtmds.core import auth
 from crdtmds.server import Server
 
 USER, PASSWORD = "root", "root-password"
 WEB = {"name": "web", "ipv4-address": "192.0.2.10"}
 
 StartServer = Callable[..., Awaitable[Server]]
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
 
 
 async def start_node(data_dir: Path, limits: Limits | None = None) -> Server:

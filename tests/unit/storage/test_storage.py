@@ -33,7 +33,7 @@ from crdtmds.storage import (
 Opener = Callable[[], Awaitable[Storage]]
 ChangePair = tuple[bytes, bytes]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 DB_NAME = "node.db"
 
 

@@ -51,7 +51,7 @@ from crdtmds.sync.protocol import (
     encode,
     new_document_id,
 )
-from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
+from tests.helpers.cluster import ADMIN, PASSWORD, Cluster, NodeProcess
 
 DOMAIN = "fuzz"
 HANDSHAKE_TIMEOUT = 6.0

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from crdtmds.core import auth
 from crdtmds.server import Server
 
 PUBLISHER = textwrap.dedent(
@@ -49,9 +48,7 @@ PUBLISHER = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
+pytestmark = pytest.mark.usefixtures("cheap_password_hashes")
 
 
 def _publish_then_sigkill(data: Path) -> dict[str, object]:
@@ -60,7 +57,7 @@ def _publish_then_sigkill(data: Path) -> dict[str, object]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     try:
         assert process.stdout is not None

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from crdtmds.status_query import collect_status
 from crdtmds.testing.localcluster import LocalServer, cli_command
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0

@@ -35,7 +35,7 @@ from crdtmds.core.session import Session
 from crdtmds.errors import ClusterError, StorageError
 from crdtmds.server import Server
 from crdtmds.storage import SCHEMA_VERSION, Storage
-from tests.cluster_helpers import ADMIN, PASSWORD, NodeProcess, run_cli
+from tests.helpers.cluster import ADMIN, PASSWORD, NodeProcess, run_cli
 
 DOMAIN = "acme"
 UNLIMITED = resource.RLIM_INFINITY

@@ -34,7 +34,7 @@ from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError
 from crdtmds.server import Server
 from crdtmds.transports.ws_api import JsonConnection
-from tests.api_doors import admin_api
+from tests.helpers.api_doors import admin_api
 
 VALIDATION = "err_validation_failed"
 UNSAFE = {
@@ -290,8 +290,7 @@ def test_json_output_escapes_what_json_dumps_leaves_raw() -> None:
 
 
 @pytest.fixture
-async def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Server]:
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)  # cheap hashes: these tests log in a lot
+async def node(tmp_path: Path, cheap_password_hashes: None) -> AsyncIterator[Server]:
     await init_cluster(
         tmp_path, name="s1", listen_host="127.0.0.1", listen_port=0, url="ws://127.0.0.1:1",
         region="eu", admin="root", password=PASSWORD,

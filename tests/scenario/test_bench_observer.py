@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import pytest
 from automerge.core import ROOT, Document, Message, ObjType, ScalarType, SyncState
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from lib import change_graph, credentials, observers, sync_codec
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,101 +21,8 @@ from crdtmds.bootstrap import init_cluster
 from crdtmds.core import auth, model
 from crdtmds.errors import AuthenticationFailed, InvalidParameter, TooManyRequests
 from crdtmds.server import Server
-from crdtmds.transports.ws_api import JsonConnection
-from tests.api_doors import admin_api
-
-PASSWORDS = {
-    "root": "root-password", "alice": "alice-password", "reader": "reader-password",
-    "bob": "bob-password",
-}  # fmt: skip
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Admin:
-    """One connection and its login, with helpers that parse replies."""
-
-    def __init__(self, connection: JsonConnection) -> None:
-        self.connection = connection
-        self.sid: str | None = None
-
-    async def send(self, command: str, params: Any = None, **extra: Any) -> dict[str, Any]:
-        request = {"id": 7, "command": command, "params": params or {}, **extra}
-        reply = json.loads(await self.connection.handle_text(json.dumps(request)))
-        assert reply["id"] == 7
-        return reply
-
-    async def ok(self, command: str, **params: Any) -> dict[str, Any]:
-        reply = await self.send(command, params)
-        assert "error" not in reply, reply
-        return reply["result"]
-
-    async def error(self, command: str, **params: Any) -> str:
-        reply = await self.send(command, params)
-        assert "result" not in reply, reply
-        assert set(reply["error"]) == {"code", "message", "details"}
-        assert reply["error"]["message"]
-        return reply["error"]["code"]
-
-    async def login(self, user: str, domain: str | None = "acme", **params: Any) -> dict:
-        params = {"user": user, "password": PASSWORDS[user], **params}
-        if domain is not None:
-            params["domain"] = domain
-        result = await self.ok("login", **params)
-        self.sid = result["sid"]
-        return result
-
-
-def host(name: str, address: str, **more: Any) -> dict[str, Any]:
-    return {"name": name, "ipv4-address": address, **more}
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """scrypt at production cost takes ~70 ms per hash; these tests hash and log in a lot."""
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Server]:
-    await init_cluster(
-        tmp_path, name="s1", listen_host="127.0.0.1", listen_port=0, url="ws://127.0.0.1:1",
-        region="eu", admin="root", password=PASSWORDS["root"],
-    )  # fmt: skip
-    node = await Server.open(tmp_path)
-    await node.cluster_admin.create_domain("acme", created_by="root")
-    await node.cluster_admin.create_domain("globex", created_by="root")
-    await node.cluster_admin.add_administrator(
-        "alice", PASSWORDS["alice"], domains={"acme": "read-write"}
-    )
-    await node.cluster_admin.add_administrator(
-        "reader", PASSWORDS["reader"], domains={"acme": "read-only"}
-    )
-    await node.cluster_admin.add_administrator(
-        "bob", PASSWORDS["bob"], domains={"globex": "read-write"}
-    )
-    yield node
-    await node.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def api(node: Server, clock: FakeClock) -> AdminAPI:
-    return admin_api(node, throttle=auth.LoginThrottle(limit=3), clock=clock)
-
-
-def connect(api: AdminAPI, source: str = "192.0.2.1:40000") -> Admin:
-    return Admin(JsonConnection(api, source))
+from tests.helpers.api_doors import PASSWORDS, admin_api, connect, host
+from tests.helpers.clock import FakeClock
 
 
 def heads(api: AdminAPI) -> dict[str, Any]:

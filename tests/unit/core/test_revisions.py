@@ -16,7 +16,7 @@ from crdtmds.core.docdata import unhex_heads
 from crdtmds.core.domain import Domain
 from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
-from tests.test_domain import EDITS, load_base, run_edits
+from tests.unit.core.test_domain import EDITS, load_base, run_edits
 
 
 def content(state: DomainState) -> dict[str, Any]:

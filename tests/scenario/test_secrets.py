@@ -33,7 +33,7 @@ from crdtmds.config import DATABASE_FILE
 from crdtmds.core import auth
 from crdtmds.server import Server
 from crdtmds.sync.protocol import Join, Request, decode, encode
-from tests.cluster_helpers import (
+from tests.helpers.cluster import (
     ADMIN,
     PASSWORD,
     Cluster,

@@ -13,7 +13,7 @@ import pytest
 from crdtmds.client import Client
 from crdtmds.testing.localcluster import LocalCluster
 
-JS_DIR = Path(__file__).parent / "js"
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
 CLIENT_TIMEOUT_MS = 20_000
 
 

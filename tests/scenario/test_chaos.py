@@ -37,8 +37,8 @@ from crdtmds.api_socket import ApiError
 from crdtmds.client import Client
 from crdtmds.errors import ClusterError, CrdtmdsError
 from crdtmds.status_query import query_status
-from tests.cluster_helpers import ADMIN, PASSWORD, Cluster, NodeProcess
-from tests.tcp_proxy import TcpProxy
+from tests.helpers.cluster import ADMIN, PASSWORD, Cluster, NodeProcess
+from tests.helpers.tcp_proxy import TcpProxy
 
 DOMAIN = "chaos"
 NODE_NAMES = ("n1", "n2", "n3", "n4", "n5")

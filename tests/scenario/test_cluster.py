@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crdtmds.core import auth
 from crdtmds.sync.protocol import Error, Join, Peer, Sync, decode, encode
-from tests.cluster_helpers import (
+from tests.helpers.cluster import (
     ADMIN,
     PASSWORD,
     ApiClient,
@@ -253,7 +253,7 @@ async def test_killed_server_loses_nothing_and_catches_up(cluster: Cluster) -> N
 async def test_partitioned_groups_accept_publishes_and_converge_after_healing(
     cluster: Cluster,
 ) -> None:
-    from tests.tcp_proxy import TcpProxy
+    from tests.helpers.tcp_proxy import TcpProxy
 
     no_mesh = ["--no-mesh"]
     a = cluster.init("a", start_args=no_mesh)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 TIMEOUT = 120
 COMMON_KEYS = {"benchmark", "date", "machine", "parameters", "results", "targets"}
 RULEBASE_STEPS = (
