@@ -62,6 +62,7 @@ RULE_FIELDS = (
     "comments",
 )
 RULE_REFERENCE_FIELDS = ("source", "destination", "service")
+POSITION_PLACES = ("above", "below", "top", "bottom")
 
 _PORT_RE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
@@ -482,7 +483,8 @@ def effective_order(order: Iterable[str], rules: Mapping[str, Any]) -> list[str]
 
 
 def check_position(value: Any, field: str = "position") -> Any:
-    """Validate a rule position: "top", "bottom", a 1-based number, {"above"|"below": rule}."""
+    """Validate a position: "top", "bottom", a 1-based number, {"above"|"below": rule or
+    section} or {"top"|"bottom": section} (resolved by `crdtmds.core.sections`)."""
     if isinstance(value, str):
         if value in ("top", "bottom"):
             return value
@@ -494,9 +496,10 @@ def check_position(value: Any, field: str = "position") -> Any:
         return value
     if isinstance(value, Mapping) and len(value) == 1:
         ((where, ref),) = value.items()
-        if where in ("above", "below") and isinstance(ref, str | int):
+        if where in POSITION_PLACES and isinstance(ref, str | int) and not isinstance(ref, bool):
             return {where: ref}
     raise InvalidParameter(
-        f'\'{field}\' must be "top", "bottom", a rule number or {{"above"|"below": rule}}',
+        f'\'{field}\' must be "top", "bottom", a rule number or {{"above"|"below": rule}}'
+        ' or {"top"|"bottom": section}',
         details={"parameter": field},
     )

@@ -22,7 +22,7 @@ from typing import Any
 
 from automerge.core import ROOT, Document
 
-from crdtmds.core import model, names
+from crdtmds.core import model, names, sections
 from crdtmds.core.docdata import (
     child_id,
     fork_with_actor,
@@ -337,35 +337,74 @@ class Session:
         self._touched.orders.add(layer.uid)
 
     def _raw_index(self, layer: Layer, position: Any, *, moving: str | None = None) -> int:
-        """Index in the stored order list for a position given against the visible order.
-
-        With `moving`, the index is in the order list once that rule is taken out of it,
-        and a rule number is where the moved rule ends up.
-        """
-        order = layer.order if moving is None else [u for u in layer.order if u != moving]
-        if position == "top":
-            return 0
-        if position == "bottom":
-            return len(order)
-        if isinstance(position, int):
-            visible = layer.ordered_uids()
-            if moving is not None:
-                visible = [u for u in visible if u != moving]
-            where, anchor = "above", visible[position - 1] if position <= len(visible) else None
-        else:
-            ((where, ref),) = position.items()
-            anchor = self.view.get_rule(layer, ref)["uid"]
-            if anchor == moving:
-                raise ValidationError("a rule cannot be moved relative to itself")
-        # Rules missing from the order list are shown last, after everything in it.
-        if anchor is None or anchor not in order:
-            return len(order)
-        index = order.index(anchor)
-        return index if where == "above" else index + 1
+        """Index in the stored order list for a position given against the visible order
+        (see `crdtmds.core.sections.raw_index`: rules and sections are anchors)."""
+        return sections.raw_index(layer, position, self.view.get_rule, moving=moving)
 
     def _numbered(self, layer: Layer, rule: dict[str, Any]) -> dict[str, Any]:
         number = layer.number_of(rule["uid"])
         return {**rule, "type": "access-rule", "layer": layer.uid, "rule-number": number}
+
+    # ------------------------------------------------------------ sections
+
+    def add_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A new access section (a marker in the layer's order, its record in the layer's
+        rules map; see `crdtmds.core.sections`)."""
+        self._ready_to_edit()
+        layer = self.view.get_layer(params.get("layer"))
+        position = model.check_position(params.get("position", "top"))
+        section = sections.build_section(params)
+        index = self._raw_index(layer, position)
+        rules_id, order_id = self._layer_ids(layer.uid)
+
+        def write(tx: Any) -> None:
+            put_value(tx, rules_id, section["uid"], section)
+            insert_value(tx, order_id, index, section["uid"])
+
+        self._commit(write)
+        layer.put_section(section)
+        layer.insert_marker(section["uid"], index)
+        self._touched.rules.add((layer.uid, section["uid"]))
+        return section
+
+    def set_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Rename a section (`new-name`) and/or move it (`new-position`)."""
+        self._ready_to_edit()
+        layer = self.view.get_layer(params.get("layer"))
+        current = sections.find_section(layer, _object_ref(params))
+        section = sections.build_section(params, current)
+        target = None
+        if "new-position" in params:
+            position = model.check_position(params["new-position"], "new-position")
+            target = self._raw_index(layer, position, moving=section["uid"])
+        if section != current:
+            record_id = child_id(self.fork, self._layer_ids(layer.uid)[0], section["uid"])
+            if record_id is None:
+                raise ObjectNotFound(f"access section '{section['uid']}' not found")
+            self._write_fields(record_id, current, section)
+            layer.put_section(section)
+            self._touched.rules.add((layer.uid, section["uid"]))
+        if target is not None:
+            self._move_rule(layer, section["uid"], target)
+        return section
+
+    def delete_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Delete a section; its rules stay where they are (in the section before it)."""
+        self._ready_to_edit()
+        layer = self.view.get_layer(params.get("layer"))
+        section = sections.find_section(layer, _object_ref(params))
+        rules_id, order_id = self._layer_ids(layer.uid)
+        indices = _indices_of(layer.order, section["uid"])
+
+        def write(tx: Any) -> None:
+            tx.delete(rules_id, section["uid"])
+            for index in reversed(indices):
+                tx.delete(order_id, index)
+
+        self._commit(write)
+        layer.remove_section(section["uid"])
+        self._touched.rules.add((layer.uid, section["uid"]))
+        return section
 
     # ------------------------------------------------------------ changes
 
