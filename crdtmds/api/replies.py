@@ -30,8 +30,7 @@ ACTIONS = {name: _builtin("RulebaseAction", name) for name in model.ACTIONS}
 TRACKS = {name: _builtin("Track", name) for name in model.TRACKS}
 POLICY_TARGETS = _builtin("Global", "Policy Targets")
 BUILTINS: dict[str, dict[str, Any]] = {
-    item["uid"]: item
-    for item in (ANY_SUMMARY, POLICY_TARGETS, *ACTIONS.values(), *TRACKS.values())
+    item["uid"]: item for item in (ANY_SUMMARY, POLICY_TARGETS, *ACTIONS.values(), *TRACKS.values())
 }
 """Predefined objects a reply refers to, by uid."""
 

@@ -336,7 +336,7 @@ def _edited_list(
     forms for set-* of a list field); `check` validates and normalizes a list of refs."""
     if not edit or set(edit) - {"add", "remove"}:
         raise InvalidParameter(
-            f"'{field}' must be a list, or {{\"add\": [...]}} and/or {{\"remove\": [...]}}",
+            f'\'{field}\' must be a list, or {{"add": [...]}} and/or {{"remove": [...]}}',
             details={"parameter": field},
         )
     result = list(current)

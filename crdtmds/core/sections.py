@@ -85,9 +85,7 @@ def find_section(layer: Layer, ref: Any) -> dict[str, Any]:
     )
 
 
-def raw_index(
-    layer: Layer, position: Any, find_rule: Any, *, moving: str | None = None
-) -> int:
+def raw_index(layer: Layer, position: Any, find_rule: Any, *, moving: str | None = None) -> int:
     """Index in the stored order list for `position` (checked by `model.check_position`).
 
     `find_rule(layer, ref)` returns a rule record or raises `ObjectNotFound`. With

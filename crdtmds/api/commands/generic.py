@@ -80,8 +80,7 @@ async def _show_objects(call: Call) -> dict[str, Any]:
     )
     page, bounds = page_of(found, call.params)
     objects: list[Any] = [
-        summary(state, r["uid"]) if level == "uid" else object_reply(r, state, entry)
-        for r in page
+        summary(state, r["uid"]) if level == "uid" else object_reply(r, state, entry) for r in page
     ]
     return {"objects": objects, **bounds}
 
@@ -136,9 +135,7 @@ def _same(current: Mapping[str, Any], build: Any) -> bool:
 
 
 def _normalized(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: sorted(v) if k in SET_LIKE and isinstance(v, list) else v for k, v in record.items()
-    }
+    return {k: sorted(v) if k in SET_LIKE and isinstance(v, list) else v for k, v in record.items()}
 
 
 COMMANDS: dict[str, Command] = {

@@ -83,12 +83,12 @@ COMMANDS: dict[str, Command] = {
     "set-access-rule": command(
         _set_rule, Access.WRITE, "new-name new-position", RULE_PARAMS, RULE_REF_PARAMS
     ),
-    "delete-access-rule": command(
-        _delete_rule, Access.WRITE, "", RULE_REF_PARAMS, WRITE_EXTRAS
-    ),
+    "delete-access-rule": command(_delete_rule, Access.WRITE, "", RULE_REF_PARAMS, WRITE_EXTRAS),
     "show-access-rule": command(_show_rule, Access.READ, "details-level domain", RULE_REF_PARAMS),
     "show-access-rulebase": command(
-        _show_rulebase, Access.READ, "uid name filter use-object-dictionary domain package",
+        _show_rulebase,
+        Access.READ,
+        "uid name filter use-object-dictionary domain package",
         PAGING,
     ),
 }
