@@ -39,6 +39,7 @@ from lib.workload import EditGenerator, apply_edit, apply_edits
 
 from crdtmds.core import model
 from crdtmds.core.docdata import child_id, fork_with_actor, insert_value, put_value, read
+from crdtmds.core.session import revision_entry
 from crdtmds.server import Server
 
 NAME = "rulebase_scaling"
@@ -175,7 +176,7 @@ class LayerBench:
         rule = model.build_rule(
             {"name": f"floor-{self.added}", "action": "Accept"}, domain.state.find_object
         )
-        revision = self.session.revision_entry(domain.heads(), "", 1)
+        revision = revision_entry(self.session, domain.heads(), "", 1)
         return self.session.actor, rule, revision
 
 

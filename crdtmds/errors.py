@@ -10,6 +10,7 @@ exceptions reads like one from that API::
     ├── ObjectInUse                   err_object_in_use
     ├── InvalidParameter              generic_err_invalid_parameter
     │   ├── MissingParameter          generic_err_missing_required_parameters
+    │   ├── InvalidParameterName      generic_err_invalid_parameter_name
     │   └── UnknownCommand            generic_err_command_not_found
     ├── AuthenticationFailed          err_login_failed
     ├── PermissionDenied              err_insufficient_permissions
@@ -17,6 +18,7 @@ exceptions reads like one from that API::
     │   └── SessionExpired            generic_err_session_expired
     ├── TooManyRequests               err_too_many_requests
     ├── PublishFailed                 err_publish_failed
+    ├── NotImplementedHere            not_implemented
     ├── ProtocolError                 err_protocol          (malformed wire data)
     ├── CoreFailure                   generic_internal_error (a panic in the Automerge core)
     ├── StorageError                  err_storage
@@ -74,6 +76,12 @@ class MissingParameter(InvalidParameter):
     code = "generic_err_missing_required_parameters"
 
 
+class InvalidParameterName(InvalidParameter):
+    """A parameter name the command does not take ("Unrecognized parameter [x]")."""
+
+    code = "generic_err_invalid_parameter_name"
+
+
 class UnknownCommand(InvalidParameter):
     code = "generic_err_command_not_found"
 
@@ -100,6 +108,12 @@ class TooManyRequests(CrdtmdsError):
 
 class PublishFailed(CrdtmdsError):
     code = "err_publish_failed"
+
+
+class NotImplementedHere(CrdtmdsError):
+    """A Check Point request this server does not do (publishing another session)."""
+
+    code = "not_implemented"
 
 
 class ProtocolError(CrdtmdsError):

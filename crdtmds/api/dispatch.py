@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from crdtmds.api.call import Access, Call, Caller, Command, InvalidSyntax, Services
-from crdtmds.api.commands import cluster, objects, revisions, rules, sessions
-from crdtmds.errors import CoreFailure, InvalidParameter, UnknownCommand, is_core_panic
+from crdtmds.api.commands import cluster, generic, objects, revisions, rules, sections, sessions
+from crdtmds.api.params import tolerated
+from crdtmds.errors import CoreFailure, InvalidParameterName, UnknownCommand, is_core_panic
 
 log = logging.getLogger("crdtmds.api")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("crdtmds.api")
 def command_table() -> dict[str, Command]:
     """Every command, by name."""
     table: dict[str, Command] = {}
-    for group in (sessions, objects, rules, revisions, cluster):
+    for group in (sessions, objects, generic, rules, sections, revisions, cluster):
         table.update(group.COMMANDS)
     return table
 
@@ -48,8 +49,9 @@ class AdminAPI:
             raise InvalidSyntax("'params' must be a JSON object")
         unknown = sorted(set(params) - command.params)
         if unknown:
-            raise InvalidParameter(
-                f"'{name}' does not take {', '.join(repr(p) for p in unknown)}",
+            raise InvalidParameterName(
+                f"Unrecognized parameter [{unknown[0]}]: '{name}' does not take "
+                + ", ".join(repr(p) for p in unknown),
                 details={"parameters": unknown},
             )
         call = Call(self.services, caller, params)
@@ -61,11 +63,15 @@ class AdminAPI:
         elif command.access is Access.WRITE:
             call.writable_session()
         try:
-            return await command.handler(call)
+            result = await command.handler(call)
         except BaseException as exc:
             if not is_core_panic(exc):
                 raise
             raise _core_failure(name, call, exc) from None
+        notes = tolerated(params)
+        if notes:
+            result.setdefault("warnings", []).extend({"message": note} for note in notes)
+        return result
 
 
 def _core_failure(command: str, call: Call, exc: BaseException) -> CoreFailure:

@@ -15,6 +15,38 @@ DETAILS_LEVELS = ("uid", "standard", "full")
 IGNORE_FLAGS = ("ignore-warnings", "ignore-errors")
 PAGING = frozenset(("limit", "offset", "details-level"))
 """The parameters of every list command."""
+WRITE_EXTRAS = (*IGNORE_FLAGS, "details-level", "auto-publish-session")
+"""Accepted by every command that writes an object, rule or section; see `tolerated`."""
+RULE_DEFAULTS: dict[str, Any] = {
+    "install-on": ("Policy Targets",), "time": ("Any",), "content": ("Any",), "vpn": ("Any",),
+    "content-direction": ("any",), "source-negate": (False,), "destination-negate": (False,),
+    "service-negate": (False,), "content-negate": (False,),
+}  # fmt: skip
+"""Rule parameters of Check Point that crdtmds does not keep, with the values every rule
+here has: given those, a rule means the same; given another, the reply warns."""
+RULE_EXTRAS = tuple(RULE_DEFAULTS)
+
+
+def tolerated(params: Mapping[str, Any]) -> list[str]:
+    """Warnings for parameters accepted but not acted on, where a Check Point server would
+    behave differently."""
+    notes = []
+    if params.get("auto-publish-session") is True:
+        notes.append("'auto-publish-session' is not acted on: call 'publish' to publish")
+    for key, values in RULE_DEFAULTS.items():
+        if key in params and not _means_default(params[key], values):
+            notes.append(f"'{key}' is not kept: every rule here has {values[0]!r}")
+    return notes
+
+
+def _means_default(value: Any, defaults: tuple[Any, ...]) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return all(
+        item in defaults
+        or (isinstance(item, str) and item.lower() in [str(d).lower() for d in defaults])
+        or (isinstance(item, Mapping) and item.get("name") in defaults)
+        for item in items
+    )
 
 
 def optional_string(params: Mapping[str, Any], key: str, default: str | None = None) -> str | None:
@@ -66,7 +98,7 @@ def check_ignore_flags(params: Mapping[str, Any]) -> None:
 
 def page_of(items: list[Any], params: Mapping[str, Any]) -> tuple[list[Any], dict[str, int]]:
     """One page of `items` and its `from`/`to`/`total` (1-based, `to == total` at the end)."""
-    limit = integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = integer(params, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT)
     offset = integer(params, "offset", 0, 0)
     start = min(offset, len(items))
     chosen = items[start : start + limit]

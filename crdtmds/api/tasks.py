@@ -26,7 +26,8 @@ class Tasks:
             "status": "succeeded",
             "progress-percentage": 100,
             "suppressed": False,
-            "task-details": [details],
+            "comments": "",
+            "task-details": [{"statusDescription": f"{name}: succeeded", **details}],
         }
         self.by_id[task["task-id"]] = task
         self._owner[task["task-id"]] = admin

@@ -18,7 +18,13 @@ from crdtmds.errors import InvalidParameter, ObjectNotFound
 
 @dataclass(slots=True)
 class Layer:
-    """An access layer: rules by uid and their stored order.
+    """An access layer: rules by uid, sections by uid, and their stored order.
+
+    The order list holds rule uids and section uids: a section is a marker, and the rules
+    after it up to the next marker are its rules (Check Point's model). Section records
+    are stored in the layer's `rules` map with `"type": "access-section"` (a rule record
+    has no `type`), so that an old document, which has no sections, reads as before and
+    no container is ever created concurrently; they are split out here on reading.
 
     Change `rules` and `order` only through the methods below: they keep the visible
     order cached, so that numbering a rule in a layer of 10,000 rules does not rescan it.
@@ -32,6 +38,8 @@ class Layer:
     _visible: list[str] | None = field(default=None, repr=False, compare=False)
     """`ordered_uids()` once computed; the very `order` list while that is clean (every
     rule once, nothing else), as session edits keep it."""
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Section records by uid (see `crdtmds.core.sections`)."""
 
     def copy(self) -> Layer:
         # Computed here, once for the original and every copy of it, rather than in
@@ -39,7 +47,9 @@ class Layer:
         visible = self.ordered_uids()
         order = list(self.order)
         visible = order if visible is self.order else visible
-        return Layer(self.uid, self.name, dict(self.rules), order, visible)
+        return Layer(
+            self.uid, self.name, dict(self.rules), order, visible, sections=dict(self.sections)
+        )
 
     def ordered_uids(self) -> list[str]:
         """Rule uids in the order every reader sees them. Do not modify the result."""
@@ -80,12 +90,42 @@ class Layer:
         self._visible = None
 
     def set_rule_record(self, uid: str, rule: dict[str, Any] | None) -> None:
-        """A rule as re-read from the document (None: gone), order unknown to be clean."""
-        if rule is None:
-            self.rules.pop(uid, None)
-        else:
+        """A rule or section as re-read from the document (None: gone), order unknown to
+        be clean."""
+        self.rules.pop(uid, None)
+        self.sections.pop(uid, None)
+        if is_section_record(rule):
+            self.sections[uid] = rule
+        elif rule is not None:
             self.rules[uid] = rule
         self._visible = None
+
+    def put_section(self, section: dict[str, Any]) -> None:
+        self.sections[section["uid"]] = section
+
+    def remove_section(self, uid: str) -> None:
+        self.sections.pop(uid, None)
+        self.order[:] = [u for u in self.order if u != uid]
+        self._visible = None
+
+    def insert_marker(self, uid: str, index: int) -> None:
+        """A section's marker at `index` of the stored order."""
+        self.order.insert(index, uid)
+        self._visible = None
+
+    def entries(self) -> list[str]:
+        """Rule and section uids in the order every reader sees them: the first occurrence
+        of each existing one; rules missing from the list last (as `ordered_uids`), then
+        sections missing from it."""
+        seen: set[str] = set()
+        result: list[str] = []
+        for uid in self.order:
+            if (uid in self.rules or uid in self.sections) and uid not in seen:
+                seen.add(uid)
+                result.append(uid)
+        result.extend(sorted(uid for uid in self.rules if uid not in seen))
+        result.extend(sorted(uid for uid in self.sections if uid not in seen))
+        return result
 
     def _keep_if_clean(self) -> None:
         # Inserting a new uid, or taking every occurrence of one out, keeps a clean order
@@ -324,13 +364,21 @@ def _groups_reachable(start: str, groups: Mapping[str, list[str]]) -> set[str]:
     return seen
 
 
+SECTION_TYPE = "access-section"
+
+
+def is_section_record(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("type") == SECTION_TYPE
+
+
 def layer_from_plain(uid: str, plain: Mapping[str, Any]) -> Layer:
-    rules = {k: v for k, v in _map(plain.get("rules")).items() if isinstance(v, dict)}
+    entries = {k: v for k, v in _map(plain.get("rules")).items() if isinstance(v, dict)}
     return Layer(
         uid=uid,
         name=plain_text(plain.get("name")),
-        rules=rules,
+        rules={k: v for k, v in entries.items() if not is_section_record(v)},
         order=_order_from_plain(plain.get("order")),
+        sections={k: v for k, v in entries.items() if is_section_record(v)},
     )
 
 

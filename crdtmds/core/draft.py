@@ -25,7 +25,7 @@ from crdtmds.core.docdata import (
     rebuild_at,
 )
 from crdtmds.core.domain import Domain
-from crdtmds.core.domain_state import DomainState
+from crdtmds.core.domain_state import DomainState, Layer
 from crdtmds.core.session_diff import Touched
 from crdtmds.core.view_refresh import refresh_state
 from crdtmds.errors import ObjectNotFound, PublishFailed, ValidationError
@@ -264,6 +264,22 @@ class Draft:
         if rule is None:
             raise ObjectNotFound(f"access rule '{rule_uid}' not found")
         return rule
+
+    def move_in_order(self, layer: Layer, uid: str, target: int) -> None:
+        """Move rule or section `uid` to index `target` of the layer's order list without it."""
+        indices = [i for i, u in enumerate(layer.order) if u == uid]
+        _, order_id = self.layer_ids(layer.uid)
+
+        def write(tx: Any) -> None:
+            for index in reversed(indices):
+                tx.delete(order_id, index)
+            insert_value(tx, order_id, target, uid)
+
+        self.commit(write)
+        layer.move_rule(uid, target)
+        # Only moves (and reverts) change the relative order of rules; adds and deletes
+        # do not, so only these layers need the order comparison of show-changes.
+        self.touched.orders.add(layer.uid)
 
     # ------------------------------------------------------------ publish and after
 

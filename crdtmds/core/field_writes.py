@@ -35,7 +35,9 @@ def write_layers_like(tx: Any, layers: bytes, draft: DomainState, target: Domain
     for uid in draft.layers.keys() - target.layers.keys():
         tx.delete(layers, uid)
     for uid, layer in target.layers.items():
-        plain = {"uid": uid, "name": layer.name, "rules": layer.rules, "order": layer.order}
+        # Sections are stored in the rules map too (see `Layer`).
+        entries = {**layer.rules, **layer.sections}
+        plain = {"uid": uid, "name": layer.name, "rules": entries, "order": layer.order}
         current = draft.layers.get(uid)
         layer_id = child_id(tx, layers, uid) if current else None
         if layer_id is None:
@@ -47,10 +49,11 @@ def write_layers_like(tx: Any, layers: bytes, draft: DomainState, target: Domain
             continue
         if current.name != layer.name:
             put_value(tx, layer_id, "name", layer.name)
-        for rule_uid in current.rules.keys() - layer.rules.keys():
+        current_entries = {**current.rules, **current.sections}
+        for rule_uid in current_entries.keys() - entries.keys():
             tx.delete(rules_id, rule_uid)
-        for rule_uid, rule in layer.rules.items():
-            old = current.rules.get(rule_uid)
+        for rule_uid, rule in entries.items():
+            old = current_entries.get(rule_uid)
             rule_id = child_id(tx, rules_id, rule_uid) if old is not None else None
             if rule_id is None:
                 put_value(tx, rules_id, rule_uid, rule)

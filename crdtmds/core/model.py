@@ -62,6 +62,7 @@ RULE_FIELDS = (
     "comments",
 )
 RULE_REFERENCE_FIELDS = ("source", "destination", "service")
+POSITION_PLACES = ("above", "below", "top", "bottom")
 
 _PORT_RE = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 
@@ -204,7 +205,10 @@ def _apply_common_fields(record: dict[str, Any], params: Mapping[str, Any]) -> N
     if "color" in params:
         record["color"] = check_color(params["color"])
     if "tags" in params:
-        record["tags"] = check_tags(params["tags"])
+        tags = params["tags"]
+        if isinstance(tags, Mapping):
+            tags = _edited_list(record.get("tags", []), tags, "tags", lambda v: check_tags(v))
+        record["tags"] = check_tags(tags)
 
 
 def _build_host(record: dict[str, Any], params: Mapping[str, Any], _: Resolver) -> None:
@@ -310,11 +314,42 @@ def _build_group(record: dict[str, Any], params: Mapping[str, Any], resolve: Res
         members = params["members"]
         if isinstance(members, str):
             members = [members]
-        if not isinstance(members, list):
-            raise InvalidParameter("'members' must be a list", details={"parameter": "members"})
-        record["members"] = resolve_references(members, "members", NETWORK_TYPES, resolve)
+
+        def resolved(refs: Any) -> list[str]:
+            if not isinstance(refs, list):
+                raise InvalidParameter("'members' must be a list", details={"parameter": "members"})
+            return resolve_references(refs, "members", NETWORK_TYPES, resolve)
+
+        if isinstance(members, Mapping):
+            record["members"] = _edited_list(record.get("members", []), members, "members",
+                                             resolved)  # fmt: skip
+        else:
+            record["members"] = resolved(members)
         _check_no_group_cycle(record, resolve)
     record.setdefault("members", [])
+
+
+def _edited_list(
+    current: list[Any], edit: Mapping[str, Any], field: str, check: Callable[[Any], list[Any]]
+) -> list[Any]:
+    """`current` with `{"add": [...]}` and/or `{"remove": [...]}` applied (Check Point's
+    forms for set-* of a list field); `check` validates and normalizes a list of refs."""
+    if not edit or set(edit) - {"add", "remove"}:
+        raise InvalidParameter(
+            f'\'{field}\' must be a list, or {{"add": [...]}} and/or {{"remove": [...]}}',
+            details={"parameter": field},
+        )
+    result = list(current)
+    for key in ("add", "remove"):
+        if key not in edit:
+            continue
+        value = edit[key]
+        items = check([value] if isinstance(value, str) else value)
+        if key == "add":
+            result += [item for item in items if item not in result]
+        else:
+            result = [item for item in result if item not in items]
+    return result
 
 
 def _check_no_group_cycle(group: Mapping[str, Any], resolve: Resolver) -> None:
@@ -482,7 +517,8 @@ def effective_order(order: Iterable[str], rules: Mapping[str, Any]) -> list[str]
 
 
 def check_position(value: Any, field: str = "position") -> Any:
-    """Validate a rule position: "top", "bottom", a 1-based number, {"above"|"below": rule}."""
+    """Validate a position: "top", "bottom", a 1-based number, {"above"|"below": rule or
+    section} or {"top"|"bottom": section} (resolved by `crdtmds.core.sections`)."""
     if isinstance(value, str):
         if value in ("top", "bottom"):
             return value
@@ -494,9 +530,10 @@ def check_position(value: Any, field: str = "position") -> Any:
         return value
     if isinstance(value, Mapping) and len(value) == 1:
         ((where, ref),) = value.items()
-        if where in ("above", "below") and isinstance(ref, str | int):
+        if where in POSITION_PLACES and isinstance(ref, str | int) and not isinstance(ref, bool):
             return {where: ref}
     raise InvalidParameter(
-        f'\'{field}\' must be "top", "bottom", a rule number or {{"above"|"below": rule}}',
+        f'\'{field}\' must be "top", "bottom", a rule number or {{"above"|"below": rule}}'
+        ' or {"top"|"bottom": section}',
         details={"parameter": field},
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 from automerge.core import Document
 
-from crdtmds.core import model, names
+from crdtmds.core import model, names, section_edits, sections
 from crdtmds.core.docdata import hex_heads, insert_value, put_value, unhex_heads
 from crdtmds.core.domain import Domain
 from crdtmds.core.domain_state import DomainState, Layer
@@ -244,20 +244,18 @@ class Session:
         return rule
 
     def _move_rule(self, layer: Layer, uid: str, target: int) -> None:
-        """Move rule `uid` to index `target` of the order list without it."""
-        indices = _indices_of(layer.order, uid)
-        _, order_id = self.draft.layer_ids(layer.uid)
+        self.draft.move_in_order(layer, uid, target)
 
-        def write(tx: Any) -> None:
-            for index in reversed(indices):
-                tx.delete(order_id, index)
-            insert_value(tx, order_id, target, uid)
+    # ------------------------------------------------------------ sections
 
-        self.draft.commit(write)
-        layer.move_rule(uid, target)
-        # Only moves (and reverts) change the relative order of rules; adds and deletes
-        # do not, so only these layers need the order comparison of show-changes.
-        self.draft.touched.orders.add(layer.uid)
+    def add_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return section_edits.add_section(self.draft, params)
+
+    def set_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return section_edits.set_section(self.draft, params)
+
+    def delete_section(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return section_edits.delete_section(self.draft, params)
 
     # ------------------------------------------------------------ changes
 
@@ -277,22 +275,8 @@ class Session:
             return self.draft.pending
         comments = names.check_string(comments, "comments")
         return self.draft.write_revision(
-            lambda heads: self.revision_entry(heads, comments, self.change_count())
+            lambda heads: revision_entry(self, heads, comments, self.change_count())
         )
-
-    def revision_entry(self, heads: Sequence[bytes], comments: str, changes: int) -> dict[str, Any]:
-        """The revision entry a publish of this session writes, now, of the draft at
-        `heads` with `changes` changed objects and rules."""
-        return {
-            "uid": model.new_uid(),
-            "admin": self.admin,
-            "server": self.server,
-            "session": self.uid,
-            "published-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "comments": comments,
-            "heads": hex_heads(heads),
-            "changes": changes,
-        }
 
     def abort_publish(self) -> None:
         """Undo `prepare_publish` after the changes could not be persisted."""
@@ -336,6 +320,23 @@ class Session:
         return revision
 
 
+def revision_entry(
+    session: Session, heads: Sequence[bytes], comments: str, changes: int
+) -> dict[str, Any]:
+    """The revision entry a publish of `session` writes, now, of the draft at `heads` with
+    `changes` changed objects and rules."""
+    return {
+        "uid": model.new_uid(),
+        "admin": session.admin,
+        "server": session.server,
+        "session": session.uid,
+        "published-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "comments": comments,
+        "heads": hex_heads(heads),
+        "changes": changes,
+    }
+
+
 def _check_name_free(view: DomainState, name: str, uid: str) -> None:
     holders = [u for u in view.names.get(name, ()) if u != uid]
     if holders:
@@ -348,31 +349,9 @@ def _check_name_free(view: DomainState, name: str, uid: str) -> None:
 def _raw_index(
     view: DomainState, layer: Layer, position: Any, *, moving: str | None = None
 ) -> int:
-    """Index in the stored order list for a position given against the visible order.
-
-    With `moving`, the index is in the order list once that rule is taken out of it,
-    and a rule number is where the moved rule ends up.
-    """
-    order = layer.order if moving is None else [u for u in layer.order if u != moving]
-    if position == "top":
-        return 0
-    if position == "bottom":
-        return len(order)
-    if isinstance(position, int):
-        visible = layer.ordered_uids()
-        if moving is not None:
-            visible = [u for u in visible if u != moving]
-        where, anchor = "above", visible[position - 1] if position <= len(visible) else None
-    else:
-        ((where, ref),) = position.items()
-        anchor = view.get_rule(layer, ref)["uid"]
-        if anchor == moving:
-            raise ValidationError("a rule cannot be moved relative to itself")
-    # Rules missing from the order list are shown last, after everything in it.
-    if anchor is None or anchor not in order:
-        return len(order)
-    index = order.index(anchor)
-    return index if where == "above" else index + 1
+    """Index in the stored order list for a position given against the visible order
+    (see `crdtmds.core.sections.raw_index`: rules and sections are anchors)."""
+    return sections.raw_index(layer, position, view.get_rule, moving=moving)
 
 
 def _numbered(layer: Layer, rule: dict[str, Any]) -> dict[str, Any]:

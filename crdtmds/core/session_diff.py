@@ -42,9 +42,7 @@ def draft_changes(
     for layer_uid, uid in sorted(touched.rules):
         old_layer = base.layers.get(layer_uid)
         new_layer = view.layers.get(layer_uid)
-        old = old_layer.rules.get(uid) if old_layer else None
-        new = new_layer.rules.get(uid) if new_layer else None
-        _classify(_as_rule(old, old_layer), _as_rule(new, new_layer), added, modified,
+        _classify(_as_entry(old_layer, uid), _as_entry(new_layer, uid), added, modified,
                   deleted)  # fmt: skip
     _add_moved_rules(base, view, touched, modified)
     return {"added": added, "modified": modified, "deleted": deleted}
@@ -148,6 +146,13 @@ def _longest_increasing(items: list[str], key: Callable[[str], int]) -> set[str]
         found.add(items[cursor])
         cursor = previous[cursor]
     return found
+
+
+def _as_entry(layer: Layer | None, uid: str) -> dict[str, Any] | None:
+    """A rule, or a section (stored beside the rules), as show-changes lists it."""
+    if layer is not None and uid in layer.sections:
+        return {**layer.sections[uid], "layer": layer.name}
+    return _as_rule(layer.rules.get(uid) if layer else None, layer)
 
 
 def _as_rule(rule: dict[str, Any] | None, layer: Layer | None) -> dict[str, Any] | None:

@@ -287,7 +287,10 @@ def _copy_for(state: DomainState, stale_orders: set[str]) -> DomainState:
     )
     for uid, layer in state.layers.items():
         if uid in stale_orders:
-            fresh.layers[uid] = Layer(uid, layer.name, dict(layer.rules), list(layer.order))
+            fresh.layers[uid] = Layer(
+                uid, layer.name, dict(layer.rules), list(layer.order),
+                sections=dict(layer.sections),
+            )  # fmt: skip
         else:
             fresh.layers[uid] = layer.copy()
     return fresh

@@ -259,7 +259,7 @@ async def test_malformed_requests_get_clear_errors_and_change_nothing(api: Admin
     )
     assert await admin.error("launch-missiles") == "generic_err_command_not_found"
     assert await admin.error("add-host", **host("web", "192.0.2.10"), colour="red") == (
-        "generic_err_invalid_parameter"
+        "generic_err_invalid_parameter_name"
     )
     assert await admin.error("add-host", name=5, **{"ipv4-address": "192.0.2.10"}) == (
         "generic_err_invalid_parameter"
@@ -400,7 +400,9 @@ async def test_rules_positions_moves_and_rulebase(api: AdminAPI) -> None:
         (1, "A"), (2, "B"), (3, "C")]  # fmt: skip
     assert rulebase["name"] == "Network" and rulebase["total"] == 3
     dictionary = {o["uid"]: o["name"] for o in rulebase["objects-dictionary"]}
-    assert set(dictionary.values()) == {"lan", "web", "https", "Any"}
+    # Check Point's predefined objects too: actions, tracks, Policy Targets (install-on).
+    assert set(dictionary.values()) == {"lan", "web", "https", "Any", "Accept", "Drop", "Log",
+                                        "None", "Policy Targets"}  # fmt: skip
     assert rulebase["rulebase"][0]["source"] == [k for k, v in dictionary.items() if v == "lan"]
     moved = await admin.ok("set-access-rule", name="C", **{"new-position": "top"})
     assert moved["rule-number"] == 1
@@ -408,7 +410,7 @@ async def test_rules_positions_moves_and_rulebase(api: AdminAPI) -> None:
     names = [r["name"] for r in (await admin.ok("show-access-rulebase"))["rulebase"]]
     assert names == ["C", "B", "A"]
     shown = await admin.ok("show-access-rule", **{"rule-number": 3})
-    assert shown["uid"] == a["uid"] and shown["track"] == "Log"
+    assert shown["uid"] == a["uid"] and shown["track"]["type"]["name"] == "Log"
     page = await admin.ok("show-access-rulebase", limit=2, offset=1)
     assert [(r["rule-number"], r["name"]) for r in page["rulebase"]] == [(2, "B"), (3, "A")]
     assert (page["from"], page["to"], page["total"]) == (2, 3, 3)

@@ -110,7 +110,7 @@ async def server_answers(url: str) -> None:
 async def test_frames_over_the_size_limit_close_only_their_connection(server: NodeProcess) -> None:
     async with connect(f"{server.url}/api", proxy=None, max_size=None) as ws:
         reply = await api_call(ws, "show-status", padding="x" * (FRAME_LIMIT - 1000))
-        assert reply["error"]["code"] == "generic_err_invalid_parameter"  # read and answered
+        assert reply["error"]["code"] == "generic_err_invalid_parameter_name"  # answered
         await ws.send(json.dumps({"id": 2, "command": "show-status", "padding": "x" * FRAME_LIMIT}))
         assert await close_code(ws) == (1009, "request too large (limit 64 KiB)")
     async with connect(f"{server.url}/sync", proxy=None, max_size=None) as ws:

@@ -9,8 +9,8 @@ from typing import Any
 
 from crdtmds.api.call import Access, Call, Command, command
 from crdtmds.api.params import (
-    IGNORE_FLAGS,
     PAGING,
+    WRITE_EXTRAS,
     check_ignore_flags,
     details_level,
     name_filter,
@@ -41,14 +41,14 @@ ALIASES = {
 """Generic parameter names the model accepts besides its stored fields."""
 
 
-def _object_params(obj_type: str, verb: str) -> frozenset[str]:
+def object_params(obj_type: str, verb: str) -> frozenset[str]:
     fields = (*model.COMMON_FIELDS, *model.TYPE_FIELDS[obj_type], *ALIASES.get(obj_type, ()))
     if verb == "add":
-        return frozenset((*fields, "details-level", *IGNORE_FLAGS))
+        return frozenset((*fields, *WRITE_EXTRAS))
     if verb == "set":
-        return frozenset((*fields, "uid", "new-name", "details-level", *IGNORE_FLAGS))
+        return frozenset((*fields, "uid", "new-name", *WRITE_EXTRAS))
     if verb == "delete":
-        return frozenset(("uid", "name", "details-level", *IGNORE_FLAGS))
+        return frozenset(("uid", "name", *WRITE_EXTRAS))
     return frozenset(("uid", "name", "details-level", "domain"))
 
 
@@ -133,7 +133,7 @@ def _object_commands() -> dict[str, Command]:
     commands = {"where-used": command(_where_used, Access.READ, "uid name details-level domain")}
     read, write = Access.READ, Access.WRITE
     for obj_type, plural in PLURALS.items():
-        params = partial(_object_params, obj_type)
+        params = partial(object_params, obj_type)
         commands[f"add-{obj_type}"] = command(
             partial(_add_object, obj_type), write, "", params("add")
         )

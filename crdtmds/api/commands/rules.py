@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from crdtmds.api.call import Access, Call, Command, command
 from crdtmds.api.params import (
-    IGNORE_FLAGS,
     PAGING,
+    RULE_EXTRAS,
+    WRITE_EXTRAS,
     boolean,
     check_ignore_flags,
     details_level,
     name_filter,
-    page_of,
 )
-from crdtmds.api.replies import object_reply, rule_number, rule_reply, summary
+from crdtmds.api.replies import rule_number, rule_reply
+from crdtmds.api.rulebase import rulebase_reply
 from crdtmds.core import model
-from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
 from crdtmds.errors import MissingParameter
 
 log = logging.getLogger("crdtmds.api")
 
 
-RULE_PARAMS = frozenset((*model.RULE_FIELDS, "layer", "details-level", *IGNORE_FLAGS))
+RULE_PARAMS = frozenset((*model.RULE_FIELDS, "layer", *WRITE_EXTRAS, *RULE_EXTRAS))
 RULE_REF_PARAMS = frozenset(("uid", "name", "rule-number", "layer"))
 
 
@@ -57,7 +57,7 @@ def _session_rule_reply(call: Call, session: Session, rule: Mapping[str, Any]) -
 
 
 async def _show_rule(call: Call) -> dict[str, Any]:
-    details_level(call.params)
+    level = details_level(call.params)
     state, entry = call.read_view()
     layer = state.get_layer(call.params.get("layer"))
     ref = next((call.params[k] for k in ("uid", "rule-number", "name") if k in call.params), None)
@@ -65,7 +65,8 @@ async def _show_rule(call: Call) -> dict[str, Any]:
         raise MissingParameter("name the rule with 'uid', 'rule-number' or 'name'",
                                details={"parameter": "uid"})  # fmt: skip
     rule = state.get_rule(layer, ref)
-    return rule_reply(rule, layer, rule_number(layer, rule["uid"]), entry, state)
+    number = rule_number(layer, rule["uid"])
+    return rule_reply(rule, layer, number, entry, state, full=level == "full")
 
 
 async def _show_rulebase(call: Call) -> dict[str, Any]:
@@ -73,35 +74,8 @@ async def _show_rulebase(call: Call) -> dict[str, Any]:
     dictionary = boolean(call.params, "use-object-dictionary", True)
     state, entry = call.read_view()
     layer = state.get_layer(call.params.get("uid", call.params.get("name")))
-    wanted = name_filter(call.params)
-    numbered = [
-        (number, layer.rules[uid])
-        for number, uid in enumerate(layer.ordered_uids(), start=1)
-        if wanted(layer.rules[uid])
-    ]
-    page, bounds = page_of(numbered, call.params)
-    expand_into = None if dictionary else state
-    rules = [rule_reply(rule, layer, n, entry, expand_into) for n, rule in page]
-    if level == "uid":
-        rules = [{"uid": r["uid"], "rule-number": r["rule-number"]} for r in rules]
-    reply: dict[str, Any] = {"uid": layer.uid, "name": layer.name, **bounds, "rulebase": rules}
-    if dictionary:
-        reply["objects-dictionary"] = _objects_dictionary(state, entry, (r for _, r in page))
-    return reply
-
-
-def _objects_dictionary(
-    state: DomainState, entry: Mapping[str, Any], rules: Iterable[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    uids: dict[str, None] = {}
-    for rule in rules:
-        for column in model.RULE_REFERENCE_FIELDS:
-            uids.update(dict.fromkeys(rule.get(column, [])))
-    objects = []
-    for uid in uids:
-        record = state.objects.get(uid)
-        objects.append(object_reply(record, state, entry) if record else summary(state, uid))
-    return objects
+    options = (level, dictionary, name_filter(call.params))
+    return rulebase_reply(state, layer, entry, call.params, options)
 
 
 COMMANDS: dict[str, Command] = {
@@ -109,9 +83,12 @@ COMMANDS: dict[str, Command] = {
     "set-access-rule": command(
         _set_rule, Access.WRITE, "new-name new-position", RULE_PARAMS, RULE_REF_PARAMS
     ),
-    "delete-access-rule": command(_delete_rule, Access.WRITE, "", RULE_REF_PARAMS, IGNORE_FLAGS),
+    "delete-access-rule": command(_delete_rule, Access.WRITE, "", RULE_REF_PARAMS, WRITE_EXTRAS),
     "show-access-rule": command(_show_rule, Access.READ, "details-level domain", RULE_REF_PARAMS),
     "show-access-rulebase": command(
-        _show_rulebase, Access.READ, "uid name filter use-object-dictionary domain", PAGING
+        _show_rulebase,
+        Access.READ,
+        "uid name filter use-object-dictionary domain package",
+        PAGING,
     ),
 }

@@ -24,7 +24,7 @@ from crdtmds.app.logins import DEFAULT_SESSION_TIMEOUT, Login, LoginRequest
 from crdtmds.core import model, names
 from crdtmds.core.cluster import SUPERUSER
 from crdtmds.core.session import Session
-from crdtmds.errors import CrdtmdsError, MissingParameter, ObjectNotFound
+from crdtmds.errors import CrdtmdsError, MissingParameter, NotImplementedHere, ObjectNotFound
 
 log = logging.getLogger("crdtmds.api")
 
@@ -88,6 +88,11 @@ async def _show_status(call: Call) -> dict[str, Any]:
 
 async def _publish(call: Call) -> dict[str, Any]:
     comments = names.check_string(call.params.get("comments", ""), "comments")
+    uid = optional_string(call.params, "uid")
+    if uid is not None and uid != call.login.uid:
+        raise NotImplementedHere(
+            "Publishing other than current session is not implemented", details={"uid": uid}
+        )
     async with call.session_locked() as session:
         if not session.has_changes():
             revision = None
@@ -232,7 +237,7 @@ COMMANDS: dict[str, Command] = {
     "show-status": command(_show_status, Access.PUBLIC),
     "logout": command(_logout, Access.LOGGED_IN),
     "keepalive": command(_keepalive, Access.LOGGED_IN),
-    "publish": command(_publish, Access.WRITE, "comments"),
+    "publish": command(_publish, Access.WRITE, "comments uid wait-for-task"),
     "discard": command(_discard, Access.LOGGED_IN),
     "show-task": command(_show_task, Access.LOGGED_IN, "task-id details-level"),
     "show-session": command(_show_session, Access.LOGGED_IN, "uid"),
