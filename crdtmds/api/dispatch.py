@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from crdtmds.api.call import Access, Call, Caller, Command, InvalidSyntax, Services
-from crdtmds.api.commands import cluster, objects, revisions, rules, sessions
+from crdtmds.api.commands import cluster, lifecycle, objects, revisions, rules, sessions
 from crdtmds.errors import CoreFailure, InvalidParameter, UnknownCommand, is_core_panic
 
 log = logging.getLogger("crdtmds.api")
@@ -22,7 +22,7 @@ log = logging.getLogger("crdtmds.api")
 def command_table() -> dict[str, Command]:
     """Every command, by name."""
     table: dict[str, Command] = {}
-    for group in (sessions, objects, rules, revisions, cluster):
+    for group in (sessions, objects, rules, revisions, cluster, lifecycle):
         table.update(group.COMMANDS)
     return table
 
