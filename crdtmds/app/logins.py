@@ -169,6 +169,7 @@ class Logins:
         administrators deleted or locked, or to a deleted domain. Returns them; their
         sessions are for `close_sessions_of` to settle."""
         revoked = [login for login in self.by_sid.values() if self._revoked(login)]
+        self._follow_renames()
         for login in revoked:
             self.by_sid.pop(login.sid, None)
             log.info("login of %r ended: administrator or domain removed or locked", login.admin)
@@ -190,6 +191,14 @@ class Logins:
                 async with self.session_lock(session.uid):
                     await self.sessions.close(session)
                 self._locks.pop(session.uid, None)
+
+    def _follow_renames(self) -> None:
+        """Logins to a domain renamed meanwhile take its new entry (permissions follow the
+        name)."""
+        by_document = {e["document-id"]: e for e in self.documents.cluster.domains().values()}
+        for login in self.by_sid.values():
+            if login.domain is not None:
+                login.domain = by_document.get(login.domain["document-id"], login.domain)
 
     def _revoked(self, login: Login) -> bool:
         cluster = self.documents.cluster

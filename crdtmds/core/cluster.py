@@ -223,6 +223,7 @@ class ClusterDocument:
                 tombstones = tx.put_object(ROOT, DELETED_DOMAINS, ObjType.Map)
             put_value(tx, tombstones, entry["document-id"], tombstone)
             tx.delete(self._section_id("domains"), name)
+            self._move_grants(tx, name, None)
         return tombstone
 
     def rename_domain(self, name: str, new_name: str) -> dict[str, Any]:
@@ -235,7 +236,21 @@ class ClusterDocument:
         with self.doc.transaction() as tx:
             tx.delete(section, name)
             put_value(tx, section, new_name, entry)
+            self._move_grants(tx, name, new_name)
         return entry
+
+    def _move_grants(self, tx: Any, name: str, new_name: str | None) -> None:
+        """Administrators' permissions on domain `name` follow it to `new_name` (or go,
+        for None): permissions name domains."""
+        admins_id = self._section_id("administrators")
+        for admin, record in self.administrators().items():
+            grants = record.get("domains") or {}
+            grants_id = child_id(self.doc, child_id(self.doc, admins_id, admin), "domains")
+            if name not in grants or grants_id is None:
+                continue
+            tx.delete(grants_id, name)
+            if new_name is not None and new_name not in grants:
+                put_value(tx, grants_id, new_name, grants[name])
 
     def last_change(self) -> Change:
         change = self.doc.get_last_local_change()
