@@ -55,6 +55,7 @@ class ClusterDocument:
         self.doc = doc
         self._cache: dict[str, Any] | None = None
         self._cache_heads: list[bytes] = []
+        self._domains_cache: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None
 
     @classmethod
     def create(cls, cluster_id: str, document_id: str) -> ClusterDocument:
@@ -89,16 +90,20 @@ class ClusterDocument:
     def domains(self) -> dict[str, dict[str, Any]]:
         """The live domains by name: tombstoned document ids are left out, and of two
         names holding one document (renames racing on two servers) the first is kept."""
-        deleted = self.deleted_domains()
+        plain = self.plain()
+        if self._domains_cache is not None and self._domains_cache[0] is plain:
+            return dict(self._domains_cache[1])
+        deleted = plain.get(DELETED_DOMAINS) or {}
         live: dict[str, dict[str, Any]] = {}
         seen: set[str] = set()
-        for name, entry in sorted((self.plain().get("domains") or {}).items()):
+        for name, entry in sorted((plain.get("domains") or {}).items()):
             doc_id = entry.get("document-id")
             if doc_id in deleted or doc_id in seen:
                 continue
             seen.add(doc_id)
             live[name] = entry
-        return live
+        self._domains_cache = (plain, live)
+        return dict(live)
 
     def deleted_domains(self) -> dict[str, dict[str, Any]]:
         """Tombstones of deleted domains, by document id."""
