@@ -55,7 +55,10 @@ T = TypeVar("T")
 
 SESSION_GONE_CODES = frozenset({"generic_err_wrong_session_id", "generic_err_session_expired"})
 ENDS_DRAFT = frozenset({"publish", "discard", "revert-to-revision"})
-NOT_DRAFT_EDITS = frozenset({"add-domain", "add-administrator"})
+NOT_DRAFT_EDITS = frozenset({
+    "add-domain", "set-domain", "delete-domain",
+    "add-administrator", "set-administrator", "delete-administrator",
+})  # fmt: skip
 """Writes that apply at once (cluster document), not to the session's draft."""
 
 

@@ -20,6 +20,7 @@ from crdtmds.api.dispatch import AdminAPI
 from crdtmds.api.tasks import Tasks
 from crdtmds.app.cluster_admin import ClusterAdmin
 from crdtmds.app.documents import Documents
+from crdtmds.app.lifecycle import Lifecycle
 from crdtmds.app.logins import Logins
 from crdtmds.app.persistence import Persister
 from crdtmds.app.sessions import Sessions
@@ -77,6 +78,7 @@ class Server:
         self.cluster_admin = ClusterAdmin(config, limits, documents, persister)
         throttle = auth.LoginThrottle(limit=limits.login_failures, base_delay=limits.login_lockout)
         self.logins = Logins(documents, self.sessions, config.secret, throttle=throttle)
+        self.lifecycle = Lifecycle(documents, self.sessions, self.logins, persister)
         self.status = StatusView(config, documents)
         self.api = AdminAPI(
             Services(

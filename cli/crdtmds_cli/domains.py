@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from crdtmds.client import Client
-from crdtmds_cli.calls import all_pages, with_login
+from crdtmds_cli.calls import all_pages, ref_key, with_login
 from crdtmds_cli.options import (
     CliCommand,
     JsonOption,
@@ -46,6 +46,40 @@ def domain_list(as_json: JsonOption = False, login_file: LoginFileOption = None)
             ["Name", "URL", "Here", "UID"],
             [[d["name"], d["url"], d.get("available"), d["uid"]] for d in reply["objects"]],
         )
+
+    with_login(login_file, work)
+
+
+@domain_app.command("rename", cls=CliCommand)
+def domain_rename(
+    name: Annotated[str, typer.Argument(help="The domain's name or uid.")],
+    new_name: Annotated[str, typer.Argument(help="Its new name.")],
+    as_json: JsonOption = False,
+    login_file: LoginFileOption = None,
+) -> None:
+    """Rename a domain (superusers only); permissions on it follow the new name."""
+
+    async def work(client: Client) -> None:
+        reply = await client.call("set-domain", **{ref_key(name): name, "new-name": new_name})
+        if as_json:
+            echo_json(reply)
+            return
+        say(f"renamed domain {name} to {reply['name']}")
+
+    with_login(login_file, work)
+
+
+@domain_app.command("delete", cls=CliCommand)
+def domain_delete(
+    name: Annotated[str, typer.Argument(help="The domain's name or uid.")],
+    login_file: LoginFileOption = None,
+) -> None:
+    """Delete a domain and its whole policy from every server (superusers only). Open
+    sessions on it end; it cannot be brought back."""
+
+    async def work(client: Client) -> None:
+        await client.call("delete-domain", **{ref_key(name): name})
+        say(f"deleted domain {name}")
 
     with_login(login_file, work)
 

@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from crdtmds.api.call import Access, Call, Caller, Command, InvalidSyntax, Services
-from crdtmds.api.commands import cluster, generic, objects, revisions, rules, sections, sessions
+from crdtmds.api.commands import (
+    cluster,
+    generic,
+    lifecycle,
+    objects,
+    revisions,
+    rules,
+    sections,
+    sessions,
+)
 from crdtmds.api.params import tolerated
 from crdtmds.errors import CoreFailure, InvalidParameterName, UnknownCommand, is_core_panic
 
@@ -23,7 +32,7 @@ log = logging.getLogger("crdtmds.api")
 def command_table() -> dict[str, Command]:
     """Every command, by name."""
     table: dict[str, Command] = {}
-    for group in (sessions, objects, generic, rules, sections, revisions, cluster):
+    for group in (sessions, objects, generic, rules, sections, revisions, cluster, lifecycle):
         table.update(group.COMMANDS)
     return table
 

@@ -3,9 +3,11 @@
 Every other service finds documents here, and learns of changes through its listeners:
 `on_changed(document_id)` after every persisted change a server made itself (a publish, a
 cluster write; gossip then offers it to the peers), and `on_cluster_updated()` whenever
-the cluster document changed, from here or from a peer (the mesh then dials new servers).
+the cluster document changed, from here or from a peer (the mesh then dials new servers;
+logins of administrators now deleted or locked end), and `on_domains_deleted(ids)` when
+domains this server held got a tombstone (their rows and sessions are then removed).
 It is also the document store of the gossip hub (`get_document`, `accept_document`,
-`shared_documents`).
+`shared_documents`): a tombstoned document is neither served nor accepted again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Documents:
         """Every domain document by document id (including empty copies awaiting sync)."""
         self._changed_listeners: list[Callable[[str], None]] = []
         self._cluster_listeners: list[Callable[[], None]] = []
+        self._deleted_listeners: list[Callable[[list[str]], None]] = []
 
     def take_loaded(self, documents: Mapping[str, Document]) -> None:
         """Adopt the documents loaded from storage, then list empty copies of the domains
@@ -39,6 +42,7 @@ class Documents:
                 self.cluster = ClusterDocument(doc_id, doc)
             else:
                 self.domains[doc_id] = Domain(doc_id, doc)
+        self.forget_deleted()
         self.attach_known_domains()
 
     # ------------------------------------------------------------ finding documents
@@ -84,6 +88,16 @@ class Documents:
             domain = self.domains[document_id] = Domain(document_id, Document())
         return domain.doc
 
+    def forget_deleted(self) -> list[str]:
+        """Drop the live copies of tombstoned domains; tell the listeners which."""
+        deleted = [doc_id for doc_id in self.domains if self.cluster.is_deleted(doc_id)]
+        for doc_id in deleted:
+            del self.domains[doc_id]
+        if deleted:
+            for listener in self._deleted_listeners:
+                listener(deleted)
+        return deleted
+
     def attach_known_domains(self) -> list[str]:
         """Empty copies of domains the cluster document lists but this server lacks."""
         missing = [
@@ -105,6 +119,11 @@ class Documents:
         """Call `listener()` whenever the cluster document changed, here or by a peer."""
         self._cluster_listeners.append(listener)
 
+    def on_domains_deleted(self, listener: Callable[[list[str]], None]) -> None:
+        """Call `listener(document_ids)` when domains held here got a tombstone (they
+        are gone from `domains` already); also for stored ones at load."""
+        self._deleted_listeners.append(listener)
+
     def changed(self, document_id: str) -> None:
         """A change this server made to a live document is persisted: tell the listeners."""
         self._notify(document_id)
@@ -112,7 +131,9 @@ class Documents:
             self.cluster_updated()
 
     def cluster_updated(self) -> None:
-        """Ask peers for newly listed domains, then tell the cluster listeners."""
+        """Drop tombstoned domains, ask peers for newly listed ones, then tell the cluster
+        listeners."""
+        self.forget_deleted()
         for doc_id in self.attach_known_domains():
             self._notify(doc_id)
         for listener in self._cluster_listeners:
@@ -128,8 +149,11 @@ class Documents:
         return self.document(document_id)
 
     def accept_document(self, document_id: str, peer: PeerInfo) -> Document | None:
-        """Servers may hand us any document of the cluster; repo clients create none."""
-        return self.adopt_empty_document(document_id) if peer.is_server else None
+        """Servers may hand us any document of the cluster but a deleted one; repo
+        clients create none."""
+        if not peer.is_server or self.cluster.is_deleted(document_id):
+            return None
+        return self.adopt_empty_document(document_id)
 
     def shared_documents(self, peer: PeerInfo) -> Iterable[str]:
         """Servers are offered everything; repo clients ask for what they want."""

@@ -131,6 +131,9 @@ class Logins:
                 stored = await self._unknown_user_hash()
             if await asyncio.to_thread(auth.verify_password, password, stored) and record:
                 attempt.succeeded()
+                if record.get("locked"):
+                    log.warning("login of locked administrator %r from %s", user, source)
+                    raise AuthenticationFailed(f"administrator '{user}' is locked")
                 return
         finally:
             attempt.failed()  # no-op after succeeded(); counts a cancelled check as failed
@@ -147,6 +150,9 @@ class Logins:
         login = self.by_sid.get(sid)
         if login is None:
             raise SessionError("wrong session id (log in again)")
+        if self._revoked(login):
+            self.by_sid.pop(sid, None)
+            raise SessionError("this login has ended: its administrator or domain is gone")
         now = self.clock()
         if now - login.last_seen > login.timeout:
             await self._expire(login)
@@ -157,6 +163,48 @@ class Logins:
     async def log_out(self, login: Login) -> None:
         self.by_sid.pop(login.sid, None)
         await self._close_empty_session(login)
+
+    def drop_revoked(self) -> list[Login]:
+        """End, at once, the logins the cluster document no longer allows: of
+        administrators deleted or locked, or to a deleted domain. Returns them; their
+        sessions are for `close_sessions_of` to settle."""
+        revoked = [login for login in self.by_sid.values() if self._revoked(login)]
+        self._follow_renames()
+        for login in revoked:
+            self.by_sid.pop(login.sid, None)
+            log.info("login of %r ended: administrator or domain removed or locked", login.admin)
+        return revoked
+
+    async def close_sessions_of(self, revoked: list[Login]) -> None:
+        """Settle the sessions of ended logins: a deleted administrator's drafts are
+        discarded (nobody can continue them), and so are drafts of a deleted domain; a
+        locked administrator's drafts with changes are kept for when they are unlocked."""
+        cluster = self.documents.cluster
+        for login in revoked:
+            session = login.session
+            if session is None or self.attached(session.uid):
+                continue
+            gone = login.admin not in cluster.administrators() or cluster.is_deleted(
+                session.domain.document_id
+            )
+            if gone or not session.has_changes():
+                async with self.session_lock(session.uid):
+                    await self.sessions.close(session)
+                self._locks.pop(session.uid, None)
+
+    def _follow_renames(self) -> None:
+        """Logins to a domain renamed meanwhile take its new entry (permissions follow the
+        name)."""
+        by_document = {e["document-id"]: e for e in self.documents.cluster.domains().values()}
+        for login in self.by_sid.values():
+            if login.domain is not None:
+                login.domain = by_document.get(login.domain["document-id"], login.domain)
+
+    def _revoked(self, login: Login) -> bool:
+        cluster = self.documents.cluster
+        if cluster.permission(login.admin, None) is None:  # deleted or locked
+            return True
+        return login.domain is not None and cluster.is_deleted(login.domain["document-id"])
 
     def attached(self, session_uid: str) -> bool:
         """Whether a live login works in the session `session_uid`."""

@@ -41,6 +41,11 @@ class Persister:
         for document_id in document_ids:
             self._uncompacted[document_id] = None
 
+    def forget(self, document_id: str) -> None:
+        """A document removed from storage: nothing of it is left to compact."""
+        self._uncompacted.pop(document_id, None)
+        self._compacted.pop(document_id, None)
+
     async def persist(self, document_id: str, changes: list[Change]) -> int:
         """Append changes of the live document; returns the document's uncompacted row
         count, and compacts past the threshold."""

@@ -160,6 +160,14 @@ class Sessions:
         self.by_uid.pop(session.uid, None)
         await self.storage.delete_session(session.uid)
 
+    def forget_domain(self, document_id: str) -> list[Session]:
+        """Drop every session of a deleted domain from memory (their rows go with the
+        domain's, `Storage.delete_document`)."""
+        gone = [s for s in self.by_uid.values() if s.domain.document_id == document_id]
+        for session in gone:
+            del self.by_uid[session.uid]
+        return gone
+
 
 def _record_of(session: Session) -> SessionRecord:
     return SessionRecord(

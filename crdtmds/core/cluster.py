@@ -7,9 +7,19 @@ log in on every server.
     { "cluster-id": "...",
       "servers": { <name>: { "name", "url", "region", "role", "joined-at" } },
       "domains": { <name>: { "name", "uid", "document-id", "created-at", "created-by" } },
-      "administrators": { <name>: { "name", "password-hash", "superuser",
+      "deleted-domains": { <document id>: { "name", "uid", "document-id",
+                                            "deleted-at", "deleted-by" } },
+      "administrators": { <name>: { "name", "password-hash", "superuser", "locked",
                                      "domains": { <domain name or "*">: "read-only" |
                                                   "read-write" } } } }
+
+A deleted domain leaves a tombstone in "deleted-domains", keyed by its document id: the
+id is never served, stored or accepted again by any server, so a server that was down
+during the delete cannot bring the domain back, and a rename racing the delete (which
+lists the entry under a new name) loses to it. Administrators are written field by field
+("locked", "password-hash", ...), so that a delete racing an edit on another server
+wins (Automerge drops edits inside a deleted map entry) and two edits of different
+fields both survive. A "locked" administrator keeps its entry but has no access at all.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from automerge.core import ROOT, Document
+from automerge.core import ROOT, Document, ObjType
 
 from crdtmds.core import model, names
 from crdtmds.core.docdata import child_id, put_value, read
@@ -31,6 +41,8 @@ READ_WRITE = "read-write"
 SUPERUSER = "superuser"
 PERMISSION_LEVELS = (READ_ONLY, READ_WRITE, SUPERUSER)
 ALL_DOMAINS = "*"
+DELETED_DOMAINS = "deleted-domains"
+CLUSTER_SECTIONS = ("servers", "domains", DELETED_DOMAINS, "administrators")
 
 Change = tuple[bytes, bytes]
 
@@ -43,13 +55,14 @@ class ClusterDocument:
         self.doc = doc
         self._cache: dict[str, Any] | None = None
         self._cache_heads: list[bytes] = []
+        self._domains_cache: tuple[dict[str, Any], dict[str, dict[str, Any]]] | None = None
 
     @classmethod
     def create(cls, cluster_id: str, document_id: str) -> ClusterDocument:
         doc = Document()
         with doc.transaction() as tx:
             put_value(tx, ROOT, "cluster-id", cluster_id)
-            for section in ("servers", "domains", "administrators"):
+            for section in CLUSTER_SECTIONS:
                 put_value(tx, ROOT, section, {})
         return cls(document_id, doc)
 
@@ -75,7 +88,29 @@ class ClusterDocument:
         return dict(self.plain().get("servers") or {})
 
     def domains(self) -> dict[str, dict[str, Any]]:
-        return dict(self.plain().get("domains") or {})
+        """The live domains by name: tombstoned document ids are left out, and of two
+        names holding one document (renames racing on two servers) the first is kept."""
+        plain = self.plain()
+        if self._domains_cache is not None and self._domains_cache[0] is plain:
+            return dict(self._domains_cache[1])
+        deleted = plain.get(DELETED_DOMAINS) or {}
+        live: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        for name, entry in sorted((plain.get("domains") or {}).items()):
+            doc_id = entry.get("document-id")
+            if doc_id in deleted or doc_id in seen:
+                continue
+            seen.add(doc_id)
+            live[name] = entry
+        self._domains_cache = (plain, live)
+        return dict(live)
+
+    def deleted_domains(self) -> dict[str, dict[str, Any]]:
+        """Tombstones of deleted domains, by document id."""
+        return dict(self.plain().get(DELETED_DOMAINS) or {})
+
+    def is_deleted(self, document_id: str) -> bool:
+        return document_id in self.deleted_domains()
 
     def administrators(self) -> dict[str, dict[str, Any]]:
         return dict(self.plain().get("administrators") or {})
@@ -95,7 +130,7 @@ class ClusterDocument:
     def permission(self, admin: str, domain: str | None) -> str | None:
         """The administrator's level on `domain` (None: system-wide), or None for no access."""
         record = self.administrators().get(admin)
-        if record is None:
+        if record is None or record.get("locked"):
             return None
         if record.get("superuser"):
             return SUPERUSER
@@ -149,20 +184,78 @@ class ClusterDocument:
         name = names.check_name(name, "name")
         if name in self.administrators():
             raise NameInUse(f"administrator '{name}' already exists", details={"name": name})
-        grants = dict(domains or {})
-        for domain, level in grants.items():
-            if level not in (READ_ONLY, READ_WRITE):
-                raise InvalidParameter(
-                    f"permission on '{domain}' must be {READ_ONLY} or {READ_WRITE}, not {level!r}"
-                )
         entry = {
             "name": name,
             "password-hash": password_hash,
             "superuser": bool(superuser),
-            "domains": grants,
+            "domains": check_grants(domains or {}),
         }
         self._write("administrators", name, entry)
         return entry
+
+    def set_administrator(self, name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Change some fields of an administrator, each one its own write."""
+        if name not in self.administrators():
+            raise ObjectNotFound(f"administrator '{name}' not found", details={"name": name})
+        entry_id = child_id(self.doc, self._section_id("administrators"), name)
+        if entry_id is None:
+            raise ClusterError(f"administrator '{name}' has no entry to change")
+        with self.doc.transaction() as tx:
+            for key, value in fields.items():
+                put_value(tx, entry_id, key, value)
+        return self.administrators()[name]
+
+    def delete_administrator(self, name: str) -> Change:
+        if name not in self.administrators():
+            raise ObjectNotFound(f"administrator '{name}' not found", details={"name": name})
+        with self.doc.transaction() as tx:
+            tx.delete(self._section_id("administrators"), name)
+        return self.last_change()
+
+    def delete_domain(self, name: str, *, deleted_by: str) -> dict[str, Any]:
+        """Unlist a domain and leave its tombstone, in one change."""
+        entry = self.domains()[name]
+        tombstone = {
+            "name": name,
+            "uid": entry.get("uid", ""),
+            "document-id": entry["document-id"],
+            "deleted-at": time.time(),
+            "deleted-by": deleted_by,
+        }
+        tombstones = child_id(self.doc, ROOT, DELETED_DOMAINS)
+        with self.doc.transaction() as tx:
+            if tombstones is None:  # a cluster made before deletes existed
+                tombstones = tx.put_object(ROOT, DELETED_DOMAINS, ObjType.Map)
+            put_value(tx, tombstones, entry["document-id"], tombstone)
+            tx.delete(self._section_id("domains"), name)
+            self._move_grants(tx, name, None)
+        return tombstone
+
+    def rename_domain(self, name: str, new_name: str) -> dict[str, Any]:
+        """List a domain under a new name, in one change."""
+        new_name = names.check_name(new_name, "new-name")
+        if new_name in self.domains():
+            raise NameInUse(f"domain '{new_name}' already exists", details={"name": new_name})
+        entry = {**self.domains()[name], "name": new_name}
+        section = self._section_id("domains")
+        with self.doc.transaction() as tx:
+            tx.delete(section, name)
+            put_value(tx, section, new_name, entry)
+            self._move_grants(tx, name, new_name)
+        return entry
+
+    def _move_grants(self, tx: Any, name: str, new_name: str | None) -> None:
+        """Administrators' permissions on domain `name` follow it to `new_name` (or go,
+        for None): permissions name domains."""
+        admins_id = self._section_id("administrators")
+        for admin, record in self.administrators().items():
+            grants = record.get("domains") or {}
+            grants_id = child_id(self.doc, child_id(self.doc, admins_id, admin), "domains")
+            if name not in grants or grants_id is None:
+                continue
+            tx.delete(grants_id, name)
+            if new_name is not None and new_name not in grants:
+                put_value(tx, grants_id, new_name, grants[name])
 
     def last_change(self) -> Change:
         change = self.doc.get_last_local_change()
@@ -170,13 +263,27 @@ class ClusterDocument:
             raise ClusterError("the cluster document has no local change")
         return change.hash, change.bytes
 
-    def _write(self, section: str, key: str, entry: Mapping[str, Any]) -> Change:
+    def _section_id(self, section: str) -> bytes:
         section_id = child_id(self.doc, ROOT, section)
         if section_id is None:
             raise ClusterError("the cluster document is not initialised yet")
+        return section_id
+
+    def _write(self, section: str, key: str, entry: Mapping[str, Any]) -> Change:
+        section_id = self._section_id(section)
         with self.doc.transaction() as tx:
             put_value(tx, section_id, key, entry)
         return self.last_change()
+
+
+def check_grants(grants: Mapping[str, str]) -> dict[str, str]:
+    """Per-domain permissions of an administrator: read-only or read-write each."""
+    for domain, level in grants.items():
+        if level not in (READ_ONLY, READ_WRITE):
+            raise InvalidParameter(
+                f"permission on '{domain}' must be {READ_ONLY} or {READ_WRITE}, not {level!r}"
+            )
+    return dict(grants)
 
 
 def public_administrator(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -222,6 +222,14 @@ class Storage:
             )
         return [document_id for (document_id,) in rows]
 
+    async def delete_document(self, document_id: str) -> int:
+        """Remove a document for good: its change rows, snapshots and stored drafts, in one
+        transaction. Returns how many change and snapshot rows went (0: none stored)."""
+        async with self._database.write(f"delete document {document_id}") as connection:
+            removed = await _delete_document_rows(connection, document_id)
+        self._change_rows.pop(document_id, None)
+        return removed
+
     async def uncompacted_count(self, document_id: str) -> int:
         """How many change rows of the document no snapshot covers yet."""
         async with self._database.read(f"count changes of {document_id}") as connection:
@@ -360,6 +368,16 @@ def _insert_changes_sql(rows: int) -> str:
 
 def _change_params(document_id: str, changes: Sequence[tuple[bytes, bytes]]) -> list[Any]:
     return [value for change_hash, data in changes for value in (document_id, change_hash, data)]
+
+
+async def _delete_document_rows(connection: aiosqlite.Connection, document_id: str) -> int:
+    removed = 0
+    for table in ("changes", "snapshots", "sessions"):  # session_changes go by cascade
+        cursor = await connection.execute(
+            f"DELETE FROM {table} WHERE document_id = ?", (document_id,)
+        )
+        removed += max(cursor.rowcount, 0) if table != "sessions" else 0
+    return removed
 
 
 async def _count_changes(connection: aiosqlite.Connection, document_id: str) -> int:

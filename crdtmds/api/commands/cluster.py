@@ -21,7 +21,7 @@ from crdtmds.sync.protocol import document_url
 log = logging.getLogger("crdtmds.api")
 
 
-def _domain_reply(call: Call, entry: Mapping[str, Any]) -> dict[str, Any]:
+def domain_reply(call: Call, entry: Mapping[str, Any]) -> dict[str, Any]:
     document_id = entry.get("document-id", "")
     domain = call.services.documents.domains.get(document_id)
     return {
@@ -44,14 +44,14 @@ async def _show_domains(call: Call) -> dict[str, Any]:
         if cluster.permission(call.login.admin, name) is not None
     ]
     page, bounds = page_of(visible, call.params)
-    return {"objects": [_domain_reply(call, e) for e in page], **bounds}
+    return {"objects": [domain_reply(call, e) for e in page], **bounds}
 
 
 async def _add_domain(call: Call) -> dict[str, Any]:
     name = names.check_name(call.params.get("name"), "name")
     entry = await call.services.cluster_admin.create_domain(name, created_by=call.login.admin)
     log.info("%r added domain %r", call.login.admin, name)
-    return _domain_reply(call, entry)
+    return domain_reply(call, entry)
 
 
 async def _show_servers(call: Call) -> dict[str, Any]:
@@ -87,7 +87,11 @@ async def _show_administrators(call: Call) -> dict[str, Any]:
     if call.cluster.permission(call.login.admin, None) != SUPERUSER:
         admins = {k: v for k, v in admins.items() if k == call.login.admin}
     records = [
-        {**public_administrator(entry), "type": "administrator"}
+        {
+            **public_administrator(entry),
+            "locked": bool(entry.get("locked")),
+            "type": "administrator",
+        }
         for _, entry in sorted(admins.items())
     ]
     page, bounds = page_of(records, call.params)
