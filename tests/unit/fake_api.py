@@ -16,7 +16,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 Handler = Callable[[ServerConnection, dict[str, Any]], Awaitable[dict[str, Any] | None]]
-"""Returns the result to send back, or None to send nothing."""
+"""Returns the result to send back (an error reply if it holds `ERROR`), or None to send
+nothing."""
+ERROR = "__error__"
 
 
 async def default_reply(_ws: ServerConnection, request: dict[str, Any]) -> dict[str, Any]:
@@ -86,5 +88,7 @@ class FakeApi:
             self.seen.append(request["command"])
             handler = self.handlers.get(request["command"], default_reply)
             result = await handler(ws, request)
-            if result is not None:
-                await ws.send(json.dumps({"id": request["id"], "result": result}))
+            if result is None:
+                continue
+            reply = {"error": result[ERROR]} if ERROR in result else {"result": result}
+            await ws.send(json.dumps({"id": request["id"], **reply}))
