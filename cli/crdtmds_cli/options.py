@@ -1,9 +1,11 @@
 """Option types shared by several command groups, and the command classes every command
 and group of `crdtmds` is built with.
 
-The classes exist for two things typer does not offer per option: boolean flags shown
-as flags in `--help` (without a `<bool>` value), and `--session-file`, the old name of
-`--login-file`, accepted but not shown.
+The classes exist for what typer does not offer per option: boolean flags shown as
+flags in `--help` (without a `<bool>` value), `--session-file`, the old name of
+`--login-file`, accepted but not shown, and help laid out by click rather than rich: at
+80 columns rich squeezes the option column and cuts long option names
+(`--max-documents-per-…`), while click puts a long name on a line of its own.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class CliCommand(TyperCommand):
             _show_flags_as_flags([option])
         return option
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperCommand, self).format_help(ctx, formatter)  # click's, not rich's
+
     def make_parser(self, ctx: Any) -> Any:
         parser = super().make_parser(ctx)
         for param in self.params:
@@ -88,6 +93,9 @@ class CliGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _show_flags_as_flags(self.params)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperGroup, self).format_help(ctx, formatter)  # click's, not rich's
 
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)

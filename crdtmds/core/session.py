@@ -362,6 +362,13 @@ def _raw_index(
         visible = layer.ordered_uids()
         if moving is not None:
             visible = [u for u in visible if u != moving]
+        if position > len(visible) + 1:
+            count = len(layer.ordered_uids())
+            raise ValidationError(
+                f"position {position} is beyond the end of layer '{layer.name}' "
+                f"({count} rule(s)): give 1 to {len(visible) + 1}, or bottom",
+                details={"position": position, "rules": count},
+            )
         where, anchor = "above", visible[position - 1] if position <= len(visible) else None
     else:
         ((where, ref),) = position.items()
