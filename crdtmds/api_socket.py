@@ -1,7 +1,13 @@
 """The JSON-over-WebSocket connection of a client to one server's `/api`: one request
 out, its reply back, and what can go wrong on the way (`ApiError` for an error reply,
 `RequestTooLarge` for a request over the frame limit, `TransportFailure` for a lost
-connection). The failover client (`crdtmds.client`) decides what to do about each."""
+connection). The failover client (`crdtmds.client`) decides what to do about each.
+
+Slow is not lost. A connection that is closed, reset or refused is lost at once. A reply
+that has not come yet on a connection that is still open is waited for: `on_wait` hears
+about it every `progress_interval` seconds, and only after `reply_timeout` seconds of
+silence is the server given up as lost. No keepalive pings: a server busy with a long
+publish or revert answers no ping either, and that must not read as a loss."""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import contextlib
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +32,12 @@ API_PATH = "/api"
 MAX_REPLY_SIZE = 256 * 1024 * 1024
 MAX_REQUEST_SIZE = 16 * 1024 * 1024
 """The servers' default frame limit (`crdtmds start --max-message-size`)."""
+REPLY_TIMEOUT = 600.0
+"""How long a reply is waited for on a connection that stays open."""
+PROGRESS_INTERVAL = 5.0
+
+WaitListener = Callable[[str, str, float], None]
+"""Told `(url, command, seconds waited)` while a reply is slow."""
 
 
 class ApiError(CrdtmdsError):
@@ -77,8 +90,18 @@ def api_url(url: str) -> str:
 class ApiSocket:
     """One WebSocket to the `/api` of the server at `url`, opened when first needed."""
 
-    def __init__(self, *, timeout: float, max_request_size: int = MAX_REQUEST_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        max_request_size: int = MAX_REQUEST_SIZE,
+        reply_timeout: float = REPLY_TIMEOUT,
+        on_wait: WaitListener | None = None,
+    ) -> None:
         self.timeout = timeout
+        """Seconds to connect, and at most between two `on_wait` calls."""
+        self.reply_timeout = max(reply_timeout, timeout)
+        self.on_wait = on_wait
         self.max_request_size = max_request_size
         self._url: str | None = None
         self._ws: ClientConnection | None = None
@@ -102,16 +125,42 @@ class ApiSocket:
             _raise_if_too_large(command, exc)
             raise TransportFailure(f"send failed: {exc}", sent=False) from None
         try:
-            reply = await asyncio.wait_for(_reply_to(ws, request_id), self.timeout)
+            reply = await self._await_reply(ws, url, command, request_id)
         except (ConnectionClosed, OSError, TimeoutError) as exc:
             await self.close()
             _raise_if_too_large(command, exc)
-            reason = f"no reply within {self.timeout} s" if isinstance(exc, TimeoutError) else exc
+            reason = (
+                f"no reply within {self.reply_timeout:g} s on an open connection"
+                if isinstance(exc, TimeoutError)
+                else f"connection lost ({exc})"
+            )
             raise TransportFailure(f"'{command}': {reason}", sent=True) from None
         if "error" in reply:
             raise ApiError.from_reply(reply["error"])
         result = reply.get("result")
         return result if isinstance(result, dict) else {"result": result}
+
+    async def _await_reply(
+        self, ws: ClientConnection, url: str, command: str, request_id: int
+    ) -> dict[str, Any]:
+        """The reply, however slow, while the connection stays open (up to
+        `reply_timeout`); `on_wait` hears of the wait every `progress_interval` s."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        step = min(self.timeout, PROGRESS_INTERVAL)
+        reply = asyncio.ensure_future(_reply_to(ws, request_id))
+        try:
+            while True:
+                remaining = self.reply_timeout - (loop.time() - started)
+                if remaining <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({reply}, timeout=min(step, remaining))
+                if done:
+                    return reply.result()
+                if self.on_wait is not None and loop.time() - started < self.reply_timeout:
+                    self.on_wait(url, command, loop.time() - started)
+        finally:
+            reply.cancel()
 
     async def close(self) -> None:
         ws, self._ws = self._ws, None
@@ -132,7 +181,12 @@ class ApiSocket:
         await self.close()
         try:
             self._ws = await connect(
-                url, open_timeout=self.timeout, close_timeout=1, max_size=MAX_REPLY_SIZE, proxy=None
+                url,
+                open_timeout=self.timeout,
+                close_timeout=1,
+                max_size=MAX_REPLY_SIZE,
+                proxy=None,
+                ping_interval=None,
             )
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise TransportFailure(f"cannot connect to {url}: {exc}", sent=False) from None

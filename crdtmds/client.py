@@ -9,8 +9,10 @@ Every command of `crdtmds.api` goes through `call`; an error reply raises `ApiEr
 the server's code, message and details.
 
 Failover. A login and its draft live on one server. When the connection to it is lost
-(an `OSError`, a closed WebSocket, or no reply within `timeout`), the client logs in on the
-next server of its list (and lastly on the lost one again). Then:
+(refused, reset or closed, or silent for `reply_timeout` seconds), the client logs in on
+the next server of its list (and lastly on the lost one again). A reply that is merely
+slow on an open connection is waited for: `on_wait(url, command, seconds)` hears about it
+every few seconds (at most every `timeout`). Then, after a loss:
 
 - If no draft can have been left behind (no edit since the last publish or discard), the
   command is retried on the new server and returns normally.
@@ -23,6 +25,9 @@ next server of its list (and lastly on the lost one again). Then:
 - If the connection came back to the same server, the login continues the stored draft
   (`continue-last-session`), and only an edit whose reply was lost raises
   `OutcomeUnknown`, since it may or may not be in the draft.
+- A publish, discard or revert whose reply was lost raises `OutcomeUnknown` wherever the
+  client ends up (even nowhere): it may have happened on the lost server. Its details
+  name that server and the session whose revision to look for.
 
 A request larger than `max_request_size` (the servers' default frame limit, 16 MiB) is
 refused before it is sent, and a server's close for a request over its own limit (code
@@ -43,9 +48,11 @@ from typing import Any, TypeVar
 
 from crdtmds.api_socket import (
     MAX_REQUEST_SIZE,
+    REPLY_TIMEOUT,
     ApiError,
     ApiSocket,
     TransportFailure,
+    WaitListener,
     api_url,
 )
 
@@ -96,6 +103,20 @@ def is_draft_edit(command: str) -> bool:
     return command.startswith(("add-", "set-", "delete-")) and command not in NOT_DRAFT_EDITS
 
 
+def ending_unknown(
+    command: str, lost: str, session: str | None, more: str, *, now_on: str | None = None
+) -> OutcomeUnknown:
+    """For a publish, discard or revert whose reply was lost with server `lost`."""
+    what = {"publish": "publish", "discard": "discard"}.get(command, "revert")
+    check = "the session's changes" if command == "discard" else "the revisions"
+    return OutcomeUnknown(
+        f"the {what} may have succeeded on {lost}: the connection was lost before it "
+        f"replied. Check {check} (a revision of session {session} means it did) before "
+        f"running it again{more}",
+        details={"server": lost, "command": command, "session": session, "now-on": now_on},
+    )
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from synchronous code (the command line)."""
     return asyncio.run(coroutine)
@@ -117,6 +138,8 @@ class Client:
         continue_last_session: bool = False,
         device_token: str | None = None,
         max_request_size: int = MAX_REQUEST_SIZE,
+        reply_timeout: float = REPLY_TIMEOUT,
+        on_wait: WaitListener | None = None,
     ) -> None:
         if not urls:
             raise ValueError("give at least one server URL")
@@ -138,7 +161,12 @@ class Client:
         self.left_behind: list[LeftBehind] = []
         self.logout_on_close = True
         self._index = 0
-        self._socket = ApiSocket(timeout=timeout, max_request_size=max_request_size)
+        self._socket = ApiSocket(
+            timeout=timeout,
+            max_request_size=max_request_size,
+            reply_timeout=reply_timeout,
+            on_wait=on_wait,
+        )
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -155,6 +183,8 @@ class Client:
         unpublished: bool = False,
         timeout: float = 10,
         device_token: str | None = None,
+        reply_timeout: float = REPLY_TIMEOUT,
+        on_wait: WaitListener | None = None,
     ) -> Client:
         """A client continuing an existing login (`sid`) on `server` (default: the first URL).
 
@@ -163,7 +193,7 @@ class Client:
         """
         client = cls(
             urls, user=user, password=password, domain=domain, timeout=timeout,
-            device_token=device_token,
+            device_token=device_token, reply_timeout=reply_timeout, on_wait=on_wait,
         )  # fmt: skip
         if server is not None:
             wanted = api_url(server)
@@ -261,7 +291,19 @@ class Client:
         draft_at_risk = self.unpublished or edit_in_flight
         log.warning("lost server %s (%s); failing over", lost, failure)
         await self._drop_connection()
-        await self._login_somewhere(prefer=self._index + 1, continuing=lost)
+        try:
+            await self._login_somewhere(prefer=self._index + 1, continuing=lost)
+        except ApiError as error:
+            if failure.sent and command in ENDS_DRAFT:
+                self.unpublished = False
+                more = f"; and {error.message}"
+                raise ending_unknown(command, lost, lost_session, more) from None
+            raise
+        if failure.sent and command in ENDS_DRAFT:
+            if self.server != lost:
+                self.left_behind.append(LeftBehind(lost, lost_session))
+            self.unpublished = False  # either done there, or left behind in `lost_session`
+            raise ending_unknown(command, lost, lost_session, "", now_on=self.server)
         if self.server != lost and draft_at_risk:
             self._left_behind(lost, lost_session, command)
         if self.server == lost and edit_in_flight:

@@ -1,6 +1,9 @@
 """Running a command's API calls with the stored login, and what failures print.
 
-Failures print `Error <code>: <message>` on stderr and exit 1; usage mistakes exit 2.
+Failures print `Error <code>: <message>` on stderr and exit 1; usage mistakes exit 2; a
+write whose reply was lost with its server (a publish, a revert, an edit) exits 3
+(`OUTCOME_UNKNOWN`): it may have happened, so check before running it again. A reply that is only
+slow is waited for, with a `still waiting for SERVER (N s)` line on stderr now and then.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from typing import Any, NoReturn, TypeVar
 import typer
 
 from crdtmds.api_socket import ApiError
-from crdtmds.client import Client, SessionLeftBehind, run
-from crdtmds_cli.login_file import CliFailure, StoredLogin, login_file_path
+from crdtmds.client import Client, OutcomeUnknown, SessionLeftBehind, run
+from crdtmds_cli.login_file import PASSWORD_VARIABLE, CliFailure, StoredLogin, login_file_path
 from crdtmds_cli.output import say
 
 T = TypeVar("T")
 
 PAGE_SIZE = 500
+OUTCOME_UNKNOWN = 3
+"""Exit code of a publish, discard or revert that may or may not have happened."""
 UID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
@@ -52,11 +57,16 @@ def load_login(path: Path) -> StoredLogin:
         fail(failure.code, failure.message)
 
 
+def note_wait(url: str, command: str, seconds: float) -> None:
+    """A slow reply: say so on stderr, so that nobody takes the wait for a hang."""
+    say(f"still waiting for {url} ({seconds:.0f} s, '{command}')", err=True)
+
+
 def with_login(login_file: Path | None, work: Callable[[Client], Awaitable[T]]) -> T:
     """Run `work` with the stored login, and store where the login ended up."""
     path = login_file_path(login_file)
     stored = load_login(path)
-    client = stored.client()
+    client = stored.client(on_wait=note_wait)
     show_client_warnings()
     try:
         return run(_run_and_close(client, work))
@@ -66,13 +76,39 @@ def with_login(login_file: Path | None, work: Callable[[Client], Awaitable[T]]) 
             f"{exc.message}. Redo the edits here, or log in again on "
             f"{exc.details.get('server')} with --continue-session later.",
         )
+    except OutcomeUnknown as exc:
+        fail(exc.code, outcome_unknown_message(exc), OUTCOME_UNKNOWN)
     except ApiError as exc:
-        fail(exc.code, exc.message)
+        fail(exc.code, _with_advice(exc))
     except CliFailure as failure:
-        fail(failure.code, failure.message)
+        fail(failure.code, failure.message, failure.exit_code)
     finally:
         stored.follow(client)
         stored.save(path)
+
+
+def outcome_unknown_message(exc: OutcomeUnknown) -> str:
+    command, server = exc.details.get("command"), exc.details.get("server")
+    session = exc.details.get("session")
+    if command not in ("publish", "discard", "revert-to-revision"):
+        return exc.message
+    what = {"publish": "publish", "discard": "discard"}.get(str(command), "revert")
+    check = (
+        "check `crdtmds session show`"
+        if command == "discard"
+        else f"check `crdtmds revisions` (a revision of session {session} means it did)"
+    )
+    more = exc.message.partition("running it again")[2]
+    return f"the {what} may have succeeded on {server}: {check} before running it again{more}"
+
+
+def _with_advice(exc: ApiError) -> str:
+    if exc.code != "err_login_required":
+        return exc.message
+    return (
+        f"{exc.message}. To fail over without logging in again, set {PASSWORD_VARIABLE} "
+        "or log in with `crdtmds login --remember-password`"
+    )
 
 
 async def _run_and_close(client: Client, work: Callable[[Client], Awaitable[T]]) -> T:

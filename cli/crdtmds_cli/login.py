@@ -3,8 +3,9 @@
 A login is the authenticated sid on one server; `login` keeps it in the login file, so
 that every later command reconnects with it and edits made by several commands collect
 in one session until `crdtmds session publish` (or `--publish` on the edit itself).
-Without `--remember-password` the client cannot log in on another server by itself when
-its server is lost.
+When its server is lost, a later command logs in on the next `--server` with the password
+kept by `--remember-password`, else with `CRDTMDS_PASSWORD` if set; without either it
+stops and says so.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from crdtmds.api_socket import ApiError
+from crdtmds.api_socket import REPLY_TIMEOUT, ApiError
 from crdtmds.client import Client, run
-from crdtmds_cli.calls import fail, load_login, show_client_warnings
+from crdtmds_cli.calls import fail, load_login, note_wait, show_client_warnings
 from crdtmds_cli.login_file import StoredLogin, device_token_of, login_file_path
 from crdtmds_cli.options import JsonOption, LoginFileOption, add_command
 from crdtmds_cli.output import echo_json, say
@@ -47,7 +48,22 @@ RememberOption = Annotated[
     typer.Option(
         "--remember-password",
         help="Keep the password in the login file, so that a lost server can "
-        "be replaced by the next one without asking.",
+        "be replaced by the next one (else $CRDTMDS_PASSWORD is used).",
+    ),
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.1, help="Seconds to connect; a slow reply is noted this often (max 5)."
+    ),
+]
+ReplyTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--reply-timeout",
+        min=1,
+        envvar="CRDTMDS_REPLY_TIMEOUT",
+        help="Seconds to wait for a reply on an open connection before failing over.",
     ),
 ]
 
@@ -70,9 +86,8 @@ def login_command(
     read_only: Annotated[bool, typer.Option("--read-only", help="Log in read-only.")] = False,
     continue_session: ContinueOption = False,
     remember_password: RememberOption = False,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for a server.")
-    ] = 10.0,
+    timeout: TimeoutOption = 10.0,
+    reply_timeout: ReplyTimeoutOption = REPLY_TIMEOUT,
     login_file: LoginFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -87,9 +102,11 @@ def login_command(
             domain=domain,
             session_name=session_name,
             timeout=timeout,
+            reply_timeout=reply_timeout,
             read_only=read_only,
             continue_last_session=continue_session,
             device_token=device_token_of(login_file_path(login_file), user),
+            on_wait=note_wait,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--server") from None
@@ -105,6 +122,7 @@ def login_command(
         password=password if remember_password else None,
         timeout=timeout,
         device_token=client.device_token,
+        reply_timeout=reply_timeout,
     )
     path = login_file_path(login_file)
     stored.save(path)

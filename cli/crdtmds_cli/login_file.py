@@ -2,7 +2,8 @@
 
 By default `~/.config/crdtmds/session.json` (its name predates the word "login file"),
 mode 0600 since it holds a live sid; `--login-file` or `CRDTMDS_LOGIN_FILE` choose
-another. The password is kept only with `--remember-password`.
+another. The password is kept only with `--remember-password`; without it, a failover
+logs in with `CRDTMDS_PASSWORD` when that is set.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ from pathlib import Path
 
 import typer
 
+from crdtmds.api_socket import REPLY_TIMEOUT, WaitListener
 from crdtmds.client import Client
 
 LOGIN_FILE_NAME = "session.json"
 LOGIN_FILE_VERSION = 1
+PASSWORD_VARIABLE = "CRDTMDS_PASSWORD"
 
 
 class CliFailure(Exception):
     """A failure to report as `Error <code>: <message>`."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.exit_code = exit_code
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class StoredLogin:
     password: str | None = None
     timeout: float = 10.0
     device_token: str | None = None
+    reply_timeout: float = REPLY_TIMEOUT
     version: int = LOGIN_FILE_VERSION
     left_behind: list[list[str | None]] = field(default_factory=list)
 
@@ -73,18 +78,22 @@ class StoredLogin:
         os.chmod(temporary, 0o600)
         os.replace(temporary, path)
 
-    def client(self) -> Client:
+    def client(self, on_wait: WaitListener | None = None) -> Client:
+        """A client resuming this login; it fails over with the remembered password, else
+        with `CRDTMDS_PASSWORD` when set."""
         return Client.resume(
             self.urls,
             sid=self.sid,
             user=self.user,
             server=self.server,
-            password=self.password,
+            password=self.password or os.environ.get(PASSWORD_VARIABLE) or None,
             domain=self.domain,
             session_uid=self.session_uid,
             unpublished=self.unpublished,
             timeout=self.timeout,
             device_token=self.device_token,
+            reply_timeout=self.reply_timeout,
+            on_wait=on_wait,
         )
 
     def follow(self, client: Client) -> None:

@@ -240,8 +240,9 @@ def _set_command(kind: ObjectKind) -> Callable[..., None]:
         params = {ref_key(name): name, **_option_params(kind, "set", values)}
 
         async def work(client: Client) -> None:
-            obj_type = await _object_type(client, kind, name, protocol)
-            await _write(client, f"set-{obj_type}", params, publish)
+            obj_type, ref = await _resolve(client, kind, name, protocol)
+            params.pop("name", None)
+            await _write(client, f"set-{obj_type}", {**params, **ref}, publish)
 
         with_login(login_file, work)
 
@@ -258,8 +259,8 @@ def _delete_command(kind: ObjectKind) -> Callable[..., None]:
     def delete(name: str, publish: bool, login_file: Path | None, protocol: str | None = None
                ) -> None:  # fmt: skip
         async def work(client: Client) -> None:
-            obj_type = await _object_type(client, kind, name, protocol)
-            await _write(client, f"delete-{obj_type}", {ref_key(name): name}, publish)
+            obj_type, ref = await _resolve(client, kind, name, protocol)
+            await _write(client, f"delete-{obj_type}", ref, publish)
 
         with_login(login_file, work)
 
@@ -381,6 +382,35 @@ def _service_type(protocol: str) -> str:
     if protocol.lower() not in ("tcp", "udp"):
         raise typer.BadParameter("must be tcp or udp", param_hint="--protocol")
     return f"service-{protocol.lower()}"
+
+
+async def _resolve(
+    client: Client, kind: ObjectKind, name: str, protocol: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The API type and the reference (`uid` when the name is the kind's only one) of the
+    object a `set` or `delete` names. Concurrent adds on two servers can leave two objects
+    with one name: such a name is refused, listing their uids, rather than one of them
+    changed at the server's choice."""
+    if ref_key(name) == "uid":
+        return await _object_type(client, kind, name, protocol), {"uid": name}
+    types = [_service_type(protocol)] if protocol else list(kind.api_types)
+    matches: list[dict[str, Any]] = []
+    for obj_type in types:
+        command = f"show-services-{obj_type.removeprefix('service-')}" if kind.has_protocol else (
+            f"show-{kind.plural}")  # fmt: skip
+        listed = await all_pages(client, command, "objects", None, filter=name)
+        matches += [o for o in listed["objects"] if o.get("name") == name]
+    if len(matches) > 1:
+        uids = ", ".join(f"{o['uid']} ({o.get('type')}, {summary_of(o) or 'no value'})"
+                         for o in matches)  # fmt: skip
+        raise CliFailure(
+            "err_ambiguous_name",
+            f"{len(matches)} {kind.plural} are named '{name}': {uids}. Give the uid of the one "
+            "you mean (`crdtmds verify` lists duplicate names; rename one with --new-name)",
+        )
+    if matches:
+        return matches[0]["type"], {"uid": matches[0]["uid"]}
+    return await _object_type(client, kind, name, protocol), {"name": name}
 
 
 async def _object_type(

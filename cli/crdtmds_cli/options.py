@@ -1,9 +1,11 @@
 """Option types shared by several command groups, and the command classes every command
 and group of `crdtmds` is built with.
 
-The classes exist for two things typer does not offer per option: boolean flags shown
-as flags in `--help` (without a `<bool>` value), and `--session-file`, the old name of
-`--login-file`, accepted but not shown.
+The classes exist for what typer does not offer per option: boolean flags shown as
+flags in `--help` (without a `<bool>` value), `--session-file`, the old name of
+`--login-file`, accepted but not shown, and help laid out by click rather than rich: at
+80 columns rich squeezes the option column and cuts long option names
+(`--max-documents-per-…`), while click puts a long name on a line of its own.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class _FlagsAsFlags:
 class CliCommand(_FlagsAsFlags, TyperCommand):
     """A command whose flags read as flags and whose login file has its old name too."""
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperCommand, self).format_help(ctx, formatter)  # click's, not rich's
+
     def make_parser(self, ctx: Any) -> Any:
         parser = super().make_parser(ctx)
         for param in self.params:
@@ -90,6 +95,9 @@ class CliCommand(_FlagsAsFlags, TyperCommand):
 
 class CliGroup(_FlagsAsFlags, TyperGroup):
     """A group whose `--help` reads as a flag."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperGroup, self).format_help(ctx, formatter)  # click's, not rich's
 
 
 def group(help_text: str) -> typer.Typer:

@@ -7,14 +7,16 @@ from typing import Annotated
 import typer
 
 from crdtmds.client import Client
-from crdtmds_cli.calls import all_pages, ref_key, with_login
+from crdtmds_cli.calls import UID_RE, all_pages, ref_key, with_login
+from crdtmds_cli.login_file import CliFailure
 from crdtmds_cli.options import (
     DomainReadOption,
     JsonOption,
     LoginFileOption,
     add_command,
 )
-from crdtmds_cli.output import cell, echo_json, echo_table, say
+from crdtmds_cli.output import echo_json, echo_table, say
+from crdtmds_cli.verify_report import problem_names, problem_row
 
 
 def revisions_command(
@@ -50,7 +52,9 @@ def revisions_command(
 
 
 def revert_command(
-    revision: Annotated[str, typer.Argument(help="UID of the revision to go back to.")],
+    revision: Annotated[
+        str, typer.Argument(help="UID of the revision to go back to (a unique prefix will do).")
+    ],
     comments: Annotated[
         str | None, typer.Option("--comments", help="Comment of the new revision.")
     ] = None,
@@ -59,11 +63,33 @@ def revert_command(
     """Publish a new revision whose content is that of an earlier one."""
 
     async def work(client: Client) -> None:
-        params = {"to-revision": revision, **({"comments": comments} if comments else {})}
+        target = await resolve_revision(client, revision)
+        params = {"to-revision": target, **({"comments": comments} if comments else {})}
         reply = await client.call("revert-to-revision", **params)
-        say(f"reverted to {revision}: published revision {reply['revision']['uid']}")
+        say(f"reverted to {target}: published revision {reply['revision']['uid']}")
 
     with_login(login_file, work)
+
+
+async def resolve_revision(client: Client, ref: str) -> str:
+    """The full uid of the revision `ref` names: a full uid as it is, else the one revision
+    (or session) uid it begins; an ambiguous prefix is refused with its candidates."""
+    if UID_RE.match(ref):
+        return ref
+    listed = await all_pages(client, "show-revisions", "objects", None)
+    candidates = [r for r in listed["objects"] if str(r.get("uid", "")).startswith(ref)]
+    if not candidates:
+        candidates = [r for r in listed["objects"] if str(r.get("session", "")).startswith(ref)]
+        candidates = candidates[:1]  # the session's latest revision, as the server picks
+    if len(candidates) > 1:
+        shown = "; ".join(
+            f"{r['uid']} ({r.get('published-at')}, {r.get('admin')})" for r in candidates
+        )
+        raise CliFailure(
+            "err_ambiguous_revision",
+            f"{len(candidates)} revisions begin with '{ref}': {shown}. Give more of the uid",
+        )
+    return str(candidates[0]["uid"]) if candidates else ref
 
 
 def verify_command(
@@ -71,29 +97,30 @@ def verify_command(
     as_json: JsonOption = False,
     login_file: LoginFileOption = None,
 ) -> None:
-    """Report what concurrent publishes left behind: duplicate names, dangling references."""
+    """Report what concurrent publishes left behind: duplicate names, dangling references.
 
-    async def work(client: Client) -> None:
-        reply = await client.call("verify-policy", **({"domain": domain} if domain else {}))
+    Exits 1 when it finds a problem, 0 when there is none.
+    """
+
+    async def work(client: Client) -> int:
+        extra = {"domain": domain} if domain else {}
+        reply = await client.call("verify-policy", **extra)
         if as_json:
             echo_json(reply)
-            return
-        if not reply["problems"]:
+        elif not reply["problems"]:
             say(f"domain {reply['domain']['name']}: no problems")
-            return
-        echo_table(
-            ["Problem", "Name / holder", "Details"],
-            [
-                [
-                    p["type"],
-                    p.get("name") or cell(p.get("holder")),
-                    cell(p.get("uids") or p.get("missing")),
-                ]
-                for p in reply["problems"]
-            ],
-        )
+        else:
+            names = await problem_names(client, reply["problems"], extra)
+            echo_table(
+                ["Problem", "Name / holder", "Details"],
+                [problem_row(p, names) for p in reply["problems"]],
+            )
+        return len(reply["problems"])
 
-    with_login(login_file, work)
+    problems = with_login(login_file, work)
+    if problems:
+        say(f"{problems} problem(s) found", err=True)
+        raise typer.Exit(1)
 
 
 def where_used_command(

@@ -99,6 +99,7 @@ def raw_index(layer: Layer, position: Any, find_rule: Any, *, moving: str | None
         return len(order)
     if isinstance(position, int):
         visible = [u for u in layer.ordered_uids() if u != moving]
+        _check_within(layer, position, len(visible))
         anchor = visible[position - 1] if position <= len(visible) else None
         return _index_in(order, anchor, "above")
     ((where, ref),) = position.items()
@@ -111,6 +112,17 @@ def raw_index(layer: Layer, position: Any, find_rule: Any, *, moving: str | None
     if is_section and where in ("top", "below"):
         return _index_in(order, anchor, "below")
     return _index_in(order, anchor, where)
+
+
+def _check_within(layer: Layer, position: int, entries: int) -> None:
+    """A rule number names a place in the layer or the one just after its end."""
+    if position > entries + 1:
+        count = len(layer.ordered_uids())
+        raise ValidationError(
+            f"position {position} is beyond the end of layer '{layer.name}' "
+            f"({count} rule(s)): give 1 to {entries + 1}, or bottom",
+            details={"position": position, "rules": count},
+        )
 
 
 def _anchor(layer: Layer, where: str, ref: Any, find_rule: Any) -> tuple[str, bool]:

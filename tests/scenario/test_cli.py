@@ -222,7 +222,7 @@ def test_apply_runs_a_file_in_one_session(cluster: LocalCluster, tmp_path: Path)
         {"command": "add-host", "params": {"name": "broken", "ipv4-address": "300.0.0.1"}},
         {"command": "add-host", "params": {"name": "never", "ipv4-address": "192.0.2.31"}},
     ]))  # fmt: skip
-    failed = crdtmds("apply", str(bad), session=session)
+    failed = crdtmds("apply", str(bad), "--keep-on-error", session=session)
     assert failed.exit_code == 1
     assert "Error err_validation_failed: entry 2 (add-host)" in failed.stderr
     assert "entries 1-1 stay unpublished" in failed.stderr
