@@ -81,6 +81,10 @@ STATUS_BY_CODE: dict[str, int] = {
 """The HTTP status of each error code; a code not listed (a new one of the command layer)
 is a client's mistake: 400."""
 
+LINGER = 2.0
+"""Seconds the rest of a refused request body is read and dropped before the connection
+closes (so that the client reads the reply rather than a reset)."""
+
 MESSAGE_LISTS = ("errors", "warnings", "blocking-errors")
 """Error details passed on to the client, as lists of objects with a string `message`."""
 
@@ -291,7 +295,13 @@ class HttpsListener:
         assert manager is not None, "set up above"
 
         def connection() -> _Connection:
-            return _Connection(manager, loop=loop, keepalive_timeout=self.timeout, access_log=None)
+            return _Connection(
+                manager,
+                loop=loop,
+                keepalive_timeout=self.timeout,
+                lingering_time=min(self.timeout, LINGER),
+                access_log=None,
+            )
 
         self._server = await loop.create_server(
             connection,
