@@ -252,10 +252,10 @@ def _start(
             server.config.web_api_url = ""
 
         def ready(url: str) -> None:
+            print(f"listening on {url}", flush=True)  # first: launchers wait for this line
             web = server.status.web_api
             if web is not None:
                 print(f"web api on {web['url']} sha1 {web['fingerprint-sha1']}", flush=True)
-            print(f"listening on {url}", flush=True)
 
         await server.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
 
