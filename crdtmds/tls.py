@@ -89,7 +89,13 @@ def make_self_signed(cert: Path, key: Path, hosts: list[str], *, days: int = 365
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write_new(key, key_bytes)
+    _write_new(cert, certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """A new file readable by its owner only, whatever the umask (like the rest of a data
+    directory)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as out:
-        out.write(key_bytes)
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        out.write(data)
