@@ -22,7 +22,7 @@ from crdtmds.net.admission import METADATA_KEY, check_listener_proof
 from crdtmds.net.catchup import JOIN_TIMEOUT
 from crdtmds.net.mesh import OPEN_TIMEOUT
 from crdtmds.net.urls import SYNC_PATH, advertised_url_for, endpoint, normalise_url
-from crdtmds.server import Server
+from crdtmds.server import Server, web_api_tls_files
 from crdtmds.storage import Storage
 from crdtmds.sync.protocol import Error, Join, Peer, decode, encode, new_document_id
 from crdtmds.tls import client_ssl_context
@@ -41,8 +41,11 @@ async def init_cluster(
     min_password_length: int = auth.MIN_PASSWORD_LENGTH,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    web_api: tuple[str, int] | None = None,
 ) -> ServerConfig:
-    """Create a cluster: its document, secret, this Primary server and a superuser."""
+    """Create a cluster: its document, secret, this Primary server and a superuser.
+
+    `web_api` (host, port) opens the HTTPS Web API door there at every start."""
     auth.check_new_password(admin, password, min_length=min_password_length)
     cluster_id = new_document_id()
     config = ServerConfig(
@@ -57,6 +60,7 @@ async def init_cluster(
         role=ROLE_PRIMARY,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        **_web_api_fields(web_api),
     )
     cluster = ClusterDocument.create(config.cluster_id, config.cluster_document_id)
     cluster.add_server(name, url, region, ROLE_PRIMARY)
@@ -79,6 +83,7 @@ async def join_cluster(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     timeout: float = JOIN_TIMEOUT,
+    web_api: tuple[str, int] | None = None,
 ) -> ServerConfig:
     """Make a Secondary: prove the secret to `peer`, learn the cluster document id from
     its answer, then fetch the cluster document and every domain and register.
@@ -108,6 +113,7 @@ async def join_cluster(
         tls_cert=tls_cert,
         tls_key=tls_key,
         peers=[peer],
+        **_web_api_fields(web_api),
     )
     await _create_data_dir(path, config, [])
     try:
@@ -178,6 +184,14 @@ async def _create_data_dir(
         await storage.set_meta(CONFIG_KEY, config.to_meta())
     finally:
         await storage.close()
+    web_api_tls_files(config, path)
+
+
+def _web_api_fields(web_api: tuple[str, int] | None) -> dict[str, Any]:
+    if web_api is None:
+        return {}
+    host, port = web_api
+    return {"web_api_host": host, "web_api_port": port}
 
 
 def _remove_database(path: Path) -> None:

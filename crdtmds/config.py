@@ -17,6 +17,10 @@ DATABASE_FILE = "crdtmds.sqlite3"
 CONFIG_KEY = "node-config"
 """The storage meta key of the `ServerConfig` (its name predates the word "server")."""
 MAX_MESSAGE_SIZE_DEFAULT = 16 * 1024 * 1024
+WEB_API_CERT_FILE = "web-api-cert.pem"
+WEB_API_KEY_FILE = "web-api-key.pem"
+"""The self-signed certificate of the Web API door (and its key, mode 0600) in a data
+directory, made once by init or join when no --tls-cert is given."""
 
 
 @dataclass(slots=True)
@@ -38,6 +42,12 @@ class ServerConfig:
     max_message_size: int = MAX_MESSAGE_SIZE_DEFAULT
     peers: list[str] = field(default_factory=list)
     """Extra URLs to dial besides the servers in the cluster document."""
+    web_api_host: str = ""
+    """Where the HTTPS Web API door listens; empty: the server has no such door."""
+    web_api_port: int = 0
+    """Its port; 0 picks a free one at start, which is then kept here."""
+    web_api_url: str = ""
+    """The door's URL (`https://HOST:PORT`), known once it has bound."""
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +82,9 @@ class Limits:
     """Seconds a /sync peer has, once connected, to be admitted (its join accepted)."""
     idle_timeout: float = 900.0
     """Seconds an /api connection may stay silent before it is closed."""
+    web_api_timeout: float = 30.0
+    """Seconds a Web API (HTTPS) connection has for its TLS handshake and then for each
+    whole request, and may stay idle between requests; a slower client is dropped."""
     relay_delay: float = 0.5
     """Seconds a server of a full mesh, linked to every other server, waits before passing
     on changes it got from one of them: the others almost always got them from their

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import signal
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from crdtmds.app.logins import Logins
 from crdtmds.app.persistence import Persister
 from crdtmds.app.sessions import Sessions
 from crdtmds.app.status import StatusView
-from crdtmds.config import CONFIG_KEY, DATABASE_FILE, Limits, ServerConfig
+from crdtmds.config import (
+    CONFIG_KEY,
+    DATABASE_FILE,
+    WEB_API_CERT_FILE,
+    WEB_API_KEY_FILE,
+    Limits,
+    ServerConfig,
+)
 from crdtmds.core import auth
 from crdtmds.errors import ClusterError, StorageCorruption, StorageError
 from crdtmds.net.admission import Admission
@@ -37,7 +45,8 @@ from crdtmds.net.relays import Relays
 from crdtmds.net.urls import advertised_url
 from crdtmds.storage import LoadProblem, Storage
 from crdtmds.sync.gossip import Gossip
-from crdtmds.tls import server_ssl_context
+from crdtmds.tls import certificate_fingerprints, make_self_signed, server_ssl_context
+from crdtmds.transports.http_api import HttpsListener, WebApiDoor
 from crdtmds.transports.ws import WebSocketListener
 from crdtmds.transports.ws_api import serve_api
 
@@ -57,6 +66,7 @@ class Server:
         self._build_services()
         self._build_network()
         self.listener: WebSocketListener | None = None
+        self.web_listener: HttpsListener | None = None
         self.running = False
         self.fatal: BaseException | None = None
         """The storage failure that stopped the server, if one did."""
@@ -165,6 +175,7 @@ class Server:
         self.relays.mesh = mesh
         if listen:
             await self._listen()
+            await self._listen_web_api()
             await self.cluster_admin.register_self()
         self.mesh.start(full=mesh, peers=peers)
 
@@ -176,6 +187,8 @@ class Server:
             await self.mesh.stop()
             if self.listener is not None:
                 await self.listener.stop()
+            if self.web_listener is not None:
+                await self.web_listener.stop()
             await asyncio.gather(*self.links.background, return_exceptions=True)
         await self.close()
 
@@ -246,6 +259,40 @@ class Server:
             await self.storage.set_meta(CONFIG_KEY, config.to_meta())
         log.info("listening on %s (%s:%d)", url, config.listen_host, port)
 
+    async def _listen_web_api(self) -> None:
+        """The HTTPS Web API door, when the configuration names an address for it."""
+        config = self.config
+        if not config.web_api_host:
+            return
+        cert, key = web_api_tls_files(config, self.data_dir)
+        context = server_ssl_context(cert, key)
+        assert context is not None, "both files are named"
+        door = WebApiDoor(
+            self.api,
+            max_body=self.limits.max_message_size,
+            timeout=self.limits.web_api_timeout,
+            url=lambda: config.web_api_url,
+        )
+        self.web_listener = HttpsListener(
+            door,
+            config.web_api_host,
+            config.web_api_port,
+            ssl=context,
+            timeout=self.limits.web_api_timeout,
+        )
+        url = await self.web_listener.start()
+        port = self.web_listener.port
+        if (port, url) != (config.web_api_port, config.web_api_url):
+            config.web_api_port, config.web_api_url = port, url
+            await self.storage.set_meta(CONFIG_KEY, config.to_meta())
+        fingerprints = certificate_fingerprints(cert)
+        self.status.web_api = {
+            "url": url,
+            "fingerprint-sha1": fingerprints["sha1"],
+            "fingerprint-sha256": fingerprints["sha256"],
+        }
+        log.info("Web API on %s (certificate SHA-1 %s)", url, fingerprints["sha1"])
+
     def _offer_to_peers(self, document_id: str) -> None:
         """A change made here is persisted: the hub offers it, the senders wake."""
         self.hub.document_changed(document_id)
@@ -256,6 +303,26 @@ class Server:
         if self.fatal is None:
             self.fatal = exc
         self.request_stop()
+
+
+def web_api_tls_files(config: ServerConfig, data_dir: Path) -> tuple[str, str]:
+    """The certificate and key of the Web API door: the server's own (`--tls-cert`), or
+    the self-signed pair of the data directory, made the first time it is needed and
+    reused ever after (so that a client's pinned fingerprint stays valid)."""
+    if config.tls_cert and config.tls_key:
+        return config.tls_cert, config.tls_key
+    cert, key = data_dir / WEB_API_CERT_FILE, data_dir / WEB_API_KEY_FILE
+    if cert.exists() != key.exists():
+        present = cert if cert.exists() else key
+        raise ClusterError(
+            f"{present} is there without its pair; remove it to have a new certificate made"
+        )
+    if not cert.exists():
+        host = config.web_api_host or config.listen_host
+        hosts = [socket.getfqdn() if host in ("", "0.0.0.0", "::") else host]
+        make_self_signed(cert, key, hosts)
+        log.info("made a self-signed Web API certificate: %s", cert)
+    return str(cert), str(key)
 
 
 def _damaged_store_error(path: Path, problems: list[LoadProblem]) -> StorageCorruption:

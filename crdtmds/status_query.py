@@ -64,6 +64,7 @@ def _status_report(
             "role": entry.get("role"),
             "reachable": isinstance(answer, dict),
             "peers": [],
+            "web-api": None,
         }
         if isinstance(answer, dict):
             reachable[name] = answer
@@ -73,6 +74,7 @@ def _status_report(
                 role=answer.get("role"),
                 peers=answer.get("peers", []),
             )
+            row["web-api"] = answer.get("web-api")
         else:
             row["error"] = answer
         servers.append(row)

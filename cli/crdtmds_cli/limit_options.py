@@ -26,6 +26,7 @@ LOWEST: dict[str, int | float] = {
     "max_sync_message_size": 1024,
     "handshake_timeout": 0.1,
     "idle_timeout": 0.1,
+    "web_api_timeout": 0.1,
 }
 """Smallest values a user may give where the type's own floor (1 or 0.0) is not enough:
 smaller frames could not carry a handshake, and a zero timeout closes every connection."""

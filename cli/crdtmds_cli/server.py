@@ -47,6 +47,14 @@ CertOption = Annotated[
 ]
 KeyOption = Annotated[Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+WebApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--web-api",
+        help="HOST:PORT where the HTTPS Check Point Web API is served (port 0: a free one); "
+        "without it, none is.",
+    ),
+]
 DEFAULT_LIMITS = Limits()
 MinPasswordOption = Annotated[
     int,
@@ -78,11 +86,13 @@ def init_command(
     tls_cert: CertOption = None,
     tls_key: KeyOption = None,
     min_password_length: MinPasswordOption = DEFAULT_LIMITS.min_password_length,
+    web_api: WebApiOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a cluster: its Primary server here, a cluster secret and a first superuser."""
     _check_names(name, region)
     host, port = _parse_listen(listen)
+    web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
     _check_tls(tls_cert, tls_key)
     if password is None:
         password = typer.prompt(f"Password for {admin}", hide_input=True, confirmation_prompt=True)
@@ -99,6 +109,7 @@ def init_command(
             min_password_length=min_password_length,
             tls_cert=_path_text(tls_cert),
             tls_key=_path_text(tls_key),
+            web_api=web_api_address,
         )
     )
     result = {
@@ -134,11 +145,13 @@ def join_command(
     tls_cert: CertOption = None,
     tls_key: KeyOption = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
+    web_api: WebApiOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Make a Secondary: fetch the cluster document and every domain from --peer."""
     _check_names(name, region)
     host, port = _parse_listen(listen)
+    web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
     _check_tls(tls_cert, tls_key)
     config = _run(
         join_cluster(
@@ -153,6 +166,7 @@ def join_command(
             tls_cert=_path_text(tls_cert),
             tls_key=_path_text(tls_key),
             timeout=timeout,
+            web_api=web_api_address,
         )
     )
     result = {
@@ -191,6 +205,16 @@ CompactThresholdOption = Annotated[
 ]
 
 
+StartWebApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--web-api",
+        help="HOST:PORT of the HTTPS Web API, replacing the stored one (kept for later "
+        "starts; port 0: a free one, then kept).",
+    ),
+]
+
+
 def start_command() -> Callable[..., None]:
     """`start`, whose options are the fixed ones and one per `Limits` field."""
     parameters = [
@@ -198,6 +222,7 @@ def start_command() -> Callable[..., None]:
         keyword("log_level", LogLevelOption, "info"),
         keyword("no_mesh", NoMeshOption, False),
         keyword("peer", PeersOption),
+        keyword("web_api", StartWebApiOption),
         *limit_parameters(),
         keyword("compact_threshold", CompactThresholdOption),
     ]
@@ -209,20 +234,29 @@ def _start(
     log_level: str,
     no_mesh: bool,
     peer: list[str] | None,
+    web_api: str | None,
     compact_threshold: int | None,
     **limit_values: Any,
 ) -> None:
     _check_start_options(log_level, peer or [])
+    web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
     _configure_logging(log_level)
     limits = limits_from(limit_values)
-
-    def ready(url: str) -> None:
-        print(f"listening on {url}", flush=True)
 
     async def serve() -> None:
         server = await Server.open(data, limits=limits)
         if compact_threshold is not None:
             server.persister.compact_threshold = compact_threshold
+        if web_api_address is not None:
+            server.config.web_api_host, server.config.web_api_port = web_api_address
+            server.config.web_api_url = ""
+
+        def ready(url: str) -> None:
+            print(f"listening on {url}", flush=True)  # first: launchers wait for this line
+            web = server.status.web_api
+            if web is not None:
+                print(f"web api on {web['url']} sha1 {web['fingerprint-sha1']}", flush=True)
+
         await server.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
 
     _run(serve())
@@ -260,6 +294,12 @@ def format_status(report: dict[str, Any]) -> str:
             f"  {server['name']:<16} {server.get('region') or '-':<10} "
             f"{server.get('role') or '-':<10} {state}  peers: {peers}  {server['url']}"
         )
+        web = server.get("web-api")
+        if isinstance(web, dict):
+            lines.append(
+                f"  {'':<16} web api {web.get('url')}  sha1 {web.get('fingerprint-sha1')}"
+                f"  sha256 {web.get('fingerprint-sha256')}"
+            )
     sections = [("cluster document", report["cluster-document"])]
     sections += [(f"domain {name}", entry) for name, entry in report["domains"].items()]
     for title, entry in sections:
@@ -299,11 +339,11 @@ def _check_names(name: str, region: str) -> None:
         raise typer.Exit(1) from None
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
+def _parse_listen(listen: str, option: str = "--listen") -> tuple[str, int]:
     host, colon, port_text = listen.rpartition(":")
     host = host.strip("[]")
     if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        typer.echo(f"error: --listen must be HOST:PORT, not {listen!r}", err=True)
+        typer.echo(f"error: {option} must be HOST:PORT, not {listen!r}", err=True)
         raise typer.Exit(2)
     return host or "0.0.0.0", int(port_text)
 

@@ -31,6 +31,8 @@ class StatusView:
         self.config = config
         self.documents = documents
         self.connections: Callable[[], Connections] = Connections
+        self.web_api: dict[str, str] | None = None
+        """The Web API door's URL and certificate fingerprints, once it listens."""
 
     def domain_heads(self) -> dict[str, dict[str, Any]]:
         """Per domain name: document id and sorted hex heads on this server."""
@@ -54,6 +56,7 @@ class StatusView:
             "region": config.region,
             "role": config.role,
             "url": config.url,
+            "web-api": self.web_api,
             "cluster-id": config.cluster_id,
             "peers": links.peers,
             "connections": {"servers": links.servers, "repo-clients": links.repo_clients},
