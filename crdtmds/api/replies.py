@@ -75,6 +75,8 @@ def object_reply(
     if record.get("type") == "network" and isinstance(record.get("mask-length4"), int):
         mask = ipaddress.ip_network(f"0.0.0.0/{record['mask-length4']}").netmask
         reply["subnet-mask"] = str(mask)
+    if record.get("type") == "network":
+        reply["broadcast"] = "allow"
     return reply
 
 

@@ -229,6 +229,11 @@ def _build_host(record: dict[str, Any], params: Mapping[str, Any], _: Resolver) 
 
 def _build_network(record: dict[str, Any], params: Mapping[str, Any], _: Resolver) -> None:
     fields = dict(params)
+    if "broadcast" in fields and fields.pop("broadcast") != "allow":
+        # Only "allow" (Check Point's default, which the Terraform provider always sends).
+        raise InvalidParameter(
+            "'broadcast' can only be 'allow' here", details={"parameter": "broadcast"}
+        )
     if "subnet" in fields:
         subnet = check_ip(fields.pop("subnet"), "subnet")
         version = ipaddress.ip_address(subnet).version

@@ -35,7 +35,7 @@ PLURALS = {
 
 ALIASES = {
     "host": ("ip-address",),
-    "network": ("subnet", "mask-length", "subnet-mask"),
+    "network": ("subnet", "mask-length", "subnet-mask", "broadcast"),
     "address-range": ("ip-address-first", "ip-address-last"),
 }
 """Generic parameter names the model accepts besides its stored fields."""
