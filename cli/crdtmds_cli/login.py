@@ -126,6 +126,9 @@ def login_command(
     )
     path = login_file_path(login_file)
     stored.save(path)
+    for warning in reply.get("warnings") or []:  # e.g. the draft to continue was lost
+        message = warning.get("message") if isinstance(warning, dict) else warning
+        say(f"warning: {message}", err=True)
     if as_json:
         echo_json({k: v for k, v in reply.items() if k != "sid"})
         return

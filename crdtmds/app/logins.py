@@ -4,7 +4,8 @@ throttled; and the automerge-repo clients' credentials.
 
 A login names an administrator, a domain (or none, for the system-wide view) and, for a
 writable domain login, the `Session` that holds the draft. Logins live in memory; drafts
-are stored by `Sessions`, so `continue-last-session` finds one again after a restart.
+are stored by `Sessions`, so `continue-last-session` finds one again after a restart;
+when the database lost it instead, the login says so (`Login.warnings`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from crdtmds.app import lost_drafts
 from crdtmds.app.documents import Documents
 from crdtmds.app.sessions import Sessions
 from crdtmds.core import auth, model
@@ -45,6 +47,8 @@ class Login:
     logged_in_at: float
     previous_login_at: float | None = None
     """When this administrator last logged in to this server before this login."""
+    warnings: list[str] = field(default_factory=list)
+    """What the login's reply tells its administrator (a draft to continue was lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +104,17 @@ class Logins:
                 details={"domain": where},
             )
         read_only = request.read_only or level == READ_ONLY
-        session = None
+        session, warnings = None, []
         if entry is not None:
             self.documents.domain(entry["document-id"])  # refuses a domain not here yet
             if not read_only:
                 session = await self._session_for(user, entry, request)
+            if request.continue_last_session and (session is None or not session.has_changes()):
+                lost = await self.sessions.take_lost(user, entry["document-id"])
+                warnings = [lost_drafts.login_warning(e) for e in lost]
         await self._sweep_expired()
         login = self._new_login(user, entry, session, read_only, request.timeout)
+        login.warnings = warnings
         log.info("%r logged in from %s to %s", user, source,
                  repr(entry["name"]) if entry else "the system-wide view")  # fmt: skip
         return login

@@ -6,19 +6,26 @@ durable on this server (one storage write, which also empties the stored draft);
 told of them (they travel in the next message to each peer); the live document taking
 them (listeners told); compaction if due. Anything failing before the write leaves the
 draft as it was.
+
+Beside the database, the session journal lists the drafts with stored changes (see
+`storage/session_journal.py`); it changes when a draft gains its first stored change and
+when one is published, discarded or closed, and a start compares it with what the
+database holds (`app/lost_drafts.py`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+from crdtmds.app import lost_drafts
 from crdtmds.app.documents import Documents
 from crdtmds.app.persistence import Persister
 from crdtmds.core.session import Session
 from crdtmds.errors import SessionError, StorageCorruption, StorageError, is_core_error
-from crdtmds.storage import SessionRecord, Storage
+from crdtmds.storage import JournalEntry, SessionJournal, SessionRecord, Storage
 from crdtmds.sync.gossip import Gossip
 
 log = logging.getLogger("crdtmds.sessions")
@@ -41,11 +48,14 @@ class Sessions:
         self.hub = hub
         self.server_name = server_name
         self.by_uid: dict[str, Session] = {}
+        self.journal = SessionJournal()  # in memory until `restore_stored` opens the file
 
     async def restore_stored(self, data_dir: Path) -> None:
         """Rebuild the drafts stored before a restart; a draft that does not rebuild stops
-        the start (serving without it would lose an administrator's work silently)."""
-        for record in await self.storage.load_sessions():
+        the start (serving without it would lose an administrator's work silently). Then
+        check the session journal: a draft it lists that the database lost is logged."""
+        records = await self.storage.load_sessions()
+        for record in records:
             domain = self.documents.domains.get(record.document_id)
             if domain is None:
                 log.warning("session %s belongs to an unknown domain; kept on disk", record.uid)
@@ -71,6 +81,42 @@ class Sessions:
                     f"({record.admin}, domain {record.domain}) cannot be restored: {exc}",
                     details={"table": "session_changes", "session": record.uid},
                 ) from exc
+        await self._check_journal(data_dir, records)
+
+    async def _check_journal(self, data_dir: Path, records: list[SessionRecord]) -> None:
+        journal, problem = SessionJournal.load(data_dir)
+        if problem is not None:
+            log.warning(
+                "the session journal %s is unreadable (%s): starting a new one; drafts the "
+                "database lost before now cannot be detected", journal.path, problem,
+            )  # fmt: skip
+        cluster = self.documents.cluster
+        result = lost_drafts.reconcile(
+            journal.entries.values(),
+            records,
+            now=time.time(),
+            deleted=cluster.is_deleted,
+            published_since=self._published_since,
+        )
+        for entry in result.newly_lost:
+            log.warning("%s", lost_drafts.start_warning(entry))
+        self.journal = journal
+        await journal.replace_all(result.entries)
+
+    def _published_since(self, entry: JournalEntry) -> bool:
+        domain = self.documents.domains.get(entry.document_id)
+        return domain is not None and lost_drafts.published_after(domain.state.revisions, entry)
+
+    async def take_lost(self, admin: str, document_id: str) -> list[JournalEntry]:
+        """The drafts of `admin` in the domain that a start found lost, forgotten once
+        returned (their administrator is about to be told)."""
+        lost = [
+            entry
+            for entry in self.journal.lost()
+            if entry.admin == admin and entry.document_id == document_id
+        ]
+        await self.journal.update(remove=[entry.uid for entry in lost])
+        return lost
 
     async def open(
         self, domain_ref: Any, *, admin: str, name: str = "", description: str = ""
@@ -116,6 +162,18 @@ class Sessions:
         except StorageError:
             session.return_unsaved_changes(unsaved)
             raise
+        if unsaved and session.uid not in self.journal:
+            await self.journal.update(self._journal_entries(session))
+
+    def _journal_entries(self, first: Session) -> list[JournalEntry]:
+        """The entry of a draft with its first stored change, and those of the journal's
+        other live drafts with their latest activity (the journal is being written)."""
+        entries = [_entry_of(first)]
+        for uid, entry in self.journal.entries.items():
+            session = self.by_uid.get(uid)
+            if session is not None and entry.lost_at is None:
+                entries.append(entry.touched(session.last_active))
+        return entries
 
     def start_from_live(self, session: Session) -> None:
         """Move a draft without changes onto the live heads. Nothing is written: the stored
@@ -142,6 +200,9 @@ class Sessions:
             session.abort_publish()
             session.return_unsaved_changes(unsaved)
             raise
+        # Off the reply's path: a crash before this rewrite leaves an entry that the next
+        # start recognises as published (`lost_drafts.reconcile`).
+        self.journal.update_soon(remove=[session.uid])
         self.persister.note_appended(document_id, pending.changes)
         self.hub.local_changes(document_id, pending.changes)
         # The hub learns of the publish as soon as the live document holds it, before the
@@ -151,12 +212,16 @@ class Sessions:
         return revision
 
     async def discard(self, session: Session) -> int:
+        # The journal first: a crash between the two writes leaves the draft stored and
+        # unlisted, which the next start lists again; never an entry for a discarded draft.
+        await self.journal.update(remove=[session.uid])
         count = session.discard()
         await self.storage.replace_session_changes(session.uid, session.base_heads, [])
         return count
 
     async def close(self, session: Session) -> None:
         """Forget a session (logout of a session with nothing unpublished)."""
+        await self.journal.update(remove=[session.uid])
         self.by_uid.pop(session.uid, None)
         await self.storage.delete_session(session.uid)
 
@@ -166,7 +231,19 @@ class Sessions:
         gone = [s for s in self.by_uid.values() if s.domain.document_id == document_id]
         for session in gone:
             del self.by_uid[session.uid]
+        self.journal.update_soon(remove=[session.uid for session in gone])
         return gone
+
+
+def _entry_of(session: Session) -> JournalEntry:
+    return JournalEntry(
+        uid=session.uid,
+        admin=session.admin,
+        domain=session.domain.name,
+        document_id=session.domain.document_id,
+        since=time.time(),
+        last_active=session.last_active,
+    )
 
 
 def _record_of(session: Session) -> SessionRecord:

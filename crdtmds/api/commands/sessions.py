@@ -54,7 +54,7 @@ async def _login(call: Call) -> dict[str, Any]:
     logins = call.services.logins
     login = await logins.log_in(call.caller.source, request)
     call.caller.sid = login.sid
-    return {
+    reply = {
         "sid": login.sid,
         "uid": login.uid,
         "url": call.services.config.url,
@@ -69,6 +69,9 @@ async def _login(call: Call) -> dict[str, Any]:
         # Lets this client's next logins skip throttles that attackers can fill.
         "device-token": logins.device_token(login.admin),
     }
+    if login.warnings:  # a draft asked for with continue-last-session was lost
+        reply["warnings"] = [{"message": message} for message in login.warnings]
+    return reply
 
 
 async def _logout(call: Call) -> dict[str, Any]:
