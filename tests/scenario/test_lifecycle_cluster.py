@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from crdtmds.config import DATABASE_FILE
-from tests.cluster_helpers import (
+from tests.helpers.cluster import (
     ADMIN,
     PASSWORD,
     ApiClient,
