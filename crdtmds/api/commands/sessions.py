@@ -59,9 +59,8 @@ async def _login(call: Call) -> dict[str, Any]:
         "uid": login.uid,
         "url": call.services.config.url,
         "session-timeout": int(login.timeout),
-        "last-login-was-at": (
-            timestamp(login.previous_login_at) if login.previous_login_at is not None else None
-        ),
+        # Always an object, as clients read it: a first login reports itself.
+        "last-login-was-at": timestamp(login.previous_login_at or login.logged_in_at),
         "api-server-version": API_SERVER_VERSION,
         "read-only": login.read_only,
         "domain": domain_ref(login.domain) if login.domain else None,
