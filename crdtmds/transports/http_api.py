@@ -219,6 +219,8 @@ class WebApiDoor:
 
     async def _read_body(self, request: web.Request) -> bytes:
         try:
+            if request.content.is_eof():  # the whole body is in: no wait to bound
+                return await request.read()
             async with asyncio.timeout(self.timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:

@@ -125,3 +125,29 @@ def test_peers(tmp_path: Path, writer: str) -> None:
     for key in ("median_bench_cpu_ms_per_change", "median_observer_cpu_ms_per_change"):
         assert all(v > 0 for v in results[key]["crdtmds"].values())
         assert set(results[key]["automerge.repo"]) == cases
+
+
+def test_web_api(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / "web_api.py"), "--out", str(tmp_path), "--no-plot", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "ratio web api, aiohttp / websocket, add-host + publish:" in completed.stdout
+    assert "ratio web api, http.client / websocket, show-host:" in completed.stdout
+    assert "publish over HTTPS (web api, aiohttp): p50" in completed.stdout
+    document = json.loads((tmp_path / "web_api.json").read_text())
+    assert document.keys() >= COMMON_KEYS
+    results = document["results"]
+    assert results["https_connections"] == {"web api, aiohttp": 1, "web api, http.client": 1}
+    for kind in ("add-host + publish", "show-host"):
+        for client in ("web api, aiohttp", "web api, http.client", "websocket"):
+            assert results["throughput"][kind][client]["ops_per_second"] > 0
+        assert set(results["throughput"][kind]["ratio_to_websocket"]) == {
+            "web api, aiohttp",
+            "web api, http.client",
+        }
+    assert results["publish_seconds"]["web api, aiohttp"]["count"] == 10
