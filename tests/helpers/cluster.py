@@ -207,7 +207,7 @@ async def host_names(url: str, domain: str) -> list[str]:
 
 
 async def status(url: str) -> dict[str, Any]:
-    return await collect_status(url, timeout=5.0)
+    return await collect_status(url, timeout=5.0, credentials=(ADMIN, PASSWORD))
 
 
 async def wait_converged(
