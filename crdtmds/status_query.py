@@ -158,7 +158,7 @@ async def query_status(
         if cached is not None and time.monotonic() - cached[1] < TOKEN_REUSE_SECONDS:
             answer = await query_status(server, timeout=timeout, tls_ca=tls_ca, token=cached[0])
             if "name" in answer:
-                return answer
+                return {**answer, "status-token": cached[0]}  # still fresh for the others
         answer = await _query(server, timeout, tls_ca, sid, credentials, None)
         if isinstance(answer.get("status-token"), str):
             _tokens[(server, *credentials)] = (answer["status-token"], time.monotonic())
