@@ -328,21 +328,35 @@ def status_command(
         Path | None, typer.Option("--tls-ca", help="Extra CA certificate to trust for wss.")
     ] = None,
     login_file: LoginFileOption = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Log in as this administrator instead of the login file."),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password", help=f"Its password (else ${PASSWORD_VARIABLE}, else asked)."
+        ),
+    ] = None,
 ) -> None:
     """Show every server, each one's heads per domain, and whether the cluster converged.
 
-    Needs a login (`crdtmds login`): without one a server says only that it is up. Exits
-    0 when converged, 4 when not (a server unreachable or heads differing), 1 on errors."""
-    stored = _stored_login(login_file)
+    Needs a login (the login file of `crdtmds login`, or --user): without one a server
+    says only that it is up. Exits 0 when converged, 4 when not (a server unreachable or
+    heads differing), 1 on errors."""
+    stored = None if user else _stored_login(login_file)
     if server is None and stored is None:
-        say("error: not logged in: run `crdtmds login`, or give --server with a login", err=True)
+        say("error: not logged in: run `crdtmds login`, or give --server and --user", err=True)
         raise typer.Exit(1)
     target = server or (stored.server if stored else "")
-    report = _run(
-        collect_status(target, timeout=timeout, tls_ca=_path_text(tls_ca), **_status_auth(
-            stored, target
-        ))
-    )  # fmt: skip
+    if user:
+        password = password or os.environ.get(PASSWORD_VARIABLE) or typer.prompt(
+            f"Password for {user}", hide_input=True
+        )
+        auth: dict[str, Any] = {"credentials": (user, password)}
+    else:
+        auth = _status_auth(stored, target)
+    report = _run(collect_status(target, timeout=timeout, tls_ca=_path_text(tls_ca), **auth))
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:

@@ -29,6 +29,8 @@ STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0
 ADMIN = "admin"
 PASSWORD = "admin-password"
+ADMIN_LOGIN = ("--user", ADMIN, "--password", PASSWORD)
+"""`crdtmds status` options that log in as the superuser of `Cluster.init`."""
 
 
 def cli_env() -> dict[str, str]:
