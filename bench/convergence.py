@@ -178,7 +178,7 @@ class Publishers:
 async def domain_document_id(url: str) -> str:
     from crdtmds.status_query import query_status
 
-    status = await query_status(url, timeout=5.0)
+    status = await query_status(url, timeout=5.0, credentials=(BENCH_ADMIN, BENCH_PASSWORD))
     return str(status["domains"][DOMAIN]["document-id"])
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from crdtmds.config import CONFIG_KEY, DATABASE_FILE, ServerConfig
+from crdtmds.config import CONFIG_KEY, DATABASE_FILE, ServerConfig, new_server_id
 from crdtmds.core import auth
 from crdtmds.core.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
 from crdtmds.errors import AuthenticationFailed, ClusterError
@@ -60,10 +60,11 @@ async def init_cluster(
         role=ROLE_PRIMARY,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        server_id=new_server_id(),
         **_web_api_fields(web_api),
     )
     cluster = ClusterDocument.create(config.cluster_id, config.cluster_document_id)
-    cluster.add_server(name, url, region, ROLE_PRIMARY)
+    cluster.add_server(name, url, region, ROLE_PRIMARY, config.server_id)
     cluster.add_administrator(admin, auth.hash_password(password), superuser=True)
     changes = [(c.hash, c.bytes) for c in cluster.doc.get_changes([])]
     await _create_data_dir(Path(data_dir), config, changes)
@@ -84,9 +85,13 @@ async def join_cluster(
     tls_key: str | None = None,
     timeout: float = JOIN_TIMEOUT,
     web_api: tuple[str, int] | None = None,
+    replace: bool = False,
 ) -> ServerConfig:
     """Make a Secondary: prove the secret to `peer`, learn the cluster document id from
     its answer, then fetch the cluster document and every domain and register.
+
+    With `replace`, a server already listed under `name` (one that lost its data) is
+    replaced: its old identity is tombstoned and this new one listed in its place.
 
     Raises AuthenticationFailed when the peer refuses the secret (nothing is written),
     ClusterError when the peer cannot be reached or the fetch times out (what was written
@@ -113,13 +118,14 @@ async def join_cluster(
         tls_cert=tls_cert,
         tls_key=tls_key,
         peers=[peer],
+        server_id=new_server_id(),
         **_web_api_fields(web_api),
     )
     await _create_data_dir(path, config, [])
     try:
         server = await Server.open(path)
         try:
-            await server.fetch_from_peers(timeout)
+            await server.fetch_from_peers(timeout, replace=replace)
         finally:
             await server.stop()
     except BaseException:

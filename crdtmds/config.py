@@ -4,6 +4,7 @@ the fields of `Limits`)."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +49,10 @@ class ServerConfig:
     """Its port; 0 picks a free one at start, which is then kept here."""
     web_api_url: str = ""
     """The door's URL (`https://HOST:PORT`), known once it has bound."""
+    server_id: str = ""
+    """This data directory's random identity in the cluster document (`new_server_id`):
+    a server that rejoins under its name (`join --replace`) gets a new one, and a removed
+    one's id is refused by every server."""
 
     def to_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +61,10 @@ class ServerConfig:
     def from_meta(cls, meta: dict[str, Any]) -> ServerConfig:
         known = {k: v for k, v in meta.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def new_server_id() -> str:
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True)

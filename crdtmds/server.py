@@ -9,6 +9,7 @@ Open one with `Server.open(data_dir)` after `bootstrap.init_cluster` or
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
 import signal
@@ -33,6 +34,7 @@ from crdtmds.config import (
     WEB_API_KEY_FILE,
     Limits,
     ServerConfig,
+    new_server_id,
 )
 from crdtmds.core import auth
 from crdtmds.errors import ClusterError, StorageCorruption, StorageError
@@ -44,6 +46,7 @@ from crdtmds.net.mesh import Mesh
 from crdtmds.net.relays import Relays
 from crdtmds.net.urls import advertised_url
 from crdtmds.storage import LoadProblem, Storage
+from crdtmds.storage.datadir_lock import DataDirLock
 from crdtmds.sync.gossip import Gossip
 from crdtmds.tls import certificate_fingerprints, make_self_signed, server_ssl_context
 from crdtmds.transports.http_api import HttpsListener, WebApiDoor
@@ -71,6 +74,8 @@ class Server:
         self.fatal: BaseException | None = None
         """The storage failure that stopped the server, if one did."""
         self._stop_requested = asyncio.Event()
+        self.lock: DataDirLock | None = None
+        """The data directory's lock, held from `open` to `close`."""
 
     def _build_services(self) -> None:
         config, limits, storage = self.config, self.limits, self.storage
@@ -111,6 +116,7 @@ class Server:
         self.status.connections = links.connections
         documents.on_changed(self._offer_to_peers)
         documents.on_cluster_updated(self.mesh.refresh)
+        documents.on_cluster_updated(self._stop_if_removed)
 
     @property
     def name(self) -> str:
@@ -126,17 +132,28 @@ class Server:
         path = Path(data_dir)
         if not (path / DATABASE_FILE).exists():
             raise ClusterError(f"{path} holds no crdtmds server (run init or join first)")
-        storage = await Storage.open(path / DATABASE_FILE)
+        lock = DataDirLock.acquire(path)
+        try:
+            storage = await Storage.open(path / DATABASE_FILE)
+        except BaseException:
+            lock.release()
+            raise
         try:
             await storage.check_writable()
             meta = await storage.get_meta(CONFIG_KEY)
             if not isinstance(meta, dict):
                 raise StorageError(f"{path} has no server configuration")
-            server = cls(ServerConfig.from_meta(meta), storage, path, limits)
+            config = ServerConfig.from_meta(meta)
+            if not config.server_id:  # a data directory made before server ids
+                config.server_id = new_server_id()
+                await storage.set_meta(CONFIG_KEY, config.to_meta())
+            server = cls(config, storage, path, limits)
+            server.lock = lock
             await server._load_documents()
             await server.sessions.restore_stored(path)
         except BaseException:
             await storage.close()
+            lock.release()
             raise
         return server
 
@@ -156,6 +173,22 @@ class Server:
 
     async def close(self) -> None:
         await self.storage.close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    async def relocate(self, host: str | None, port: int | None, url: str | None) -> None:
+        """A new listen address and advertised URL (`start --listen/--url`), saved in the
+        configuration; `start` then lists the URL in the cluster document, so that the
+        other servers dial it. A new address without a URL advertises one derived from it."""
+        config = self.config
+        if host is not None and port is not None:
+            config.listen_host, config.listen_port = host, port
+            if url is None:
+                config.url = ""
+        if url is not None:
+            config.url = url
+        await self.storage.set_meta(CONFIG_KEY, config.to_meta())
 
     # ------------------------------------------------------------ running
 
@@ -171,6 +204,8 @@ class Server:
         """
         if self.running:
             raise RuntimeError("the server is already started")
+        if self.documents.cluster.is_removed(self.config.server_id):
+            raise ClusterError(_removed_message(self.config))
         self.running = True
         self.relays.mesh = mesh
         if listen:
@@ -225,7 +260,9 @@ class Server:
         if self.fatal is not None:
             raise self.fatal
 
-    async def fetch_from_peers(self, timeout: float = JOIN_TIMEOUT) -> None:
+    async def fetch_from_peers(
+        self, timeout: float = JOIN_TIMEOUT, *, replace: bool = False
+    ) -> None:
         """A join's second half: dial the configured peer (without listening), catch up
         with what it announces, and register this server in the cluster document."""
         catchup = CatchUp(
@@ -237,7 +274,7 @@ class Server:
         )
         self.hooks.on_frame = catchup.note_frame
         await self.start(listen=False, mesh=False)
-        await catchup.fetch(timeout)
+        await catchup.fetch(timeout, replace=replace)
 
     # ------------------------------------------------------------ inside
 
@@ -252,7 +289,16 @@ class Server:
             max_message_size=self.limits.max_message_size,
             ssl=server_ssl_context(config.tls_cert, config.tls_key),
         )
-        port = await self.listener.start()
+        try:
+            port = await self.listener.start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            address = f"{config.listen_host}:{config.listen_port}"
+            raise ClusterError(
+                f"address already in use: another crdtmds (or another program) listens on "
+                f"{address}; stop it, or choose another port with start --listen HOST:PORT"
+            ) from None
         url = advertised_url(config.url, config.listen_host, port, tls=bool(config.tls_cert))
         if (port, url) != (config.listen_port, config.url):
             config.listen_port, config.url = port, url
@@ -298,6 +344,14 @@ class Server:
         self.hub.document_changed(document_id)
         self.links.wake_all()
 
+    def _stop_if_removed(self) -> None:
+        """This server's id was tombstoned (delete-server on another server): stop."""
+        if self.running and self.documents.cluster.is_removed(self.config.server_id):
+            log.critical("%s; stopping", _removed_message(self.config))
+            if self.fatal is None:
+                self.fatal = ClusterError(_removed_message(self.config))
+            self.request_stop()
+
     def _fail_fatally(self, exc: BaseException) -> None:
         log.critical("storage failed; stopping the server: %s", exc)
         if self.fatal is None:
@@ -323,6 +377,13 @@ def web_api_tls_files(config: ServerConfig, data_dir: Path) -> tuple[str, str]:
         make_self_signed(cert, key, hosts)
         log.info("made a self-signed Web API certificate: %s", cert)
     return str(cert), str(key)
+
+
+def _removed_message(config: ServerConfig) -> str:
+    return (
+        f"server {config.name!r} (id {config.server_id}) was removed from the cluster; "
+        "to bring it back, wipe its data directory and join again"
+    )
 
 
 def _damaged_store_error(path: Path, problems: list[LoadProblem]) -> StorageCorruption:

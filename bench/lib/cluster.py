@@ -42,7 +42,9 @@ async def wait_for_status(
     async def everywhere() -> bool:
         for url in urls:
             try:
-                status = await query_status(url, timeout=5.0)
+                status = await query_status(
+                    url, timeout=5.0, credentials=(BENCH_ADMIN, BENCH_PASSWORD)
+                )
             except Exception:  # a server still starting: ask again
                 return False
             if not accept(status):

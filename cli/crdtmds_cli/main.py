@@ -17,6 +17,7 @@ from crdtmds_cli import (
     revisions,
     rules,
     server,
+    servers,
     session,
 )
 from crdtmds_cli.options import CliGroup
@@ -49,7 +50,8 @@ def root(
 
 
 # The order of the command list in `crdtmds --help`.
-for group in (server, login, revisions, apply, demo, objects, rules, session, domains, admins):
+GROUPS = (server, servers, login, revisions, apply, demo, objects, rules, session, domains, admins)
+for group in GROUPS:
     group.register(app)
 
 

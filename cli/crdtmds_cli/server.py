@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -23,14 +24,23 @@ from crdtmds.bootstrap import init_cluster, join_cluster
 from crdtmds.config import Limits
 from crdtmds.core import names
 from crdtmds.errors import CrdtmdsError
-from crdtmds.net.urls import advertised_url_for, peer_url_problem
+from crdtmds.net.urls import (
+    advertised_url_for,
+    advertised_url_problem,
+    peer_url_problem,
+    points_at_listen_address,
+)
 from crdtmds.server import Server
 from crdtmds.status_query import STATUS_TIMEOUT, collect_status
 from crdtmds_cli.limit_options import limit_parameters, limits_from
-from crdtmds_cli.options import add_command, command_from, keyword
+from crdtmds_cli.login_file import PASSWORD_VARIABLE, StoredLogin, login_file_path
+from crdtmds_cli.options import LoginFileOption, add_command, command_from, keyword
 from crdtmds_cli.output import escape_strings, say
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EXIT_NOT_CONVERGED = 4
+"""`crdtmds status`: the report was made, and the cluster has not converged (a server
+unreachable, or different heads somewhere)."""
 
 DataOption = Annotated[Path, typer.Option("--data", help="The server's data directory.")]
 NameOption = Annotated[str, typer.Option("--name", help="This server's name in the cluster.")]
@@ -94,6 +104,8 @@ def init_command(
     host, port = _parse_listen(listen)
     web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
     _check_tls(tls_cert, tls_key)
+    _check_url(url)
+    _warn_unroutable(host, url)
     if password is None:
         password = typer.prompt(f"Password for {admin}", hide_input=True, confirmation_prompt=True)
     config = _run(
@@ -146,6 +158,14 @@ def join_command(
     tls_key: KeyOption = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 60.0,
     web_api: WebApiOption = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Replace the server listed under --name (one that lost its data): it "
+            "rejoins with a new identity and fetches everything; the old one is refused.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Make a Secondary: fetch the cluster document and every domain from --peer."""
@@ -153,6 +173,8 @@ def join_command(
     host, port = _parse_listen(listen)
     web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
     _check_tls(tls_cert, tls_key)
+    _check_url(url)
+    _check_peer(peer, host, port)
     config = _run(
         join_cluster(
             data,
@@ -167,18 +189,21 @@ def join_command(
             tls_key=_path_text(tls_key),
             timeout=timeout,
             web_api=web_api_address,
+            replace=replace,
         )
     )
     result = {
         "name": config.name,
         "cluster-id": config.cluster_id,
+        "server-id": config.server_id,
         "url": config.url or _pending_url(host, tls_cert is not None),
         "data": str(data),
     }
     if json_output:
         typer.echo(json.dumps(result))
     else:
-        say(f"joined cluster {config.cluster_id} as secondary server '{config.name}'")
+        how = "replaced" if replace else "joined"
+        say(f"{how} server '{config.name}' in cluster {config.cluster_id} (secondary)")
 
 
 START_HELP = "Run the server until SIGINT or SIGTERM. Prints `listening on URL` once ready."
@@ -215,6 +240,24 @@ StartWebApiOption = Annotated[
 ]
 
 
+StartListenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--listen",
+        help="HOST:PORT to listen on from now on (kept for later starts); without --url "
+        "the advertised URL is derived from it.",
+    ),
+]
+StartUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="The URL other servers dial from now on (kept, and listed in the cluster "
+        "document so that they dial it).",
+    ),
+]
+
+
 def start_command() -> Callable[..., None]:
     """`start`, whose options are the fixed ones and one per `Limits` field."""
     parameters = [
@@ -223,6 +266,8 @@ def start_command() -> Callable[..., None]:
         keyword("no_mesh", NoMeshOption, False),
         keyword("peer", PeersOption),
         keyword("web_api", StartWebApiOption),
+        keyword("listen", StartListenOption),
+        keyword("url", StartUrlOption),
         *limit_parameters(),
         keyword("compact_threshold", CompactThresholdOption),
     ]
@@ -235,11 +280,15 @@ def _start(
     no_mesh: bool,
     peer: list[str] | None,
     web_api: str | None,
+    listen: str | None,
+    url: str | None,
     compact_threshold: int | None,
     **limit_values: Any,
 ) -> None:
     _check_start_options(log_level, peer or [])
     web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
+    host, port = _parse_listen(listen) if listen else (None, None)
+    _check_url(url)
     _configure_logging(log_level)
     limits = limits_from(limit_values)
 
@@ -247,6 +296,8 @@ def _start(
         server = await Server.open(data, limits=limits)
         if compact_threshold is not None:
             server.persister.compact_threshold = compact_threshold
+        if listen is not None or url is not None:
+            await server.relocate(host, port, url)
         if web_api_address is not None:
             server.config.web_api_host, server.config.web_api_port = web_api_address
             server.config.web_api_url = ""
@@ -263,7 +314,12 @@ def _start(
 
 
 def status_command(
-    server: Annotated[str, typer.Option("--server", help="URL of any server of the cluster.")],
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="URL of any server of the cluster (default: the logged-in one)."
+        ),
+    ] = None,
     json_output: JsonOption = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per server.")] = (
         STATUS_TIMEOUT
@@ -271,14 +327,65 @@ def status_command(
     tls_ca: Annotated[
         Path | None, typer.Option("--tls-ca", help="Extra CA certificate to trust for wss.")
     ] = None,
+    login_file: LoginFileOption = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Log in as this administrator instead of the login file."),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password", help=f"Its password (else ${PASSWORD_VARIABLE}, else asked)."
+        ),
+    ] = None,
 ) -> None:
-    """Show every server, each one's heads per domain, and whether the cluster converged."""
-    report = _run(collect_status(server, timeout=timeout, tls_ca=_path_text(tls_ca)))
+    """Show every server, each one's heads per domain, and whether the cluster converged.
+
+    Needs a login (the login file of `crdtmds login`, or --user): without one a server
+    says only that it is up. Exits 0 when converged, 4 when not (a server unreachable or
+    heads differing), 1 on errors."""
+    stored = None if user else _stored_login(login_file)
+    if server is None and stored is None:
+        say("error: not logged in: run `crdtmds login`, or give --server and --user", err=True)
+        raise typer.Exit(1)
+    target = server or (stored.server if stored else "")
+    if user:
+        password = password or os.environ.get(PASSWORD_VARIABLE) or typer.prompt(
+            f"Password for {user}", hide_input=True
+        )
+        auth: dict[str, Any] = {"credentials": (user, password)}
+    else:
+        auth = _status_auth(stored, target)
+    report = _run(collect_status(target, timeout=timeout, tls_ca=_path_text(tls_ca), **auth))
     if json_output:
         typer.echo(json.dumps(report, indent=2))
     else:
-        # Every value in the report came from a server, unauthenticated.
+        # Every value in the report came from a server.
         typer.echo(format_status(escape_strings(report)))
+    if not report["converged"]:
+        raise typer.Exit(EXIT_NOT_CONVERGED)
+
+
+def _stored_login(option: Path | None) -> StoredLogin | None:
+    path = login_file_path(option)
+    if not path.exists():
+        return None
+    try:
+        return StoredLogin.load(path)
+    except Exception as exc:
+        say(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _status_auth(stored: StoredLogin | None, target: str) -> dict[str, Any]:
+    """The login's sid on its own server; elsewhere its user with the remembered password
+    (or $CRDTMDS_PASSWORD)."""
+    if stored is None:
+        return {}
+    if target.rstrip("/") == stored.server.rstrip("/"):
+        return {"sid": stored.sid}
+    password = stored.password or os.environ.get(PASSWORD_VARIABLE)
+    return {"credentials": (stored.user, password)} if password else {}
 
 
 # ---------------------------------------------------------------- status
@@ -342,10 +449,49 @@ def _check_names(name: str, region: str) -> None:
 def _parse_listen(listen: str, option: str = "--listen") -> tuple[str, int]:
     host, colon, port_text = listen.rpartition(":")
     host = host.strip("[]")
-    if not colon or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        typer.echo(f"error: {option} must be HOST:PORT, not {listen!r}", err=True)
+    bad_host = "/" in host or any(c.isspace() for c in host)
+    if "://" in listen or bad_host or not colon or not port_text.isdigit() or not (
+        0 <= int(port_text) <= 65535
+    ):
+        hint = " (a URL goes in --url)" if "://" in listen else ""
+        typer.echo(f"error: {option} must be HOST:PORT, not {listen!r}{hint}", err=True)
         raise typer.Exit(2)
     return host or "0.0.0.0", int(port_text)
+
+
+def _check_url(url: str | None) -> None:
+    """--url: what other servers dial, so ws:// or wss:// with a host and a port."""
+    problem = advertised_url_problem(url) if url is not None else None
+    if problem is not None:
+        typer.echo(f"error: --url {url!r}: {problem}", err=True)
+        raise typer.Exit(2)
+
+
+def _warn_unroutable(host: str, url: str | None) -> None:
+    """Listening on every address without --url advertises a URL made of this machine's
+    host name, which other servers may not resolve."""
+    if url is None and host in ("0.0.0.0", "::", ""):
+        say(
+            f"warning: --listen {host} without --url advertises a URL made from this "
+            "machine's host name (ws://HOST-NAME:PORT); if other servers cannot resolve "
+            "it, give --url ws://ADDRESS:PORT (or change it later: start --url)",
+            err=True,
+        )
+
+
+def _check_peer(peer: str, host: str, port: int) -> None:
+    """A join's --peer must be a dialable URL of another server, not our own address."""
+    problem = peer_url_problem(peer)
+    if problem is not None:
+        typer.echo(f"error: --peer {peer!r}: {problem}", err=True)
+        raise typer.Exit(2)
+    if points_at_listen_address(peer, host, port):
+        typer.echo(
+            f"error: --peer {peer!r} is this server's own --listen address ({host}:{port}); "
+            "--peer must be the URL of a server already in the cluster",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 def _check_start_options(log_level: str, peers: list[str]) -> None:

@@ -57,6 +57,9 @@ class Access(Enum):
 
     PUBLIC = "public"
     """No login needed."""
+    OPEN = "open"
+    """No login needed, but the request's login, when it carries a valid one, is found
+    (the command answers more with it)."""
     LOGGED_IN = "logged-in"
     """Any valid login."""
     READ = "read"

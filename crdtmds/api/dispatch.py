@@ -8,6 +8,7 @@ is raised as a `CrdtmdsError` carrying its Check Point error code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +25,13 @@ from crdtmds.api.commands import (
     sessions,
 )
 from crdtmds.api.params import tolerated
-from crdtmds.errors import CoreFailure, InvalidParameterName, UnknownCommand, is_core_panic
+from crdtmds.errors import (
+    CoreFailure,
+    InvalidParameterName,
+    SessionError,
+    UnknownCommand,
+    is_core_panic,
+)
 
 log = logging.getLogger("crdtmds.api")
 
@@ -64,9 +71,13 @@ class AdminAPI:
                 details={"parameters": unknown},
             )
         call = Call(self.services, caller, params)
-        if command.access is not Access.PUBLIC:
-            sid = request.get("sid")
-            call.login_ = await self.services.logins.login_for(caller.sid if sid is None else sid)
+        sid = request.get("sid")
+        sid = caller.sid if sid is None else sid
+        if command.access is Access.OPEN:
+            with contextlib.suppress(SessionError):
+                call.login_ = await self.services.logins.login_for(sid)
+        elif command.access is not Access.PUBLIC:
+            call.login_ = await self.services.logins.login_for(sid)
         if command.access is Access.SUPERUSER:
             call.require_superuser()
         elif command.access is Access.WRITE:

@@ -42,11 +42,39 @@ class ClusterAdmin:
         if not cluster.is_ready():
             return
         entry = cluster.servers().get(config.name)
-        wanted = (config.url, config.region, config.role)
-        if entry is None or (entry.get("url"), entry.get("region"), entry.get("role")) != wanted:
+        wanted = (config.url, config.region, config.role, config.server_id)
+        listed = ("url", "region", "role", "server-id")
+        if entry is None or tuple(entry.get(key) for key in listed) != wanted:
             await self._write(
-                cluster.add_server(config.name, config.url, config.region, config.role)
+                cluster.add_server(
+                    config.name, config.url, config.region, config.role, config.server_id
+                )
             )
+
+    async def remove_server(self, name: str, *, removed_by: str) -> dict[str, Any]:
+        """Unlist a server and tombstone its id: the others stop dialing it and refuse it.
+        This server cannot remove itself (ask another one: the removal must come from a
+        server that stays)."""
+        if name == self.config.name:
+            raise ValidationError(
+                f"'{name}' is the server you are connected to: remove it through another "
+                "server of the cluster",
+                details={"name": name},
+            )
+        tombstone = self.documents.cluster.remove_server(name, removed_by=removed_by)
+        await self._write(self.documents.cluster.last_change())
+        return tombstone
+
+    async def replace_listed_self(self) -> dict[str, Any] | None:
+        """`join --replace`: the entry under this server's name belongs to a lost
+        identity; tombstone that one (its data directory, if it comes back, is refused)."""
+        cluster, config = self.documents.cluster, self.config
+        entry = cluster.servers().get(config.name)
+        if entry is None or entry.get("server-id") == config.server_id:
+            return None
+        tombstone = cluster.remove_server(config.name, removed_by=f"join --replace ({config.name})")
+        await self._write(cluster.last_change())
+        return tombstone
 
     async def create_domain(self, name: str, *, created_by: str) -> dict[str, Any]:
         """A new domain: its document (persisted first) and its cluster entry."""

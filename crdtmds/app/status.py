@@ -9,6 +9,7 @@ from typing import Any
 
 from crdtmds.app.documents import Documents
 from crdtmds.config import ServerConfig
+from crdtmds.core import auth
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,21 @@ class StatusView:
         self.web_api: dict[str, str] | None = None
         """The Web API door's URL and certificate fingerprints, once it listens."""
 
+    def health(self) -> dict[str, Any]:
+        """What anyone may know without a login: the server is up (a load balancer's
+        health check), nothing that names the cluster's servers, domains or documents."""
+        return {"status": "up", "details": "log in (or give a status-token) for the rest"}
+
+    def issue_token(self, admin: str) -> str:
+        """A status token for a logged-in administrator (`auth.status_token`)."""
+        return auth.status_token(self.config.secret, admin)
+
+    def token_opens(self, token: Any) -> bool:
+        """Whether a status token from any server of the cluster is valid, and its
+        administrator still has access."""
+        admin = auth.status_token_admin(self.config.secret, token)
+        return admin is not None and self.documents.cluster.permission(admin, None) is not None
+
     def domain_heads(self) -> dict[str, dict[str, Any]]:
         """Per domain name: document id and sorted hex heads on this server."""
         result: dict[str, dict[str, Any]] = {}
@@ -52,6 +68,7 @@ class StatusView:
         ]
         links = self.connections()
         return {
+            "status": "up",
             "name": config.name,
             "region": config.region,
             "role": config.role,

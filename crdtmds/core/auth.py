@@ -96,6 +96,35 @@ def server_proof(secret: str, *parts: str) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+STATUS_TOKEN_SECONDS = 120.0
+"""How long a status token, issued by `show-status` to a login, opens the other
+servers' full status."""
+
+
+def status_token(secret: str, admin: str, *, now: float | None = None) -> str:
+    """A short-lived token a server gives a logged-in `show-status`, so that the rest of
+    `crdtmds status` can read the other servers' details without logging in on each."""
+    issued = repr(time.time() if now is None else now)
+    proof = server_proof(secret, "status", admin, issued)
+    return f"{admin}\x1f{issued}\x1f{proof}"
+
+
+def status_token_admin(secret: str, token: Any, *, now: float | None = None) -> str | None:
+    """The administrator a valid, unexpired status token was issued to, else None."""
+    if not isinstance(token, str) or token.count("\x1f") != 2:
+        return None
+    admin, issued, proof = token.split("\x1f")
+    try:
+        age = (time.time() if now is None else now) - float(issued)
+    except ValueError:
+        return None
+    if not -5.0 <= age <= STATUS_TOKEN_SECONDS:
+        return None
+    if not hmac.compare_digest(proof, server_proof(secret, "status", admin, issued)):
+        return None
+    return admin
+
+
 @dataclass(frozen=True, slots=True)
 class ServerCredentials:
     """What a dialing server puts in its join metadata under `crdtmds`."""

@@ -5,7 +5,9 @@ the whole cluster by syncing one document, and an administrator added on any ser
 log in on every server.
 
     { "cluster-id": "...",
-      "servers": { <name>: { "name", "url", "region", "role", "joined-at" } },
+      "servers": { <name>: { "name", "server-id", "url", "region", "role", "joined-at" } },
+      "removed-servers": { <server id>: { "name", "server-id", "removed-at",
+                                          "removed-by" } },
       "domains": { <name>: { "name", "uid", "document-id", "created-at", "created-by" } },
       "deleted-domains": { <document id>: { "name", "uid", "document-id",
                                             "deleted-at", "deleted-by" } },
@@ -20,6 +22,11 @@ lists the entry under a new name) loses to it. Administrators are written field 
 ("locked", "password-hash", ...), so that a delete racing an edit on another server
 wins (Automerge drops edits inside a deleted map entry) and two edits of different
 fields both survive. A "locked" administrator keeps its entry but has no access at all.
+
+A removed server (`delete-server`, or the old identity of a server that rejoined with
+`join --replace`) leaves a tombstone in "removed-servers", keyed by the random
+"server-id" its data directory was given by init or join: no server dials it or admits
+it again, while a new server may join under the same name with a new id.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ SUPERUSER = "superuser"
 PERMISSION_LEVELS = (READ_ONLY, READ_WRITE, SUPERUSER)
 ALL_DOMAINS = "*"
 DELETED_DOMAINS = "deleted-domains"
-CLUSTER_SECTIONS = ("servers", "domains", DELETED_DOMAINS, "administrators")
+REMOVED_SERVERS = "removed-servers"
+CLUSTER_SECTIONS = ("servers", "domains", DELETED_DOMAINS, "administrators", REMOVED_SERVERS)
 
 Change = tuple[bytes, bytes]
 
@@ -86,6 +94,13 @@ class ClusterDocument:
 
     def servers(self) -> dict[str, dict[str, Any]]:
         return dict(self.plain().get("servers") or {})
+
+    def removed_servers(self) -> dict[str, dict[str, Any]]:
+        """Tombstones of removed servers, by server id."""
+        return dict(self.plain().get(REMOVED_SERVERS) or {})
+
+    def is_removed(self, server_id: Any) -> bool:
+        return isinstance(server_id, str) and server_id in self.removed_servers()
 
     def domains(self) -> dict[str, dict[str, Any]]:
         """The live domains by name: tombstoned document ids are left out, and of two
@@ -142,7 +157,9 @@ class ClusterDocument:
 
     # ------------------------------------------------------------ writes
 
-    def add_server(self, name: str, url: str, region: str, role: str) -> Change:
+    def add_server(
+        self, name: str, url: str, region: str, role: str, server_id: str = ""
+    ) -> Change:
         """List a server, or update its entry. Only new values are checked, so that a
         server listed before the checks (or by an older peer) still starts."""
         current = self.servers().get(name)
@@ -152,12 +169,33 @@ class ClusterDocument:
             names.check_label(region, "region")
         entry = {
             "name": name,
+            "server-id": server_id,
             "url": url,
             "region": region,
             "role": role,
             "joined-at": time.time(),
         }
         return self._write("servers", name, entry)
+
+    def remove_server(self, name: str, *, removed_by: str) -> dict[str, Any]:
+        """Unlist a server and leave the tombstone of its id, in one change."""
+        entry = self.servers().get(name)
+        if entry is None:
+            raise ObjectNotFound(f"server '{name}' not found", details={"name": name})
+        server_id = str(entry.get("server-id") or f"unnamed:{name}")
+        tombstone = {
+            "name": name,
+            "server-id": server_id,
+            "removed-at": time.time(),
+            "removed-by": removed_by,
+        }
+        tombstones = child_id(self.doc, ROOT, REMOVED_SERVERS)
+        with self.doc.transaction() as tx:
+            if tombstones is None:  # a cluster made before removals existed
+                tombstones = tx.put_object(ROOT, REMOVED_SERVERS, ObjType.Map)
+            put_value(tx, tombstones, server_id, tombstone)
+            tx.delete(self._section_id("servers"), name)
+        return tombstone
 
     def add_domain(self, name: str, document_id: str, *, created_by: str) -> dict[str, Any]:
         name = names.check_name(name, "name")

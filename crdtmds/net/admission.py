@@ -52,6 +52,7 @@ class Admission:
             "role": config.role,
             "url": config.url,
             "cluster-document": config.cluster_document_id,
+            "server-id": config.server_id,
         }
 
     # ------------------------------------------------------------ links we dialed
@@ -72,7 +73,20 @@ class Admission:
         meta = check_listener_proof(peer, config.secret, config.cluster_id, nonce)
         if meta.get("cluster-document") != config.cluster_document_id:
             raise AuthenticationFailed("the peer serves another cluster document")
+        self._refuse_removed(meta)
         return PeerInfo(peer_id=peer.sender_id, metadata=meta, may_write=True, is_server=True)
+
+    def _refuse_removed(self, meta: dict[str, Any]) -> None:
+        """A server removed from the cluster (its id tombstoned) is refused both ways."""
+        if self.documents.cluster.is_removed(meta.get("server-id")):
+            raise AuthenticationFailed(
+                f"server {str(meta.get('server'))!r} was removed from the cluster "
+                f"(server id {str(meta.get('server-id'))!r})"
+            )
+
+    def is_removed_peer(self, metadata: dict[str, Any]) -> bool:
+        """Whether an admitted server's metadata names an id removed since."""
+        return self.documents.cluster.is_removed(metadata.get("server-id"))
 
     def forget(self, link: SyncLink) -> None:
         """The link is gone: its nonce, if still waiting for an answer, with it."""
@@ -99,6 +113,7 @@ class Admission:
             raise AuthenticationFailed("the server serves another cluster document")
         if creds.server == config.name:
             raise AuthenticationFailed(f"'{config.name}' is the name of this server itself")
+        self._refuse_removed(meta)
         info = PeerInfo(peer_id=join.sender_id, metadata=dict(meta), may_write=True, is_server=True)
         proof = auth.answer_proof(config.secret, config.cluster_id, config.name, creds.nonce)
         return info, {"isEphemeral": False, METADATA_KEY: {**self.identity(), "proof": proof}}

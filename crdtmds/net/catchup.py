@@ -55,12 +55,16 @@ class CatchUp:
             if heads is not None:
                 self.peer_heads[message.document_id] = heads
 
-    async def fetch(self, timeout: float = JOIN_TIMEOUT) -> None:
-        """Wait until every document matches the peer, then register this server."""
+    async def fetch(self, timeout: float = JOIN_TIMEOUT, *, replace: bool = False) -> None:
+        """Wait until every document matches the peer, then register this server (with
+        `replace`, in place of the server listed under its name)."""
         await self._wait_for(self._caught_up, timeout, "the cluster document and every domain")
-        if self.server_name in self.documents.cluster.servers():
+        if replace:
+            await self.cluster_admin.replace_listed_self()
+        elif self.server_name in self.documents.cluster.servers():
             raise NameInUse(
-                f"the cluster already has a server named '{self.server_name}'",
+                f"the cluster already has a server named '{self.server_name}' "
+                "(to replace a server that lost its data: join --replace)",
                 details={"name": self.server_name},
             )
         await self.cluster_admin.register_self()

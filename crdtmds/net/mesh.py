@@ -87,6 +87,7 @@ class Mesh:
         cluster document changed."""
         if not self.running:
             return
+        self._close_removed()
         wanted = self._targets()
         for url in list(self.dialers):
             if url not in wanted:
@@ -120,6 +121,18 @@ class Mesh:
                     targets.add(normalise_url(url))
         targets.discard(normalise_url(config.url))
         return {url for url in targets if dialable(url)}
+
+    def _close_removed(self) -> None:
+        """Close the links of servers removed from the cluster since they were admitted."""
+        cluster = self.documents.cluster
+        for link in list(self.links.by_id.values()):
+            peer = self.hub.peer(link.conn_id)
+            if peer is None or link.closing or not peer.is_server:
+                continue
+            if cluster.is_removed(peer.metadata.get("server-id")):
+                link.closing = True
+                log.warning("closing the link of removed %s", link.describe())
+                self.links.spawn(link.ws.close(CloseCode.POLICY_VIOLATION, "server removed"))
 
     def _drop_duplicate_links(self, name: str) -> None:
         """When two servers dial each other, the one with the larger name closes its own

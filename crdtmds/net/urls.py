@@ -46,6 +46,35 @@ def peer_url_problem(url: str) -> str | None:
     return None
 
 
+def advertised_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a server's advertised URL (`--url`), or None when it can: it
+    must be ws:// or wss:// with a host and an explicit port."""
+    problem = peer_url_problem(url)
+    if problem is not None:
+        return problem
+    if urlsplit(url.strip()).port is None:
+        return "no port (expected ws://HOST:PORT or wss://HOST:PORT)"
+    return None
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "")
+
+
+def points_at_listen_address(url: str, host: str, port: int) -> bool:
+    """Whether `url` names this machine's `host:port` (a join's --peer at its own
+    --listen address, where nothing will answer: the server is not started yet)."""
+    try:
+        parts = urlsplit(url.strip())
+        peer_port = parts.port or (443 if parts.scheme == "wss" else 80)
+    except ValueError:
+        return False
+    if port == 0 or peer_port != port:
+        return False
+    peer_host = (parts.hostname or "").lower()
+    local = {host.lower(), socket.gethostname().lower(), socket.getfqdn().lower()}
+    return peer_host in LOOPBACK_HOSTS or peer_host in local or host in ("", "0.0.0.0", "::")
+
+
 def url_host(host: str) -> str:
     """`host` as it goes into a URL (IPv6 addresses in brackets)."""
     return f"[{host}]" if ":" in host else host

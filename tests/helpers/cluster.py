@@ -29,6 +29,8 @@ STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0
 ADMIN = "admin"
 PASSWORD = "admin-password"
+ADMIN_LOGIN = ("--user", ADMIN, "--password", PASSWORD)
+"""`crdtmds status` options that log in as the superuser of `Cluster.init`."""
 
 
 def cli_env() -> dict[str, str]:
@@ -207,7 +209,7 @@ async def host_names(url: str, domain: str) -> list[str]:
 
 
 async def status(url: str) -> dict[str, Any]:
-    return await collect_status(url, timeout=5.0)
+    return await collect_status(url, timeout=5.0, credentials=(ADMIN, PASSWORD))
 
 
 async def wait_converged(

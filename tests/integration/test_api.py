@@ -74,7 +74,19 @@ async def test_every_call_but_login_and_status_needs_a_valid_sid(api: AdminAPI) 
         "generic_err_wrong_session_id"
     )
     status = await admin.ok("show-status")
-    assert "acme" in status["domains"]
+    assert status["status"] == "up" and "domains" not in status and "name" not in status
+
+
+async def test_show_status_details_need_a_login_or_its_status_token(api: AdminAPI) -> None:
+    anonymous = connect(api)
+    assert set(await anonymous.ok("show-status")) == {"status", "details"}
+    assert "servers" not in await anonymous.ok("show-status", **{"status-token": "a\x1fb\x1fc"})
+    alice = connect(api)
+    await alice.login("alice")
+    full = await alice.ok("show-status")
+    assert "acme" in full["domains"] and full["status"] == "up"
+    opened = await connect(api).ok("show-status", **{"status-token": full["status-token"]})
+    assert "acme" in opened["domains"] and "status-token" not in opened
 
 
 async def test_a_sid_works_from_another_connection(api: AdminAPI) -> None:

@@ -54,7 +54,7 @@ def join_server(root: Path, name: str, peer: str, secret: str) -> LocalServer:
 
 
 def status_of(server: LocalServer) -> dict[str, Any]:
-    return asyncio.run(query_status(server.url, timeout=WAIT))
+    return asyncio.run(query_status(server.url, timeout=WAIT, credentials=(ADMIN, PASSWORD)))
 
 
 def web_api_of(server: LocalServer) -> dict[str, str]:

@@ -429,7 +429,9 @@ async def wait_for_identical_heads(urls: list[str]) -> float:
     views: list[Any] = []
     while time.monotonic() < deadline:
         try:
-            statuses = await asyncio.gather(*(query_status(u) for u in urls))
+            statuses = await asyncio.gather(
+                *(query_status(u, credentials=(ADMIN, PASSWORD)) for u in urls)
+            )
         except CrdtmdsError as exc:
             views = [str(exc)]
         else:

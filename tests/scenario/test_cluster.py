@@ -29,6 +29,7 @@ from crdtmds.core import auth
 from crdtmds.sync.protocol import Error, Join, Peer, Sync, decode, encode
 from tests.helpers.cluster import (
     ADMIN,
+    ADMIN_LOGIN,
     PASSWORD,
     ApiClient,
     Cluster,
@@ -96,12 +97,14 @@ async def test_concurrent_publishes_on_three_servers_converge(mesh: Cluster) -> 
 
 async def test_status_command_json_reports_convergence(mesh: Cluster) -> None:
     await wait_converged(mesh["n1"].url, servers=3)
-    result = await asyncio.to_thread(run_cli, "status", "--server", mesh["n3"].url, "--json")
+    result = await asyncio.to_thread(
+        run_cli, "status", "--server", mesh["n3"].url, "--json", *ADMIN_LOGIN
+    )
     report = json.loads(result.stdout)
     assert report["converged"] is True
     assert {s["name"] for s in report["servers"]} == {"n1", "n2", "n3"}
     assert {s["role"] for s in report["servers"]} == {"primary", "secondary"}
-    text = await asyncio.to_thread(run_cli, "status", "--server", mesh["n1"].url)
+    text = await asyncio.to_thread(run_cli, "status", "--server", mesh["n1"].url, *ADMIN_LOGIN)
     assert "converged: yes" in text.stdout
 
 
@@ -330,7 +333,8 @@ async def test_tls_cluster_over_wss(cluster: Cluster, tmp_path: Path) -> None:
 
     for _ in range(100):
         result = await asyncio.to_thread(
-            run_cli, "status", "--server", url_a, "--tls-ca", str(cert), "--json", check=False
+            run_cli, "status", "--server", url_a, "--tls-ca", str(cert), "--json", *ADMIN_LOGIN,
+            check=False,
         )
         report = json.loads(result.stdout) if result.returncode == 0 else {}
         if report.get("converged") and len(report["servers"]) == 2:

@@ -35,6 +35,7 @@ from crdtmds.server import Server
 from crdtmds.sync.protocol import Join, Request, decode, encode
 from tests.helpers.cluster import (
     ADMIN,
+    ADMIN_LOGIN,
     PASSWORD,
     Cluster,
     NodeProcess,
@@ -109,8 +110,8 @@ def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
         cluster.nodes["n2"] = second
         second.start()
         tokens, received = asyncio.run(provoke(cluster, transcript))
-        for command in (["status", "--server", first.url], ["status", "--server", second.url,
-                                                              "--json"]):  # fmt: skip
+        for command in (["status", "--server", first.url, *ADMIN_LOGIN],
+                        ["status", "--server", second.url, "--json", *ADMIN_LOGIN]):  # fmt: skip
             result = run_cli(*command)
             transcript.add(result.stdout + result.stderr)
         cluster.stop_all()
@@ -179,7 +180,7 @@ async def repo_clients(
     """automerge-repo clients with credentials in the URL, right and wrong, each asking
     for the cluster document; then a server join with a wrong secret. Returns the types
     of the messages each client received."""
-    status = json.loads(run_cli("status", "--server", url, "--json").stdout)
+    status = json.loads(run_cli("status", "--server", url, "--json", *ADMIN_LOGIN).stdout)
     cluster_document = status["cluster-document"]["document-id"]
     received: dict[str, list[str]] = {}
     for label, query in REPO_CLIENT_QUERIES.items():

@@ -63,6 +63,15 @@ async def _show_servers(call: Call) -> dict[str, Any]:
     return {"objects": page, **bounds}
 
 
+async def _delete_server(call: Call) -> dict[str, Any]:
+    """Remove a server from the cluster: the others stop dialing and refuse it, and
+    status stops waiting for it. Not the server this request came to."""
+    name = required_string(call.params, "name")
+    tombstone = await call.services.cluster_admin.remove_server(name, removed_by=call.login.admin)
+    log.warning("%r removed server %r (id %r)", call.login.admin, name, tombstone["server-id"])
+    return {"message": "OK", "removed": tombstone}
+
+
 async def _add_administrator(call: Call) -> dict[str, Any]:
     name = names.check_name(call.params.get("name"), "name")
     password = required_string(call.params, "password")
@@ -102,6 +111,7 @@ COMMANDS: dict[str, Command] = {
     "show-domains": command(_show_domains, Access.LOGGED_IN, "", PAGING),
     "add-domain": command(_add_domain, Access.SUPERUSER, "name"),
     "show-servers": command(_show_servers, Access.LOGGED_IN, "", PAGING),
+    "delete-server": command(_delete_server, Access.SUPERUSER, "name"),
     "add-administrator": command(
         _add_administrator, Access.SUPERUSER, "name password superuser domains"
     ),

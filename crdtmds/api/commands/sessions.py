@@ -85,7 +85,14 @@ async def _keepalive(call: Call) -> dict[str, Any]:
 
 
 async def _show_status(call: Call) -> dict[str, Any]:
-    return call.services.status.local_status()
+    """Without a login only that the server is up; with one (or with a status token from
+    a login on another server of the cluster) the whole view, plus a status token."""
+    status = call.services.status
+    if call.login_ is not None:
+        return {**status.local_status(), "status-token": status.issue_token(call.login_.admin)}
+    if status.token_opens(call.params.get("status-token")):
+        return status.local_status()
+    return status.health()
 
 
 async def _publish(call: Call) -> dict[str, Any]:
@@ -236,7 +243,7 @@ def _changes_dictionary(
 
 COMMANDS: dict[str, Command] = {
     "login": command(_login, Access.PUBLIC, LOGIN_PARAMS),
-    "show-status": command(_show_status, Access.PUBLIC),
+    "show-status": command(_show_status, Access.OPEN, "status-token"),
     "logout": command(_logout, Access.LOGGED_IN),
     "keepalive": command(_keepalive, Access.LOGGED_IN),
     "publish": command(_publish, Access.WRITE, "comments uid wait-for-task"),
