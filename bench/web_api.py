@@ -297,7 +297,8 @@ async def start_server(root: Path) -> tuple[BenchCluster, str, Path]:
     cluster.servers[0].start_args = ["--web-api", "127.0.0.1:0"]
     cluster.start()
     server = cluster.servers[0]
-    web = (await query_status(server.url, timeout=5.0)).get("web-api")
+    credentials = (BENCH_ADMIN, BENCH_PASSWORD)
+    web = (await query_status(server.url, timeout=5.0, credentials=credentials)).get("web-api")
     if not isinstance(web, dict) or not web.get("url"):
         cluster.stop()
         raise RuntimeError(f"the server reports no Web API: {web!r}")

@@ -13,7 +13,7 @@ import pytest
 
 from crdtmds.api.dispatch import AdminAPI
 from crdtmds.bootstrap import init_cluster
-from crdtmds.core import auth, sections
+from crdtmds.core import sections
 from crdtmds.core.docdata import fork_with_actor, new_actor, read
 from crdtmds.core.domain import Domain
 from crdtmds.core.domain_state import DomainState, layer_from_plain
@@ -41,11 +41,6 @@ class Admin:
         reply = await self.send(command, params)
         assert "result" not in reply, reply
         return reply["error"]["code"]
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture

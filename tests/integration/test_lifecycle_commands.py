@@ -12,16 +12,10 @@ import pytest
 
 from crdtmds.api.call import Caller
 from crdtmds.bootstrap import init_cluster
-from crdtmds.core import auth
 from crdtmds.errors import CrdtmdsError
 from crdtmds.server import Server
 
 PASSWORDS = {"root": "root-password", "alice": "alice-password", "bob": "bob-password"}
-
-
-@pytest.fixture(autouse=True)
-def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "SCRYPT_N", 2**8)
 
 
 @pytest.fixture

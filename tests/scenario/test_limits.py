@@ -100,6 +100,8 @@ async def token(server: NodeProcess) -> AsyncIterator[str]:
 
 async def server_answers(url: str) -> None:
     async with connect(f"{url}/api", proxy=None) as ws:
+        login = await api_call(ws, "login", user=ADMIN, password=PASSWORD)
+        assert "sid" in login["result"]  # the login holds for this connection
         reply = await api_call(ws, "show-status")
     assert reply["result"]["name"] == "n1"
 

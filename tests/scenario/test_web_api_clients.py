@@ -46,7 +46,11 @@ pytestmark = pytest.mark.timeout(180)
 class Pair:
     def __init__(self, first: LocalServer, second: LocalServer) -> None:
         self.first, self.second = first, second
-        status = json.loads(run_cli("status", "--server", first.url, "--json"))
+        status = json.loads(
+            run_cli(
+                "status", "--server", first.url, "--user", ADMIN, "--password", PASSWORD, "--json"
+            )
+        )
         self.web = {entry["name"]: entry["web-api"] for entry in status["servers"]}
         self.url1 = self.web[first.name]["url"]
         self.url2 = self.web[second.name]["url"]
