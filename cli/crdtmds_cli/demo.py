@@ -14,6 +14,7 @@ import typer
 
 from crdtmds.testing.localcluster import LocalCluster
 from crdtmds_cli.options import add_command
+from crdtmds_cli.rulebase_view import COLUMNS, table_rows
 
 if TYPE_CHECKING:
     from crdtmds.client import Client
@@ -167,17 +168,9 @@ async def _astep(title: str, action: Callable[[], Awaitable[T]]) -> T:
 
 
 def _print_rulebase(rulebase: dict[str, Any]) -> None:
-    names = {o["uid"]: o.get("name", o["uid"]) for o in rulebase.get("objects-dictionary", [])}
-
-    def cell(uids: list[str]) -> str:
-        return ", ".join(names.get(u, u) for u in uids)
-
-    rows = [
-        (str(r["rule-number"]), r.get("name", ""), cell(r.get("source", [])),
-         cell(r.get("destination", [])), cell(r.get("service", [])), r.get("action", ""))
-        for r in rulebase["rulebase"]
-    ]  # fmt: skip
-    header = ("No.", "Name", "Source", "Destination", "Service", "Action")
+    shown = COLUMNS.index("Action") + 1  # the demo's rules have no track and are all enabled
+    header = COLUMNS[:shown]
+    rows = [[str(cell) for cell in row[:shown]] for row in table_rows(rulebase)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)))

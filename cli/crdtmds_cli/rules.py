@@ -20,6 +20,7 @@ from crdtmds_cli.options import (
     group,
 )
 from crdtmds_cli.output import echo_json, echo_record, echo_table, say
+from crdtmds_cli.rulebase_view import COLUMNS, table_rows
 
 rule_app = group("Access rules of a layer (default layer: Network).")
 rulebase_app = group("The ordered rules of an access layer.")
@@ -158,28 +159,8 @@ def rulebase_show(
         if as_json:
             echo_json(reply)
             return
-        names = {o["uid"]: o.get("name") or o["uid"] for o in reply["objects-dictionary"]}
-
-        def cell(uids: list[str]) -> str:
-            return ", ".join(names.get(u, u) for u in uids)
-
         say(f"layer {reply['name']}: {reply['total']} rule(s)")
-        echo_table(
-            ["No.", "Name", "Source", "Destination", "Service", "Action", "Track", "Enabled"],
-            [
-                [
-                    r["rule-number"],
-                    r.get("name"),
-                    cell(r.get("source", [])),
-                    cell(r.get("destination", [])),
-                    cell(r.get("service", [])),
-                    r.get("action"),
-                    r.get("track"),
-                    r.get("enabled"),
-                ]
-                for r in reply["rulebase"]
-            ],
-        )
+        echo_table(COLUMNS, table_rows(reply))
 
     with_login(login_file, work)
 
