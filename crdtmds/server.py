@@ -14,6 +14,7 @@ import logging
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from crdtmds.net.links import Links
 from crdtmds.net.mesh import Mesh
 from crdtmds.net.relays import Relays
 from crdtmds.net.urls import advertised_url
-from crdtmds.storage import LoadProblem, Storage
+from crdtmds.storage import LoadedDocuments, LoadProblem, Storage
 from crdtmds.storage.datadir_lock import DataDirLock
 from crdtmds.sync.gossip import Gossip
 from crdtmds.tls import certificate_fingerprints, make_self_signed, server_ssl_context
@@ -160,7 +161,7 @@ class Server:
     async def _load_documents(self) -> None:
         """Load every stored document; refuse a store that does not load whole, since
         serving what is left would show administrators (and peers) a wrong state."""
-        loaded = await self.storage.load_all()
+        loaded = await _load_all_logged(self.storage)
         for problem in loaded.problems:
             log.error(
                 "stored document %s is corrupt (%s row %s): %s",
@@ -377,6 +378,16 @@ def web_api_tls_files(config: ServerConfig, data_dir: Path) -> tuple[str, str]:
         make_self_signed(cert, key, hosts)
         log.info("made a self-signed Web API certificate: %s", cert)
     return str(cert), str(key)
+
+
+async def _load_all_logged(storage: Storage) -> LoadedDocuments:
+    """`storage.load_all()`, said before and after: seconds for a large store, and a
+    start that prints nothing meanwhile looks hung."""
+    log.info("loading the stored documents")
+    started = time.monotonic()
+    loaded = await storage.load_all()
+    log.info("loaded %d documents in %.1f s", len(loaded.documents), time.monotonic() - started)
+    return loaded
 
 
 def _removed_message(config: ServerConfig) -> str:

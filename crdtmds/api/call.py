@@ -4,11 +4,13 @@ and login), and the services it may touch (`Services`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from crdtmds.api.tasks import Tasks
 from crdtmds.app.cluster_admin import ClusterAdmin
@@ -69,6 +71,7 @@ class Access(Enum):
     SUPERUSER = "superuser"
 
 
+T = TypeVar("T")
 Handler = Callable[["Call"], Awaitable[dict[str, Any]]]
 
 
@@ -171,6 +174,22 @@ class Call:
                 yield session
             finally:
                 await self.services.sessions.save_edits(session)
+
+    @staticmethod
+    async def off_loop(work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` in a worker thread, so that the event loop serves other calls and
+        gossip meanwhile (the Automerge binding holds the GIL per call, not for a whole
+        revert of many short calls). Run it under the session's lock and only on what
+        that lock guards. Returns only once the thread is done, even when this call is
+        cancelled: the lock must not be released while the thread still writes the
+        draft."""
+        future = asyncio.ensure_future(asyncio.to_thread(work, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await future
+            raise
 
     @asynccontextmanager
     async def session_locked(self) -> AsyncIterator[Session]:

@@ -181,9 +181,10 @@ class ClusterAdmin:
         await self._write(cluster.last_change())
         domain = self.documents.domains.get(entry["document-id"])
         if domain is not None and domain.is_domain_document():
-            with domain.doc.transaction() as tx:
-                put_value(tx, ROOT, "name", renamed["name"])
-            change = domain.doc.get_last_local_change()
+            with domain.lock:  # a revert's worker thread may be using the document
+                with domain.doc.transaction() as tx:
+                    put_value(tx, ROOT, "name", renamed["name"])
+                change = domain.doc.get_last_local_change()
             if change is not None:
                 await self.persister.persist(domain.document_id, [(change.hash, change.bytes)])
                 self.documents.changed(domain.document_id)

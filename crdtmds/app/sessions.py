@@ -29,6 +29,8 @@ from crdtmds.storage import JournalEntry, SessionJournal, SessionRecord, Storage
 from crdtmds.sync.gossip import Gossip
 
 log = logging.getLogger("crdtmds.sessions")
+PROGRESS_INTERVAL = 2.0
+"""Seconds between two progress lines of a long start."""
 
 
 class Sessions:
@@ -55,7 +57,11 @@ class Sessions:
         the start (serving without it would lose an administrator's work silently). Then
         check the session journal: a draft it lists that the database lost is logged."""
         records = await self.storage.load_sessions()
-        for record in records:
+        started = last_said = time.monotonic()
+        for done, record in enumerate(records):
+            if time.monotonic() - last_said >= PROGRESS_INTERVAL:  # a long start says so
+                last_said = time.monotonic()
+                log.info("restoring drafts: %d of %d", done, len(records))
             domain = self.documents.domains.get(record.document_id)
             if domain is None:
                 log.warning("session %s belongs to an unknown domain; kept on disk", record.uid)
@@ -81,6 +87,8 @@ class Sessions:
                     f"({record.admin}, domain {record.domain}) cannot be restored: {exc}",
                     details={"table": "session_changes", "session": record.uid},
                 ) from exc
+        if records:
+            log.info("restored %d drafts in %.1f s", len(records), time.monotonic() - started)
         await self._check_journal(data_dir, records)
 
     async def _check_journal(self, data_dir: Path, records: list[SessionRecord]) -> None:

@@ -8,6 +8,7 @@ the entities their patches touch (`crdtmds.core.view_refresh`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 from automerge.core import ROOT, Document
@@ -28,6 +29,11 @@ class Domain:
         self._state: DomainState | None = None
         self._state_heads: list[bytes] = []
         self._refresher = StateRefresher()
+        self.lock = threading.RLock()
+        """Held around the view's refresh and any multi-call write of the live document.
+        A revert runs in a worker thread (`api/commands/revisions.py`) while the event
+        loop serves other calls and gossip: the view must not be refreshed by both at
+        once, and a Document inside a transaction refuses every other call."""
 
     @classmethod
     def create(cls, name: str, document_id: str) -> Domain:
@@ -59,41 +65,50 @@ class Domain:
         return self.state.name
 
     def heads(self) -> list[bytes]:
-        return self.doc.get_heads()
+        with self.lock:
+            return self.doc.get_heads()
 
     @property
     def state(self) -> DomainState:
         """The plain-data view at the current heads, brought up to date on demand."""
-        heads = self.doc.get_heads()
-        if self._state is None:
-            self._state = DomainState.from_plain(read(self.doc))
-            self._refresher.index.seen_heads = heads
-        elif heads != self._state_heads:
-            self._state = self._refresher.refresh(self.doc, self._state, self._state_heads)
-        self._state_heads = heads
-        return self._state
+        with self.lock:
+            heads = self.doc.get_heads()
+            if self._state is None:
+                self._state = DomainState.from_plain(read(self.doc))
+                self._refresher.index.seen_heads = heads
+            elif heads != self._state_heads:
+                self._state = self._refresher.refresh(self.doc, self._state, self._state_heads)
+            self._state_heads = heads
+            return self._state
 
     def adopt_document(self, doc: Document, state: DomainState) -> None:
         """Take `doc`, this document plus changes nobody raced, as the live document. It
         takes the live document's actor: the session that wrote it goes on writing as its
         own actor elsewhere, and two documents must never write as one actor."""
-        doc.set_actor(self.doc.get_actor())
-        self.doc = doc
-        self.adopt_state(state)
+        with self.lock:
+            doc.set_actor(self.doc.get_actor())
+            self.doc = doc
+            self.adopt_state(state)
 
     def adopt_state(self, state: DomainState) -> None:
         """Take `state` as the view at the current heads (a publish nobody raced)."""
-        self._state = state
-        self._state_heads = self.doc.get_heads()
+        with self.lock:
+            self._state = state
+            self._state_heads = self.doc.get_heads()
 
     def state_at(self, heads: Iterable[bytes]) -> DomainState:
         """The domain as it was at `heads` (a past revision), read in place."""
-        heads = list(heads)
-        if not has_heads(self.doc, heads):
-            raise ValidationError("unknown heads: the document holds no such changes")
-        return DomainState.from_plain(read(self.doc, ROOT, heads))
+        return state_at(self.doc, heads)
 
     def is_domain_document(self) -> bool:
         """Whether the document has the shape of a domain (it may be a fresh, empty copy
         still waiting for its first sync)."""
         return child_id(self.doc, ROOT, "objects") is not None
+
+
+def state_at(doc: Document, heads: Iterable[bytes]) -> DomainState:
+    """The domain in `doc` as it was at `heads`, read in place (many short calls)."""
+    heads = list(heads)
+    if not has_heads(doc, heads):
+        raise ValidationError("unknown heads: the document holds no such changes")
+    return DomainState.from_plain(read(doc, ROOT, heads))

@@ -24,7 +24,7 @@ from crdtmds.core.docdata import (
     read,
     rebuild_at,
 )
-from crdtmds.core.domain import Domain
+from crdtmds.core.domain import Domain, state_at
 from crdtmds.core.domain_state import DomainState, Layer
 from crdtmds.core.session_diff import Touched
 from crdtmds.core.view_refresh import refresh_state
@@ -122,13 +122,14 @@ class Draft:
         often arrive before an administrator's next edit, which then starts the empty
         draft from the live heads anyway (see `Node.start_from_live`)."""
         if self._fork is None:
-            live = self.domain.doc
-            if live.get_heads() == self.base_heads:
-                self._fork = fork_with_actor(live, self._actor)
-            else:
-                # Not reached through the edits, which rebase an empty draft first
-                # (`ready_to_edit`); rebuilt from the changes, never with `fork_at`.
-                self._fork = rebuild_at(live, self.base_heads, actor=self._actor)
+            with self.domain.lock:  # may run in a worker thread (a revert)
+                live = self.domain.doc
+                if live.get_heads() == self.base_heads:
+                    self._fork = fork_with_actor(live, self._actor)
+                else:
+                    # Not reached through the edits, which rebase an empty draft first
+                    # (`ready_to_edit`); rebuilt from the changes, never with `fork_at`.
+                    self._fork = rebuild_at(live, self.base_heads, actor=self._actor)
         return self._fork
 
     def ready_to_edit(self) -> None:
@@ -179,15 +180,22 @@ class Draft:
     def reread_view(self) -> None:
         """Read the view afresh from the fork, after writes too broad to follow one by one;
         everything counts as touched."""
-        self._view = DomainState.from_plain(read(self.fork))
-        self.touch_everything()
+        view = DomainState.from_plain(read(self.fork))
+        # Built aside and swapped in whole: a revert runs this in a worker thread, and a
+        # read of the session on the event loop must never see a half-filled view or set.
+        touched = Touched(set(self.touched.objects), set(self.touched.rules),
+                          set(self.touched.orders))  # fmt: skip
+        _touch_all(touched, (self.base, view))
+        self._view, self.touched = view, touched
+
+    def state_at(self, heads: Sequence[bytes]) -> DomainState:
+        """The domain at `heads` (a past revision), read from the draft's own document:
+        a worker thread may read it at length while the live document goes on changing
+        on the event loop (the fork holds every change up to its base heads)."""
+        return state_at(self.fork, heads)
 
     def touch_everything(self) -> None:
-        for state in (self.base, self.view):
-            self.touched.objects.update(state.objects)
-            for layer in state.layers.values():
-                self.touched.rules.update((layer.uid, uid) for uid in layer.rules)
-                self.touched.orders.add(layer.uid)
+        _touch_all(self.touched, (self.base, self.view))
 
     # ------------------------------------------------------------ own changes
 
@@ -336,6 +344,14 @@ class Draft:
         self._unsaved = []
         self.touched = Touched()
         self.pending = None
+
+
+def _touch_all(touched: Touched, states: Sequence[DomainState]) -> None:
+    for state in states:
+        touched.objects.update(state.objects)
+        for layer in state.layers.values():
+            touched.rules.update((layer.uid, uid) for uid in layer.rules)
+            touched.orders.add(layer.uid)
 
 
 def _merged_heads(

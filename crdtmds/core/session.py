@@ -305,14 +305,19 @@ class Session:
         return count
 
     def revert_to(self, revision_ref: str) -> dict[str, Any]:
-        """Make the draft's content that of a past revision (published as a new one)."""
+        """Make the draft's content that of a past revision (published as a new one).
+
+        Touches only the draft (its fork and view), never the live document nor the
+        domain's view once `ready_to_edit` ran: the command layer runs it in a worker
+        thread, under the session's lock, so that a large revert does not stop the
+        event loop (see `api/commands/revisions.py`)."""
         draft = self.draft
         draft.ready_to_edit()
         revision = self.view.revision(revision_ref)
         heads = revision.get("heads")
         if not isinstance(heads, list):
             raise ValidationError(f"revision '{revision_ref}' has no content heads")
-        target = self.domain.state_at(unhex_heads(heads))
+        target = draft.state_at(unhex_heads(heads))
         objects, layers = draft.objects_id(), draft.layers_id()
         draft.commit(lambda tx: write_objects_like(tx, objects, self.view, target))
         draft.commit(lambda tx: write_layers_like(tx, layers, self.view, target))
@@ -346,9 +351,7 @@ def _check_name_free(view: DomainState, name: str, uid: str) -> None:
         )
 
 
-def _raw_index(
-    view: DomainState, layer: Layer, position: Any, *, moving: str | None = None
-) -> int:
+def _raw_index(view: DomainState, layer: Layer, position: Any, *, moving: str | None = None) -> int:
     """Index in the stored order list for a position given against the visible order
     (see `crdtmds.core.sections.raw_index`: rules and sections are anchors)."""
     return sections.raw_index(layer, position, view.get_rule, moving=moving)

@@ -1,0 +1,81 @@
+"""A large revert runs off the event loop: other connections are answered meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from crdtmds.api.dispatch import AdminAPI
+from crdtmds.core import model
+from crdtmds.core.docdata import put_value
+from crdtmds.core.session import Session
+from crdtmds.server import Server
+from tests.helpers.api_doors import connect
+
+HOSTS = 3000
+
+
+async def _domain_of_many_hosts(node: Server) -> str:
+    """acme with a revision of HOSTS hosts, then emptied again; returns that revision."""
+    session = await node.sessions.open("acme", admin="alice")
+    session.draft.ready_to_edit()
+    records = [
+        model.build_object(
+            "host",
+            {"name": f"h{i}", "ip-address": f"10.0.{i >> 8}.{i & 255}"},
+            session.view.find_object,
+        )
+        for i in range(HOSTS)
+    ]
+    objects = session.draft.objects_id()
+
+    def write(tx: Any) -> None:
+        for record in records:
+            put_value(tx, objects, record["uid"], record)
+
+    session.draft.commit(write)
+    session.draft.reread_view()
+    full = await node.sessions.publish(session, "full")
+    session.add_object("host", {"name": "extra", "ip-address": "10.9.9.9"})
+    await node.sessions.publish(session, "one more")
+    first = session.view.revisions[0]
+    session.draft.ready_to_edit()
+    session.revert_to(first["uid"])  # back to (almost) empty, in-process
+    await node.sessions.publish(session, "emptied")
+    await node.sessions.close(session)
+    return full["uid"]
+
+
+async def test_show_status_is_answered_while_a_large_revert_runs(
+    api: AdminAPI, node: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = await _domain_of_many_hosts(node)
+    started, finished = threading.Event(), threading.Event()
+    original = Session.revert_to
+
+    def observed(self: Session, ref: str) -> dict[str, Any]:
+        started.set()
+        try:
+            return original(self, ref)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(Session, "revert_to", observed)
+    alice, root = connect(api), connect(api)
+    await alice.login("alice")
+    await root.login("root", domain=None)
+    revert = asyncio.create_task(alice.ok("revert-to-revision", **{"to-revision": full}))
+    while not started.is_set():  # the worker thread has begun the revert
+        await asyncio.sleep(0)
+        assert not revert.done(), revert.result()
+    status = await root.ok("show-status")
+    # Answered on the event loop while the revert still runs in its thread.
+    assert not finished.is_set() and not revert.done()
+    assert status["name"] == "s1"
+    reverted = await revert
+    assert finished.is_set()
+    assert (await alice.ok("show-hosts", limit=1))["total"] == HOSTS
+    assert reverted["revision"]["comments"].startswith("revert to revision")
