@@ -191,9 +191,7 @@ class ClusterDocument:
         }
         tombstones = child_id(self.doc, ROOT, REMOVED_SERVERS)
         with self.doc.transaction() as tx:
-            if tombstones is None:  # a cluster made before removals existed
-                tombstones = tx.put_object(ROOT, REMOVED_SERVERS, ObjType.Map)
-            put_value(tx, tombstones, server_id, tombstone)
+            _put_tombstone(tx, tombstones, REMOVED_SERVERS, server_id, tombstone)
             tx.delete(self._section_id("servers"), name)
         return tombstone
 
@@ -262,9 +260,7 @@ class ClusterDocument:
         }
         tombstones = child_id(self.doc, ROOT, DELETED_DOMAINS)
         with self.doc.transaction() as tx:
-            if tombstones is None:  # a cluster made before deletes existed
-                tombstones = tx.put_object(ROOT, DELETED_DOMAINS, ObjType.Map)
-            put_value(tx, tombstones, entry["document-id"], tombstone)
+            _put_tombstone(tx, tombstones, DELETED_DOMAINS, entry["document-id"], tombstone)
             tx.delete(self._section_id("domains"), name)
             self._move_grants(tx, name, None)
         return tombstone
@@ -322,6 +318,16 @@ def check_grants(grants: Mapping[str, str]) -> dict[str, str]:
                 f"permission on '{domain}' must be {READ_ONLY} or {READ_WRITE}, not {level!r}"
             )
     return dict(grants)
+
+
+def _put_tombstone(
+    tx: Any, tombstones: bytes | None, section: str, key: str, record: dict[str, Any]
+) -> None:
+    """`record` under `key` of the root map `section`, made first in a cluster created
+    before that kind of tombstone existed."""
+    if tombstones is None:
+        tombstones = tx.put_object(ROOT, section, ObjType.Map)
+    put_value(tx, tombstones, key, record)
 
 
 def public_administrator(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,10 @@ class Layer:
             self._visible = None
         self.rules[rule["uid"]] = rule
 
+    def indices_of(self, uid: str) -> list[int]:
+        """Where `uid` stands in the stored order (more than once after concurrent moves)."""
+        return [i for i, u in enumerate(self.order) if u == uid]
+
     def remove_rule(self, uid: str) -> None:
         self.rules.pop(uid, None)
         self.order[:] = [u for u in self.order if u != uid]
@@ -243,12 +247,10 @@ class DomainState:
             ordered = layer.ordered_uids()
             if 1 <= ref <= len(ordered):
                 return layer.rules[ordered[ref - 1]]
-        elif isinstance(ref, str) and ref:
-            if ref in layer.rules:
-                return layer.rules[ref]
-            named = sorted(uid for uid, rule in layer.rules.items() if rule.get("name") == ref)
-            if named:
-                return layer.rules[named[0]]
+        else:
+            found = by_uid_or_name(layer.rules, ref)
+            if found is not None:
+                return found
         raise ObjectNotFound(
             f"access rule '{ref}' not found in layer '{layer.name}'",
             details={"reference": ref, "layer": layer.name},
@@ -397,3 +399,14 @@ def _list(value: Any) -> list[Any]:
 def plain_text(value: Any) -> str:
     """A string read from a document, or "" where something else is stored there."""
     return value if isinstance(value, str) else ""
+
+
+def by_uid_or_name(records: Mapping[str, dict[str, Any]], ref: Any) -> dict[str, Any] | None:
+    """The record of uid `ref`, else the one named `ref` (the lowest uid if several share
+    the name, after concurrent creates); None when there is none."""
+    if not isinstance(ref, str) or not ref:
+        return None
+    if ref in records:
+        return records[ref]
+    named = sorted(uid for uid, record in records.items() if record.get("name") == ref)
+    return records[named[0]] if named else None

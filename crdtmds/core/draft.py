@@ -275,7 +275,7 @@ class Draft:
 
     def move_in_order(self, layer: Layer, uid: str, target: int) -> None:
         """Move rule or section `uid` to index `target` of the layer's order list without it."""
-        indices = [i for i, u in enumerate(layer.order) if u == uid]
+        indices = layer.indices_of(uid)
         _, order_id = self.layer_ids(layer.uid)
 
         def write(tx: Any) -> None:

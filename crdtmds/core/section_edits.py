@@ -64,7 +64,7 @@ def delete_section(draft: Draft, params: Mapping[str, Any]) -> dict[str, Any]:
     layer = draft.view.get_layer(params.get("layer"))
     section = sections.find_section(layer, _section_ref(params))
     rules_id, order_id = draft.layer_ids(layer.uid)
-    indices = [i for i, u in enumerate(layer.order) if u == section["uid"]]
+    indices = layer.indices_of(section["uid"])
 
     def write(tx: Any) -> None:
         tx.delete(rules_id, section["uid"])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtmds.core import model, names
-from crdtmds.core.domain_state import SECTION_TYPE, Layer
+from crdtmds.core.domain_state import SECTION_TYPE, Layer, by_uid_or_name
 from crdtmds.errors import ObjectNotFound, ValidationError
 
 
@@ -73,12 +73,9 @@ def section_of(layer: Layer, rule_uid: str) -> str | None:
 
 def find_section(layer: Layer, ref: Any) -> dict[str, Any]:
     """A section of `layer` by uid or name (the lowest uid if several share the name)."""
-    if isinstance(ref, str) and ref:
-        if ref in layer.sections:
-            return layer.sections[ref]
-        named = sorted(uid for uid, s in layer.sections.items() if s.get("name") == ref)
-        if named:
-            return layer.sections[named[0]]
+    found = by_uid_or_name(layer.sections, ref)
+    if found is not None:
+        return found
     raise ObjectNotFound(
         f"access section '{ref}' not found in layer '{layer.name}'",
         details={"reference": ref, "layer": layer.name},

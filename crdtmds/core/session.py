@@ -231,7 +231,7 @@ class Session:
         layer = self.view.get_layer(params.get("layer"))
         rule = self.view.get_rule(layer, _rule_ref(params))
         rules_id, order_id = self.draft.layer_ids(layer.uid)
-        indices = _indices_of(layer.order, rule["uid"])
+        indices = layer.indices_of(rule["uid"])
 
         def write(tx: Any) -> None:
             tx.delete(rules_id, rule["uid"])
@@ -375,6 +375,3 @@ def _rule_ref(params: Mapping[str, Any]) -> Any:
             return params[key]
     raise InvalidParameter("name the rule with 'uid', 'rule-number' or 'name'")
 
-
-def _indices_of(order: list[str], uid: str) -> list[int]:
-    return [i for i, u in enumerate(order) if u == uid]
