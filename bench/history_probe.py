@@ -24,9 +24,9 @@ import statistics
 import time
 from collections.abc import Callable
 
+import lib  # noqa: F401  (puts the checkout on sys.path)
 from automerge.core import ROOT, Document, SyncState
 
-import lib  # noqa: F401  (puts the checkout on sys.path)
 from crdtmds.core.docdata import insert_value, put_value, read
 
 POOL = 200
