@@ -23,6 +23,7 @@ from crdtmds.api.dispatch import AdminAPI
 from crdtmds.api.tasks import Tasks
 from crdtmds.app.cluster_admin import ClusterAdmin
 from crdtmds.app.documents import Documents
+from crdtmds.app.epochs import Epochs
 from crdtmds.app.lifecycle import Lifecycle
 from crdtmds.app.logins import Logins
 from crdtmds.app.persistence import Persister
@@ -91,6 +92,7 @@ class Server:
             on_peer=lambda conn_id, peer: self.admission.verify_listener(conn_id, peer),
         )
         self.sessions = Sessions(storage, documents, persister, self.hub, config.name)
+        self.epochs = Epochs(documents, persister, self.hub, config.name, limits.epoch_publishes)
         self.cluster_admin = ClusterAdmin(config, limits, documents, persister)
         throttle = auth.LoginThrottle(limit=limits.login_failures, base_delay=limits.login_lockout)
         self.logins = Logins(documents, self.sessions, config.secret, throttle=throttle)
@@ -267,12 +269,9 @@ class Server:
         """A join's second half: dial the configured peer (without listening), catch up
         with what it announces, and register this server in the cluster document."""
         catchup = CatchUp(
-            self.documents,
-            self.cluster_admin,
-            self.links.progress,
-            self.config.name,
+            self.documents, self.cluster_admin, self.links.progress, self.config.name,
             self.limits.max_message_size,
-        )
+        )  # fmt: skip
         self.hooks.on_frame = catchup.note_frame
         await self.start(listen=False, mesh=False)
         await catchup.fetch(timeout, replace=replace)

@@ -19,6 +19,7 @@ from automerge.core import Document
 
 from crdtmds.core.cluster import ClusterDocument
 from crdtmds.core.domain import Domain
+from crdtmds.core.epochs import EpochChain, cut_of, next_epoch
 from crdtmds.errors import ObjectNotFound
 from crdtmds.sync.peers import PeerInfo
 
@@ -42,8 +43,20 @@ class Documents:
                 self.cluster = ClusterDocument(doc_id, doc)
             else:
                 self.domains[doc_id] = Domain(doc_id, doc)
+        self._link_epochs()
         self.forget_deleted()
         self.attach_known_domains()
+
+    def _link_epochs(self) -> None:
+        """Tie every later epoch's document to its domain (`Domain.domain_id`)."""
+        for domain in list(self.domains.values()):
+            if cut_of(domain.doc) is not None:
+                continue  # reached from its domain's first document
+            successor: Domain | None = domain
+            while successor is not None and (proposed := next_epoch(successor.doc)):
+                successor = self.domains.get(proposed[1])
+                if successor is not None:
+                    successor.domain_id = domain.domain_id
 
     # ------------------------------------------------------------ finding documents
 
@@ -66,7 +79,27 @@ class Documents:
                 f"domain '{entry['name']}' has not reached this server yet",
                 details={"domain": entry["name"]},
             )
+        return self.current_epoch(domain)
+
+    def current_epoch(self, domain: Domain) -> Domain:
+        """The newest epoch of `domain` this server has started (`crdtmds.core.epochs`):
+        until it holds the next epoch's document, publishes go to the one before."""
+        while (proposed := next_epoch(domain.doc)) is not None:
+            successor = self.domains.get(proposed[1])
+            if successor is None or not successor.is_domain_document():
+                break
+            domain = successor
         return domain
+
+    def epoch_chain(self, domain: Domain) -> EpochChain:
+        """The documents of every epoch of `domain` this server has started, oldest first."""
+        chain = [self.domains.get(domain.domain_id, domain)]
+        while (proposed := next_epoch(chain[-1].doc)) is not None:
+            successor = self.domains.get(proposed[1])
+            if successor is None or not successor.is_domain_document():
+                break
+            chain.append(successor)
+        return EpochChain([d.doc for d in chain])
 
     def listed_domain_ids(self) -> set[str]:
         """Document ids of the domains the cluster document lists."""
@@ -90,7 +123,11 @@ class Documents:
 
     def forget_deleted(self) -> list[str]:
         """Drop the live copies of tombstoned domains; tell the listeners which."""
-        deleted = [doc_id for doc_id in self.domains if self.cluster.is_deleted(doc_id)]
+        deleted = [
+            doc_id
+            for doc_id, domain in self.domains.items()
+            if self.cluster.is_deleted(doc_id) or self.cluster.is_deleted(domain.domain_id)
+        ]
         for doc_id in deleted:
             del self.domains[doc_id]
         if deleted:

@@ -193,7 +193,7 @@ class Logins:
             if session is None or self.attached(session.uid):
                 continue
             gone = login.admin not in cluster.administrators() or cluster.is_deleted(
-                session.domain.document_id
+                session.domain.domain_id
             )
             if gone or not session.has_changes():
                 async with self.session_lock(session.uid):

@@ -10,7 +10,7 @@ before would lack them while their rows are dropped).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from crdtmds.app.documents import Documents
 from crdtmds.core.changes import applied_chunks
@@ -35,6 +35,16 @@ class Persister:
         unknown (rows stored before this server started: compaction covers them all)."""
         self._compacted: dict[str, int] = {}
         """Change rows folded into snapshots per document since this server started."""
+        self._domain_listeners: list[Callable[[str], Awaitable[None]]] = []
+
+    def after_domain_change(self, listener: Callable[[str], Awaitable[None]]) -> None:
+        """Await `listener(document_id)` once a domain document's new changes are on disk:
+        those from a peer (`persist_received`) and a publish's (`domain_changed`)."""
+        self._domain_listeners.append(listener)
+
+    async def domain_changed(self, document_id: str) -> None:
+        for listener in self._domain_listeners:
+            await listener(document_id)
 
     def track_loaded(self, document_ids: Iterable[str]) -> None:
         """Documents loaded from storage: their stored rows are not known one by one."""
@@ -73,6 +83,8 @@ class Persister:
         await self.persist(document_id, changes)
         if document_id == self.documents.cluster.document_id:
             self.documents.cluster_updated()
+        elif changes:
+            await self.domain_changed(document_id)
         return len(changes)
 
     def note_appended(self, document_id: str, changes: list[Change]) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from crdtmds.app import lost_drafts
 from crdtmds.app.documents import Documents
 from crdtmds.app.persistence import Persister
+from crdtmds.core.draft import Draft
 from crdtmds.core.session import Session
 from crdtmds.errors import SessionError, StorageCorruption, StorageError, is_core_error
 from crdtmds.storage import JournalEntry, SessionJournal, SessionRecord, Storage
@@ -50,6 +51,8 @@ class Sessions:
         self.hub = hub
         self.server_name = server_name
         self.by_uid: dict[str, Session] = {}
+        self._moved: set[str] = set()
+        """Sessions moved into a newer epoch whose stored record still names the old one."""
         self.journal = SessionJournal()  # in memory until `restore_stored` opens the file
 
     async def restore_stored(self, data_dir: Path) -> None:
@@ -113,7 +116,10 @@ class Sessions:
 
     def _published_since(self, entry: JournalEntry) -> bool:
         domain = self.documents.domains.get(entry.document_id)
-        return domain is not None and lost_drafts.published_after(domain.state.revisions, entry)
+        if domain is None:
+            return False
+        revisions = self.documents.epoch_chain(domain).revisions()
+        return lost_drafts.published_after(revisions, entry)
 
     async def take_lost(self, admin: str, document_id: str) -> list[JournalEntry]:
         """The drafts of `admin` in the domain that a start found lost, forgotten once
@@ -148,7 +154,7 @@ class Sessions:
         return [
             s
             for s in self.by_uid.values()
-            if s.admin == admin and (document_id is None or s.domain.document_id == document_id)
+            if s.admin == admin and (document_id is None or s.domain.domain_id == document_id)
         ]
 
     async def save_edits(self, session: Session) -> None:
@@ -159,6 +165,9 @@ class Sessions:
         to persist (a full disk) are kept for the next call: later changes depend on them,
         and a stored draft must never lack a dependency.
         """
+        if session.uid in self._moved:
+            await self.storage.save_session(_record_of(session))
+            self._moved.discard(session.uid)
         unsaved = session.take_unsaved_changes()
         try:
             await self.storage.append_session_changes(
@@ -189,6 +198,12 @@ class Sessions:
         if session.has_changes():
             raise SessionError("the session has unpublished changes")
         session.discard()
+        current = self.documents.current_epoch(session.domain)
+        if current is not session.domain:
+            # The domain rolled into a new epoch (`app/epochs.py`): the draft starts there,
+            # and its stored record names that document from the next `save_edits`.
+            session.domain, session.draft = current, Draft.open(current)
+            self._moved.add(session.uid)
 
     async def publish(self, session: Session, comments: str = "") -> dict[str, Any]:
         """Durable on this server before it returns (one write), then gossiped."""
@@ -217,6 +232,7 @@ class Sessions:
         # session is rebased onto it.
         revision = session.complete_publish(on_merged=lambda: self.documents.changed(document_id))
         await self.persister.compact_if_due(document_id, count)
+        await self.persister.domain_changed(document_id)  # epochs (`app/epochs.py`)
         return revision
 
     async def discard(self, session: Session) -> int:
@@ -236,7 +252,7 @@ class Sessions:
     def forget_domain(self, document_id: str) -> list[Session]:
         """Drop every session of a deleted domain from memory (their rows go with the
         domain's, `Storage.delete_document`)."""
-        gone = [s for s in self.by_uid.values() if s.domain.document_id == document_id]
+        gone = [s for s in self.by_uid.values() if s.domain.domain_id == document_id]
         for session in gone:
             del self.by_uid[session.uid]
         self.journal.update_soon(remove=[session.uid for session in gone])
@@ -248,7 +264,7 @@ def _entry_of(session: Session) -> JournalEntry:
         uid=session.uid,
         admin=session.admin,
         domain=session.domain.name,
-        document_id=session.domain.document_id,
+        document_id=session.domain.domain_id,
         since=time.time(),
         last_active=session.last_active,
     )

@@ -25,6 +25,9 @@ class Domain:
 
     def __init__(self, document_id: str, doc: Document) -> None:
         self.document_id = document_id
+        self.domain_id = document_id
+        """The domain's identity: the document id its cluster entry names, that of its
+        first epoch (a later epoch's document has its own id, see `core/epochs.py`)."""
         self.doc = doc
         self._state: DomainState | None = None
         self._state_heads: list[bytes] = []

@@ -47,7 +47,13 @@ from crdtmds.core.field_writes import put_changed_fields
 from crdtmds.errors import ValidationError
 
 EPOCH_KEY = "epoch"
-"""Root key of an epoch's document: its number, the previous document and the cut."""
+"""Root key of an epoch's document: its number, the previous document and the cut, and
+per server the heads of the previous document it has carried (`carry_late`)."""
+CARRIED_KEY = "carried"
+NEXT_EPOCH_KEY = "next-epoch"
+"""Root key of a document whose successor was proposed: the cut and the successor's id.
+Written after the cut, so whoever holds it holds the cut; a stock automerge-repo client
+following a domain finds the next document's id here."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +101,38 @@ def start_epoch(previous: Document, cut: Cut) -> Document:
             if key not in ("revisions", EPOCH_KEY):
                 put_value(tx, ROOT, key, content[key])
         put_value(tx, ROOT, "revisions", [])
-        put_value(tx, ROOT, EPOCH_KEY, cut.record())
+        # The map of carried heads is made here, by every server alike: made later by
+        # two servers, one map would hide the other.
+        put_value(tx, ROOT, EPOCH_KEY, {**cut.record(), CARRIED_KEY: {}})
     return doc
 
 
 def cut_of(doc: Document) -> Cut | None:
     """The cut an epoch's document started from; None for a domain's first document."""
-    record = read(doc).get(EPOCH_KEY)
+    obj = child_id(doc, ROOT, EPOCH_KEY)
+    if obj is None:
+        return None
+    record = read(doc, obj)
     return Cut.from_record(record) if isinstance(record, Mapping) else None
 
 
-def carry_late(previous: Document, carried: Sequence[bytes], current: Document) -> list[bytes]:
+def carried_heads(current: Document, carrier: str) -> list[bytes]:
+    """Heads of the previous document that `carrier` has carried into `current` (the cut
+    when it has carried nothing)."""
+    record = read(current).get(EPOCH_KEY)
+    if not isinstance(record, Mapping):
+        raise ValidationError("not an epoch's document")
+    carried = record.get(CARRIED_KEY)
+    heads = carried.get(carrier) if isinstance(carried, Mapping) else None
+    return unhex_heads(heads) if isinstance(heads, list) else list(Cut.from_record(record).heads)
+
+
+def carry_late(
+    previous: Document, carried: Sequence[bytes], current: Document, carrier: str = ""
+) -> list[bytes]:
     """Write into `current` (one change) what `previous` gained since its heads `carried`
     (at first the cut), field by field, as a publish would; returns the heads carried now.
+    With a `carrier` (a server name), the same change records them for `carried_heads`.
 
     Reads whole states at both heads: it runs only for publishes concurrent with a cut.
     """
@@ -116,11 +141,22 @@ def carry_late(previous: Document, carried: Sequence[bytes], current: Document) 
         return heads
     before, after = state_at(previous, carried), state_at(previous, heads)
     now = DomainState.from_plain(read(current))
+    carried_map = _carried_map(current) if carrier else None
     with current.transaction() as tx:
         _carry_objects(tx, before, after, now)
         _carry_layers(tx, before, after, now)
         _carry_revisions(tx, before, after, now)
+        if carried_map is not None:
+            put_value(tx, carried_map, carrier, hex_heads(heads))
     return heads
+
+
+def _carried_map(current: Document) -> bytes:
+    epoch = child_id(current, ROOT, EPOCH_KEY)
+    carried = child_id(current, epoch, CARRIED_KEY) if epoch is not None else None
+    if carried is None:
+        raise ValidationError("not an epoch's document")
+    return carried
 
 
 def _carry_objects(tx: Any, before: DomainState, after: DomainState, now: DomainState) -> None:
@@ -221,6 +257,33 @@ def _carry_revisions(tx: Any, before: DomainState, after: DomainState, now: Doma
             index += 1
 
 
+def propose_next(doc: Document, epoch: int, previous_document: str, next_document: str) -> Cut:
+    """Write into `doc` (one change, on its heads as they are) the cut at those heads and
+    the id of the next epoch's document."""
+    cut = Cut(epoch, previous_document, tuple(doc.get_heads()))
+    with doc.transaction() as tx:
+        put_value(tx, ROOT, NEXT_EPOCH_KEY, {**cut.record(), "document-id": next_document})
+    return cut
+
+
+def next_epoch(doc: Document) -> tuple[Cut, str] | None:
+    """The cut proposed in `doc` and the next epoch's document id, if one was."""
+    obj = child_id(doc, ROOT, NEXT_EPOCH_KEY)
+    if obj is None:
+        return None
+    record = read(doc, obj)
+    document_id = record.get("document-id") if isinstance(record, Mapping) else None
+    if not isinstance(document_id, str):
+        return None
+    return Cut.from_record(record), document_id
+
+
+def epoch_number(doc: Document) -> int:
+    """The number of the epoch `doc` is the document of (0: the domain's first)."""
+    cut = cut_of(doc)
+    return cut.epoch if cut is not None else 0
+
+
 class EpochChain:
     """The documents of one domain's epochs, oldest first: its revisions, and the domain
     as it was at any of them."""
@@ -236,7 +299,8 @@ class EpochChain:
         seen: set[Any] = set()
         listed = []
         for doc in self.documents:
-            for entry in read(doc).get("revisions") or []:
+            revisions = child_id(doc, ROOT, "revisions")
+            for entry in read(doc, revisions) if revisions is not None else []:
                 if isinstance(entry, dict) and entry.get("uid") not in seen:
                     seen.add(entry.get("uid"))
                     listed.append(entry)

@@ -317,12 +317,18 @@ class Session:
         heads = revision.get("heads")
         if not isinstance(heads, list):
             raise ValidationError(f"revision '{revision_ref}' has no content heads")
-        target = draft.state_at(unhex_heads(heads))
+        self.revert_to_state(draft.state_at(unhex_heads(heads)))
+        return revision
+
+    def revert_to_state(self, target: DomainState) -> None:
+        """Make the draft's content that of `target` (a past state, perhaps read in an
+        earlier epoch's document, see `crdtmds.core.epochs`); same rules as `revert_to`."""
+        draft = self.draft
+        draft.ready_to_edit()
         objects, layers = draft.objects_id(), draft.layers_id()
         draft.commit(lambda tx: write_objects_like(tx, objects, self.view, target))
         draft.commit(lambda tx: write_layers_like(tx, layers, self.view, target))
         draft.reread_view()
-        return revision
 
 
 def revision_entry(

@@ -13,7 +13,8 @@ from crdtmds.api.params import (
 )
 from crdtmds.api.replies import domain_ref
 from crdtmds.core import names
-from crdtmds.core.domain_state import DomainState
+from crdtmds.core.docdata import has_heads, unhex_heads
+from crdtmds.core.epochs import EpochChain
 from crdtmds.errors import InvalidParameter, MissingParameter, ObjectNotFound, ValidationError
 
 log = logging.getLogger("crdtmds.api")
@@ -21,7 +22,8 @@ log = logging.getLogger("crdtmds.api")
 
 async def _show_revisions(call: Call) -> dict[str, Any]:
     state, entry = call.read_view()
-    revisions = [{**r, "type": "revision", "domain": domain_ref(entry)} for r in state.revisions]
+    listed = _with_earlier_epochs(call, entry, state.revisions)
+    revisions = [{**r, "type": "revision", "domain": domain_ref(entry)} for r in listed]
     revisions.reverse()  # newest first
     page, bounds = page_of(revisions, call.params)
     return {"objects": page, **bounds}
@@ -35,13 +37,20 @@ async def _revert_to_revision(call: Call) -> dict[str, Any]:
             raise ValidationError(
                 "the session has unpublished changes: publish or discard them before a revert"
             )
-        revision = _find_revision(session.view, target)
+        listed = _with_earlier_epochs(call, call.domain_entry(), session.view.revisions)
+        revision = _find_revision(listed, target)
         # The domain's view and the fork are brought up to date here, on the event loop;
         # the revert itself (reads at the revision's heads, one put per field: seconds on
         # a large domain) runs in a worker thread and touches only the draft.
         session.draft.ready_to_edit()
-        _ = session.fork
-        await call.off_loop(session.revert_to, revision["uid"])
+        heads = unhex_heads(revision.get("heads") or [])
+        if heads and has_heads(session.fork, heads):
+            await call.off_loop(session.revert_to, revision["uid"])
+        else:
+            # Heads of an earlier epoch: read in its document, here on the event loop
+            # (gossip may write that document), then written into the draft off it.
+            earlier = call.services.documents.epoch_chain(session.domain).state_of(revision)
+            await call.off_loop(session.revert_to_state, earlier)
         note = comments or f"revert to revision {revision['uid']}"
         # Writing the revision entry counts every changed object: in the worker too. The
         # publish then takes it as prepared, and keeps its order (durable, then gossip).
@@ -64,9 +73,23 @@ def _revert_target(params: Mapping[str, Any]) -> str:
                            details={"parameter": "to-revision"})  # fmt: skip
 
 
-def _find_revision(state: DomainState, ref: str) -> dict[str, Any]:
+def _with_earlier_epochs(
+    call: Call, entry: Mapping[str, Any], current: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The revisions of the domain's earlier epochs (`crdtmds.core.epochs`), oldest
+    first, then `current`, those of its newest; each once."""
+    documents = call.services.documents
+    chain = documents.epoch_chain(documents.domain(entry["document-id"]))
+    if len(chain.documents) == 1:
+        return current
+    earlier = EpochChain(chain.documents[:-1]).revisions()
+    seen = {r.get("uid") for r in earlier}
+    return [*earlier, *(r for r in current if r.get("uid") not in seen)]
+
+
+def _find_revision(revisions: list[dict[str, Any]], ref: str) -> dict[str, Any]:
     """A revision by its uid, or the latest one published by the session `ref`."""
-    for revision in reversed(state.revisions):
+    for revision in reversed(revisions):
         if ref in (revision.get("uid"), revision.get("session")):
             return revision
     raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})

@@ -136,7 +136,7 @@ async def _show_task(call: Call) -> dict[str, Any]:
 def _session_reply(call: Call, session: Session) -> dict[str, Any]:
     attached = [x for x in call.services.logins.by_sid.values() if x.uid == session.uid]
     try:
-        entry = call.cluster.domain_by_ref(session.domain.document_id)
+        entry = call.cluster.domain_by_ref(session.domain.domain_id)
     except CrdtmdsError:
         entry = {"name": session.domain.name, "uid": None}
     return {
@@ -195,7 +195,7 @@ async def _show_sessions(call: Call) -> dict[str, Any]:
         s
         for s in call.services.sessions.by_uid.values()
         if (superuser or s.admin == call.login.admin)
-        and (domain is None or s.domain.document_id == domain["document-id"])
+        and (domain is None or s.domain.domain_id == domain["document-id"])
     ]
     sessions.sort(key=lambda s: (s.created_at, s.uid))
     level = details_level(call.params)
