@@ -202,7 +202,8 @@ def main() -> None:
             value = ratio(results[name][side], base[side])
             ratios[f"{name}/{side}"] = value
             rows.append([label, side.split("_")[0], value, verdict(value, TARGET, at_least=False)])
-    print_table(f"ratio to full-{small} (target <= {TARGET})", ["design", "side", "ratio", ""], rows)
+    title = f"ratio to full-{small} (target <= {TARGET})"
+    print_table(title, ["design", "side", "ratio", ""], rows)
     write_results(
         args.out,
         "history",

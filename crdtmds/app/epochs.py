@@ -11,11 +11,13 @@ persisted (`after_change`):
   epoch's document, the same change on every server, and persists it;
 - what an earlier epoch's document gained after its cut (a publish of a server that had
   not seen the record yet, or of a draft opened before it) is carried into the next
-  epoch by each server that sees it.
+  epoch by the proposer, as if published then.
 
-One proposer keeps two cuts of one epoch from racing; if it is cut off, domains simply
-do not roll until it is back. A server that has not started an epoch yet goes on
-publishing into the one before, and its publishes are carried.
+One proposer keeps two cuts of one epoch from racing, and one carrier keeps a late
+publish from being written twice (a second carrier, later, would undo edits made since
+the first). If the proposer is cut off, domains do not roll and late publishes wait in
+the previous epoch's document (on every server) until it is back. A server that has not
+started an epoch yet goes on publishing into the one before.
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ class Epochs:
             # The change itself is stored and served; the epoch is tried again next time.
             log.error("epoch step of %s failed in the Automerge core: %r", document_id, exc)
 
-    async def _propose(self, domain: Domain) -> None:
+    def _is_proposer(self) -> bool:
         servers = self.documents.cluster.servers()
-        if not servers or min(servers) != self.server_name:
+        return bool(servers) and min(servers) == self.server_name
+
+    async def _propose(self, domain: Domain) -> None:
+        if not self._is_proposer():
             return
         if next_epoch(domain.doc) is not None:
             return
@@ -128,11 +133,13 @@ class Epochs:
         return successor
 
     async def _carry(self, previous: Domain, successor: Domain) -> None:
+        if not self._is_proposer():
+            return
         heads = previous.heads()
         known = self._carried.get(previous.document_id)
         if known is not None and set(known) == set(heads):
             return
-        carried = known or carried_heads(successor.doc, self.server_name)
+        carried = known or carried_heads(successor.doc, previous.doc)
         if set(carried) == set(heads):
             self._carried[previous.document_id] = heads
             return

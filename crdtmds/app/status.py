@@ -51,12 +51,16 @@ class StatusView:
         return admin is not None and self.documents.cluster.permission(admin, None) is not None
 
     def domain_heads(self) -> dict[str, dict[str, Any]]:
-        """Per domain name: document id and sorted hex heads on this server."""
+        """Per domain name: document id, the document of its newest epoch here, and the
+        sorted hex heads of all its epochs' documents on this server."""
         result: dict[str, dict[str, Any]] = {}
         for name, entry in sorted(self.documents.cluster.domains().items()):
-            doc = self.documents.document(entry.get("document-id", ""))
-            heads = sorted(h.hex() for h in doc.get_heads()) if doc is not None else []
-            result[name] = {"document-id": entry.get("document-id"), "heads": heads}
+            domain = self.documents.domains.get(entry.get("document-id", ""))
+            docs = self.documents.epoch_chain(domain).documents if domain is not None else []
+            heads = sorted(h.hex() for doc in docs for h in doc.get_heads())
+            current = self.documents.current_epoch(domain).document_id if domain else None
+            result[name] = {"document-id": entry.get("document-id"), "heads": heads,
+                            "epoch-document-id": current}  # fmt: skip
         return result
 
     def local_status(self) -> dict[str, Any]:

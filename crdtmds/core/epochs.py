@@ -116,15 +116,31 @@ def cut_of(doc: Document) -> Cut | None:
     return Cut.from_record(record) if isinstance(record, Mapping) else None
 
 
-def carried_heads(current: Document, carrier: str) -> list[bytes]:
-    """Heads of the previous document that `carrier` has carried into `current` (the cut
-    when it has carried nothing)."""
-    record = read(current).get(EPOCH_KEY)
+def carried_heads(current: Document, previous: Document) -> list[bytes]:
+    """Heads of `previous` whose changes are carried into `current` already, by whichever
+    server carried them (those `previous` does not hold yet aside), and the cut."""
+    obj = child_id(current, ROOT, EPOCH_KEY)
+    record = read(current, obj) if obj is not None else None
     if not isinstance(record, Mapping):
         raise ValidationError("not an epoch's document")
+    heads = set(Cut.from_record(record).heads)
     carried = record.get(CARRIED_KEY)
-    heads = carried.get(carrier) if isinstance(carried, Mapping) else None
-    return unhex_heads(heads) if isinstance(heads, list) else list(Cut.from_record(record).heads)
+    for recorded in carried.values() if isinstance(carried, Mapping) else ():
+        if isinstance(recorded, list):
+            heads.update(h for h in unhex_heads(recorded) if has_heads(previous, [h]))
+    return _newest(previous, heads)
+
+
+def _newest(doc: Document, heads: set[bytes]) -> list[bytes]:
+    """Of `heads`, those no other one descends from: the heads of what they cover."""
+    if len(heads) < 2:
+        return sorted(heads)
+    kept = []
+    for head in sorted(heads):
+        # Changes the other heads do not cover: `head` is among them unless it is below.
+        if head in {change.hash for change in doc.get_changes(sorted(heads - {head}))}:
+            kept.append(head)
+    return kept
 
 
 def carry_late(

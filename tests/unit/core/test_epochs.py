@@ -11,7 +11,14 @@ from automerge.core import Document
 
 from crdtmds.core.docdata import fork_with_actor, new_actor, read
 from crdtmds.core.domain import Domain
-from crdtmds.core.epochs import Cut, EpochChain, carry_late, cut_of, start_epoch
+from crdtmds.core.epochs import (
+    Cut,
+    EpochChain,
+    carried_heads,
+    carry_late,
+    cut_of,
+    start_epoch,
+)
 from crdtmds.core.session import Session
 from crdtmds.errors import ValidationError
 from tests.unit.core.test_revisions import content, publish
@@ -181,3 +188,28 @@ def test_an_epoch_document_survives_save_and_load() -> None:
     assert loaded.get_heads() == epoch.get_heads()
     assert cut_of(loaded) == cut
     assert read(loaded) == read(epoch)
+
+
+def test_what_one_server_carried_is_not_carried_again_over_later_edits() -> None:
+    a, b = _history()
+    cut = Cut(1, a.document_id, tuple(a.heads()))
+    ea = _epoch_domain(a, cut)
+    ea.doc.set_actor(new_actor())
+    web = next(uid for uid, o in b.state.objects.items() if o["name"] == "web")
+    session = _session(b, "b")
+    session.set_object("host", {"uid": web, "comments": "late"})
+    publish(session)  # late: into the previous document
+    a.doc.merge(b.doc)
+    carry_late(a.doc, carried_heads(ea.doc, a.doc), ea.doc, "a")
+    assert carried_heads(ea.doc, a.doc) == sorted(a.heads())
+    # A newer edit in the epoch; then another server, seeing what a carried, has nothing
+    # left to carry and leaves the newer edit alone.
+    session = _session(ea, "a")
+    session.set_object("host", {"uid": web, "comments": "newer"})
+    publish(session)
+    eb = Domain("doc-1", ea.doc.fork())
+    eb.doc.set_actor(new_actor())
+    heads = eb.heads()
+    carry_late(b.doc, carried_heads(eb.doc, b.doc), eb.doc, "b")
+    assert eb.heads() == heads
+    assert eb.state.objects[web]["comments"] == "newer"
