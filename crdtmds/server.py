@@ -227,7 +227,8 @@ class Server:
                 await self.listener.stop()
             if self.web_listener is not None:
                 await self.web_listener.stop()
-            await asyncio.gather(*self.links.background, return_exceptions=True)
+            await asyncio.gather(*self.links.background, *self.epochs.background,
+                                 return_exceptions=True)  # fmt: skip
         await self.close()
 
     def request_stop(self) -> None:

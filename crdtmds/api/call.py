@@ -168,7 +168,10 @@ class Call:
         """The login's session, locked, current, and saved to disk after the edit."""
         session = self.writable_session()
         async with self.services.logins.session_lock(session.uid):
-            if not session.has_changes() and session.base_heads != session.domain.heads():
+            if not session.has_changes() and (
+                session.base_heads != session.domain.heads()
+                or self.services.documents.current_epoch(session.domain) is not session.domain
+            ):
                 self.services.sessions.start_from_live(session)
             try:
                 yield session

@@ -22,13 +22,16 @@ started an epoch yet goes on publishing into the one before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+
+from automerge.core import Document
 
 from crdtmds.app.documents import Documents
 from crdtmds.app.persistence import Persister
 from crdtmds.core.docdata import new_actor
 from crdtmds.core.domain import Domain
-from crdtmds.core.domain_state import DomainState
 from crdtmds.core.epochs import (
     carried_heads,
     carry_late,
@@ -62,29 +65,54 @@ class Epochs:
         self.hub = hub
         self.server_name = server_name
         self.publishes_per_epoch = publishes_per_epoch
+        self._dirty: list[str] = []
+        """Domain documents changed since the worker last looked at them, in order."""
+        self._worker: asyncio.Task[None] | None = None
+        self.background: set[asyncio.Task[None]] = set()
+        """The worker while it runs (the server awaits it when it stops)."""
         self._carried: dict[str, list[bytes]] = {}
         """Per earlier epoch's document id, its heads this server has compared with the
         next epoch (carried, or found to hold nothing to carry)."""
         persister.after_domain_change(self.after_change)
 
     async def after_change(self, document_id: str) -> None:
-        """A domain document changed, and the change is on disk here."""
+        """A domain document changed, and the change is on disk here. The epoch steps run
+        in the background, one at a time: starting an epoch or carrying into one reads a
+        whole domain (seconds at 10,000 rules), which no publish's reply should wait for."""
+        if document_id not in self._dirty:
+            self._dirty.append(document_id)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+            self.background.add(self._worker)
+            self._worker.add_done_callback(self.background.discard)
+
+    async def idle(self) -> None:
+        """Wait until the worker has nothing left to do."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
+    async def _work(self) -> None:
+        while self._dirty:
+            document_id = self._dirty.pop(0)
+            try:
+                await self._step(document_id)
+            except StorageError as exc:
+                # Nothing of the step was offered to a peer: it is tried again next time.
+                log.error("epoch step of %s not stored: %s", document_id, exc)
+            except BaseException as exc:
+                if not is_core_error(exc):
+                    raise
+                log.error("epoch step of %s failed in the Automerge core: %r", document_id, exc)
+
+    async def _step(self, document_id: str) -> None:
         domain = self.documents.domains.get(document_id)
         if domain is None or not domain.is_domain_document():
             return
-        try:
-            await self._propose(domain)
-            successor = await self._start_next(domain)
-            if successor is not None:
-                await self._carry(domain, successor)
-                await self.after_change(successor.document_id)
-        except StorageError:
-            raise
-        except BaseException as exc:
-            if not is_core_error(exc):
-                raise
-            # The change itself is stored and served; the epoch is tried again next time.
-            log.error("epoch step of %s failed in the Automerge core: %r", document_id, exc)
+        await self._propose(domain)
+        successor = await self._start_next(domain)
+        if successor is not None:
+            await self._carry(domain, successor)
+            await self._step(successor.document_id)
 
     def _is_proposer(self) -> bool:
         servers = self.documents.cluster.servers()
@@ -103,7 +131,9 @@ class Epochs:
             )
             change = domain.doc.get_last_local_change()
         if change is not None:
-            await self._persisted(domain.document_id, [(change.hash, change.bytes)])
+            await self._store_then_apply(
+                domain.document_id, [(change.hash, change.bytes)], lambda: None
+            )
         log.info("domain %s: proposed epoch %d", domain.name, epoch_number(domain.doc) + 1)
 
     async def _start_next(self, domain: Domain) -> Domain | None:
@@ -116,19 +146,27 @@ class Epochs:
         if successor is not None and successor.is_domain_document():
             successor.domain_id = domain.domain_id  # it may have come from a peer first
             return successor
+        # Seconds on a large domain (a read at the cut, one write per field): off the event
+        # loop, on a copy, since gossip may write the live document meanwhile.
         with domain.lock:
-            fresh = start_epoch(domain.doc, cut)
+            copy = domain.doc.fork()
+        fresh = await asyncio.to_thread(start_epoch, copy, cut)
+        successor = self.documents.domains.get(document_id)
+        if successor is not None and successor.is_domain_document():
+            successor.domain_id = domain.domain_id  # it came from a peer meanwhile
+            return successor
+        fresh.set_actor(new_actor())
         if successor is None:
-            fresh.set_actor(new_actor())
             successor = Domain(document_id, fresh)
-            self.documents.add_domain(successor)
-            before: list[bytes] = []
+            await self._store_then_apply(
+                document_id, _all_changes(fresh), lambda: self.documents.add_domain(successor)
+            )
         else:  # an empty copy a peer is filling: the same change, merged
-            before = successor.doc.get_heads()
-            successor.doc.merge(fresh)
+            copy_of = successor
+            await self._store_then_apply(
+                document_id, _all_changes(fresh), lambda: copy_of.doc.merge(fresh)
+            )
         successor.domain_id = domain.domain_id
-        changes = [(c.hash, c.bytes) for c in successor.doc.get_changes(before)]
-        await self._persisted(document_id, changes)
         log.info("domain %s: started epoch %d", domain.name, cut.epoch)
         return successor
 
@@ -139,30 +177,39 @@ class Epochs:
         known = self._carried.get(previous.document_id)
         if known is not None and set(known) == set(heads):
             return
-        carried = known or carried_heads(successor.doc, previous.doc)
-        if set(carried) == set(heads):
-            self._carried[previous.document_id] = heads
-            return
-        if _content(previous, carried) == _content(previous, heads):
-            # Nothing but the proposal itself came after the cut.
-            self._carried[previous.document_id] = heads
-            return
-        with successor.lock:
-            before = successor.doc.get_heads()
-            carry_late(previous.doc, carried, successor.doc, self.server_name)
-            changes = [(c.hash, c.bytes) for c in successor.doc.get_changes(before)]
-        self._carried[previous.document_id] = heads
-        await self._persisted(successor.document_id, changes)
-        log.info("domain %s: carried late publishes into epoch", previous.name)
+        # Whole reads at two heads and of the epoch: off the event loop, on copies (the
+        # copy of the epoch writes as an actor of its own), then merged into the live one.
+        with previous.lock, successor.lock:
+            old, new = previous.doc.fork(), successor.doc.fork()
+        new.set_actor(new_actor())
+        carried = known or carried_heads(new, old)
+        before = new.get_heads()
+        heads = await asyncio.to_thread(carry_late, old, carried, new, self.server_name)
+        changes = [(c.hash, c.bytes) for c in new.get_changes(before)]
+        if changes:
 
-    async def _persisted(self, document_id: str, changes: list[Change]) -> None:
-        """Changes made here to a live document: on disk, then offered to the peers."""
-        if not changes:
-            return
-        await self.persister.persist(document_id, changes)
+            def merge() -> None:
+                with successor.lock:
+                    successor.doc.merge(new)
+
+            await self._store_then_apply(successor.document_id, changes, merge)
+            log.info("domain %s: carried late publishes into epoch", previous.name)
+        self._carried[previous.document_id] = heads
+
+    async def _store_then_apply(
+        self, document_id: str, changes: list[Change], apply: Callable[[], object]
+    ) -> None:
+        """Changes made here, in the order a publish keeps: on disk, into the live
+        document (`apply`), offered to the peers, then compaction if due (never before
+        the live document holds what the snapshot covers)."""
+        count = await self.persister.storage.append_changes(document_id, changes)
+        self.persister.note_appended(document_id, changes)
+        apply()
         self.hub.local_changes(document_id, changes)
         self.documents.changed(document_id)
+        await self.persister.compact_if_due(document_id, count)
 
 
-def _content(domain: Domain, heads: list[bytes]) -> DomainState:
-    return domain.state_at(heads)
+
+def _all_changes(doc: Document) -> list[Change]:
+    return [(c.hash, c.bytes) for c in doc.get_changes([])]

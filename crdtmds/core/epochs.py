@@ -156,6 +156,8 @@ def carry_late(
     if set(heads) == set(carried):
         return heads
     before, after = state_at(previous, carried), state_at(previous, heads)
+    if before == after:
+        return heads  # nothing but the proposal of the next epoch came after the cut
     now = DomainState.from_plain(read(current))
     carried_map = _carried_map(current) if carrier else None
     with current.transaction() as tx:

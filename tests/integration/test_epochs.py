@@ -13,10 +13,11 @@ from tests.helpers.api_doors import Admin, connect, host
 LIMITS = Limits(epoch_publishes=3)
 
 
-async def _publish_hosts(admin: Admin, names: list[str]) -> None:
+async def _publish_hosts(node: Server, admin: Admin, names: list[str]) -> None:
     for index, name in enumerate(names):
         await admin.ok("add-host", **host(name, f"192.0.2.{index + 1}"))
         await admin.ok("publish")
+        await node.epochs.idle()  # the epoch steps run in the background
 
 
 async def _revision_uids(admin: Admin) -> list[str]:
@@ -39,7 +40,7 @@ async def test_epochs_roll_and_every_revision_stays_listed_and_revertable(
         admin = connect(node.api)
         await admin.login("root")
         names = [f"h{i}" for i in range(8)]
-        await _publish_hosts(admin, names)
+        await _publish_hosts(node, admin, names)
         uids = await _revision_uids(admin)
         assert len(uids) == len(set(uids)) == 8
         # Three publishes per epoch: epochs 0 and 1 hold three each, epoch 2 the last two.
@@ -56,6 +57,7 @@ async def test_epochs_roll_and_every_revision_stays_listed_and_revertable(
         await admin.ok("revert-to-revision", **{"to-revision": uids[1]})
         assert await _host_names(admin) == {"h0", "h1"}
         assert len(await _revision_uids(admin)) == 9
+        await node.epochs.idle()
     finally:
         await node.close()
     node = await Server.open(tmp_path, limits=LIMITS)
@@ -67,8 +69,9 @@ async def test_epochs_roll_and_every_revision_stays_listed_and_revertable(
         assert await _host_names(admin) == {"h0", "h1"}
         await admin.ok("revert-to-revision", **{"to-revision": uids[6]})
         assert await _host_names(admin) == {f"h{i}" for i in range(7)}
-        await _publish_hosts(admin, ["later"])
+        await _publish_hosts(node, admin, ["later"])
         assert "later" in await _host_names(admin)
         assert len(await _revision_uids(admin)) == 11
+        await node.epochs.idle()
     finally:
         await node.close()
