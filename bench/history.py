@@ -164,6 +164,18 @@ def make_cases(histories: dict[str, bytes], sizes: list[int]) -> dict[str, Case]
     return {name: Case(load(), first[name]) for name, load in sorted(loaders.items())}
 
 
+def epoch_start_ms(history: bytes) -> float:
+    """CPU ms of `start_epoch` on the document of `history` at its heads (median of 5)."""
+    doc = Document.load(history)
+    cut = Cut(1, "history", tuple(doc.get_heads()))
+    times = []
+    for _ in range(5):
+        start = time.process_time()
+        start_epoch(doc, cut)
+        times.append((time.process_time() - start) * 1000)
+    return median(times)
+
+
 def run_rounds(cases: dict[str, Case], reps: int) -> None:
     names = list(cases)
     for rep in range(reps):
@@ -204,6 +216,10 @@ def main() -> None:
             rows.append([label, side.split("_")[0], value, verdict(value, TARGET, at_least=False)])
     title = f"ratio to full-{small} (target <= {TARGET})"
     print_table(title, ["design", "side", "ratio", ""], rows)
+    start_ms = epoch_start_ms(histories[f"full-{large}"])
+    print(f"\nstarting an epoch from full-{large}: {start_ms:.1f} ms CPU on each server, "
+          f"{start_ms / args.epoch:.3f} ms per publish over an epoch of {args.epoch}")  # fmt: skip
+    ratios["epoch_start_cpu_ms"] = start_ms
     write_results(
         args.out,
         "history",

@@ -96,7 +96,8 @@ class Limits:
     whole request, and may stay idle between requests; a slower client is dropped."""
     epoch_publishes: int = 1000
     """Publishes in one epoch of a domain before its next epoch is proposed (by the server
-    whose name sorts first): the history each publish pays for (`app/epochs.py`)."""
+    whose name sorts first), or half the domain's objects and rules if more: the history
+    each publish pays for (`app/epochs.py`)."""
     relay_delay: float = 0.5
     """Seconds a server of a full mesh, linked to every other server, waits before passing
     on changes it got from one of them: the others almost always got them from their

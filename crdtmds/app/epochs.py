@@ -32,6 +32,7 @@ from crdtmds.app.documents import Documents
 from crdtmds.app.persistence import Persister
 from crdtmds.core.docdata import new_actor
 from crdtmds.core.domain import Domain
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.epochs import (
     carried_heads,
     carry_late,
@@ -114,6 +115,15 @@ class Epochs:
             await self._carry(domain, successor)
             await self._step(successor.document_id)
 
+    def epoch_length(self, state: DomainState) -> int:
+        """Publishes an epoch of this domain holds before the next one is proposed.
+
+        Starting an epoch writes the whole domain once on every server (~6 s of CPU at
+        10,000 rules), so a large domain's epochs last longer: half as many publishes as
+        it has objects and rules keeps that below ~1 ms per publish."""
+        content = len(state.objects) + sum(len(layer.rules) for layer in state.layers.values())
+        return max(self.publishes_per_epoch, content // 2)
+
     def _is_proposer(self) -> bool:
         servers = self.documents.cluster.servers()
         return bool(servers) and min(servers) == self.server_name
@@ -123,7 +133,7 @@ class Epochs:
             return
         if next_epoch(domain.doc) is not None:
             return
-        if len(domain.state.revisions) < self.publishes_per_epoch:
+        if len(domain.state.revisions) < self.epoch_length(domain.state):
             return
         with domain.lock:
             propose_next(

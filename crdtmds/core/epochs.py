@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from automerge.core import ROOT, Document
+from automerge.core import ROOT, Document, ObjType
 
 from crdtmds.core.docdata import (
     child_id,
@@ -91,15 +91,21 @@ def epoch_actor(cut: Cut) -> bytes:
 def start_epoch(previous: Document, cut: Cut) -> Document:
     """The first document of the epoch `cut` starts: the content of `previous` at the cut,
     without its revisions, in one change whose bytes every server computes alike."""
-    if not cut.heads or not has_heads(previous, cut.heads):
+    heads = list(cut.heads)
+    at_heads = set(heads) == set(previous.get_heads())  # spares listing every change
+    if not heads or not (at_heads or has_heads(previous, heads)):
         raise ValidationError("the previous document does not hold the cut")
-    content = read(previous, ROOT, list(cut.heads))
+    # Key by key, so that the revisions (most of a long history) are never read.
+    content = {}
+    for key in previous.keys(ROOT, heads):
+        if key not in ("revisions", EPOCH_KEY, NEXT_EPOCH_KEY):
+            value, obj = previous.get(ROOT, key, heads)
+            content[key] = read(previous, obj, heads) if isinstance(value, ObjType) else value[1]
     doc = Document()
     doc.set_actor(epoch_actor(cut))
     with doc.transaction() as tx:
         for key in sorted(content):
-            if key not in ("revisions", EPOCH_KEY):
-                put_value(tx, ROOT, key, content[key])
+            put_value(tx, ROOT, key, content[key])
         put_value(tx, ROOT, "revisions", [])
         # The map of carried heads is made here, by every server alike: made later by
         # two servers, one map would hide the other.

@@ -86,6 +86,7 @@ def test_the_epoch_holds_the_content_at_the_cut_and_no_revisions() -> None:
     epoch = _epoch_domain(a, cut)
     at_cut = a.state_at(cut.heads)
     assert content(epoch.state) == content(at_cut)
+    assert epoch.state.name == at_cut.name == "epochs"
     assert epoch.state.revisions == []
     assert cut_of(epoch.doc) == cut
     assert cut_of(a.doc) is None
