@@ -151,3 +151,15 @@ def test_web_api(tmp_path: Path) -> None:
             "web api, http.client",
         }
     assert results["publish_seconds"]["web api, aiohttp"]["count"] == 10
+
+
+def test_history(tmp_path: Path) -> None:
+    document = run_bench(
+        "history.py", tmp_path, "--sizes", "20,60", "--epoch", "20", "--reps", "3",
+        "--cache", str(tmp_path / "cache"),
+    )  # fmt: skip
+    cases = document["results"]["cases"]
+    assert set(cases) == {"full-20", "full-60", "compacted-20", "compacted-60", "epoch-60"}
+    assert all(len(case["origin_samples"]) == 3 for case in cases.values())
+    assert document["results"]["ratios"]["epoch-60/receive_cpu_ms"] > 0
+    assert (tmp_path / "cache").is_dir()
