@@ -126,6 +126,8 @@ def _status_report(
 def _heads_by_server(statuses: dict[str, dict[str, Any]], domain: str | None) -> dict[str, Any]:
     """One domain's (or, for None, the cluster document's) heads on every server."""
     heads: dict[str, list[str] | None] = {}
+    epochs: dict[str, str | None] = {}
+    """Per server, the document of the domain's newest epoch there (`app/epochs.py`)."""
     document_id = None
     for name, status in statuses.items():
         entry = (
@@ -134,10 +136,14 @@ def _heads_by_server(statuses: dict[str, dict[str, Any]], domain: str | None) ->
             else status.get("domains", {}).get(domain)
         )
         heads[name] = entry.get("heads") if entry else None
+        epochs[name] = (entry or {}).get("epoch-document-id")
         document_id = document_id or (entry or {}).get("document-id")
     distinct = {tuple(h) for h in heads.values() if h is not None}
     converged = None not in heads.values() and len(distinct) == 1 and () not in distinct
-    return {"document-id": document_id, "heads": heads, "converged": converged}
+    row = {"document-id": document_id, "heads": heads, "converged": converged}
+    if domain is not None:
+        row["epoch-document-id"] = epochs
+    return row
 
 
 async def query_status(
