@@ -181,6 +181,7 @@ class ClusterAdmin:
         await self._write(cluster.last_change())
         domain = self.documents.domains.get(entry["document-id"])
         if domain is not None and domain.is_domain_document():
+            domain = self.documents.current_epoch(domain)  # the name its newest epoch shows
             with domain.lock:  # a revert's worker thread may be using the document
                 with domain.doc.transaction() as tx:
                     put_value(tx, ROOT, "name", renamed["name"])

@@ -167,6 +167,8 @@ def carry_late(
     now = DomainState.from_plain(read(current))
     carried_map = _carried_map(current) if carrier else None
     with current.transaction() as tx:
+        if before.name != after.name:
+            put_value(tx, ROOT, "name", after.name)
         _carry_objects(tx, before, after, now)
         _carry_layers(tx, before, after, now)
         _carry_revisions(tx, before, after, now)

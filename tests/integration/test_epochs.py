@@ -72,6 +72,11 @@ async def test_epochs_roll_and_every_revision_stays_listed_and_revertable(
         await _publish_hosts(node, admin, ["later"])
         assert "later" in await _host_names(admin)
         assert len(await _revision_uids(admin)) == 11
+        # A rename reaches the document of the newest epoch, which every read is served from.
+        root = connect(node.api)
+        await root.login("root", domain=None)
+        await root.ok("set-domain", name="acme", **{"new-name": "acme-renamed"})
+        assert node.documents.domain("acme-renamed").state.name == "acme-renamed"
         await node.epochs.idle()
     finally:
         await node.close()

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from automerge.core import Document
+from automerge.core import ROOT, Document
 
-from crdtmds.core.docdata import fork_with_actor, new_actor, read
+from crdtmds.core.docdata import fork_with_actor, new_actor, put_value, read
 from crdtmds.core.domain import Domain
 from crdtmds.core.epochs import (
     Cut,
@@ -135,6 +135,8 @@ def test_publishes_concurrent_with_the_cut_are_carried_by_every_server() -> None
     session = _session(ea, "a")
     session.set_object("host", {"uid": web, "color": "red"})
     publish(session)
+    with b.doc.transaction() as tx:  # a rename, late too
+        put_value(tx, ROOT, "name", "renamed")
     # The late changes reach a; b starts the epoch too. Both carry them.
     a.doc.merge(b.doc)
     eb = _epoch_domain(b, cut)
@@ -145,6 +147,7 @@ def test_publishes_concurrent_with_the_cut_are_carried_by_every_server() -> None
     _exchange(ea, eb)
     assert ea.heads() == eb.heads()
     state = ea.state
+    assert state.name == "renamed"
     assert state.objects[web]["comments"] == "late"
     assert state.objects[web]["color"] == "red"  # the epoch's own edit survives
     assert db not in state.objects
