@@ -6,7 +6,7 @@ persisted (`after_change`):
 
 - the proposer, the server whose name sorts first in the cluster document, writes the
   cut and the next document's id into the domain's newest document once that epoch
-  holds `publishes_per_epoch` revisions;
+  holds `epoch_length` revisions;
 - every server that holds that record (and so the cut, which it follows) starts the next
   epoch's document, the same change on every server, and persists it;
 - what an earlier epoch's document gained after its cut (a publish of a server that had

@@ -1,25 +1,25 @@
 """Epochs of a domain: a new document that starts from a snapshot of the previous one.
 
-Automerge keeps every operation ever made, and a publish's cost grows with them: at
-20,000 publishes a transaction on the domain document costs ~10x and a peer's
-`receive_sync_message` ~14x what they cost at 1,000, while the same edits on a document
-holding only the current content cost what they cost in week one (figures in
-bench/README.md, "Years of history"). An epoch bounds that history: once the cluster
-agrees on a cut (heads of the current document that every server holds), each server
-starts the next epoch's document from the content at the cut.
+Automerge keeps every operation and every change ever made, and a publish pays for them:
+at 20,000 publishes a transaction on a domain document costs ~2.7x and a peer's
+`receive_sync_message` ~12x what they cost at 1,000, while the same publish into a
+document holding only the current content costs what it cost in week one (figures in
+bench/README.md, "Years of history"). An epoch bounds that history: at a cut (heads of
+the current document), each server starts the next epoch's document from the content at
+the cut (`start_epoch`); the cut and the next document's id are written into the current
+document (`propose_next`), so whoever holds that record holds the cut.
 
-Every server builds that document on its own, and all build the same bytes: the one
+Every server builds the next document on its own, and all build the same bytes: the one
 change is written by an actor derived from the previous document and the epoch number,
 with no dependencies, the content read at the cut (identical on every server that holds
 the cut) written in key order, and no timestamp. So no snapshot travels, and two
 servers that start the epoch concurrently hold one and the same change.
 
-The previous document is kept (read-only, loaded when needed): the revisions of an
-epoch live in its own document, and a revision's heads are read in the document that
-holds them. Publishes made concurrently with the cut land in the previous document after
-it; `carry_late` brings what they changed into the new one as field-level writes. Every
-server that sees such a change may carry it: carrying twice writes equal values, and
-revision entries carried twice are read once (`EpochChain.revisions`).
+The previous document is kept: the revisions of an epoch live in its own document, and a
+revision's heads are read in the document that holds them (`EpochChain`). Publishes made
+concurrently with the cut land in the previous document after it; `carry_late` brings
+what they changed into the new one as field-level writes, and records in the new
+document the heads it carried (`carried_heads`), so that nothing is carried twice.
 """
 
 from __future__ import annotations
