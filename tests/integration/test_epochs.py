@@ -80,3 +80,32 @@ async def test_epochs_roll_and_every_revision_stays_listed_and_revertable(
         await node.epochs.idle()
     finally:
         await node.close()
+
+
+async def test_a_draft_older_than_the_cut_survives_a_restart_and_its_publish_is_carried(
+    node: Server, tmp_path: Path
+) -> None:
+    await node.close()
+    node = await Server.open(tmp_path, limits=LIMITS)
+    try:
+        alice = connect(node.api)
+        await alice.login("alice")
+        await alice.ok("add-host", **host("from-old-draft", "198.51.100.1"))
+        root = connect(node.api)
+        await root.login("root")
+        await _publish_hosts(node, root, ["a", "b", "c", "d"])  # the domain rolls meanwhile
+        assert cut_of(node.documents.domain("acme").doc) is not None
+    finally:
+        await node.close()
+    node = await Server.open(tmp_path, limits=LIMITS)
+    try:
+        alice = connect(node.api)
+        await alice.login("alice", **{"continue-last-session": True})
+        await alice.ok("publish")  # into the first epoch's document, after its cut
+        await node.epochs.idle()
+        assert "from-old-draft" in await _host_names(alice)
+        assert {"a", "b", "c", "d"} <= await _host_names(alice)
+        uids = await _revision_uids(alice)
+        assert len(uids) == len(set(uids)) == 5
+    finally:
+        await node.close()
