@@ -163,3 +163,13 @@ def test_history(tmp_path: Path) -> None:
     assert all(len(case["origin_samples"]) == 3 for case in cases.values())
     assert document["results"]["ratios"]["epoch-60/receive_cpu_ms"] > 0
     assert (tmp_path / "cache").is_dir()
+
+
+def test_history_server(tmp_path: Path) -> None:
+    document = run_bench(
+        "history_server.py", tmp_path, "--sizes", "5,25", "--epoch", "5", "--reps", "3"
+    )
+    results = document["results"]
+    assert set(results["median_cpu_ms"]) == {"5", "25"}
+    assert set(results["ratios"]) == {"epochs", "one document"}
+    assert results["epoch_steps_cpu_s"] > 0
