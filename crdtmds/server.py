@@ -24,6 +24,7 @@ from crdtmds.api.tasks import Tasks
 from crdtmds.app.cluster_admin import ClusterAdmin
 from crdtmds.app.documents import Documents
 from crdtmds.app.lifecycle import Lifecycle
+from crdtmds.app.live_events import LiveEvents
 from crdtmds.app.logins import Logins
 from crdtmds.app.persistence import Persister
 from crdtmds.app.sessions import Sessions
@@ -50,6 +51,7 @@ from crdtmds.storage import LoadedDocuments, LoadProblem, Storage
 from crdtmds.storage.datadir_lock import DataDirLock
 from crdtmds.sync.gossip import Gossip
 from crdtmds.tls import certificate_fingerprints, make_self_signed, server_ssl_context
+from crdtmds.transports.console import ConsoleDoor
 from crdtmds.transports.http_api import HttpsListener, WebApiDoor
 from crdtmds.transports.ws import WebSocketListener
 from crdtmds.transports.ws_api import serve_api
@@ -96,6 +98,7 @@ class Server:
         self.logins = Logins(documents, self.sessions, config.secret, throttle=throttle)
         self.lifecycle = Lifecycle(documents, self.sessions, self.logins, persister)
         self.status = StatusView(config, documents)
+        self.live_events = LiveEvents(documents)
         self.api = AdminAPI(
             Services(
                 config, documents, self.sessions, self.cluster_admin, self.logins, self.status,
@@ -224,6 +227,7 @@ class Server:
             if self.listener is not None:
                 await self.listener.stop()
             if self.web_listener is not None:
+                self.live_events.close_all()  # the console's streams end at once
                 await self.web_listener.stop()
             await asyncio.gather(*self.links.background, return_exceptions=True)
         await self.close()
@@ -319,6 +323,7 @@ class Server:
             max_body=self.limits.max_message_size,
             timeout=self.limits.web_api_timeout,
             url=lambda: config.web_api_url,
+            routes=ConsoleDoor(self.documents, self.logins, self.live_events).routes(),
         )
         self.web_listener = HttpsListener(
             door,

@@ -2,7 +2,9 @@
 
 Every other service finds documents here, and learns of changes through its listeners:
 `on_changed(document_id)` after every persisted change a server made itself (a publish, a
-cluster write; gossip then offers it to the peers), and `on_cluster_updated()` whenever
+cluster write; gossip then offers it to the peers), `on_updated(document_id, origin)`
+after every persisted change whatever its origin (here or a peer: the console's live
+view), and `on_cluster_updated()` whenever
 the cluster document changed, from here or from a peer (the mesh then dials new servers;
 logins of administrators now deleted or locked end), and `on_domains_deleted(ids)` when
 domains this server held got a tombstone (their rows and sessions are then removed).
@@ -33,6 +35,7 @@ class Documents:
         self._changed_listeners: list[Callable[[str], None]] = []
         self._cluster_listeners: list[Callable[[], None]] = []
         self._deleted_listeners: list[Callable[[list[str]], None]] = []
+        self._updated_listeners: list[Callable[[str, str], None]] = []
 
     def take_loaded(self, documents: Mapping[str, Document]) -> None:
         """Adopt the documents loaded from storage, then list empty copies of the domains
@@ -124,11 +127,28 @@ class Documents:
         are gone from `domains` already); also for stored ones at load."""
         self._deleted_listeners.append(listener)
 
+    def on_updated(self, listener: Callable[[str, str], None]) -> None:
+        """Call `listener(document_id, origin)` after every persisted change to a live
+        document: `origin` is "here" for a change this server made, "peer" for one
+        received."""
+        self._updated_listeners.append(listener)
+
     def changed(self, document_id: str) -> None:
         """A change this server made to a live document is persisted: tell the listeners."""
         self._notify(document_id)
+        self._tell_updated(document_id, "here")
         if document_id == self.cluster.document_id:
             self.cluster_updated()
+
+    def received(self, document_id: str) -> None:
+        """Changes a peer sent to a live document are persisted: tell the listeners."""
+        self._tell_updated(document_id, "peer")
+        if document_id == self.cluster.document_id:
+            self.cluster_updated()
+
+    def _tell_updated(self, document_id: str, origin: str) -> None:
+        for listener in self._updated_listeners:
+            listener(document_id, origin)
 
     def cluster_updated(self) -> None:
         """Drop tombstoned domains, ask peers for newly listed ones, then tell the cluster

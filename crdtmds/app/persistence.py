@@ -71,8 +71,7 @@ class Persister:
         if changes is None:
             changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
         await self.persist(document_id, changes)
-        if document_id == self.documents.cluster.document_id:
-            self.documents.cluster_updated()
+        self.documents.received(document_id)
         return len(changes)
 
     def note_appended(self, document_id: str, changes: list[Change]) -> None:

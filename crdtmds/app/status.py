@@ -3,13 +3,15 @@ linked with, and the heads of every document it holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from crdtmds.app.documents import Documents
 from crdtmds.config import ServerConfig
 from crdtmds.core import auth
+from crdtmds.core.docdata import has_heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,30 @@ class StatusView:
         self.connections: Callable[[], Connections] = Connections
         self.web_api: dict[str, str] | None = None
         """The Web API door's URL and certificate fingerprints, once it listens."""
+        self.heard: dict[str, float] = {}
+        """When each other server last answered a status query from here (wall clock)."""
+
+    def note_heard(self, names: Iterable[str]) -> None:
+        now = time.time()
+        self.heard.update(dict.fromkeys(names, now))
+
+    def changes_missing(self, document_id: str, heads: list[str]) -> int | None:
+        """How many changes of the document this server holds that a server at `heads`
+        (hex) lacks: 0 when the heads are this server's; None when they name changes
+        this server does not hold (this one is behind)."""
+        doc = self.documents.document(document_id)
+        try:
+            wanted = {bytes.fromhex(h) for h in heads}
+        except (TypeError, ValueError):
+            return None
+        if doc is None:
+            return None
+        mine = set(doc.get_heads())
+        if wanted == mine:
+            return 0
+        if not has_heads(doc, list(wanted - mine)):
+            return None
+        return len(doc.get_changes(list(wanted)))
 
     def health(self) -> dict[str, Any]:
         """What anyone may know without a login: the server is up (a load balancer's
