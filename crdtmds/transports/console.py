@@ -56,10 +56,19 @@ SECURITY_HEADERS = {
 class ConsoleDoor:
     """The console's routes, for the Web API door's application."""
 
-    def __init__(self, documents: Documents, logins: Logins, events: LiveEvents) -> None:
+    def __init__(
+        self,
+        documents: Documents,
+        logins: Logins,
+        events: LiveEvents,
+        *,
+        keepalive: float = KEEPALIVE,
+    ) -> None:
         self.documents = documents
         self.logins = logins
         self.events = events
+        self.keepalive = keepalive
+        """Seconds between keep-alive comments; the login is checked at least this often."""
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -97,7 +106,7 @@ class ConsoleDoor:
         try:
             await _send(response, "ready", {"domain": _domain_name(login)})
             while not subscription.closed:
-                updates = await subscription.next(KEEPALIVE)
+                updates = await subscription.next(self.keepalive)
                 if self.logins.peek(sid) is None:
                     await _send(response, "ended", {"message": "the login ended or expired"})
                     break

@@ -226,7 +226,8 @@ def test_validation_error_is_shown_next_to_its_field_and_changes_nothing(
     expect(error).to_be_visible()
     expect(error).to_contain_text("not a valid IP address")
     expect(dialog.get_by_label("IPv4 address")).to_have_attribute("aria-invalid", "true")
-    expect(dialog.locator(".field", has=page.get_by_label("Name")).locator(".field-error")).to_be_hidden()
+    name_error = dialog.locator(".field", has=page.get_by_label("Name")).locator(".field-error")
+    expect(name_error).to_be_hidden()
     console.shot("validation-error")
     page.keyboard.press("Escape")
     expect(page.locator(".change-count")).to_have_text("0 unpublished changes")
@@ -316,9 +317,18 @@ def test_cluster_page_follows_a_server_down_and_back(
     expect(second).to_have_attribute("data-reachable", "false")
     expect(second.locator(".reachable")).to_contain_text("unreachable")
     console.shot("cluster-server-down")
+    expect(page.locator(f'tr[data-domain="{DOMAIN}"]')).to_have_attribute("data-converged", "false")
     cluster.second.start()
     expect(second).to_have_attribute("data-reachable", "true")
     expect(page.locator(f'tr[data-domain="{DOMAIN}"]')).to_have_attribute("data-converged", "true")
+    # A publish here: the plot measures until both servers hold it.
+    api, sid = cluster.api()
+    api.ok("add-host", {"name": "plotted", "ipv4-address": "192.0.2.99"}, sid=sid)
+    api.ok("publish", {}, sid=sid)
+    api.close()
+    expect(page.locator(".plot figcaption")).to_contain_text("last")
+    expect(page.locator(".plot rect")).to_have_count(1)
+    console.shot("cluster-latency")
 
 
 def test_expired_login_returns_to_the_login_page(

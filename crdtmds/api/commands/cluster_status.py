@@ -37,7 +37,9 @@ async def _show_cluster_status(call: Call) -> dict[str, Any]:
         for name, entry in report["domains"].items()
         if call.cluster.permission(call.login.admin, name) is not None
     }
+    everyone = all(server["reachable"] for server in report["servers"])
     for entry in readable.values():
+        entry["converged"] = entry["converged"] and everyone
         entry["changes-behind"] = {
             name: None if heads is None else status.changes_missing(entry["document-id"], heads)
             for name, heads in entry["heads"].items()

@@ -86,7 +86,7 @@ class ObjectsPage extends HTMLElement {
         dataset: { uid: o.uid }, class: (this.flash.get(o.uid) || 0) > now ? 'flash' : null },
       h('td', { class: 'name' }, o.name),
       fields.map(([key]) => h('td', null, Array.isArray(o[key]) ? names(o[key]) : o[key] ?? '')),
-      h('td', null, names(o.tags)), h('td', { class: 'comments' }, o.comments || ''),
+      h('td', null, names(o.tags)), h('td', { class: 'comments', title: o.comments || null }, o.comments || ''),
       h('td', { class: 'actions' },
         h('button', { type: 'button', onclick: () => this.edit(o), 'aria-label': `Edit ${o.name}` }, 'Edit'),
         h('button', { type: 'button', class: 'danger', onclick: () => this.remove(o), 'aria-label': `Delete ${o.name}` }, 'Delete')))))));
