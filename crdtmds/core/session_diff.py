@@ -48,6 +48,22 @@ def draft_changes(
     return {"added": added, "modified": modified, "deleted": deleted}
 
 
+def state_changes(before: DomainState, after: DomainState) -> dict[str, list[dict[str, Any]]]:
+    """What changed from one state of a domain to another (two revisions), in the shape
+    of a draft's changes: every object, rule and order of either is compared."""
+    touched = Touched(
+        objects=set(before.objects) | set(after.objects),
+        rules={
+            (layer_uid, uid)
+            for state in (before, after)
+            for layer_uid, layer in state.layers.items()
+            for uid in layer.rules
+        },
+        orders=set(before.layers) & set(after.layers),
+    )
+    return draft_changes(before, after, touched)
+
+
 def _add_moved_rules(
     base: DomainState, view: DomainState, touched: Touched, modified: list[dict[str, Any]]
 ) -> None:

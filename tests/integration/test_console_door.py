@@ -142,3 +142,25 @@ async def test_changes_missing_counts_what_a_server_lacks(client: TestClient, no
     assert status.changes_missing(domain.document_id, [h.hex() for h in domain.heads()]) == 0
     assert status.changes_missing(domain.document_id, ["ab" * 32]) is None
     assert status.changes_missing(domain.document_id, ["not hex"]) is None
+
+
+async def test_show_changes_of_a_published_revision(client: TestClient, node: Server) -> None:
+    sid = await login(client)
+    await call(client, sid, "add-host", name="r1", **{"ipv4-address": "192.0.2.20"})
+    await call(client, sid, "publish", comments="first")
+    await call(client, sid, "set-host", name="r1", **{"ipv4-address": "192.0.2.21"})
+    await call(client, sid, "add-access-rule", layer="Network", name="to r1", destination=["r1"])
+    await call(client, sid, "publish", comments="second")
+    second, first = (await call(client, sid, "show-revisions"))["objects"][:2]
+    reply = await call(client, sid, "show-changes", **{"to-session": first["uid"]})
+    assert [o["name"] for o in reply["added-objects"]] == ["r1"]
+    assert reply["modified-objects"] == reply["deleted-objects"] == []
+    reply = await call(client, sid, "show-changes", **{"to-session": second["session"]})
+    assert [o["name"] for o in reply["added-objects"]] == ["to r1"]
+    (modified,) = reply["modified-objects"]
+    assert modified["fields"]["ipv4-address"] == {"old": "192.0.2.20", "new": "192.0.2.21"}
+    assert {"r1"} <= {o["name"] for o in reply["objects-dictionary"]}
+    refused = await client.post(
+        "/web_api/show-changes", json={"to-session": "nope"}, headers={"X-chkp-sid": sid}
+    )
+    assert refused.status == 404

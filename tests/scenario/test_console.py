@@ -42,6 +42,7 @@ if not CHROMIUM.exists():
         allow_module_level=True,
     )
 expect = sync_api.expect
+expect.set_options(timeout=WAIT_MS)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -198,7 +199,13 @@ def test_publish_on_one_server_shows_live_on_the_other(
     dialog.get_by_role("button", name="Add").click()
     expect(rule_row(page, "allow web")).to_be_visible()
     expect(page.locator(".change-count")).to_have_text("2 unpublished changes")
-    editor.shot("session-before-publish")
+    page.get_by_role("button", name="Changes").click()
+    diff = page.get_by_role("dialog")
+    expect(diff.locator("li.added")).to_have_count(2)
+    expect(diff).to_contain_text("host web-1")
+    expect(diff).to_contain_text("access-rule allow web")
+    editor.shot("session-changes")
+    page.keyboard.press("Escape")
     publish(editor, "web rule")
     # The other server's console, open all along, shows the rule without a reload.
     row = rule_row(watcher.page, "allow web")
@@ -258,6 +265,11 @@ def test_revert_brings_the_rulebase_back(
     kept.get_by_role("button", name=re.compile("^Revert")).click()
     page.get_by_role("dialog").get_by_role("button", name="Revert").click()
     expect(revisions.first.locator("td").nth(3)).to_have_text(re.compile("^revert to revision"))
+    # What the delete published, read back from its revision.
+    deleted = revisions.filter(has=page.locator("td", has_text="deleted keep me"))
+    deleted.get_by_role("button", name=re.compile("^Changes")).click()
+    expect(page.get_by_role("dialog").locator("li.deleted")).to_have_text("− access-rule keep me")
+    page.keyboard.press("Escape")
     console.go("Rulebase")
     expect(rule_row(page, "keep me")).to_be_visible()
     console.shot("after-revert")
@@ -265,6 +277,45 @@ def test_revert_brings_the_rulebase_back(
              ["rulebase"] if r.get("type") == "access-rule"]  # fmt: skip
     api.close()
     assert "keep me" in names
+
+
+def test_the_rulebase_and_its_forms_work_from_the_keyboard(
+    cluster: Cluster, browser: Any, consoles: list[Console]
+) -> None:
+    api, sid = cluster.api()
+    for name in ("kb second", "kb first"):  # each to the top
+        api.ok("add-access-rule", {"layer": "Network", "position": "top", "name": name}, sid=sid)
+    api.ok("publish", {}, sid=sid)
+    api.close()
+    console = open_console(browser, consoles, cluster.web["k1"])
+    page = console.page
+    expect(rule_row(page, "kb second")).to_have_attribute("data-number", "2")
+    scroller = page.locator(".scroller")
+    scroller.focus()
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowDown")
+    expect(rule_row(page, "kb second")).to_have_class(re.compile("selected"))
+    # A focused control shows it.
+    outline = scroller.evaluate("e => getComputedStyle(e).outlineStyle")
+    assert outline not in ("", "none")
+    page.keyboard.press("Enter")  # edit the selected rule
+    dialog = page.get_by_role("dialog", name="Edit rule 2")
+    expect(dialog.get_by_label("Name")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(dialog.get_by_label("Source")).to_be_focused()
+    dialog.get_by_label("Comments").fill("typed, not clicked")
+    dialog.get_by_label("Comments").press("Enter")  # submits the form
+    expect(rule_row(page, "kb second").locator(".comments")).to_have_text("typed, not clicked")
+    scroller.focus()
+    page.keyboard.press("Alt+ArrowUp")  # move it up one place
+    expect(rule_row(page, "kb second")).to_have_attribute("data-number", "1")
+    expect(page.locator(".change-count")).to_have_text("1 unpublished change")
+    console.shot("keyboard-edit")
+    page.get_by_role("button", name="Discard").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("dialog").get_by_role("button", name="Discard").press("Enter")
+    expect(page.locator(".change-count")).to_have_text("0 unpublished changes")
+    expect(rule_row(page, "kb second")).to_have_attribute("data-number", "2")
 
 
 def test_names_and_comments_are_shown_escaped_never_run(

@@ -13,7 +13,9 @@ from crdtmds.api.params import (
 )
 from crdtmds.api.replies import domain_ref
 from crdtmds.core import names
+from crdtmds.core.docdata import unhex_heads
 from crdtmds.core.domain_state import DomainState
+from crdtmds.core.session_diff import state_changes
 from crdtmds.errors import InvalidParameter, MissingParameter, ObjectNotFound, ValidationError
 
 log = logging.getLogger("crdtmds.api")
@@ -70,6 +72,39 @@ def _find_revision(state: DomainState, ref: str) -> dict[str, Any]:
         if ref in (revision.get("uid"), revision.get("session")):
             return revision
     raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})
+
+
+def revision_changes(
+    call: Call, ref: str
+) -> tuple[dict[str, list[dict[str, Any]]], DomainState, DomainState]:
+    """The changes of the published revision `ref` (its uid or its session's): from the
+    revision listed before it (or an empty domain) to it, with both states. Of two
+    revisions published at once on two servers, the one listed later also shows the
+    other's changes."""
+    entry = call.domain_entry()
+    domain = call.services.documents.domain(entry["document-id"])
+    revisions = domain.state.revisions
+    index = next(
+        (i for i in reversed(range(len(revisions)))
+         if ref in (revisions[i].get("uid"), revisions[i].get("session"))),
+        None,
+    )  # fmt: skip
+    if index is None:
+        raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})
+    after = domain.state_at(_content_heads(revisions[index], ref))
+    before = (
+        domain.state_at(_content_heads(revisions[index - 1], ref))
+        if index > 0
+        else DomainState(name=after.name)
+    )
+    return state_changes(before, after), before, after
+
+
+def _content_heads(revision: Mapping[str, Any], ref: str) -> list[bytes]:
+    heads = revision.get("heads")
+    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+        raise ValidationError(f"revision '{ref}' has no content heads")
+    return unhex_heads(heads)
 
 
 async def _verify_policy(call: Call) -> dict[str, Any]:

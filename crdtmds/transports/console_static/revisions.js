@@ -2,6 +2,7 @@
 // details; revert to one (a new revision, published at once).
 
 import { h, clear, openDialog } from './dom.js';
+import { renderChanges } from './session.js';
 
 class RevisionsPage extends HTMLElement {
   connectedCallback() {
@@ -34,14 +35,23 @@ class RevisionsPage extends HTMLElement {
         h('td', null, r.admin), h('td', null, r.server),
         h('td', { class: 'comments' }, r.comments || ''), h('td', null, r.changes),
         h('td', { class: 'actions' },
-          h('button', { type: 'button', onclick: () => this.details(r) }, 'Details'),
+          h('button', { type: 'button', onclick: () => this.details(r), 'aria-label': `Changes of the revision of ${r['published-at']}` }, 'Changes'),
           i === 0 ? null : h('button', { type: 'button', class: 'danger', onclick: () => this.revert(r),
             'aria-label': `Revert to the revision of ${r['published-at']}` }, 'Revert to this')))))));
   }
 
-  details(revision) {
-    openDialog('Revision', h('dl', null, Object.entries(revision).filter(([k]) => k !== 'domain').map(([k, v]) =>
-      [h('dt', null, k), h('dd', null, Array.isArray(v) ? v.join(' ') : String(v))])));
+  // Who, when and what: the changes this revision published.
+  async details(revision) {
+    const changes = h('div', { class: 'diff' }, 'Loading…');
+    openDialog(`Revision of ${new Date(revision['published-at']).toLocaleString()}`, h('div', null,
+      h('dl', null, ['admin', 'server', 'comments', 'changes', 'uid'].map((k) =>
+        [h('dt', null, k), h('dd', null, String(revision[k] ?? ''))])),
+      h('h3', null, 'Changes'), changes));
+    try {
+      renderChanges(changes, await this.ctx.api.call('show-changes', { 'to-session': revision.uid }));
+    } catch (err) {
+      clear(changes, h('p', { class: 'form-error' }, err.message));
+    }
   }
 
   revert(revision) {

@@ -185,7 +185,9 @@ class RulebasePage extends HTMLElement {
     const steps = { ArrowDown: 1, ArrowUp: -1, PageDown: 15, PageUp: -15 };
     const count = this.rows.length;
     if (!count || event.target !== this.scroller) return;
-    if (event.key in steps) this.select(this.selected + steps[event.key]);
+    if (event.altKey && (event.key === 'ArrowUp' || event.key === 'ArrowDown')) {
+      this.moveSelected(event.key === 'ArrowUp' ? -1 : 1);
+    } else if (event.key in steps) this.select(this.selected + steps[event.key]);
     else if (event.key === 'Home') this.select(0);
     else if (event.key === 'End') this.select(count - 1);
     else if (event.key === 'Enter' || event.key === 'Delete') {
@@ -203,6 +205,17 @@ class RulebasePage extends HTMLElement {
     if (top < scrollTop) this.scroller.scrollTop = top;
     else if (top + ROW > scrollTop + clientHeight) this.scroller.scrollTop = top + ROW - clientHeight;
     this.render();
+  }
+
+  // Alt+Arrow: the selected rule one place up or down, in the session.
+  async moveSelected(step) {
+    const row = this.rows[this.selected];
+    const rule = row?.kind === 'rule' && !this.query && this.cache.get(row.index);
+    if (!rule) return;
+    const target = rule['rule-number'] + step;
+    if (target < 1 || target > this.rows.filter((r) => r.kind === 'rule').length) return;
+    await this.change('set-access-rule', { uid: rule.uid, 'new-position': target });
+    this.select(this.rows.findIndex((r) => r.kind === 'rule' && r.index === target - 1));
   }
 
   // Scroll to rule `number` (from the side panel's where-used list).
@@ -283,6 +296,8 @@ function ruleParams(form, rule) {
   const place = (rule ? f['new-position'] : f.position).value.trim();
   const position = /^\d+$/.test(place) ? Number(place) : place;
   if (rule) {
+    delete params.name;
+    if (f.name.value !== (rule.name || '')) params['new-name'] = f.name.value;
     params.uid = rule.uid;
     if (place) params['new-position'] = position;
   } else {
