@@ -32,6 +32,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "console"
 WAIT_MS = 20_000
 """Milliseconds any one browser expectation may take (convergence included)."""
 DOMAIN = "acme"
+OTHER_DOMAIN = "beta"
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
@@ -82,7 +83,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         second.start()
         pair = Cluster(first, second)
         api = WebApi(pair.web["k1"])
-        api.ok("add-domain", {"name": DOMAIN}, sid=api.login())
+        sid = api.login()
+        for name in (DOMAIN, OTHER_DOMAIN):
+            api.ok("add-domain", {"name": name}, sid=sid)
         api.close()
         yield pair
     finally:
@@ -185,6 +188,10 @@ def test_publish_on_one_server_shows_live_on_the_other(
 ) -> None:
     watcher = open_console(browser, consoles, cluster.web["k2"])
     expect(watcher.page.locator(".total")).to_have_text(re.compile(r"\d+ rules?"))
+    objects = open_console(browser, consoles, cluster.web["k2"])
+    objects.go("Objects")
+    objects.page.get_by_role("tab", name="Hosts").click()
+    expect(objects.page.locator(".total")).to_have_text(re.compile(r"\d+ hosts"))
     editor = open_console(browser, consoles, cluster.web["k1"])
     add_host(editor, "web-1", "192.0.2.10")
     expect(editor.page.locator("td.name", has_text="web-1")).to_be_visible()
@@ -213,6 +220,8 @@ def test_publish_on_one_server_shows_live_on_the_other(
     expect(row.locator(".refs").nth(1)).to_have_text("web-1")
     expect(row).to_have_class(re.compile("flash"))
     watcher.shot("live-update-on-second-server")
+    host = objects.page.locator("tr", has=objects.page.locator("td.name", has_text="web-1"))
+    expect(host).to_have_class(re.compile("flash"))
     # The side panel: the object under a name, and where it is used.
     row.get_by_role("button", name="web-1").click()
     panel = watcher.page.locator("aside.panel")
@@ -236,10 +245,17 @@ def test_validation_error_is_shown_next_to_its_field_and_changes_nothing(
     name_error = dialog.locator(".field", has=page.get_by_label("Name")).locator(".field-error")
     expect(name_error).to_be_hidden()
     console.shot("validation-error")
+    # An oversize name: refused, and said next to the name.
+    dialog.get_by_label("Name").fill("n" * 5000)
+    dialog.get_by_label("IPv4 address").fill("192.0.2.77")
+    dialog.get_by_role("button", name="Add").click()
+    expect(name_error).to_contain_text("longer than")
+    expect(error).to_be_hidden()
     page.keyboard.press("Escape")
     expect(page.locator(".change-count")).to_have_text("0 unpublished changes")
     api, sid = cluster.api()
     assert api.ok("show-hosts", {"filter": "bad-host"}, sid=sid)["total"] == 0
+    assert api.ok("show-hosts", {"filter": "nnnn"}, sid=sid)["total"] == 0
     api.close()
     assert cluster.heads() == before
 
@@ -268,7 +284,8 @@ def test_revert_brings_the_rulebase_back(
     # What the delete published, read back from its revision.
     deleted = revisions.filter(has=page.locator("td", has_text="deleted keep me"))
     deleted.get_by_role("button", name=re.compile("^Changes")).click()
-    expect(page.get_by_role("dialog").locator("li.deleted")).to_have_text("− access-rule keep me")
+    removed = page.get_by_role("dialog").locator("li.deleted")
+    expect(removed).to_have_text("\u2212 access-rule keep me")
     page.keyboard.press("Escape")
     console.go("Rulebase")
     expect(rule_row(page, "keep me")).to_be_visible()
@@ -380,6 +397,24 @@ def test_cluster_page_follows_a_server_down_and_back(
     expect(page.locator(".plot figcaption")).to_contain_text("last")
     expect(page.locator(".plot rect")).to_have_count(1)
     console.shot("cluster-latency")
+
+
+def test_an_administrator_of_several_domains_picks_one(
+    cluster: Cluster, browser: Any, consoles: list[Console]
+) -> None:
+    console = Console(browser, cluster.web["k2"])
+    consoles.append(console)
+    page = console.page
+    page.goto(console.url + "/")
+    page.get_by_label("User").fill(ADMIN)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()  # no domain given
+    picker = page.get_by_label("Domain")
+    expect(picker.locator("option")).to_have_text([DOMAIN, OTHER_DOMAIN])
+    picker.select_option(OTHER_DOMAIN)
+    page.get_by_role("button", name="Open").click()
+    expect(page.locator(".where")).to_have_text(f"{ADMIN} @ {OTHER_DOMAIN} on server k2")
+    expect(page.locator(".total")).to_have_text("0 rules")
 
 
 def test_expired_login_returns_to_the_login_page(
