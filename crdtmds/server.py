@@ -14,6 +14,7 @@ import logging
 import secrets
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -318,20 +319,7 @@ class Server:
         cert, key = web_api_tls_files(config, self.data_dir)
         context = server_ssl_context(cert, key)
         assert context is not None, "both files are named"
-        door = WebApiDoor(
-            self.api,
-            max_body=self.limits.max_message_size,
-            timeout=self.limits.web_api_timeout,
-            url=lambda: config.web_api_url,
-            routes=ConsoleDoor(self.documents, self.logins, self.live_events).routes(),
-        )
-        self.web_listener = HttpsListener(
-            door,
-            config.web_api_host,
-            config.web_api_port,
-            ssl=context,
-            timeout=self.limits.web_api_timeout,
-        )
+        self.web_listener = _web_api_listener(self, context)
         url = await self.web_listener.start()
         port = self.web_listener.port
         if (port, url) != (config.web_api_port, config.web_api_url):
@@ -363,6 +351,23 @@ class Server:
         if self.fatal is None:
             self.fatal = exc
         self.request_stop()
+
+
+def _web_api_listener(server: Server, context: ssl.SSLContext) -> HttpsListener:
+    """The HTTPS listener of the Web API door and, beside it, the console."""
+    config, limits = server.config, server.limits
+    console = ConsoleDoor(server.documents, server.logins, server.live_events)
+    door = WebApiDoor(
+        server.api,
+        max_body=limits.max_message_size,
+        timeout=limits.web_api_timeout,
+        url=lambda: config.web_api_url,
+        routes=console.routes(),
+    )
+    return HttpsListener(
+        door, config.web_api_host, config.web_api_port, ssl=context,
+        timeout=limits.web_api_timeout,
+    )  # fmt: skip
 
 
 def web_api_tls_files(config: ServerConfig, data_dir: Path) -> tuple[str, str]:
