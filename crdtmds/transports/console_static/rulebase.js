@@ -56,6 +56,10 @@ class RulebasePage extends HTMLElement {
     const generation = ++this.generation;
     const api = this.ctx.api;
     const filter = this.filter.value.trim();
+    const fresh = { rows: [], cache: new Map(), loading: new Map(), query: filter };
+    // The page of rules most likely in view, asked for alongside the layout.
+    const guess = Math.max(0, Math.floor(this.scroller.scrollTop / ROW) - OVERSCAN);
+    this.fetchChunk(fresh, Math.floor(guess / CHUNK));
     let rows;
     try {
       if (filter) {
@@ -70,7 +74,7 @@ class RulebasePage extends HTMLElement {
     }
     if (generation !== this.generation) return;
     const old = this.cache;
-    const fresh = { rows, cache: new Map(), loading: new Map(), query: filter };
+    fresh.rows = rows;
     await Promise.all(this.visibleChunks(rows).map((c) => this.fetchChunk(fresh, c)));
     if (generation !== this.generation) return;
     if (live) this.markChanged(old, fresh.cache);
