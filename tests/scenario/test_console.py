@@ -426,5 +426,13 @@ def test_expired_login_returns_to_the_login_page(
     api.ok("logout", {}, sid=sid)  # as the server does once a login expires
     api.close()
     console.go("Objects")
-    expect(console.page.locator(".notice")).to_contain_text("Log in again")
-    expect(console.page.get_by_label("User")).to_be_visible()
+    page = console.page
+    expect(page.locator(".notice")).to_contain_text("Log in again")
+    page.get_by_label("User").fill(ADMIN)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_label("Domain").fill(DOMAIN)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator(".live-state")).to_have_text("live")
+    # Back where it was, working.
+    expect(page.get_by_role("link", name="Objects")).to_have_attribute("aria-current", "page")
+    expect(page.locator(".total")).to_have_text(re.compile(r"^\d+ hosts$"))

@@ -26,6 +26,11 @@ class ConsoleApp extends HTMLElement {
       `Your login ended or expired (${e.detail}). Log in again.`));
     this.api.addEventListener('logged-out', () => this.showLogin('You are logged out.'));
     window.addEventListener('hashchange', () => this.route());
+    this.live.addEventListener('state', (e) => {
+      if (!this.liveBadge) return;
+      this.liveBadge.textContent = e.detail;
+      this.liveBadge.dataset.state = e.detail;
+    });
     if (this.api.sid) this.showMain(); else this.showLogin();
   }
 
@@ -40,11 +45,8 @@ class ConsoleApp extends HTMLElement {
 
   showMain() {
     const { user, domain, server } = this.api.login;
-    this.liveBadge = h('span', { class: 'live-state', role: 'status', 'aria-live': 'polite' }, 'connecting');
-    this.live.addEventListener('state', (e) => {
-      this.liveBadge.textContent = e.detail;
-      this.liveBadge.dataset.state = e.detail;
-    });
+    this.liveBadge = h('span', { class: 'live-state', role: 'status', 'aria-live': 'polite',
+      dataset: { state: this.live.state } }, this.live.state);
     this.nav = h('nav', { 'aria-label': 'Pages' }, PAGES.map(([id, label]) =>
       h('a', { href: `#/${id}`, dataset: { page: id } }, label)));
     const sessionBar = h('crd-session-bar');

@@ -13,6 +13,7 @@ export class LiveStream extends EventTarget {
   start() {
     if (!this.stopped) return;
     this.stopped = false;
+    this.setState('connecting');
     this.run();
   }
 
@@ -28,8 +29,10 @@ export class LiveStream extends EventTarget {
   }
 
   async run() {
+    const run = (this.runs = (this.runs || 0) + 1); // a stop and a start end the older loop
+    const current = () => !this.stopped && run === this.runs;
     let pause = 500;
-    while (!this.stopped) {
+    while (current()) {
       const abort = new AbortController();
       this.abort = abort;
       try {
@@ -45,14 +48,14 @@ export class LiveStream extends EventTarget {
           await this.read(response.body);
         }
       } catch {
-        if (this.stopped) break;
+        if (!current()) break;
       }
-      if (this.stopped) break;
+      if (!current()) break;
       this.setState('reconnecting');
       await new Promise((done) => setTimeout(done, pause));
       pause = Math.min(pause * 2, 5000);
     }
-    this.setState('stopped');
+    if (run === this.runs) this.setState('stopped');
   }
 
   async read(body) {

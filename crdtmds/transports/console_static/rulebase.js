@@ -42,10 +42,14 @@ class RulebasePage extends HTMLElement {
     this.ctx.live.addEventListener('domain', this.onDomain);
     this.ctx.live.addEventListener('ready', this.onReady);
     this.addEventListener('session-changed', () => this.load({ live: false }));
-    this.load();
+    // The first load waits for the stream (so that no publish falls between the two),
+    // but not long if the stream is slow; a later `ready` is a reconnect: reload.
+    if (this.ctx.live.state === 'live') this.load();
+    else this.fallback = setTimeout(() => { if (!this.generation) this.load(); }, 1000);
   }
 
   disconnectedCallback() {
+    clearTimeout(this.fallback);
     this.ctx.live.removeEventListener('domain', this.onDomain);
     this.ctx.live.removeEventListener('ready', this.onReady);
   }
@@ -77,8 +81,9 @@ class RulebasePage extends HTMLElement {
     fresh.rows = rows;
     await Promise.all(this.visibleChunks(rows).map((c) => this.fetchChunk(fresh, c)));
     if (generation !== this.generation) return;
-    if (live) this.markChanged(old, fresh.cache);
+    if (live && this.loaded) this.markChanged(old, fresh.cache);
     Object.assign(this, fresh);
+    this.loaded = true;
     this.selected = Math.min(this.selected, Math.max(rows.length - 1, 0));
     const count = rows.filter((r) => r.kind === 'rule').length;
     this.total.textContent = `${count} rule${count === 1 ? '' : 's'}${filter ? ' match' : ''}`;
