@@ -11,6 +11,9 @@ tab's sessionStorage before the page runs) and the page reports, by its own cloc
 - *scroll to last*: the scroller jumped to its end -> the last rule's row is on screen
   with its data (timed inside the page, one animation frame at a time).
 
+The duration of each Web API call the page made before its first rows is listed too
+(request sent -> reply read, by the page's resource timing).
+
 Targets: first rows < 1 s at 10,000 rules, and at most 2x the 10-rule figure.
 Browser: Debian's chromium (``/usr/bin/chromium``) driven by Playwright.
 
@@ -43,6 +46,10 @@ CHROMIUM = "/usr/bin/chromium"
 TARGET_FIRST_ROWS_MS = 1000.0
 TARGET_RATIO = 2.0
 SECTION_EVERY = 1000
+WEB_API_CALLS = """() => Object.fromEntries(performance.getEntriesByType('resource')
+  .filter((e) => e.name.includes('/web_api/') && e.startTime < window.crdRowsPainted)
+  .map((e) => [e.name.split('/').pop(), e.duration]))"""
+"""The duration of each Web API call made before the first rows (the last of a name)."""
 SCROLL_TO_LAST = """async (total) => {
   const scroller = document.querySelector('crd-rulebase .scroller');
   const started = performance.now();
@@ -111,15 +118,19 @@ def browse(web_url: str, layers: dict[str, tuple[str, int]], reps: int) -> dict[
                 order = list(layers) if rep % 2 == 0 else list(reversed(layers))
                 for domain in order:
                     sid, total = layers[domain]
-                    first, scroll = load_once(browser, web_url, domain, sid, total)
+                    first, scroll, calls = load_once(browser, web_url, domain, sid, total)
                     samples[domain]["first rows"].append(first)
                     samples[domain]["scroll to last"].append(scroll)
+                    for command, duration in calls.items():
+                        samples[domain].setdefault(command, []).append(duration)
         finally:
             browser.close()
     return samples
 
 
-def load_once(browser: Any, web_url: str, domain: str, sid: str, total: int) -> tuple[float, float]:
+def load_once(
+    browser: Any, web_url: str, domain: str, sid: str, total: int
+) -> tuple[float, float, dict[str, float]]:
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 850})
     login = json.dumps({"sid": sid, "user": BENCH_ADMIN, "domain": domain, "server": "s1"})
     context.add_init_script(
@@ -130,10 +141,11 @@ def load_once(browser: Any, web_url: str, domain: str, sid: str, total: int) -> 
         page.goto(web_url + "/#/rulebase", wait_until="commit")
         page.wait_for_function("() => window.crdRowsPainted !== undefined", timeout=30_000)
         first = float(page.evaluate("() => window.crdRowsPainted"))
+        calls = page.evaluate(WEB_API_CALLS)
         scroll = float(page.evaluate(SCROLL_TO_LAST, total))
     finally:
         context.close()
-    return first, scroll
+    return first, scroll, calls
 
 
 async def main() -> None:
@@ -165,12 +177,14 @@ async def main() -> None:
 def report(args: Any, samples: dict[str, dict[str, list[float]]]) -> None:
     rows = []
     results: dict[str, Any] = {}
-    for step in ("first rows", "scroll to last"):
-        big, small = median(samples["big"][step]), median(samples["small"][step])
+    steps = ["first rows", "scroll to last"]
+    steps += sorted({k for d in samples.values() for k in d} - set(steps))  # Web API calls
+    for step in steps:
+        big, small = (_median_or_nan(samples[d].get(step, [])) for d in ("big", "small"))
         rows.append([step, small, big, ratio(big, small)])
         results[step] = {"10 rules ms": small, f"{args.rules} rules ms": big,
                          "ratio": ratio(big, small),
-                         "samples": {d: samples[d][step] for d in samples}}  # fmt: skip
+                         "samples": {d: samples[d].get(step, []) for d in samples}}  # fmt: skip
     print_table(
         f"console rulebase, median of {args.reps} cold page loads (ms)",
         ["step", "10 rules", f"{args.rules} rules", "ratio"],
@@ -187,6 +201,10 @@ def report(args: Any, samples: dict[str, dict[str, list[float]]]) -> None:
         args.out, NAME, parameters={"rules": args.rules, "reps": args.reps}, results=results,
         targets={"first rows ms": TARGET_FIRST_ROWS_MS, "ratio": TARGET_RATIO},
     )  # fmt: skip
+
+
+def _median_or_nan(values: list[float]) -> float:
+    return median(values) if values else float("nan")
 
 
 if __name__ == "__main__":
