@@ -333,6 +333,13 @@ def test_the_rulebase_and_its_forms_work_from_the_keyboard(
     page.get_by_role("dialog").get_by_role("button", name="Discard").press("Enter")
     expect(page.locator(".change-count")).to_have_text("0 unpublished changes")
     expect(rule_row(page, "kb second")).to_have_attribute("data-number", "2")
+    # With a mouse, a drag moves it too.
+    rule_row(page, "kb second").locator(".num").drag_to(rule_row(page, "kb first").locator(".num"))
+    expect(rule_row(page, "kb second")).to_have_attribute("data-number", "1")
+    expect(page.locator(".change-count")).to_have_text("1 unpublished change")
+    page.get_by_role("button", name="Discard").click()
+    page.get_by_role("dialog").get_by_role("button", name="Discard").click()
+    expect(page.locator(".change-count")).to_have_text("0 unpublished changes")
 
 
 def test_names_and_comments_are_shown_escaped_never_run(

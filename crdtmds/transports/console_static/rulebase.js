@@ -173,6 +173,10 @@ class RulebasePage extends HTMLElement {
     const flashing = (this.flash.get(rule.uid) || 0) > now;
     return h('div', { class: `row rule${rule.enabled === false ? ' disabled' : ''}${flashing ? ' flash' : ''}`,
       role: 'row', id: `row-${i}`, dataset: { uid: rule.uid, number: rule['rule-number'] },
+      draggable: this.query ? null : 'true',
+      ondragstart: (e) => { e.dataTransfer.setData('text/x-crdtmds-rule', rule.uid); },
+      ondragover: (e) => { if (e.dataTransfer.types.includes('text/x-crdtmds-rule')) e.preventDefault(); },
+      ondrop: (e) => this.dropOn(e, rule),
       onclick: () => { this.selected = i; this.render(); } },
     h('span', { role: 'gridcell', class: 'num' }, rule['rule-number']),
     h('span', { role: 'gridcell', class: 'name' }, rule.name || ''),
@@ -214,6 +218,14 @@ class RulebasePage extends HTMLElement {
     if (top < scrollTop) this.scroller.scrollTop = top;
     else if (top + ROW > scrollTop + clientHeight) this.scroller.scrollTop = top + ROW - clientHeight;
     this.render();
+  }
+
+  // A rule dragged onto another takes its place (the other moves down, or up).
+  async dropOn(event, target) {
+    event.preventDefault();
+    const uid = event.dataTransfer.getData('text/x-crdtmds-rule');
+    if (!uid || uid === target.uid) return;
+    await this.change('set-access-rule', { uid, 'new-position': target['rule-number'] });
   }
 
   // Alt+Arrow: the selected rule one place up or down, in the session.
