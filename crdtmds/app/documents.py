@@ -77,7 +77,7 @@ class Documents:
         residency: Residency | None = None,
     ) -> None:
         self.cluster = ClusterDocument(cluster_document_id, Document())
-        self.residency = residency or Residency()
+        self.residency = residency if residency is not None else Residency()
         self._loader = loader
         self._loaded: dict[str, Domain] = {}
         """The domains in memory (including empty copies awaiting sync)."""

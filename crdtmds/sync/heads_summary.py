@@ -10,14 +10,16 @@ document (session `SUMMARY_SESSION`; stock peers never get one, see `wants_summa
 1. ``listed``: the domains whose heads differ from what it agreed with this peer (or
    that it has no record or no known heads for), each with its heads;
 2. once it has the peer's list, ``digest``: a hash over the agreed records of every
-   other domain. Equal digests prove both sides hold the same records for the rest
-   (a server restored from a backup would not): only the listed domains are synced.
-   Different digests fall back to syncing every domain, as a stock peer does.
+   domain neither side listed, and ``answers``: its own heads of the domains the peer
+   listed and it did not. Equal digests prove both sides hold the same records for the
+   rest (a server restored from a backup would not): only the listed domains are
+   synced. Different digests fall back to syncing every domain, as a stock peer does.
 
-A domain listed by both sides with the same heads is in sync already (its record is
-updated). The dialer drives the sync of the others: its first message about such a domain
-names the agreed heads as what the peer has (`crafted_first_message`), so each side
-sends only the changes made since, not a Bloom filter of the whole history.
+A listed domain whose heads are the same on both sides is in sync already (its record is
+updated: the last message of a sync often tells only one side that both agree). The
+dialer drives the sync of the others: its first message about such a domain names the
+agreed heads as what the peer has (`crafted_first_message`), so each side sends only
+the changes made since, not a Bloom filter of the whole history.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Exchange:
     ours: dict[str, list[bytes] | None] = field(default_factory=dict)
     theirs: dict[str, list[bytes] | None] | None = None
     our_digest: bytes | None = None
+    answers: dict[str, list[bytes] | None] = field(default_factory=dict)
+    """The peer's heads of the domains we listed and it did not."""
     done: bool = False
 
 
@@ -104,8 +108,15 @@ def encode_listed(docs: Mapping[str, list[bytes] | None]) -> bytes:
     return cbor2.dumps({"listed": joined})
 
 
-def encode_digest(value: bytes) -> bytes:
-    return cbor2.dumps({"digest": value})
+def answers(source: HeadsSource, exchange: Exchange) -> dict[str, list[bytes] | None]:
+    """Our heads of the domains the peer listed and we did not."""
+    theirs = exchange.theirs or {}
+    return {d: source.heads_of(d) for d in theirs if d not in exchange.ours}
+
+
+def encode_digest(value: bytes, heads: Mapping[str, list[bytes] | None]) -> bytes:
+    joined = {d: b"".join(sorted(h)) if h is not None else None for d, h in heads.items()}
+    return cbor2.dumps({"digest": value, "answers": joined})
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -118,7 +129,9 @@ def decode(data: bytes) -> dict[str, Any]:
         raise ProtocolError("malformed heads summary: not a map")
     if "listed" in fields:
         fields["listed"] = _listed_field(fields["listed"])
-    elif not isinstance(fields.get("digest"), bytes):
+    elif isinstance(fields.get("digest"), bytes):
+        fields["answers"] = _listed_field(fields.get("answers", {}))
+    else:
         raise ProtocolError("malformed heads summary: neither listed nor digest")
     return fields
 
@@ -141,10 +154,10 @@ def to_sync(exchange: Exchange, source: HeadsSource, digests_match: bool) -> lis
     listed with the same heads as agreed."""
     if not digests_match:
         return list(source.domain_ids())
-    theirs = exchange.theirs or {}
+    theirs = {**exchange.answers, **(exchange.theirs or {})}
     result: list[str] = []
     for document_id in {*exchange.ours, *theirs}:
-        mine, other = exchange.ours.get(document_id), theirs.get(document_id)
+        mine, other = source.heads_of(document_id), theirs.get(document_id)
         if mine is not None and other is not None and sorted(mine) == sorted(other):
             source.record_agreed(exchange.peer_key, document_id, mine)
             continue

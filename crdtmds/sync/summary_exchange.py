@@ -63,11 +63,13 @@ class SummaryExchanges:
             exchange.theirs = fields["listed"]
             excluded = {*exchange.ours, *exchange.theirs}
             exchange.our_digest = heads_summary.digest(source, exchange.peer_key, excluded)
-            self._send(conn, heads_summary.encode_digest(exchange.our_digest))
+            answers = heads_summary.answers(source, exchange)
+            self._send(conn, heads_summary.encode_digest(exchange.our_digest, answers))
             return
         if exchange.theirs is None:
             return  # a digest before the list: out of order, wait for the list
         exchange.done = True
+        exchange.answers = fields["answers"]
         match = fields["digest"] == exchange.our_digest
         for document_id in heads_summary.to_sync(exchange, source, match):
             self._follow(conn, source, document_id, exchange.peer_key if match else None)
