@@ -41,6 +41,7 @@ from crdtmds.config import (
     new_server_id,
 )
 from crdtmds.core import auth
+from crdtmds.core.cluster import ClusterDocument
 from crdtmds.errors import ClusterError, StorageCorruption, StorageError
 from crdtmds.net.admission import Admission
 from crdtmds.net.catchup import JOIN_TIMEOUT, CatchUp
@@ -400,8 +401,10 @@ async def _load_catalogue(server: Server) -> None:
     except StorageCorruption as exc:
         raise _damaged_store_error(server.data_dir, _problems_of(cluster_id, exc)) from exc
     server.persister.track_loaded([cluster_id])
-    server.documents.take_catalogue(cluster or Document(), await server.storage.heads.catalogue())
+    catalogue = await server.storage.heads.catalogue()
+    server.documents.cluster = ClusterDocument(cluster_id, cluster or Document())
     await server.heads.load()
+    server.documents.take_catalogue(server.documents.cluster.doc, catalogue)
 
 
 def _pin_busy_domains(

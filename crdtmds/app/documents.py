@@ -106,7 +106,8 @@ class Documents:
     def take_catalogue(self, cluster: Document, stored: Mapping[str, list[bytes] | None]) -> None:
         """Start from the cluster document and the ids (and known heads) of the stored
         domains, none loaded."""
-        self.cluster = ClusterDocument(self.cluster.document_id, cluster)
+        if cluster is not self.cluster.doc:
+            self.cluster = ClusterDocument(self.cluster.document_id, cluster)
         for doc_id, heads in stored.items():
             if doc_id != self.cluster.document_id:
                 self.stored_heads[doc_id] = heads

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
@@ -19,6 +20,9 @@ from crdtmds.errors import StorageError
 from crdtmds.storage import Storage
 
 log = logging.getLogger("crdtmds.heads")
+
+CLUSTER_PLAIN_KEY = "cluster-plain"
+"""The storage meta key of the cluster document as read at the last stop."""
 
 
 class HeadsBook:
@@ -37,7 +41,21 @@ class HeadsBook:
         documents.on_unloaded(self._unloaded)
 
     async def load(self) -> None:
+        """The agreed heads of every peer, and the cluster document as read at the last
+        stop when it has not changed since."""
         self._agreed = await self.storage.heads.load_peer_heads()
+        kept = await self.storage.get_meta(CLUSTER_PLAIN_KEY)
+        if isinstance(kept, dict) and isinstance(kept.get("plain"), dict):
+            heads = [bytes.fromhex(h) for h in kept.get("heads", [])]
+            self.documents.cluster.adopt_plain(heads, kept["plain"])
+
+    async def save_cluster_plain(self) -> None:
+        """Keep the cluster document as read now, for the next start (see `load`)."""
+        cluster = self.documents.cluster
+        plain = cluster.plain()
+        if json.loads(json.dumps(plain)) == plain:  # kept only if JSON gives it back whole
+            heads = sorted(h.hex() for h in cluster.doc.get_heads())
+            await self.storage.set_meta(CLUSTER_PLAIN_KEY, {"heads": heads, "plain": plain})
 
     # ------------------------------------------------------------ HeadsSource
 
@@ -86,6 +104,7 @@ class HeadsBook:
         with contextlib.suppress(StorageError):
             await self.save_loaded_heads()
             await self.flush()
+            await self.save_cluster_plain()
 
     async def _flush_every(self, interval: float) -> None:
         while True:

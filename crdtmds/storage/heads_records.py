@@ -43,17 +43,6 @@ SELECT ?, ?,
        (SELECT coalesce(max(id), 0) FROM snapshots WHERE document_id = ?)
 """
 
-_CATALOGUE = """
-WITH latest_change AS (SELECT document_id, max(id) AS id FROM changes GROUP BY document_id),
-     latest_snapshot AS (SELECT document_id, max(id) AS id FROM snapshots GROUP BY document_id),
-     stored AS (SELECT document_id FROM latest_change UNION SELECT document_id FROM latest_snapshot)
-SELECT s.document_id, h.heads,
-       h.through_change >= coalesce(c.id, 0) AND h.through_snapshot >= coalesce(p.id, 0)
-  FROM stored AS s
-  LEFT JOIN document_heads AS h ON h.document_id = s.document_id
-  LEFT JOIN latest_change AS c ON c.document_id = s.document_id
-  LEFT JOIN latest_snapshot AS p ON p.document_id = s.document_id
-"""
 
 
 class HeadsRecords:
@@ -95,11 +84,31 @@ async def create_heads_tables(connection: aiosqlite.Connection) -> None:
 
 async def read_catalogue(connection: aiosqlite.Connection) -> dict[str, list[bytes] | None]:
     """Every stored document id, with its heads when a row still vouches for them."""
-    rows = await connection.execute_fetchall(_CATALOGUE)
-    return {
-        document_id: split_heads(heads) if heads is not None and fresh else None
-        for document_id, heads, fresh in rows
+    # Three plain scans joined here: SQLite joins grouped subqueries without an index.
+    changes = dict(
+        await connection.execute_fetchall(
+            "SELECT document_id, max(id) FROM changes GROUP BY document_id"
+        )
+    )
+    snapshots = dict(
+        await connection.execute_fetchall(
+            "SELECT document_id, max(id) FROM snapshots GROUP BY document_id"
+        )
+    )
+    recorded = {
+        row[0]: row[1:]
+        for row in await connection.execute_fetchall(
+            "SELECT document_id, heads, through_change, through_snapshot FROM document_heads"
+        )
     }
+    catalogue: dict[str, list[bytes] | None] = {}
+    for document_id in {*changes, *snapshots}:
+        record = recorded.get(document_id)
+        fresh = record is not None and (
+            record[1] >= changes.get(document_id, 0) and record[2] >= snapshots.get(document_id, 0)
+        )
+        catalogue[document_id] = split_heads(record[0]) if record is not None and fresh else None
+    return catalogue
 
 
 async def write_document_heads(
