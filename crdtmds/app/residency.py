@@ -18,7 +18,8 @@ BASE_DOMAIN_MEMORY = 32 * 1024
 """What a small loaded domain costs in RSS (document, view, indexes): about 23 KiB
 measured with 1,000 small domains (bench/domains_scale.py)."""
 MEMORY_PER_STORED_BYTE = 24
-"""What a stored byte costs once loaded (Automerge's columnar form expands as it loads)."""
+"""What a stored byte costs once loaded: a rough estimate (Automerge's compressed
+columns expand as they load), not measured per domain shape."""
 
 
 def estimated_memory(stored_bytes: int) -> int:

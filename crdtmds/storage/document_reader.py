@@ -12,8 +12,16 @@ from pathlib import Path
 
 import automerge.core
 
+from crdtmds.core.changes import change_hash_and_deps
 from crdtmds.errors import StorageError
-from crdtmds.storage.loading import DocumentRows, corruption_error, diagnose
+from crdtmds.storage.document_chunk import document_chunk_heads
+from crdtmds.storage.loading import (
+    DocumentRows,
+    LoadProblem,
+    changes_left_out,
+    corruption_error,
+    diagnose,
+)
 
 
 class DocumentReader:
@@ -31,9 +39,15 @@ class DocumentReader:
             return None
         data = stored.concatenated()
         try:
-            return automerge.core.Document.load(data), len(data)
+            doc = automerge.core.Document.load(data)
         except Exception as exc:  # the binding raises a bare Exception for malformed input
             raise corruption_error(document_id, diagnose(document_id, stored, str(exc))) from exc
+        left_out = _changes_left_out(doc, stored)
+        if left_out:
+            message = f"{left_out} change rows do not load: a change they depend on is missing"
+            problem = LoadProblem(document_id, "changes", None, message)
+            raise corruption_error(document_id, [problem])
+        return doc, len(data)
 
     def close(self) -> None:
         if self._connection is not None:
@@ -65,3 +79,13 @@ class DocumentReader:
                 uri, uri=True, check_same_thread=False, isolation_level=None
             )
         return self._connection
+
+
+def _changes_left_out(doc: automerge.core.Document, stored: DocumentRows) -> int:
+    """As `Storage.load_all` checks: a snapshot followed by a change whose dependency is
+    missing loads without that change."""
+    if stored.snapshot is None or not stored.changes:
+        return 0
+    heads = document_chunk_heads(stored.snapshot[1])
+    hashes = [change_hash_and_deps(data)[0] for _, data in stored.changes]
+    return changes_left_out(doc, heads, hashes)
