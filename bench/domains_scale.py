@@ -391,6 +391,13 @@ async def measure_all(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         )
         for label, on, seed in (("summary", True, 300), ("plain", False, 400))
     }
+    print("4b. the same domain, k missing changes", flush=True)
+    results["k_sweep"] = {
+        str(k): await reconnect_round(
+            a_dir, b_dir, missing_changes_in(big, k, 500 + k), summary=True
+        )
+        for k in sorted({1, args.missing, 5 * args.missing})
+    }
     return results
 
 
@@ -436,6 +443,13 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
           f"({verdict(wire, WIRE_TARGET_RATIO, at_least=False)} <= 5x); all bytes of the links "
           f"{ratios['summary']['link']:.2f}; plain: {ratios['plain']['domain']:.2f} and "
           f"{ratios['plain']['link']:.2f}")
+    print_table(
+        "4b. Bytes of a reconnect by missing changes k (summary)",
+        ["k", "changes B", "domain B", "links B", "domain / changes"],
+        [[k, r["change_bytes"], r["changed_domain_bytes"], r["bytes"],
+          ratio(r["changed_domain_bytes"], r["change_bytes"])]
+         for k, r in results["k_sweep"].items()],
+    )  # fmt: skip
     write_results(
         args.out, NAME, parameters=vars(args), results=results,
         targets={"startup_s": START_TARGET_SECONDS, "startup_ratio": START_TARGET_RATIO,
