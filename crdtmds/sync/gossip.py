@@ -493,7 +493,7 @@ class Gossip:
                 raise
             raise ProtocolError(f"invalid sync message for {document_id}: {exc}") from exc
         if link.note_peer_heads(data, doc.get_heads()):
-            self._summaries.settled(conn.conn_id, document_id, doc.get_heads())
+            self._summaries.settled(conn, document_id, doc.get_heads())
         if sorted(doc.get_heads()) == sorted(before_heads):
             conn.dirty[document_id] = None
             return []

@@ -74,10 +74,12 @@ class SummaryExchanges:
         for document_id in heads_summary.to_sync(exchange, source, match):
             self._follow(conn, source, document_id, exchange.peer_key if match else None)
 
-    def settled(self, conn_id: str, document_id: str, heads: list[bytes]) -> None:
-        """The peer named our heads: a domain's record with a summary peer."""
-        peer_key = self.peer_key(conn_id)
-        if peer_key is not None and self.source is not None and self.source.holds(document_id):
+    def settled(self, conn: Connection, document_id: str, heads: list[bytes]) -> None:
+        """The peer named our heads: a domain's record with a server (kept with one that
+        does not offer the summary too, for when it does)."""
+        peer = conn.peer_info
+        peer_key = peer.metadata.get("server-id") if peer.is_server else None
+        if isinstance(peer_key, str) and self.source is not None and self.source.holds(document_id):
             self.source.record_agreed(peer_key, document_id, heads)
 
     def seed_link(self, conn: Connection, document_id: str) -> None:
