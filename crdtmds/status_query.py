@@ -116,6 +116,8 @@ def _status_report(
                 peers=answer.get("peers", []),
             )
             row["web-api"] = answer.get("web-api")
+            row["domains_loaded"] = answer.get("domains_loaded")
+            row["domains_total"] = answer.get("domains_total")
         else:
             row["error"] = answer
         servers.append(row)

@@ -77,11 +77,17 @@ class StatusView:
         return admin is not None and self.documents.cluster.permission(admin, None) is not None
 
     def domain_heads(self) -> dict[str, dict[str, Any]]:
-        """Per domain name: document id and sorted hex heads on this server."""
+        """Per domain name: document id and sorted hex heads on this server (known
+        without a load unless a crash lost a domain's record of them)."""
         result: dict[str, dict[str, Any]] = {}
-        for name, entry in sorted(self.documents.cluster.domains().items()):
-            doc = self.documents.document(entry.get("document-id", ""))
-            heads = sorted(h.hex() for h in doc.get_heads()) if doc is not None else []
+        documents = self.documents
+        for name, entry in sorted(documents.cluster.domains().items()):
+            document_id = entry.get("document-id", "")
+            known = documents.heads_of(document_id)
+            if known is None:
+                doc = documents.document(document_id)
+                known = doc.get_heads() if doc is not None else []
+            heads = sorted(h.hex() for h in known)
             result[name] = {"document-id": entry.get("document-id"), "heads": heads}
         return result
 
@@ -105,6 +111,8 @@ class StatusView:
             "connections": {"servers": links.servers, "repo-clients": links.repo_clients},
             "servers": servers,
             "domains": self.domain_heads(),
+            "domains_loaded": len(self.documents.loaded_domains()),
+            "domains_total": len(self.documents.domain_ids()),
             "cluster-document": {
                 "document-id": cluster.document_id,
                 "heads": sorted(h.hex() for h in cluster.doc.get_heads()),

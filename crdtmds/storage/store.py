@@ -25,6 +25,7 @@ import automerge.core
 from crdtmds.errors import StorageCorruption, StorageError
 from crdtmds.storage.database import Database
 from crdtmds.storage.document_chunk import document_chunk_heads, join_heads, split_heads
+from crdtmds.storage.heads_records import HeadsRecords, delete_heads_of
 from crdtmds.storage.loading import (
     DocumentRows,
     LoadedDocuments,
@@ -62,6 +63,7 @@ class Storage:
         self._change_rows: dict[str, int] = {}
         """Change rows per document, once counted (see `_append_changes`)."""
         self.path = database.path
+        self.heads = HeadsRecords(database)  # heads known without loading documents
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class Storage:
         transaction. Returns how many change and snapshot rows went (0: none stored)."""
         async with self._database.write(f"delete document {document_id}") as connection:
             removed = await _delete_document_rows(connection, document_id)
+            await delete_heads_of(connection, document_id)
         self._change_rows.pop(document_id, None)
         return removed
 

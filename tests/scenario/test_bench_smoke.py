@@ -151,3 +151,19 @@ def test_web_api(tmp_path: Path) -> None:
             "web api, http.client",
         }
     assert results["publish_seconds"]["web api, aiohttp"]["count"] == 10
+
+
+def test_domains_scale(tmp_path: Path) -> None:
+    document = run_bench(
+        "domains_scale.py", tmp_path, "--domains", "6", "--few", "2", "--used", "2",
+        "--changed", "2", "--rules", "40", "--missing", "1", "--reps", "1",
+    )  # fmt: skip
+    results = document["results"]
+    assert results["startup"].keys() == {"process", "in_process"}
+    assert results["memory"]["median_rss_kib"].keys() == {
+        "many, few used", "only the used", "many, all loaded",
+    }  # fmt: skip
+    for key in ("reconnect", "big_domain"):
+        assert results[key]["summary"]["b_loaded_on_reconnect"] <= 2
+        assert results[key]["plain"]["bytes"] > 0
+    assert results["big_domain_ratios"]["summary"]["domain"] > 0
