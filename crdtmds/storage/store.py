@@ -165,8 +165,10 @@ class Storage:
             raise StorageError(f"snapshot of {document_id} is not a document: {exc}") from exc
         covered = set(covered_hashes)
         async with self._database.write(f"save snapshot of {document_id}") as connection:
-            log = await _covered_log(connection, document_id, covered)
-            if log is not None and len(log) <= LOG_FORM_GROWTH * len(snapshot):
+            log = await _covered_log(
+                connection, document_id, covered, LOG_FORM_GROWTH * len(snapshot)
+            )
+            if log is not None:
                 snapshot, heads = log, b""  # a load of changes checks dependencies itself
             cursor = await connection.execute(
                 "INSERT INTO snapshots (document_id, heads, data, created_at) VALUES (?, ?, ?, ?)",
@@ -400,12 +402,13 @@ async def _delete_document_rows(connection: aiosqlite.Connection, document_id: s
 
 
 async def _covered_log(
-    connection: aiosqlite.Connection, document_id: str, covered: set[bytes]
+    connection: aiosqlite.Connection, document_id: str, covered: set[bytes], limit: float
 ) -> bytes | None:
-    """The document's change log up to the covered change rows: the latest snapshot row
-    (when it is a change log) followed by those rows in the order they were stored (an
-    order Automerge loads fast: dependencies first). None when the latest snapshot is a
-    saved document, whose changes the rows cannot give back."""
+    """The document's change log up to the covered change rows, if at most `limit` bytes:
+    the latest snapshot row (when it is a change log) followed by those rows in the order
+    they were stored (an order Automerge loads fast: dependencies first). None when
+    longer, or when the latest snapshot is a saved document, whose changes the rows
+    cannot give back. Sizes are read first: most logs of small changes are too long."""
     previous = await connection.execute_fetchall(
         "SELECT data FROM snapshots WHERE document_id = ? ORDER BY id DESC LIMIT 1",
         (document_id,),
@@ -413,10 +416,18 @@ async def _covered_log(
     chunks = [data for (data,) in previous]
     if chunks and not is_change_log(chunks[0]):
         return None
-    rows = await connection.execute_fetchall(
-        "SELECT hash, data FROM changes WHERE document_id = ? ORDER BY id", (document_id,)
+    sizes = await connection.execute_fetchall(
+        "SELECT id, hash, length(data) FROM changes WHERE document_id = ?", (document_id,)
     )
-    chunks.extend(data for change_hash, data in rows if change_hash in covered)
+    keep = {row_id for row_id, change_hash, _ in sizes if change_hash in covered}
+    size = sum(len(data) for data in chunks)
+    size += sum(length for row_id, _, length in sizes if row_id in keep)
+    if size > limit:
+        return None
+    rows = await connection.execute_fetchall(
+        "SELECT id, data FROM changes WHERE document_id = ? ORDER BY id", (document_id,)
+    )
+    chunks.extend(data for row_id, data in rows if row_id in keep)
     return b"".join(chunks)
 
 
