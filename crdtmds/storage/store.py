@@ -51,7 +51,9 @@ from crdtmds.storage.sessions import (
 DEFAULT_COMPACT_THRESHOLD = 1000
 LOG_FORM_GROWTH = 1.5
 """Largest size of a document's change log, relative to its saved form, that compaction
-keeps as the snapshot (see `Storage.save_snapshot`)."""
+keeps as the snapshot instead: Automerge edits a document loaded from a saved document
+far more slowly than one loaded from its changes (bench/snapshot_load.py), and a log of
+big changes costs about as much to store and load as the saved form."""
 
 # Change rows are read in insertion order: Automerge loads changes that arrive after their
 # dependencies far faster than a shuffled log.
@@ -146,18 +148,12 @@ class Storage:
         self, document_id: str, snapshot: bytes, covered_hashes: Sequence[bytes]
     ) -> None:
         """Compact a document in one transaction: keep one snapshot row, drop older
-        snapshots, and drop the change rows whose hash is in ``covered_hashes``.
-
-        ``snapshot`` is a ``Document.save()`` (followed by the change chunks it appends for
-        changes still waiting for a dependency). The row kept is the document's change log
-        instead (the previous snapshot row, when it is one, and the covered change rows)
-        when that is at most `LOG_FORM_GROWTH` times the size of ``snapshot``: Automerge
-        edits a document loaded from a saved document far more slowly than one loaded
-        from its changes (bench/snapshot_load.py), and when the changes are big the log
-        costs about as much to store and load. Change rows not named in
-        ``covered_hashes`` (appended concurrently) are kept. The caller vouches that the
-        snapshot contains every covered change. Raises `StorageError` if ``snapshot`` is
-        not a well-formed saved document, before touching anything.
+        snapshots, and drop the change rows whose hash is in ``covered_hashes`` (rows not
+        named, appended concurrently, are kept). ``snapshot`` is a ``Document.save()``
+        (with the change chunks it appends for changes awaiting a dependency), which the
+        caller vouches holds every covered change; the row kept is the change log instead
+        when it is short enough (`LOG_FORM_GROWTH`). Raises `StorageError` if ``snapshot``
+        is not a well-formed saved document, before touching anything.
         """
         try:
             heads = join_heads(document_chunk_heads(snapshot))
@@ -165,10 +161,8 @@ class Storage:
             raise StorageError(f"snapshot of {document_id} is not a document: {exc}") from exc
         covered = set(covered_hashes)
         async with self._database.write(f"save snapshot of {document_id}") as connection:
-            log = await _covered_log(
-                connection, document_id, covered, LOG_FORM_GROWTH * len(snapshot)
-            )
-            if log is not None:
+            limit = LOG_FORM_GROWTH * len(snapshot)
+            if (log := await _covered_log(connection, document_id, covered, limit)) is not None:
                 snapshot, heads = log, b""  # a load of changes checks dependencies itself
             cursor = await connection.execute(
                 "INSERT INTO snapshots (document_id, heads, data, created_at) VALUES (?, ?, ?, ?)",
@@ -206,11 +200,7 @@ class Storage:
         async with self._database.read("load all documents") as connection:
             snapshot_rows = await connection.execute_fetchall(_SELECT_LATEST_SNAPSHOTS)
             change_rows = await connection.execute_fetchall(_SELECT_ALL_CHANGES)
-        snapshot_heads = {  # a change log is not checked: it fails to load if a dependency is gone
-            document_id: split_heads(heads)
-            for document_id, data, heads in snapshot_rows
-            if not is_change_log(data)
-        }
+        snapshot_heads = _saved_snapshot_heads(snapshot_rows)
         change_hashes: dict[str, list[bytes]] = {}
         for document_id, _, change_hash in change_rows:
             change_hashes.setdefault(document_id, []).append(change_hash)
@@ -399,6 +389,16 @@ async def _delete_document_rows(connection: aiosqlite.Connection, document_id: s
         )
         removed += max(cursor.rowcount, 0) if table != "sessions" else 0
     return removed
+
+
+def _saved_snapshot_heads(snapshot_rows: Any) -> dict[str, list[bytes]]:
+    """The heads of the snapshots that are saved documents, by document (a snapshot kept
+    as a change log needs no check: it fails to load when a dependency is gone)."""
+    return {
+        document_id: split_heads(heads)
+        for document_id, data, heads in snapshot_rows
+        if not is_change_log(data)
+    }
 
 
 async def _covered_log(
