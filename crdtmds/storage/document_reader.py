@@ -14,7 +14,7 @@ import automerge.core
 
 from crdtmds.core.changes import change_hash_and_deps
 from crdtmds.errors import StorageError
-from crdtmds.storage.document_chunk import document_chunk_heads
+from crdtmds.storage.document_chunk import document_chunk_heads, is_change_log
 from crdtmds.storage.loading import (
     DocumentRows,
     LoadProblem,
@@ -83,8 +83,9 @@ class DocumentReader:
 
 def _changes_left_out(doc: automerge.core.Document, stored: DocumentRows) -> int:
     """As `Storage.load_all` checks: a snapshot followed by a change whose dependency is
-    missing loads without that change."""
-    if stored.snapshot is None or not stored.changes:
+    missing loads without that change. A snapshot kept as a change log needs no check:
+    it fails to load outright when a dependency is gone."""
+    if stored.snapshot is None or not stored.changes or is_change_log(stored.snapshot[1]):
         return 0
     heads = document_chunk_heads(stored.snapshot[1])
     hashes = [change_hash_and_deps(data)[0] for _, data in stored.changes]

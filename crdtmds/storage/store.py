@@ -24,7 +24,12 @@ import automerge.core
 
 from crdtmds.errors import StorageCorruption, StorageError
 from crdtmds.storage.database import Database
-from crdtmds.storage.document_chunk import document_chunk_heads, join_heads, split_heads
+from crdtmds.storage.document_chunk import (
+    document_chunk_heads,
+    is_change_log,
+    join_heads,
+    split_heads,
+)
 from crdtmds.storage.heads_records import HeadsRecords, delete_heads_of
 from crdtmds.storage.loading import (
     DocumentRows,
@@ -45,6 +50,11 @@ from crdtmds.storage.sessions import (
 )
 
 DEFAULT_COMPACT_THRESHOLD = 1000
+LOG_FORM_GROWTH = 1.5
+"""Largest size of a document's change log, relative to its saved form, that compaction
+keeps as the snapshot instead: Automerge edits a document loaded from a saved document
+far more slowly than one loaded from its changes (bench/snapshot_load.py), and a log of
+big changes costs about as much to store and load as the saved form."""
 
 # Change rows are read in insertion order: Automerge loads changes that arrive after their
 # dependencies far faster than a shuffled log.
@@ -139,31 +149,34 @@ class Storage:
     async def save_snapshot(
         self, document_id: str, snapshot: bytes, covered_hashes: Sequence[bytes]
     ) -> None:
-        """Compact a document: store ``snapshot`` (a ``Document.save()``) in one transaction,
-        drop older snapshots, and drop the change rows whose hash is in ``covered_hashes``.
-
-        Change rows not named in ``covered_hashes`` (appended concurrently) are kept. The
-        caller vouches that the snapshot contains every covered change. Raises `StorageError`
-        if ``snapshot`` is not a well-formed Automerge document chunk (followed by the change
-        chunks ``Document.save()`` appends for changes still waiting for a dependency),
-        before touching anything.
+        """Compact a document in one transaction: keep one snapshot row, drop older
+        snapshots, and drop the change rows whose hash is in ``covered_hashes`` (rows not
+        named, appended concurrently, are kept). ``snapshot`` is a ``Document.save()``
+        (with the change chunks it appends for changes awaiting a dependency), which the
+        caller vouches holds every covered change; the row kept is the change log instead
+        when it is short enough (`LOG_FORM_GROWTH`). Raises `StorageError` if ``snapshot``
+        is not a well-formed saved document, before touching anything.
         """
         try:
-            heads = document_chunk_heads(snapshot)
+            heads = join_heads(document_chunk_heads(snapshot))
         except ValueError as exc:
             raise StorageError(f"snapshot of {document_id} is not a document: {exc}") from exc
-        hash_rows = [(document_id, change_hash) for change_hash in covered_hashes]
+        covered = set(covered_hashes)
         async with self._database.write(f"save snapshot of {document_id}") as connection:
+            limit = LOG_FORM_GROWTH * len(snapshot)
+            if (log := await _covered_log(connection, document_id, covered, limit)) is not None:
+                snapshot, heads = log, b""  # a load of changes checks dependencies itself
             cursor = await connection.execute(
                 "INSERT INTO snapshots (document_id, heads, data, created_at) VALUES (?, ?, ?, ?)",
-                (document_id, b"".join(heads), snapshot, time.time()),
+                (document_id, heads, snapshot, time.time()),
             )
             await connection.execute(
                 "DELETE FROM snapshots WHERE document_id = ? AND id < ?",
                 (document_id, cursor.lastrowid),
             )
             await connection.executemany(
-                "DELETE FROM changes WHERE document_id = ? AND hash = ?", hash_rows
+                "DELETE FROM changes WHERE document_id = ? AND hash = ?",
+                [(document_id, change_hash) for change_hash in covered],
             )
         self._change_rows.pop(document_id, None)  # counted again at the next append
 
@@ -189,9 +202,7 @@ class Storage:
         async with self._database.read("load all documents") as connection:
             snapshot_rows = await connection.execute_fetchall(_SELECT_LATEST_SNAPSHOTS)
             change_rows = await connection.execute_fetchall(_SELECT_ALL_CHANGES)
-        snapshot_heads = {
-            document_id: split_heads(heads) for document_id, _, heads in snapshot_rows
-        }
+        snapshot_heads = _saved_snapshot_heads(snapshot_rows)
         change_hashes: dict[str, list[bytes]] = {}
         for document_id, _, change_hash in change_rows:
             change_hashes.setdefault(document_id, []).append(change_hash)
@@ -381,6 +392,46 @@ async def _delete_document_rows(connection: aiosqlite.Connection, document_id: s
         )
         removed += max(cursor.rowcount, 0) if table != "sessions" else 0
     return removed
+
+
+def _saved_snapshot_heads(snapshot_rows: Any) -> dict[str, list[bytes]]:
+    """The heads of the snapshots that are saved documents, by document (a snapshot kept
+    as a change log needs no check: it fails to load when a dependency is gone)."""
+    return {
+        document_id: split_heads(heads)
+        for document_id, data, heads in snapshot_rows
+        if not is_change_log(data)
+    }
+
+
+async def _covered_log(
+    connection: aiosqlite.Connection, document_id: str, covered: set[bytes], limit: float
+) -> bytes | None:
+    """The document's change log up to the covered change rows, if at most `limit` bytes:
+    the latest snapshot row (when it is a change log) followed by those rows in the order
+    they were stored (an order Automerge loads fast: dependencies first). None when
+    longer, or when the latest snapshot is a saved document, whose changes the rows
+    cannot give back. Sizes are read first: most logs of small changes are too long."""
+    previous = await connection.execute_fetchall(
+        "SELECT data FROM snapshots WHERE document_id = ? ORDER BY id DESC LIMIT 1",
+        (document_id,),
+    )
+    chunks = [data for (data,) in previous]
+    if chunks and not is_change_log(chunks[0]):
+        return None
+    sizes = await connection.execute_fetchall(
+        "SELECT id, hash, length(data) FROM changes WHERE document_id = ?", (document_id,)
+    )
+    keep = {row_id for row_id, change_hash, _ in sizes if change_hash in covered}
+    size = sum(len(data) for data in chunks)
+    size += sum(length for row_id, _, length in sizes if row_id in keep)
+    if size > limit:
+        return None
+    rows = await connection.execute_fetchall(
+        "SELECT id, data FROM changes WHERE document_id = ? ORDER BY id", (document_id,)
+    )
+    chunks.extend(data for row_id, data in rows if row_id in keep)
+    return b"".join(chunks)
 
 
 async def _count_changes(connection: aiosqlite.Connection, document_id: str) -> int:

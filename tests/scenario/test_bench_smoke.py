@@ -76,6 +76,17 @@ def test_rulebase_scaling(tmp_path: Path) -> None:
     assert document["targets"] == {"add_publish_ratio_at_most": 2.0}
 
 
+def test_snapshot_load(tmp_path: Path) -> None:
+    document = run_bench("snapshot_load.py", tmp_path, "--sizes", "5,40", "--reps", "1")
+    results = document["results"]
+    assert set(results["ratio_restarted_to_never"]) == {
+        f"{size} add {where} + publish" for size in (5, 40) for where in ("top", "bottom")
+    }
+    assert all(value["wall"] > 0 for value in results["ratio_restarted_to_never"].values())
+    assert results["automerge_median_seconds"]["as storage loads it insert at end"]["wall"] > 0
+    assert document["targets"] == {"ratio_at_most": 1.2}
+
+
 def test_merge_throughput(tmp_path: Path) -> None:
     document = run_bench(
         "merge_throughput.py", tmp_path, "--changes", "60", "--domains", "2", "--reps", "1"
@@ -92,9 +103,12 @@ def test_merge_throughput(tmp_path: Path) -> None:
 def test_convergence(tmp_path: Path) -> None:
     document = run_bench(
         "convergence.py", tmp_path,
-        "--sizes", "3", "--duration", "1", "--rate", "10", "--warmup", "0",
+        "--sizes", "3", "--duration", "1", "--rate", "10", "--warmup", "0", "--origins", "1",
     )  # fmt: skip
     (cluster,) = document["results"]["clusters"]
+    assert cluster["receiving_servers"] == [1, 2]
+    assert len(cluster["each_server_cpu_ms_per_publish"]) == 3
+    assert cluster["receive_floor_ms"] > 0
     assert cluster["servers"] == 3
     assert cluster["errors"] == 0
     assert cluster["not_visible_in_time"] == 0

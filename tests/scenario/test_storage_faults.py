@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import resource
 import shutil
 import sqlite3
@@ -255,7 +256,9 @@ async def test_change_row_lost_after_a_snapshot_is_reported_not_skipped(tmp_path
     assert [(p.document_id, p.table, p.row_id) for p in loaded.problems] == [
         ("doc", "changes", None)
     ]
-    assert "missing" in loaded.problems[0].message
+    # A snapshot kept as a saved document loads without the change (counted as missing);
+    # one kept as its change log does not load at all (Automerge names the deps).
+    assert re.search("missing|deps", loaded.problems[0].message)
 
 
 # ---------------------------------------------------------------- full disk, real process
