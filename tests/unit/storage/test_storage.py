@@ -29,6 +29,7 @@ from crdtmds.storage import (
     SessionRecord,
     Storage,
 )
+from crdtmds.storage.document_reader import DocumentReader
 
 Opener = Callable[[], Awaitable[Storage]]
 ChangePair = tuple[bytes, bytes]
@@ -591,6 +592,13 @@ async def test_compaction_keeps_big_changes_as_their_log(tmp_path: Path) -> None
         assert await storage.uncompacted_count("doc") == 1
     finally:
         await storage.close()
+    reader = DocumentReader(path)  # the lazy load on first use reads the same rows
+    try:
+        lazily = reader.load("doc")
+        assert lazily is not None
+        assert_same_document(lazily[0], doc)
+    finally:
+        reader.close()
     [[(row_id,)]] = raw_sqlite(path, ("SELECT id FROM snapshots", ()))
     raw_sqlite(path, ("UPDATE snapshots SET data = ? WHERE id = ?", (expected[:-5], row_id)))
     storage = await Storage.open(path)
