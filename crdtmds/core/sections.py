@@ -34,11 +34,14 @@ class Group:
 
 
 def build_section(
-    params: Mapping[str, Any], existing: Mapping[str, Any] | None = None
+    params: Mapping[str, Any],
+    existing: Mapping[str, Any] | None = None,
+    uid: str | None = None,
 ) -> dict[str, Any]:
-    """A validated section record; `existing` for `set-access-section`."""
+    """A validated section record; `existing` for `set-access-section`; `uid` for a new
+    section whose uid is already chosen."""
     if existing is None:
-        record: dict[str, Any] = {"uid": model.new_uid(), "type": SECTION_TYPE, "name": ""}
+        record: dict[str, Any] = {"uid": uid or model.new_uid(), "type": SECTION_TYPE, "name": ""}
         record["name"] = names.check_label(model.require(params, "name"), "name")
     else:
         record = dict(existing)
