@@ -226,7 +226,7 @@ class Sessions:
             finally:
                 if held:
                     self.persister.publishing.discard(document_id)
-                    self.hub.release_local(document_id)
+                    self.hub.hold_local(document_id, held=False)
             session.published(published)
             self.actors.release(document_id, actor)
         # Off the reply's path: a crash before this rewrite leaves an entry that the next

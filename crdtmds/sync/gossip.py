@@ -263,8 +263,7 @@ class Gossip:
         self._connections: dict[str, Connection] = {}
         self._hold = RelayHold(self._connections)
         """Persist before forward (rule 3): held documents and relays that wait."""
-        self._local_holds: dict[str, int] = {}
-        """Documents with a local publish in flight (see ``hold_local``)."""
+        self.hold_local = self._hold.hold_local
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
         self._ephemeral = EphemeralRelay(local_peer_id)
@@ -402,21 +401,7 @@ class Gossip:
         )
 
     def is_held(self, document_id: str) -> bool:
-        return self._hold.is_held(document_id) or document_id in self._local_holds
-
-    def hold_local(self, document_id: str) -> None:
-        """A local publish wrote to the live document and is not durable yet: send none
-        of the document until ``release_local``."""
-        self._local_holds[document_id] = self._local_holds.get(document_id, 0) + 1
-
-    def release_local(self, document_id: str) -> None:
-        """The publish is durable (or was taken back); call ``document_changed`` or
-        ``data_to_send`` next."""
-        holds = self._local_holds.get(document_id, 0) - 1
-        if holds > 0:
-            self._local_holds[document_id] = holds
-        else:
-            self._local_holds.pop(document_id, None)
+        return self._hold.is_held(document_id)
 
     def data_to_send(self, conn_id: str) -> list[bytes]:
         """Drain the connection: handshake, error and other queued frames, then one sync
