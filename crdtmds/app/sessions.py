@@ -223,10 +223,11 @@ class Sessions:
                 self.persister.publishing.add(document_id)
             try:
                 count = await self._make_durable(session, published, actor)
-            finally:
-                if held:
-                    self.persister.publishing.discard(document_id)
-                    self.hub.hold_local(document_id, held=False)
+            except BaseException:
+                self._end_hold(document_id, held)
+                self.documents.changed(document_id)  # peers that asked meanwhile get answers
+                raise
+            self._end_hold(document_id, held)
             session.published(published)
             self.actors.release(document_id, actor)
         # Off the reply's path: a crash before this rewrite leaves an entry that the next
@@ -265,10 +266,14 @@ class Sessions:
             session.abort_publish(published)
             session.return_unsaved_changes(unsaved)
             self.actors.retire(actor)
-            self.documents.changed(document_id)  # peers that asked meanwhile get an answer
             raise
         self.persister.note_appended(document_id, [published.change])
         return count
+
+    def _end_hold(self, document_id: str, held: bool) -> None:
+        if held:
+            self.persister.publishing.discard(document_id)
+            self.hub.hold_local(document_id, held=False)
 
     async def _save_actors(self) -> None:
         if self.actors.changed:

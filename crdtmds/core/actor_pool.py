@@ -13,8 +13,12 @@ are serialised, so the pool holds about one actor per concurrent publish: the ta
 grows with servers, not with sessions.
 
 An actor some of whose sequence numbers went to a change that was then taken back (a
-publish that could not be made durable) is retired, never handed out again: another
-change with those numbers would be a different change under the same identity.
+publish that could not be made durable) is retired, never handed out again by this
+process: another change with those numbers would be a different change under the same
+identity, and the taken-back one may have reached the change log after all (a peer's
+changes stored as the document's changes since some heads). After a restart the
+document itself says where each actor goes on from, so the retirement is stored only as
+advice (with the next write of the pool).
 """
 
 from __future__ import annotations

@@ -25,7 +25,13 @@ from crdtmds.core.docdata import ROOT, child_id, insert_value
 from crdtmds.core.domain import Change, Domain
 from crdtmds.core.domain_state import DomainState
 from crdtmds.core.edits import DocWriter, Edit, Write, run_edit
-from crdtmds.core.revert import RevertPlan, plan_revert, write_revert
+from crdtmds.core.revert import (
+    RevertPlan,
+    is_change_chunk,
+    plan_revert,
+    plan_stored_changes,
+    write_revert,
+)
 from crdtmds.core.session_diff import Touched, draft_changes
 from crdtmds.errors import CrdtmdsError, PublishFailed, ValidationError
 
@@ -73,12 +79,20 @@ class Draft:
         return cls(domain, domain.heads(), domain.state)
 
     @classmethod
-    def restore(cls, domain: Domain, *, base_heads: list[bytes], edits: Sequence[Edit]) -> Draft:
-        """A draft rebuilt after a restart: its edits run again on its base."""
-        at_live = sorted(base_heads) == sorted(domain.heads())
-        base = domain.state if at_live else domain.state_at(base_heads)
-        draft = cls(domain, list(base_heads), base)
-        draft._view = base.copy()
+    def restore(cls, domain: Domain, *, base_heads: list[bytes], stored: Sequence[bytes]) -> Draft:
+        """A draft rebuilt after a restart: its edits run again on its base. A draft
+        stored by an earlier version, as the changes of a fork, leads with those."""
+        changes = [data for data in stored if is_change_chunk(data)]
+        edits = [Edit.from_bytes(data) for data in stored if not is_change_chunk(data)]
+        if changes:
+            plan = plan_stored_changes(domain, list(base_heads), changes)
+            draft = cls(domain, plan.heads, plan.before)
+            draft._take_plan(plan)
+        else:
+            at_live = sorted(base_heads) == sorted(domain.heads())
+            base = domain.state if at_live else domain.state_at(base_heads)
+            draft = cls(domain, list(base_heads), base)
+            draft._view = base.copy()
         for edit in edits:
             if edit.kind == "revert":
                 draft.revert_to(edit.params["revision"])
@@ -163,22 +177,25 @@ class Draft:
 
     # ------------------------------------------------------------ revert
 
-    def revert_to(self, revision_uid: str) -> dict[str, Any]:
+    def revert_to(self, revision_uid: str) -> dict[str, Any] | None:
         """Make the view that of a past revision (see `crdtmds.core.revert`). Reads the
         past on a fork of its own: safe in a worker thread."""
         if self.edits:
             raise ValidationError("publish or discard the draft's edits before a revert")
         self._follow_live()
         plan = plan_revert(self.domain, self.view.revision(revision_uid))
+        self._take_plan(plan)
+        self._unsaved = [Edit("revert", {"revision": revision_uid})]
+        self.last_write = time.time()
+        return plan.revision
+
+    def _take_plan(self, plan: RevertPlan) -> None:
         self.revert = plan
         self._base_heads, self._base = plan.heads, plan.before
         self._view = plan.view()
         touched = Touched()
         _touch_all(touched, (self._base, self._view))
         self.touched = touched
-        self._unsaved = [Edit("revert", {"revision": revision_uid})]
-        self.last_write = time.time()
-        return plan.revision
 
     # ------------------------------------------------------------ publish
 

@@ -18,7 +18,15 @@ from typing import Any
 
 from automerge.core import Document
 
-from crdtmds.core.docdata import ROOT, child_id, fork_with_actor, new_actor, rebuild_at, unhex_heads
+from crdtmds.core.docdata import (
+    ROOT,
+    child_id,
+    fork_with_actor,
+    new_actor,
+    read,
+    rebuild_at,
+    unhex_heads,
+)
 from crdtmds.core.domain import Domain, state_at
 from crdtmds.core.domain_state import DomainState
 from crdtmds.core.field_writes import write_layers_like, write_objects_like
@@ -30,7 +38,8 @@ class RevertPlan:
     """A revert to `revision`: the live heads it was planned on, the domain there
     (`before`) and at the revision (`target`), and the fork it is written to."""
 
-    revision: dict[str, Any]
+    revision: dict[str, Any] | None
+    """None for a draft stored as changes (`plan_stored_changes`)."""
     heads: list[bytes]
     before: DomainState
     target: DomainState
@@ -63,6 +72,25 @@ def plan_revert(domain: Domain, revision: dict[str, Any]) -> RevertPlan:
         before = domain.state
     target = state_at(fork, content_heads(fork, unhex_heads(heads), revision.get("uid")))
     return RevertPlan(revision, fork.get_heads(), before, target, fork)
+
+
+def plan_stored_changes(domain: Domain, heads: list[bytes], chunks: Sequence[bytes]) -> RevertPlan:
+    """A draft stored by an earlier version of crdtmds, as the Automerge changes of its
+    fork on `heads`: written like a revert, from the domain at `heads` to what the
+    changes make of it (their net effect, field by field)."""
+    with domain.lock:
+        fork = rebuild_at(domain.doc, heads)
+        drafted = rebuild_at(domain.doc, heads, chunks)
+    before = DomainState.from_plain(read(fork))
+    return RevertPlan(None, list(heads), before, DomainState.from_plain(read(drafted)), fork)
+
+
+def is_change_chunk(data: bytes) -> bool:
+    """Whether a stored draft row is an Automerge change (the earlier form of drafts)."""
+    return data[:4] == AUTOMERGE_MAGIC
+
+
+AUTOMERGE_MAGIC = bytes.fromhex("856f4a83")
 
 
 def write_revert(tx: Any, plan: RevertPlan) -> None:

@@ -80,13 +80,12 @@ class Session:
         created_at: float | None = None,
     ) -> Session:
         """A session rebuilt after a restart from its base heads and its stored edits."""
-        edits = [Edit.from_bytes(data) for data in changes]
         return cls(
             uid=uid,
             domain=domain,
             admin=admin,
             server=server,
-            draft=Draft.restore(domain, base_heads=base_heads, edits=edits),
+            draft=Draft.restore(domain, base_heads=base_heads, stored=changes),
             name=name,
             description=description,
             created_at=created_at,
@@ -205,7 +204,8 @@ class Session:
         layer runs it in a worker thread, under the session's lock, so that a large
         revert does not stop the event loop (see `api/commands/revisions.py`)."""
         revision = self.view.revision(revision_ref)
-        return self.draft.revert_to(revision["uid"])
+        self.draft.revert_to(revision["uid"])
+        return revision
 
 
 def revision_entry(

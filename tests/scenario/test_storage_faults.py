@@ -108,8 +108,11 @@ async def test_publish_on_a_full_disk_changes_nothing_and_keeps_the_draft(
         add_hosts(draft, "big", 60, bulky=True)
         await node.sessions.save_edits(draft)
         await fill_disk(node)
+        [actor] = node.sessions.actors.actors
         with pytest.raises(StorageError) as failed:
             await node.sessions.publish(draft, "does not fit")
+        # The change was taken back out of the live document; its actor is retired.
+        assert actor not in node.sessions.actors.actors
         assert failed.value.code == "err_storage"
         assert "full" in failed.value.message and domain.document_id in failed.value.message
         assert domain.heads() == heads and domain.state.revisions == revisions

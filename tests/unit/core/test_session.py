@@ -12,7 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtmds.core import model
-from crdtmds.core.docdata import hex_heads, new_actor, read, rebuild_at
+from crdtmds.core.docdata import (
+    ROOT,
+    child_id,
+    fork_with_actor,
+    hex_heads,
+    new_actor,
+    put_value,
+    read,
+    rebuild_at,
+)
 from crdtmds.core.domain import Domain
 from crdtmds.core.domain_state import DomainState
 from crdtmds.core.draft import PublishConflict
@@ -790,3 +799,36 @@ def test_any_is_never_dangling(domain: Domain, session: Session) -> None:
     publish(session)
     assert domain.state.verify() == []
     assert model.ANY_UID not in domain.state.objects
+
+
+def test_a_draft_stored_as_changes_by_an_earlier_version_is_restored(domain: Domain) -> None:
+    # Before publishes became one change, a draft was stored as the changes of its fork.
+    base_heads = domain.heads()
+    fork = fork_with_actor(domain.doc, new_actor())
+    objects = child_id(fork, ROOT, "objects")
+    record = model.build_object("host", {"name": "old", "ip-address": "10.6.6.6"},
+                                domain.state.find_object)  # fmt: skip
+    web = domain.state.find_object("web")
+    with fork.transaction() as tx:
+        put_value(tx, objects, record["uid"], record)
+    with fork.transaction() as tx:
+        put_value(tx, child_id(fork, objects, web["uid"]), "comments", "drafted")
+    chunks = [change.bytes for change in fork.get_changes(base_heads)]
+    later = Session.open(domain, admin="bob", server="s1")
+    later.add_object("host", {"name": "later", "ip-address": "10.6.6.7"})
+    publish(later)
+
+    restored = Session.restore(
+        domain, uid="old-draft", admin="alice", server="s1", base_heads=base_heads,
+        changes=chunks,
+    )  # fmt: skip
+    assert restored.has_changes()
+    changes = restored.show_changes()
+    assert [entry["name"] for entry in changes["added"]] == ["old"]
+    assert [entry["name"] for entry in changes["modified"]] == ["web"]
+    restored.add_object("host", {"name": "new", "ip-address": "10.6.6.8"})
+    publish(restored)
+    state = domain.state
+    assert {"old", "new", "later"} <= set(state.names)
+    assert state.find_object("web")["comments"] == "drafted"
+    assert state == full_read(domain.doc)
