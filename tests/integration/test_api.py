@@ -582,7 +582,7 @@ async def test_a_publish_whose_rebase_fails_is_refused_and_keeps_the_draft(api: 
     assert "already in use" in conflict["reason"]
     added = (await root.ok("show-changes"))["added-objects"]
     assert sorted(entry["uid"] for entry in added if entry["name"] == "dup") == [two["uid"]]
-    assert (await root.ok("discard"))
+    assert await root.ok("discard")
     assert (await alice.ok("verify-policy"))["total"] == 0
 
 
