@@ -265,6 +265,7 @@ class Gossip:
         self._connections: dict[str, Connection] = {}
         self._hold = RelayHold(self._connections)
         """Persist before forward (rule 3): held documents and relays that wait."""
+        self.hold_local = self._hold.hold_local
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
         self._ephemeral = EphemeralRelay(local_peer_id)
@@ -392,7 +393,7 @@ class Gossip:
         conn = self._connections.get(conn_id)
         if conn is None:
             return False
-        return bool(conn.outbox) or any(not self._hold.is_held(d) for d in conn.dirty)
+        return bool(conn.outbox) or any(not self.is_held(d) for d in conn.dirty)
 
     def is_warm(self, conn_id: str) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it:
@@ -537,7 +538,7 @@ class Gossip:
 
     def _sync_messages(self, conn: Connection) -> list[bytes]:
         return conn.sync_messages(
-            self._hold.is_held,
+            self.is_held,
             self._store.get_document,
             local_peer_id=self.local_peer_id,
             max_frame_size=self._max_sync_message_size,
