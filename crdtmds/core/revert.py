@@ -12,7 +12,7 @@ once it is durable (`Domain.adopt_or_merge`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,16 @@ def plan_revert(domain: Domain, revision: dict[str, Any]) -> RevertPlan:
         before = domain.state
     target = state_at(fork, content_heads(fork, unhex_heads(heads), revision.get("uid")))
     return RevertPlan(revision, fork.get_heads(), before, target, fork)
+
+
+def revision_state(domain: Domain, revision: Mapping[str, Any]) -> DomainState:
+    """The domain as the published revision left it, read in place."""
+    heads = revision.get("heads")
+    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
+        raise ValidationError(f"revision '{revision.get('uid')}' has no content heads")
+    with domain.lock:
+        doc = domain.doc
+        return state_at(doc, content_heads(doc, unhex_heads(heads), revision.get("uid")))
 
 
 def plan_stored_changes(domain: Domain, heads: list[bytes], chunks: Sequence[bytes]) -> RevertPlan:

@@ -265,7 +265,7 @@ class Gossip:
         self._connections: dict[str, Connection] = {}
         self._hold = RelayHold(self._connections)
         """Persist before forward (rule 3): held documents and relays that wait."""
-        self.hold_local = self._hold.hold_local
+        self.hold_local, self.is_held = self._hold.hold_local, self._hold.is_held
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
         self._ephemeral = EphemeralRelay(local_peer_id)
@@ -401,9 +401,6 @@ class Gossip:
         holds)."""
         conn = self._connections.get(conn_id)
         return conn is not None and conn.is_warm()
-
-    def is_held(self, document_id: str) -> bool:
-        return self._hold.is_held(document_id)
 
     def is_syncing(self, document_id: str) -> bool:
         """Whether a sync of the document is in flight on some connection."""

@@ -13,8 +13,8 @@ from crdtmds.api.params import (
 )
 from crdtmds.api.replies import domain_ref
 from crdtmds.core import names
-from crdtmds.core.docdata import unhex_heads
 from crdtmds.core.domain_state import DomainState
+from crdtmds.core.revert import revision_state
 from crdtmds.core.session_diff import state_changes
 from crdtmds.errors import InvalidParameter, MissingParameter, ObjectNotFound, ValidationError
 
@@ -89,20 +89,14 @@ def revision_changes(
     )  # fmt: skip
     if index is None:
         raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})
-    after = domain.state_at(_content_heads(revisions[index], ref))
+    after = revision_state(domain, revisions[index])
     before = (
-        domain.state_at(_content_heads(revisions[index - 1], ref))
+        revision_state(domain, revisions[index - 1])
         if index > 0
         else DomainState(name=after.name)
     )
     return state_changes(before, after), before, after
 
-
-def _content_heads(revision: Mapping[str, Any], ref: str) -> list[bytes]:
-    heads = revision.get("heads")
-    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
-        raise ValidationError(f"revision '{ref}' has no content heads")
-    return unhex_heads(heads)
 
 
 async def _verify_policy(call: Call) -> dict[str, Any]:
