@@ -22,6 +22,12 @@ const { values } = parseArgs({
   },
 });
 
+// The adapter pings every client each interval and drops one that has not answered the
+// previous ping (5 s by default). On a shared, loaded machine a server working off a
+// backlog reads the answer too late and drops a healthy connection, so the interval is
+// longer here; it costs nothing while connections are healthy.
+const KEEPALIVE_MS = 60_000;
+
 const server = new WebSocketServer({ host: "127.0.0.1", port: 0 });
 await new Promise((resolve, reject) => {
   server.once("listening", resolve);
@@ -30,7 +36,7 @@ await new Promise((resolve, reject) => {
 
 const repo = new Repo({
   network: [
-    new WebSocketServerAdapter(server),
+    new WebSocketServerAdapter(server, KEEPALIVE_MS),
     ...values.dial.map((url) => new WebSocketClientAdapter(url)),
   ],
   storage: values.storage ? new NodeFSStorageAdapter(values.storage) : undefined,
