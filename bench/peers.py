@@ -123,7 +123,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help=f"systems to run besides crdtmds, comma-separated (default {','.join(SYSTEMS)})",
+        help=f"systems to run, comma-separated; crdtmds always runs (default {','.join(SYSTEMS)})",
     )
     parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
