@@ -7,6 +7,7 @@ checked is that each script exits 0 and writes the keys its README section descr
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,26 +120,50 @@ def test_convergence(tmp_path: Path) -> None:
     assert 0 < cluster["observer_cpu_ms_per_publish"] < cluster["bench_cpu_ms_per_publish"]
 
 
+def _js_servers_installed() -> bool:
+    """Whether node and bench/js's npm packages are here (the benchmark would otherwise
+    try to install them, which needs the network)."""
+    packages = BENCH / "js" / "node_modules" / "@automerge"
+    return shutil.which("node") is not None and all(
+        (packages / name).is_dir()
+        for name in (
+            "automerge-repo",
+            "automerge-repo-network-websocket",
+            "automerge-repo-storage-nodefs",
+        )
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("writer", ["prebuilt", "live"])
 def test_peers(tmp_path: Path, writer: str) -> None:
+    systems = ["crdtmds", "automerge.repo"]
+    if writer == "prebuilt" and _js_servers_installed():
+        systems += ["js-repo-nodefs", "js-repo-memory"]
     document = run_bench(
         "peers.py", tmp_path,
         "--changes", "20", "--reps", "1", "--batches", "5", "--writer", writer,
+        "--systems", ",".join(systems), *([] if writer == "prebuilt" else ["--warmup", "0"]),
     )  # fmt: skip
     assert document["parameters"]["writer"] == writer
     results = document["results"]
     cases = {"chain, 5 per message", "star, 5 per message"}
-    for system in ("crdtmds", "automerge.repo"):
+    assert set(results["median_changes_per_second"]) == set(systems)
+    for system in systems:
         assert set(results["median_changes_per_second"][system]) == cases
         assert all(v > 0 for v in results["median_changes_per_second"][system].values())
-    assert set(results["ratio"]) == cases
+    assert set(results["ratio"]) == set(systems) - {"crdtmds"}
+    assert all(set(by_case) == cases for by_case in results["ratio"].values())
     for by_case in results["runs"].values():
         for runs in by_case.values():
             assert all(0 < run["write_seconds"] <= run["seconds"] for run in runs)
-    for key in ("median_bench_cpu_ms_per_change", "median_observer_cpu_ms_per_change"):
+    for key in (
+        "median_bench_cpu_ms_per_change",
+        "median_observer_cpu_ms_per_change",
+        "median_peers_cpu_ms_per_change",
+    ):
         assert all(v > 0 for v in results[key]["crdtmds"].values())
-        assert set(results[key]["automerge.repo"]) == cases
+        assert all(set(results[key][system]) == cases for system in systems)
 
 
 def test_web_api(tmp_path: Path) -> None:
