@@ -16,11 +16,21 @@ With ``--delay-ms D`` every server dials every other through a delay proxy, and 
 between servers of different regions (``--regions``, default one per server) take D ms
 longer each way, to simulate geography.
 
+Receive cost: the CPU per publish of each server is set beside the *receive floor*
+(`lib.receive_floor`: decoding a peer's sync message, `receive_sync_message`, four
+outgoing sync messages and one SQLite commit, in this process, on a document holding as
+many publishes as the domain does halfway through the run). With ``--origins K`` only the
+first K servers publish, so the others are pure receivers; ``--prefill N`` publishes N
+times (one client, one after the other) before the clock starts, to measure a domain
+with a longer history.
+
 Targets: p99 < 50 ms for 5 servers at 50 publishes/s without delay; with a
-delay, p99 within one delay plus 50 ms.
+delay, p99 within one delay plus 50 ms; a receiving server's CPU per publish <= 2x the
+receive floor.
 
     .venv/bin/python bench/convergence.py [--sizes 3,5,9] [--rate 50] [--duration 10]
-        [--delay-ms 0] [--regions N] [--observer graph|document]
+        [--delay-ms 0] [--regions N] [--observer graph|document] [--origins K]
+        [--prefill N]
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from lib.cluster import BenchCluster, wait_for_status
 from lib.command_line import base_parser, int_list, run
 from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD, admin_login_query
 from lib.observers import add_observer_option, arrival_times, start_observer
+from lib.receive_floor import receive_floor_seconds
 from lib.report import plot, print_table, verdict, write_results
 from lib.resources import cpu_seconds
 from lib.stats import ratio, summary
@@ -51,6 +62,9 @@ NAME = "convergence"
 DOMAIN = "convergence"
 TARGET_P99_SECONDS = 0.050
 TARGET_SIZE = 5
+TARGET_FLOOR_MULTIPLE = 2.0
+PREFILL_INDEX = 1_000_000
+"""Index of the first `--prefill` publish (their hosts' names must not clash)."""
 CLIENTS_PER_SERVER = 4
 
 
@@ -63,6 +77,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay per link")
     parser.add_argument("--regions", type=int, default=None, help="regions (default: one each)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the rest")
+    parser.add_argument("--origins", type=int, default=0, help="servers that publish (0: all)")
+    parser.add_argument("--prefill", type=int, default=0, help="publishes before the clock")
     add_observer_option(parser)
     args = parser.parse_args()
     args.sizes = int_list(args.sizes)
@@ -207,6 +223,7 @@ async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[s
         try:
             await observer.attach(urls, await domain_document_id(urls[0]))
             await publishers.prepare(CLIENTS_PER_SERVER)
+            await prefill(args, publishers, observer, size)
             pids = [server.process.pid for server in cluster.servers if server.process]
             cpu = BenchCpu.start(observer, pids)
             publishes = await steady_publishing(size, args, publishers)
@@ -215,7 +232,27 @@ async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[s
         finally:
             await publishers.close()
             await observer.close()
-    return {**summarise(size, args, publishes, observer), **cpu.per_publish(len(publishes))}
+    results = {**summarise(size, args, publishes, observer), **cpu.per_publish(len(publishes))}
+    in_domain = args.prefill + len(publishes) // 2
+    results["receive_floor_publishes"] = in_domain
+    results["receive_floor_ms"] = 1000 * receive_floor_seconds(in_domain)
+    origins = min(size, args.origins) if args.origins > 0 else size
+    results["receiving_servers"] = list(range(origins, size)) or list(range(size))
+    return results
+
+
+async def prefill(
+    args: argparse.Namespace, publishers: Publishers, observer: Observer, size: int
+) -> None:
+    """`--prefill` publishes on the first server, one after the other, all visible
+    everywhere before the clock starts."""
+    if not args.prefill:
+        return
+    made = [Publish(PREFILL_INDEX + index, 0) for index in range(args.prefill)]
+    for publish in made:
+        await publishers.publish(publish, size)
+    await wait_all_visible(observer, made, args.timeout)
+    print(f"  {args.prefill} publishes made before the clock", flush=True)
 
 
 @dataclass(slots=True)
@@ -227,12 +264,15 @@ class BenchCpu:
     process: float
     observers: float
     servers: float
+    each: list[float]
 
     @classmethod
     def start(cls, observer: Observer, pids: list[int]) -> BenchCpu:
-        return cls(-time.process_time(), -observer.handling_cpu(), -cpu_seconds(pids))
+        each = [-cpu_seconds([pid]) for pid in pids]
+        return cls(-time.process_time(), -observer.handling_cpu(), sum(each), each)
 
     def stop(self, observer: Observer, pids: list[int]) -> None:
+        self.each = [start + cpu_seconds([pid]) for start, pid in zip(self.each, pids, strict=True)]
         self.process += time.process_time()
         self.observers += observer.handling_cpu()
         self.servers += cpu_seconds(pids)
@@ -244,6 +284,7 @@ class BenchCpu:
             "observer_cpu_ms_per_publish": 1000 * ratio(self.observers, publishes),
             "servers_cpu_seconds": self.servers,
             "servers_cpu_ms_per_publish": 1000 * ratio(self.servers, publishes),
+            "each_server_cpu_ms_per_publish": [1000 * ratio(c, publishes) for c in self.each],
         }
 
 
@@ -253,7 +294,8 @@ async def steady_publishing(
     """Start one publish every 1/rate seconds on a random server (open loop)."""
     rng = random.Random(args.seed + size)
     count = int(args.duration * args.rate)
-    publishes = [Publish(index, rng.randrange(size)) for index in range(count)]
+    origins = min(size, args.origins) if args.origins > 0 else size
+    publishes = [Publish(index, rng.randrange(origins)) for index in range(count)]
     tasks = []
     start = now()
     for publish in publishes:
@@ -335,6 +377,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
             for r in results
         ],
     )
+    print_receive_table(args, results)
     target = target_seconds(args)
     verdict_rows = [
         [
@@ -361,6 +404,30 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
         targets={"p99_seconds_below": target, "for_servers": TARGET_SIZE, "at_rate": 50},
     )
     plot_latencies(args, results, target)
+
+
+def print_receive_table(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Each receiving server's CPU per publish against the receive floor."""
+    rows = []
+    for r in results:
+        receiving = [r["each_server_cpu_ms_per_publish"][i] for i in r["receiving_servers"]]
+        worst = max(receiving)
+        multiple = ratio(worst, r["receive_floor_ms"])
+        met = verdict(multiple, TARGET_FLOOR_MULTIPLE, at_least=False)
+        rows.append([
+            r["servers"], r["receive_floor_publishes"], len(receiving), min(receiving), worst,
+            r["receive_floor_ms"], multiple, met,
+        ])  # fmt: skip
+    if args.origins:
+        origins = f"servers {args.origins + 1} and up only receive"
+    else:
+        origins = "every server publishes too: each figure includes its own publishes"
+    print_table(
+        f"CPU per publish of the receiving servers against the receive floor, ms ({origins})",
+        ["servers", "publishes in domain", "receivers", "min", "max", "floor", "max / floor",
+         "verdict"],
+        rows,
+    )  # fmt: skip
 
 
 def print_latency_table(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:

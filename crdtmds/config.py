@@ -18,6 +18,9 @@ DATABASE_FILE = "crdtmds.sqlite3"
 CONFIG_KEY = "node-config"
 """The storage meta key of the `ServerConfig` (its name predates the word "server")."""
 MAX_MESSAGE_SIZE_DEFAULT = 16 * 1024 * 1024
+MAX_LOADED_DOMAINS_DEFAULT = 256
+MEMORY_BUDGET_DEFAULT = 1024
+"""MiB of loaded domains, as `crdtmds.app.residency.estimated_memory` counts them."""
 WEB_API_CERT_FILE = "web-api-cert.pem"
 WEB_API_KEY_FILE = "web-api-key.pem"
 """The self-signed certificate of the Web API door (and its key, mode 0600) in a data
@@ -103,3 +106,10 @@ class Limits:
     on changes it got from one of them: the others almost always got them from their
     origin, and relaying at once would send each change to each server once per server.
     Without the mesh (`--no-mesh`) a server relays at once."""
+    max_loaded_domains: int = MAX_LOADED_DOMAINS_DEFAULT
+    """Domains kept in memory at most: a domain is loaded on first use and the least
+    recently used ones are unloaded past this (never one with an open session or a sync
+    in flight)."""
+    memory_budget: int = MEMORY_BUDGET_DEFAULT
+    """MiB of loaded domains at most (an estimate from their stored size), unloaded as
+    for --max-loaded-domains."""

@@ -14,19 +14,25 @@ import logging
 import secrets
 import signal
 import socket
-import time
+import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from automerge.core import Document
 
 from crdtmds.api.call import Services
 from crdtmds.api.dispatch import AdminAPI
 from crdtmds.api.tasks import Tasks
 from crdtmds.app.cluster_admin import ClusterAdmin
 from crdtmds.app.documents import Documents
+from crdtmds.app.epoch_index import EPOCH_LINKS_KEY
 from crdtmds.app.epochs import Epochs
+from crdtmds.app.heads_book import HeadsBook
 from crdtmds.app.lifecycle import Lifecycle
+from crdtmds.app.live_events import LiveEvents
 from crdtmds.app.logins import Logins
 from crdtmds.app.persistence import Persister
+from crdtmds.app.residency import Residency, ResidencyLimits
 from crdtmds.app.sessions import Sessions
 from crdtmds.app.status import StatusView
 from crdtmds.config import (
@@ -39,6 +45,7 @@ from crdtmds.config import (
     new_server_id,
 )
 from crdtmds.core import auth
+from crdtmds.core.cluster import ClusterDocument
 from crdtmds.errors import ClusterError, StorageCorruption, StorageError
 from crdtmds.net.admission import Admission
 from crdtmds.net.catchup import JOIN_TIMEOUT, CatchUp
@@ -47,15 +54,21 @@ from crdtmds.net.links import Links
 from crdtmds.net.mesh import Mesh
 from crdtmds.net.relays import Relays
 from crdtmds.net.urls import advertised_url
-from crdtmds.storage import LoadedDocuments, LoadProblem, Storage
+from crdtmds.storage import LoadProblem, Storage
 from crdtmds.storage.datadir_lock import DataDirLock
+from crdtmds.storage.document_reader import DocumentReader
 from crdtmds.sync.gossip import Gossip
+from crdtmds.sync.summary_exchange import SummaryExchanges
 from crdtmds.tls import certificate_fingerprints, make_self_signed, server_ssl_context
+from crdtmds.transports.console import ConsoleDoor
 from crdtmds.transports.http_api import HttpsListener, WebApiDoor
 from crdtmds.transports.ws import WebSocketListener
 from crdtmds.transports.ws_api import serve_api
 
 log = logging.getLogger("crdtmds.server")
+
+HEADS_FLUSH_INTERVAL = 2.0
+"""Seconds between two writes of the heads records (`HeadsBook.flush`)."""
 
 
 class Server:
@@ -81,15 +94,18 @@ class Server:
 
     def _build_services(self) -> None:
         config, limits, storage = self.config, self.limits, self.storage
-        self.documents = documents = Documents(config.cluster_document_id)
+        self.reader, self.documents, self.heads = _domain_registry(config, limits, storage)
+        documents = self.documents
         self.persister = persister = Persister(storage, documents, config.compact_threshold)
+        peer_id = f"crdtmds-{config.name}-{secrets.token_hex(4)}"
         self.hub = Gossip(
-            f"crdtmds-{config.name}-{secrets.token_hex(4)}",
+            peer_id,
             documents,
             max_message_size=limits.max_message_size,
             max_documents_per_connection=limits.max_documents_per_connection,
             max_sync_message_size=limits.max_sync_message_size,
             on_peer=lambda conn_id, peer: self.admission.verify_listener(conn_id, peer),
+            summaries=SummaryExchanges(self.heads, peer_id, config.cluster_document_id),
         )
         self.sessions = Sessions(storage, documents, persister, self.hub, config.name)
         self.epochs = Epochs(documents, persister, self.hub, config.name, limits.epoch_publishes)
@@ -98,6 +114,8 @@ class Server:
         self.logins = Logins(documents, self.sessions, config.secret, throttle=throttle)
         self.lifecycle = Lifecycle(documents, self.sessions, self.logins, persister)
         self.status = StatusView(config, documents)
+        self.live_events = LiveEvents(documents)
+        _pin_busy_domains(documents, self.sessions, self.hub, self.persister)
         self.api = AdminAPI(
             Services(
                 config, documents, self.sessions, self.cluster_admin, self.logins, self.status,
@@ -152,7 +170,7 @@ class Server:
                 await storage.set_meta(CONFIG_KEY, config.to_meta())
             server = cls(config, storage, path, limits)
             server.lock = lock
-            await server._load_documents()
+            await _load_catalogue(server)
             await server.sessions.restore_stored(path)
         except BaseException:
             await storage.close()
@@ -160,21 +178,9 @@ class Server:
             raise
         return server
 
-    async def _load_documents(self) -> None:
-        """Load every stored document; refuse a store that does not load whole, since
-        serving what is left would show administrators (and peers) a wrong state."""
-        loaded = await _load_all_logged(self.storage)
-        for problem in loaded.problems:
-            log.error(
-                "stored document %s is corrupt (%s row %s): %s",
-                problem.document_id, problem.table, problem.row_id, problem.message,
-            )  # fmt: skip
-        if loaded.problems:
-            raise _damaged_store_error(self.data_dir, loaded.problems)
-        self.persister.track_loaded(loaded.documents)
-        self.documents.take_loaded(loaded.documents)
-
     async def close(self) -> None:
+        await self.heads.close()
+        self.reader.close()
         await self.storage.close()
         if self.lock is not None:
             self.lock.release()
@@ -216,6 +222,7 @@ class Server:
             await self._listen_web_api()
             await self.cluster_admin.register_self()
         self.mesh.start(full=mesh, peers=peers)
+        self.heads.start_flushing(HEADS_FLUSH_INTERVAL)
 
     async def stop(self) -> None:
         """Stop accepting, close every link, then close the storage."""
@@ -226,6 +233,7 @@ class Server:
             if self.listener is not None:
                 await self.listener.stop()
             if self.web_listener is not None:
+                self.live_events.close_all()  # the console's streams end at once
                 await self.web_listener.stop()
             await asyncio.gather(*self.links.background, *self.epochs.background,
                                  return_exceptions=True)  # fmt: skip
@@ -314,19 +322,7 @@ class Server:
         cert, key = web_api_tls_files(config, self.data_dir)
         context = server_ssl_context(cert, key)
         assert context is not None, "both files are named"
-        door = WebApiDoor(
-            self.api,
-            max_body=self.limits.max_message_size,
-            timeout=self.limits.web_api_timeout,
-            url=lambda: config.web_api_url,
-        )
-        self.web_listener = HttpsListener(
-            door,
-            config.web_api_host,
-            config.web_api_port,
-            ssl=context,
-            timeout=self.limits.web_api_timeout,
-        )
+        self.web_listener = _web_api_listener(self, context)
         url = await self.web_listener.start()
         port = self.web_listener.port
         if (port, url) != (config.web_api_port, config.web_api_url):
@@ -360,6 +356,23 @@ class Server:
         self.request_stop()
 
 
+def _web_api_listener(server: Server, context: ssl.SSLContext) -> HttpsListener:
+    """The HTTPS listener of the Web API door and, beside it, the console."""
+    config, limits = server.config, server.limits
+    console = ConsoleDoor(server.documents, server.logins, server.live_events)
+    door = WebApiDoor(
+        server.api,
+        max_body=limits.max_message_size,
+        timeout=limits.web_api_timeout,
+        url=lambda: config.web_api_url,
+        routes=console.routes(),
+    )
+    return HttpsListener(
+        door, config.web_api_host, config.web_api_port, ssl=context,
+        timeout=limits.web_api_timeout,
+    )  # fmt: skip
+
+
 def web_api_tls_files(config: ServerConfig, data_dir: Path) -> tuple[str, str]:
     """The certificate and key of the Web API door: the server's own (`--tls-cert`), or
     the self-signed pair of the data directory, made the first time it is needed and
@@ -380,14 +393,51 @@ def web_api_tls_files(config: ServerConfig, data_dir: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-async def _load_all_logged(storage: Storage) -> LoadedDocuments:
-    """`storage.load_all()`, said before and after: seconds for a large store, and a
-    start that prints nothing meanwhile looks hung."""
-    log.info("loading the stored documents")
-    started = time.monotonic()
-    loaded = await storage.load_all()
-    log.info("loaded %d documents in %.1f s", len(loaded.documents), time.monotonic() - started)
-    return loaded
+def _domain_registry(
+    config: ServerConfig, limits: Limits, storage: Storage
+) -> tuple[DocumentReader, Documents, HeadsBook]:
+    """The domains of a server, loaded on first use from storage, and their heads."""
+    reader = DocumentReader(storage.path)
+    residency = Residency(ResidencyLimits.of(limits))
+    documents = Documents(config.cluster_document_id, loader=reader.load, residency=residency)
+    return reader, documents, HeadsBook(documents, storage, residency.is_busy)
+
+
+async def _load_catalogue(server: Server) -> None:
+    """Load the cluster document and the catalogue of stored domains; a domain is loaded
+    on first use. A cluster document that does not load stops the start."""
+    cluster_id = server.config.cluster_document_id
+    try:
+        cluster = await server.storage.load_document(cluster_id)
+    except StorageCorruption as exc:
+        raise _damaged_store_error(server.data_dir, _problems_of(cluster_id, exc)) from exc
+    server.persister.track_loaded([cluster_id])
+    catalogue = await server.storage.heads.catalogue()
+    server.documents.cluster = ClusterDocument(cluster_id, cluster or Document())
+    await server.heads.load()
+    server.documents.epochs.from_meta(await server.storage.get_meta(EPOCH_LINKS_KEY))
+    server.documents.take_catalogue(server.documents.cluster.doc, catalogue)
+
+
+def _pin_busy_domains(
+    documents: Documents, sessions: Sessions, hub: Gossip, persister: Persister
+) -> None:
+    """A domain stays loaded while a session is open on it, its changes wait to be stored,
+    or a sync with it is in flight; a loaded one is tracked for compaction."""
+    residency = documents.residency
+    residency.pin_while(
+        lambda doc_id: any(s.domain.document_id == doc_id for s in sessions.by_uid.values())
+    )
+    residency.pin_while(hub.is_held)
+    residency.pin_while(hub.is_syncing)
+    documents.on_loaded(lambda doc_id: persister.track_loaded([doc_id]))
+
+
+def _problems_of(document_id: str, exc: StorageCorruption) -> list[LoadProblem]:
+    return [
+        LoadProblem(document_id, p["table"], p["row_id"], p["message"])
+        for p in exc.details.get("problems", [])
+    ]
 
 
 def _removed_message(config: ServerConfig) -> str:

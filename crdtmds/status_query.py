@@ -58,7 +58,19 @@ async def collect_status(
             f"{server} is up; the cluster's status needs a login (crdtmds login)",
             details={"status": first.get("status")},
         )
-    token = first.get("status-token")
+    return await gather_status(first, first.get("status-token"), timeout=timeout, tls_ca=tls_ca)
+
+
+async def gather_status(
+    first: dict[str, Any],
+    token: Any,
+    *,
+    timeout: float = STATUS_TIMEOUT,
+    tls_ca: str | None = None,
+) -> dict[str, Any]:
+    """The cluster's report from one server's full status (`first`): every other server
+    it lists is asked for its own with the status `token`, all at once. The report is
+    that of `collect_status`."""
     listed = {entry["name"]: entry for entry in first.get("servers", []) if entry.get("name")}
     listed.setdefault(first["name"], {"name": first["name"], "url": first.get("url", "")})
     names = sorted(listed)
@@ -104,6 +116,8 @@ def _status_report(
                 peers=answer.get("peers", []),
             )
             row["web-api"] = answer.get("web-api")
+            row["domains_loaded"] = answer.get("domains_loaded")
+            row["domains_total"] = answer.get("domains_total")
         else:
             row["error"] = answer
         servers.append(row)

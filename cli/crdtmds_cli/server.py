@@ -401,6 +401,11 @@ def format_status(report: dict[str, Any]) -> str:
             f"  {server['name']:<16} {server.get('region') or '-':<10} "
             f"{server.get('role') or '-':<10} {state}  peers: {peers}  {server['url']}"
         )
+        if server.get("domains_total") is not None:
+            lines.append(
+                f"  {'':<16} domains loaded {server.get('domains_loaded')}"
+                f" of {server.get('domains_total')}"
+            )
         web = server.get("web-api")
         if isinstance(web, dict):
             lines.append(

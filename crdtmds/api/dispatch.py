@@ -16,6 +16,7 @@ from typing import Any
 from crdtmds.api.call import Access, Call, Caller, Command, InvalidSyntax, Services
 from crdtmds.api.commands import (
     cluster,
+    cluster_status,
     generic,
     lifecycle,
     objects,
@@ -39,7 +40,17 @@ log = logging.getLogger("crdtmds.api")
 def command_table() -> dict[str, Command]:
     """Every command, by name."""
     table: dict[str, Command] = {}
-    for group in (sessions, objects, generic, rules, sections, revisions, cluster, lifecycle):
+    for group in (
+        sessions,
+        objects,
+        generic,
+        rules,
+        sections,
+        revisions,
+        cluster,
+        cluster_status,
+        lifecycle,
+    ):
         table.update(group.COMMANDS)
     return table
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from automerge.core import Document
 
 from crdtmds.app.documents import Documents
+from crdtmds.app.epoch_index import EPOCH_LINKS_KEY
 from crdtmds.app.persistence import Persister
 from crdtmds.core.docdata import new_actor
 from crdtmds.core.domain import Domain
@@ -74,12 +75,14 @@ class Epochs:
         self._carried: dict[str, list[bytes]] = {}
         """Per earlier epoch's document id, its heads this server has compared with the
         next epoch (carried, or found to hold nothing to carry)."""
-        persister.after_domain_change(self.after_change)
+        documents.on_updated(self.after_change)
 
-    async def after_change(self, document_id: str) -> None:
+    def after_change(self, document_id: str, _origin: str = "here") -> None:
         """A domain document changed, and the change is on disk here. The epoch steps run
         in the background, one at a time: starting an epoch or carrying into one reads a
         whole domain (seconds at 10,000 rules), which no publish's reply should wait for."""
+        if document_id == self.documents.cluster.document_id:
+            return
         if document_id not in self._dirty:
             self._dirty.append(document_id)
         if self._worker is None or self._worker.done():
@@ -106,9 +109,12 @@ class Epochs:
                 log.error("epoch step of %s failed in the Automerge core: %r", document_id, exc)
 
     async def _step(self, document_id: str) -> None:
+        if not self.documents.is_loaded(document_id):
+            return  # unloaded since: a step reads only what just changed, in memory
         domain = self.documents.domains.get(document_id)
         if domain is None or not domain.is_domain_document():
             return
+        self.documents.epochs.learn(domain)
         await self._propose(domain)
         successor = await self._start_next(domain)
         if successor is not None:
@@ -154,7 +160,7 @@ class Epochs:
         cut, document_id = proposed
         successor = self.documents.domains.get(document_id)
         if successor is not None and successor.is_domain_document():
-            successor.domain_id = domain.domain_id  # it may have come from a peer first
+            await self._save_links()  # it may have come from a peer first
             return successor
         # Seconds on a large domain (a read at the cut, one write per field): off the event
         # loop, on a copy, since gossip may write the live document meanwhile.
@@ -163,7 +169,7 @@ class Epochs:
         fresh = await asyncio.to_thread(start_epoch, copy, cut)
         successor = self.documents.domains.get(document_id)
         if successor is not None and successor.is_domain_document():
-            successor.domain_id = domain.domain_id  # it came from a peer meanwhile
+            await self._save_links()  # it came from a peer meanwhile
             return successor
         fresh.set_actor(new_actor())
         if successor is None:
@@ -176,7 +182,8 @@ class Epochs:
             await self._store_then_apply(
                 document_id, _all_changes(fresh), lambda: copy_of.doc.merge(fresh)
             )
-        successor.domain_id = domain.domain_id
+        self.documents.epochs.learn(successor)
+        await self._save_links()
         log.info("domain %s: started epoch %d", domain.name, cut.epoch)
         return successor
 
@@ -205,6 +212,13 @@ class Epochs:
             await self._store_then_apply(successor.document_id, changes, merge)
             log.info("domain %s: carried late publishes into epoch", previous.name)
         self._carried[previous.document_id] = heads
+
+    async def _save_links(self) -> None:
+        """The links between epoch documents, for finding the newest without loading
+        the others after a restart (`crdtmds.app.epoch_index`)."""
+        index = self.documents.epochs
+        if index.changed:
+            await self.persister.storage.set_meta(EPOCH_LINKS_KEY, index.to_meta())
 
     async def _store_then_apply(
         self, document_id: str, changes: list[Change], apply: Callable[[], object]

@@ -168,6 +168,15 @@ class Logins:
         login.last_seen = now
         return login
 
+    def peek(self, sid: Any) -> Login | None:
+        """The live login named by `sid`, without refreshing its timeout (a watcher such
+        as the console's event stream must not keep a login alive); None when there is
+        none, or it expired or ended."""
+        login = self.by_sid.get(sid) if isinstance(sid, str) else None
+        if login is None or self.clock() - login.last_seen > login.timeout:
+            return None
+        return None if self._revoked(login) else login
+
     async def log_out(self, login: Login) -> None:
         self.by_sid.pop(login.sid, None)
         await self._close_empty_session(login)
@@ -242,8 +251,7 @@ class Logins:
 
         def may_read(document_id: str) -> bool:
             # A later epoch's document (`app/epochs.py`) is read as its domain is.
-            domain = self.documents.domains.get(document_id)
-            domain_id = domain.domain_id if domain is not None else document_id
+            domain_id = self.documents.epochs.domain_id(document_id)
             for entry in cluster.domains().values():
                 if entry.get("document-id") == domain_id:
                     return cluster.permission(admin, entry["name"]) is not None
@@ -254,8 +262,8 @@ class Logins:
     async def _repo_client_admin(self, query: Mapping[str, str], source: str) -> str:
         token = query.get("token")
         if token:
-            login = self.by_sid.get(token)
-            if login is None or self.clock() - login.last_seen > login.timeout:
+            login = self.peek(token)
+            if login is None:
                 raise AuthenticationFailed("unknown or expired token")
             return login.admin
         user, password = query.get("user"), query.get("password")

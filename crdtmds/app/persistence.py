@@ -10,7 +10,7 @@ before would lack them while their rows are dropped).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from crdtmds.app.documents import Documents
 from crdtmds.core.changes import applied_chunks
@@ -35,16 +35,9 @@ class Persister:
         unknown (rows stored before this server started: compaction covers them all)."""
         self._compacted: dict[str, int] = {}
         """Change rows folded into snapshots per document since this server started."""
-        self._domain_listeners: list[Callable[[str], Awaitable[None]]] = []
-
-    def after_domain_change(self, listener: Callable[[str], Awaitable[None]]) -> None:
-        """Await `listener(document_id)` once a domain document's new changes are on disk:
-        those from a peer (`persist_received`) and a publish's (`domain_changed`)."""
-        self._domain_listeners.append(listener)
-
-    async def domain_changed(self, document_id: str) -> None:
-        for listener in self._domain_listeners:
-            await listener(document_id)
+        self.publishing: set[str] = set()
+        """Documents whose live copy holds a local publish not yet durable: a snapshot
+        taken now could hold a change that is then taken back (see `Sessions.publish`)."""
 
     def track_loaded(self, document_ids: Iterable[str]) -> None:
         """Documents loaded from storage: their stored rows are not known one by one."""
@@ -81,10 +74,7 @@ class Persister:
         if changes is None:
             changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
         await self.persist(document_id, changes)
-        if document_id == self.documents.cluster.document_id:
-            self.documents.cluster_updated()
-        elif changes:
-            await self.domain_changed(document_id)
+        self.documents.received(document_id)
         return len(changes)
 
     def note_appended(self, document_id: str, changes: list[Change]) -> None:
@@ -111,7 +101,7 @@ class Persister:
     async def compact(self, document_id: str) -> None:
         """Write a snapshot of the document and drop the change rows it covers."""
         doc = self.documents.document(document_id)
-        if doc is None:
+        if doc is None or document_id in self.publishing:
             return
         snapshot = doc.save()
         tracked = self._uncompacted.get(document_id)

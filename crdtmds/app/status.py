@@ -3,13 +3,15 @@ linked with, and the heads of every document it holds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from crdtmds.app.documents import Documents
 from crdtmds.config import ServerConfig
 from crdtmds.core import auth
+from crdtmds.core.docdata import has_heads
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,30 @@ class StatusView:
         self.connections: Callable[[], Connections] = Connections
         self.web_api: dict[str, str] | None = None
         """The Web API door's URL and certificate fingerprints, once it listens."""
+        self.heard: dict[str, float] = {}
+        """When each other server last answered a status query from here (wall clock)."""
+
+    def note_heard(self, names: Iterable[str]) -> None:
+        now = time.time()
+        self.heard.update(dict.fromkeys(names, now))
+
+    def changes_missing(self, document_id: str, heads: list[str]) -> int | None:
+        """How many changes of the document this server holds that a server at `heads`
+        (hex) lacks: 0 when the heads are this server's; None when they name changes
+        this server does not hold (this one is behind)."""
+        doc = self.documents.document(document_id)
+        try:
+            wanted = {bytes.fromhex(h) for h in heads}
+        except (TypeError, ValueError):
+            return None
+        if doc is None:
+            return None
+        mine = set(doc.get_heads())
+        if wanted == mine:
+            return 0
+        if not has_heads(doc, list(wanted - mine)):
+            return None
+        return len(doc.get_changes(list(wanted)))
 
     def health(self) -> dict[str, Any]:
         """What anyone may know without a login: the server is up (a load balancer's
@@ -52,16 +78,28 @@ class StatusView:
 
     def domain_heads(self) -> dict[str, dict[str, Any]]:
         """Per domain name: document id, the document of its newest epoch here, and the
-        sorted hex heads of all its epochs' documents on this server."""
+        sorted hex heads of all its epochs' documents on this server (known without a
+        load unless a crash lost a document's record of them)."""
         result: dict[str, dict[str, Any]] = {}
-        for name, entry in sorted(self.documents.cluster.domains().items()):
-            domain = self.documents.domains.get(entry.get("document-id", ""))
-            docs = self.documents.epoch_chain(domain).documents if domain is not None else []
-            heads = sorted(h.hex() for doc in docs for h in doc.get_heads())
-            current = self.documents.current_epoch(domain).document_id if domain else None
-            result[name] = {"document-id": entry.get("document-id"), "heads": heads,
-                            "epoch-document-id": current}  # fmt: skip
+        documents = self.documents
+        for name, entry in sorted(documents.cluster.domains().items()):
+            document_id = entry.get("document-id", "")
+            heads: list[str] = []
+            newest = None
+            for epoch_document in documents.epochs.held_chain_ids(document_id):
+                known = self._heads(epoch_document)
+                heads.extend(h.hex() for h in known)
+                newest = epoch_document if known else newest
+            result[name] = {"document-id": entry.get("document-id"), "heads": sorted(heads),
+                            "epoch-document-id": newest}  # fmt: skip
         return result
+
+    def _heads(self, document_id: str) -> list[bytes]:
+        known = self.documents.heads_of(document_id)
+        if known is None:
+            doc = self.documents.document(document_id)
+            known = doc.get_heads() if doc is not None else []
+        return known
 
     def local_status(self) -> dict[str, Any]:
         """Identity, connections and the heads of every document."""
@@ -83,6 +121,8 @@ class StatusView:
             "connections": {"servers": links.servers, "repo-clients": links.repo_clients},
             "servers": servers,
             "domains": self.domain_heads(),
+            "domains_loaded": len(self.documents.loaded_domains()),
+            "domains_total": len(self.documents.domain_ids()),
             "cluster-document": {
                 "document-id": cluster.document_id,
                 "heads": sorted(h.hex() for h in cluster.doc.get_heads()),

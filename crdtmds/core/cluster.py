@@ -84,6 +84,16 @@ class ClusterDocument:
             self._cache_heads = heads
         return self._cache
 
+    def adopt_plain(self, heads: list[bytes], plain: dict[str, Any]) -> bool:
+        """Take `plain` as the document read at `heads` (kept from the last stop: reading
+        a cluster of many domains costs a start more than anything else), if the
+        document is still at those heads."""
+        current = self.doc.get_heads()
+        if sorted(current) != sorted(heads):
+            return False
+        self._cache, self._cache_heads = plain, current
+        return True
+
     def is_ready(self) -> bool:
         """False for an empty copy still waiting for its first sync."""
         return child_id(self.doc, ROOT, "servers") is not None

@@ -44,6 +44,7 @@ from crdtmds.core.docdata import (
 from crdtmds.core.domain import state_at
 from crdtmds.core.domain_state import DomainState, Layer
 from crdtmds.core.field_writes import put_changed_fields
+from crdtmds.core.revert import content_heads
 from crdtmds.errors import ValidationError
 
 EPOCH_KEY = "epoch"
@@ -337,5 +338,5 @@ class EpochChain:
         heads = unhex_heads(revision.get("heads") or [])
         for doc in reversed(self.documents):
             if heads and has_heads(doc, heads):
-                return state_at(doc, heads)
+                return state_at(doc, content_heads(doc, heads, revision.get("uid")))
         raise ValidationError(f"no epoch holds the heads of revision '{revision.get('uid')}'")

@@ -20,6 +20,7 @@ from crdtmds.core import auth
 from crdtmds.errors import AuthenticationFailed
 from crdtmds.net.links import SyncLink
 from crdtmds.net.urls import format_address
+from crdtmds.sync.heads_summary import CAPABILITY
 from crdtmds.sync.peers import PeerInfo
 from crdtmds.sync.protocol import Join, Peer
 
@@ -53,6 +54,7 @@ class Admission:
             "url": config.url,
             "cluster-document": config.cluster_document_id,
             "server-id": config.server_id,
+            CAPABILITY: 1,
         }
 
     # ------------------------------------------------------------ links we dialed

@@ -197,7 +197,12 @@ class LinkDriver:
             return False
         if self.hooks.on_frame is not None:
             self.hooks.on_frame(frame)
-        for event in self.hub.receive(link.conn_id, frame):
+        try:
+            events = self.hub.receive(link.conn_id, frame)
+        except StorageError as exc:  # a domain loaded on first use is damaged
+            self.hooks.on_storage_failure(exc)
+            return False
+        for event in events:
             if isinstance(event, DocumentChanged):
                 into.note(event)
             else:
@@ -259,7 +264,12 @@ class LinkDriver:
         while True:
             await link.wake.wait()
             link.wake.clear()
-            for frame in hub.data_to_send(link.conn_id):
+            try:
+                frames = hub.data_to_send(link.conn_id)
+            except StorageError as exc:  # a domain loaded on first use is damaged
+                self.hooks.on_storage_failure(exc)
+                return
+            for frame in frames:
                 await link.ws.send(frame)
             if hub.is_closed(link.conn_id):
                 reason = _close_reason(link.failure)

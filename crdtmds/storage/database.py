@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from crdtmds.errors import StorageError, StorageVersionError
+from crdtmds.storage.heads_records import create_heads_tables
 
 SCHEMA_VERSION = 1
 
@@ -214,6 +215,7 @@ async def _prepare_database(connection: aiosqlite.Connection, path: Path) -> Non
         await connection.execute("PRAGMA foreign_keys = ON")
         if version == 0:
             await _create_schema(connection)
+        await create_heads_tables(connection)
     except sqlite3.Error as exc:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _READ_ONLY_CODES:
             raise _not_writable_error(path, exc) from exc

@@ -52,6 +52,24 @@ def _parse_chunk(data: bytes) -> _Chunk:
     return _Chunk(chunk_type, data[4:8], data[start:])
 
 
+def is_change_log(data: bytes) -> bool:
+    """Whether stored document bytes are change chunks (a snapshot kept as its change log)
+    rather than a saved document (which starts with a document chunk)."""
+    return len(data) > 8 and data[:4] == MAGIC and data[8] != _DOCUMENT_CHUNK
+
+
+def change_log_problem(data: bytes) -> str | None:
+    """Why stored change chunks are malformed, or None."""
+    try:
+        for chunk in split_chunks(data):
+            change_hash_and_deps(chunk)
+    except ValueError as exc:
+        return str(exc)
+    except ProtocolError as exc:
+        return exc.message
+    return None
+
+
 def document_chunk_heads(data: bytes) -> list[bytes]:
     """Check a saved document: a document chunk, then any change chunks `Document.save()`
     appends for changes still waiting for a dependency. Returns the document chunk's heads."""

@@ -9,7 +9,11 @@ import automerge.core
 
 from crdtmds.core.changes import change_hash_and_deps
 from crdtmds.errors import ProtocolError, StorageCorruption
-from crdtmds.storage.document_chunk import document_chunk_heads
+from crdtmds.storage.document_chunk import (
+    change_log_problem,
+    document_chunk_heads,
+    is_change_log,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,9 @@ def corruption_error(document_id: str, problems: list[LoadProblem]) -> StorageCo
 
 
 def _snapshot_problem(data: bytes) -> str | None:
+    if is_change_log(data):
+        problem = change_log_problem(data)
+        return None if problem is None else f"snapshot change log is malformed: {problem}"
     try:
         document_chunk_heads(data)
         automerge.core.Document.load(data)

@@ -3,7 +3,7 @@
 Every Automerge document is an append-only log of change chunks (``changes``, keyed by
 ``(document_id, change hash)``) plus at most one snapshot (``snapshots``) written by
 compaction; a document loads in one ``Document.load`` of the snapshot followed by its
-change rows. Administrator sessions are kept with their fork's changes
+change rows. Administrator sessions are kept with their draft's edits
 (`crdtmds.storage.sessions`), server metadata as JSON values (``meta``).
 
 Compaction is the caller's decision: `Storage.append_changes` returns how many change rows
@@ -24,7 +24,13 @@ import automerge.core
 
 from crdtmds.errors import StorageCorruption, StorageError
 from crdtmds.storage.database import Database
-from crdtmds.storage.document_chunk import document_chunk_heads, join_heads, split_heads
+from crdtmds.storage.document_chunk import (
+    document_chunk_heads,
+    is_change_log,
+    join_heads,
+    split_heads,
+)
+from crdtmds.storage.heads_records import HeadsRecords, delete_heads_of
 from crdtmds.storage.loading import (
     DocumentRows,
     LoadedDocuments,
@@ -44,6 +50,11 @@ from crdtmds.storage.sessions import (
 )
 
 DEFAULT_COMPACT_THRESHOLD = 1000
+LOG_FORM_GROWTH = 1.5
+"""Largest size of a document's change log, relative to its saved form, that compaction
+keeps as the snapshot instead: Automerge edits a document loaded from a saved document
+far more slowly than one loaded from its changes (bench/snapshot_load.py), and a log of
+big changes costs about as much to store and load as the saved form."""
 
 # Change rows are read in insertion order: Automerge loads changes that arrive after their
 # dependencies far faster than a shuffled log.
@@ -62,6 +73,7 @@ class Storage:
         self._change_rows: dict[str, int] = {}
         """Change rows per document, once counted (see `_append_changes`)."""
         self.path = database.path
+        self.heads = HeadsRecords(database)  # heads known without loading documents
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,31 +149,34 @@ class Storage:
     async def save_snapshot(
         self, document_id: str, snapshot: bytes, covered_hashes: Sequence[bytes]
     ) -> None:
-        """Compact a document: store ``snapshot`` (a ``Document.save()``) in one transaction,
-        drop older snapshots, and drop the change rows whose hash is in ``covered_hashes``.
-
-        Change rows not named in ``covered_hashes`` (appended concurrently) are kept. The
-        caller vouches that the snapshot contains every covered change. Raises `StorageError`
-        if ``snapshot`` is not a well-formed Automerge document chunk (followed by the change
-        chunks ``Document.save()`` appends for changes still waiting for a dependency),
-        before touching anything.
+        """Compact a document in one transaction: keep one snapshot row, drop older
+        snapshots, and drop the change rows whose hash is in ``covered_hashes`` (rows not
+        named, appended concurrently, are kept). ``snapshot`` is a ``Document.save()``
+        (with the change chunks it appends for changes awaiting a dependency), which the
+        caller vouches holds every covered change; the row kept is the change log instead
+        when it is short enough (`LOG_FORM_GROWTH`). Raises `StorageError` if ``snapshot``
+        is not a well-formed saved document, before touching anything.
         """
         try:
-            heads = document_chunk_heads(snapshot)
+            heads = join_heads(document_chunk_heads(snapshot))
         except ValueError as exc:
             raise StorageError(f"snapshot of {document_id} is not a document: {exc}") from exc
-        hash_rows = [(document_id, change_hash) for change_hash in covered_hashes]
+        covered = set(covered_hashes)
         async with self._database.write(f"save snapshot of {document_id}") as connection:
+            limit = LOG_FORM_GROWTH * len(snapshot)
+            if (log := await _covered_log(connection, document_id, covered, limit)) is not None:
+                snapshot, heads = log, b""  # a load of changes checks dependencies itself
             cursor = await connection.execute(
                 "INSERT INTO snapshots (document_id, heads, data, created_at) VALUES (?, ?, ?, ?)",
-                (document_id, b"".join(heads), snapshot, time.time()),
+                (document_id, heads, snapshot, time.time()),
             )
             await connection.execute(
                 "DELETE FROM snapshots WHERE document_id = ? AND id < ?",
                 (document_id, cursor.lastrowid),
             )
             await connection.executemany(
-                "DELETE FROM changes WHERE document_id = ? AND hash = ?", hash_rows
+                "DELETE FROM changes WHERE document_id = ? AND hash = ?",
+                [(document_id, change_hash) for change_hash in covered],
             )
         self._change_rows.pop(document_id, None)  # counted again at the next append
 
@@ -187,9 +202,7 @@ class Storage:
         async with self._database.read("load all documents") as connection:
             snapshot_rows = await connection.execute_fetchall(_SELECT_LATEST_SNAPSHOTS)
             change_rows = await connection.execute_fetchall(_SELECT_ALL_CHANGES)
-        snapshot_heads = {
-            document_id: split_heads(heads) for document_id, _, heads in snapshot_rows
-        }
+        snapshot_heads = _saved_snapshot_heads(snapshot_rows)
         change_hashes: dict[str, list[bytes]] = {}
         for document_id, _, change_hash in change_rows:
             change_hashes.setdefault(document_id, []).append(change_hash)
@@ -227,6 +240,7 @@ class Storage:
         transaction. Returns how many change and snapshot rows went (0: none stored)."""
         async with self._database.write(f"delete document {document_id}") as connection:
             removed = await _delete_document_rows(connection, document_id)
+            await delete_heads_of(connection, document_id)
         self._change_rows.pop(document_id, None)
         return removed
 
@@ -262,7 +276,7 @@ class Storage:
         base_heads: list[bytes] | None = None,
         last_active: float | None = None,
     ) -> None:
-        """Append change chunks to a saved session's fork, after those already stored, in
+        """Append edits to a saved session's draft, after those already stored, in
         one transaction with its new ``base_heads`` (a draft that was empty may have been
         moved onto newer heads) and ``last_active``, when given."""
         async with self._database.write(f"append changes to session {uid}") as connection:
@@ -281,7 +295,7 @@ class Storage:
     async def replace_session_changes(
         self, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
     ) -> None:
-        """Rebase a saved session: new base heads and the fork's whole new change list."""
+        """Rebase a saved session: new base heads and the draft's whole new edit list."""
         async with self._database.write(f"replace changes of session {uid}") as connection:
             await rebase_session(connection, uid, base_heads, changes)
 
@@ -378,6 +392,46 @@ async def _delete_document_rows(connection: aiosqlite.Connection, document_id: s
         )
         removed += max(cursor.rowcount, 0) if table != "sessions" else 0
     return removed
+
+
+def _saved_snapshot_heads(snapshot_rows: Any) -> dict[str, list[bytes]]:
+    """The heads of the snapshots that are saved documents, by document (a snapshot kept
+    as a change log needs no check: it fails to load when a dependency is gone)."""
+    return {
+        document_id: split_heads(heads)
+        for document_id, data, heads in snapshot_rows
+        if not is_change_log(data)
+    }
+
+
+async def _covered_log(
+    connection: aiosqlite.Connection, document_id: str, covered: set[bytes], limit: float
+) -> bytes | None:
+    """The document's change log up to the covered change rows, if at most `limit` bytes:
+    the latest snapshot row (when it is a change log) followed by those rows in the order
+    they were stored (an order Automerge loads fast: dependencies first). None when
+    longer, or when the latest snapshot is a saved document, whose changes the rows
+    cannot give back. Sizes are read first: most logs of small changes are too long."""
+    previous = await connection.execute_fetchall(
+        "SELECT data FROM snapshots WHERE document_id = ? ORDER BY id DESC LIMIT 1",
+        (document_id,),
+    )
+    chunks = [data for (data,) in previous]
+    if chunks and not is_change_log(chunks[0]):
+        return None
+    sizes = await connection.execute_fetchall(
+        "SELECT id, hash, length(data) FROM changes WHERE document_id = ?", (document_id,)
+    )
+    keep = {row_id for row_id, change_hash, _ in sizes if change_hash in covered}
+    size = sum(len(data) for data in chunks)
+    size += sum(length for row_id, _, length in sizes if row_id in keep)
+    if size > limit:
+        return None
+    rows = await connection.execute_fetchall(
+        "SELECT id, data FROM changes WHERE document_id = ? ORDER BY id", (document_id,)
+    )
+    chunks.extend(data for row_id, data in rows if row_id in keep)
+    return b"".join(chunks)
 
 
 async def _count_changes(connection: aiosqlite.Connection, document_id: str) -> int:

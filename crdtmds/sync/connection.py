@@ -15,9 +15,16 @@ from typing import Any
 from automerge.core import Document, SyncState
 
 from crdtmds.errors import ProtocolError
+from crdtmds.sync.heads_summary import crafted_first_message
 from crdtmds.sync.peers import PeerInfo
 from crdtmds.sync.protocol import DocUnavailable, Error, Join, Request, Sync, encode
-from crdtmds.sync.sync_message import COUNT_MARGIN, split_sync_message, with_changes
+from crdtmds.sync.sync_message import (
+    COUNT_MARGIN,
+    split_sync_message,
+    sync_message_has_changes,
+    sync_message_heads,
+    with_changes,
+)
 
 
 class ConnectionState(enum.Enum):
@@ -38,6 +45,20 @@ class DocLink:
     fresh: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(hash, chunk) of our own new changes that the next message must carry
     (`Gossip.local_changes`)."""
+    since: list[bytes] | None = None
+    """Heads the peer and we last held alike: our first message starts from them
+    (`heads_summary.crafted_first_message`)."""
+    settled: bool = True
+    """Whether the peer's last message named our heads (no sync in flight)."""
+
+    def note_peer_heads(self, data: bytes, ours: list[bytes]) -> bool:
+        """Note whether the peer's sync message `data` names our heads (then nothing of
+        the document is in flight with it); returns that."""
+        try:
+            self.settled = sorted(sync_message_heads(data)) == sorted(ours)
+        except ProtocolError:
+            self.settled = False
+        return self.settled
 
 
 @dataclass(slots=True)
@@ -76,6 +97,16 @@ class Connection:
             return False
         return peer.is_server or document_id in self.links
 
+    def is_warm(self) -> bool:
+        """Whether the peer has sent a sync message about every document we sync with it."""
+        return self.is_connected and all(link.heard_from_peer for link in self.links.values())
+
+    def is_syncing(self, document_id: str) -> bool:
+        """Whether the document waits to be sent to the peer, or the peer's last message
+        about it did not name our heads."""
+        link = self.links.get(document_id)
+        return document_id in self.dirty or (link is not None and not link.settled)
+
     def check_document_count(self, document_id: str, limit: int) -> None:
         if document_id not in self.links and len(self.links) >= limit:
             raise ProtocolError(f"too many documents on one connection (the limit is {limit})")
@@ -94,6 +125,31 @@ class Connection:
             document_id=document_id,
         )
         self.outbox.append(encode(reply))
+
+    def sync_messages(
+        self,
+        is_held: Callable[[str], bool],
+        get_document: Callable[[str], Document | None],
+        *,
+        local_peer_id: str,
+        max_frame_size: int,
+    ) -> list[bytes]:
+        """The sync frames of every dirty document that is not held (a held one stays
+        dirty until persisted)."""
+        frames: list[bytes] = []
+        for document_id in list(self.dirty):
+            if is_held(document_id):
+                continue
+            del self.dirty[document_id]
+            frames.extend(
+                self.sync_frames(
+                    document_id,
+                    get_document,
+                    local_peer_id=local_peer_id,
+                    max_frame_size=max_frame_size,
+                )
+            )
+        return frames
 
     def sync_frames(
         self,
@@ -115,22 +171,39 @@ class Connection:
             if not link.requested_by_us:
                 return []
             doc = Document()  # an empty stand-in: a request says "I have nothing"
-        message = doc.generate_sync_message(link.sync_state)
+        data = _first_message_since(doc, link)
+        if data is None:
+            message = doc.generate_sync_message(link.sync_state)
+            if message is None:
+                link.fresh = []
+                return []
+            data = message.encode()
         fresh, link.fresh = link.fresh, []
-        if message is None:
-            return []
         kind = Sync if link.heard_from_peer or doc.get_heads() else Request
 
         def frame(data: bytes) -> bytes:
             return encode(kind(local_peer_id, peer.peer_id, document_id, data))
 
-        data = with_changes(message.encode(), fresh)
+        data = with_changes(data, fresh)
+        if sync_message_has_changes(data):
+            link.settled = False  # until the peer names the heads they lead to
         whole = frame(data)
         if len(whole) <= max_frame_size:
             return [whole]
         envelope = len(whole) - len(data) + COUNT_MARGIN  # the CBOR around the data
         parts = split_sync_message(data, max_frame_size - envelope, _all_changes_of(doc))
         return [frame(part) for part in parts]
+
+
+def _first_message_since(doc: Document, link: DocLink) -> bytes | None:
+    """The first message of a link seeded with heads both sides held alike; None for
+    Automerge's own message. (Had we lost some of them, Automerge's reset and needs would
+    still bring them back: a summary's digest rules that out first.)"""
+    since, link.since = link.since, None
+    if since is None or link.heard_from_peer:
+        return None
+    changes = [change.bytes for change in doc.get_changes(since)]
+    return crafted_first_message(doc.get_heads(), since, changes)
 
 
 def _all_changes_of(doc: Document) -> Callable[[], list[bytes]]:

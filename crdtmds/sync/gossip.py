@@ -106,6 +106,7 @@ from crdtmds.sync.protocol import (
     encode,
 )
 from crdtmds.sync.relay_hold import RelayHold
+from crdtmds.sync.summary_exchange import SummaryExchanges
 from crdtmds.sync.sync_message import sync_message_has_changes, try_parse_sync_message
 
 __all__ = [
@@ -253,6 +254,7 @@ class Gossip:
         max_documents_per_connection: int = MAX_DOCUMENTS_PER_CONNECTION_DEFAULT,
         max_sync_message_size: int = MAX_SYNC_MESSAGE_SIZE_DEFAULT,
         on_peer: Callable[[str, Peer], PeerInfo] | None = None,
+        summaries: SummaryExchanges | None = None,
     ) -> None:
         self.local_peer_id = local_peer_id
         self._store = store
@@ -263,9 +265,12 @@ class Gossip:
         self._connections: dict[str, Connection] = {}
         self._hold = RelayHold(self._connections)
         """Persist before forward (rule 3): held documents and relays that wait."""
+        self.hold_local, self.is_held = self._hold.hold_local, self._hold.is_held
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
         self._ephemeral = EphemeralRelay(local_peer_id)
+        self._summaries = summaries or SummaryExchanges(None, local_peer_id, "")
+        """The heads summary with servers that offer it (`crdtmds.sync.heads_summary`)."""
 
     # ---------------------------------------------------------------- connections
 
@@ -314,6 +319,7 @@ class Gossip:
     def close_connection(self, conn_id: str) -> None:
         """Forget the connection and its sync states (the socket is gone)."""
         self._connections.pop(conn_id, None)
+        self._summaries.forget(conn_id)
 
     def connections(self) -> list[str]:
         return list(self._connections)
@@ -356,6 +362,7 @@ class Gossip:
         fresh = self._fresh.pop(document_id, [])
         for conn in self._connections.values():
             if conn.state is ConnectionState.CONNECTED and conn.should_sync(document_id):
+                self._summaries.seed_link(conn, document_id)
                 conn.dirty[document_id] = None
                 if fresh and conn.peer_info.is_server:
                     conn.link(document_id).fresh.extend(fresh)
@@ -386,21 +393,18 @@ class Gossip:
         conn = self._connections.get(conn_id)
         if conn is None:
             return False
-        return bool(conn.outbox) or any(not self._hold.is_held(d) for d in conn.dirty)
+        return bool(conn.outbox) or any(not self.is_held(d) for d in conn.dirty)
 
     def is_warm(self, conn_id: str) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it:
         from then on our messages carry changes at once (before, they first learn what it
         holds)."""
         conn = self._connections.get(conn_id)
-        return (
-            conn is not None
-            and conn.state is ConnectionState.CONNECTED
-            and all(link.heard_from_peer for link in conn.links.values())
-        )
+        return conn is not None and conn.is_warm()
 
-    def is_held(self, document_id: str) -> bool:
-        return self._hold.is_held(document_id)
+    def is_syncing(self, document_id: str) -> bool:
+        """Whether a sync of the document is in flight on some connection."""
+        return any(conn.is_syncing(document_id) for conn in self._connections.values())
 
     def data_to_send(self, conn_id: str) -> list[bytes]:
         """Drain the connection: handshake, error and other queued frames, then one sync
@@ -486,6 +490,8 @@ class Gossip:
             if not is_core_error(exc):
                 raise
             raise ProtocolError(f"invalid sync message for {document_id}: {exc}") from exc
+        if link.note_peer_heads(data, doc.get_heads()):
+            self._summaries.settled(conn, document_id, doc.get_heads())
         if sorted(doc.get_heads()) == sorted(before_heads):
             conn.dirty[document_id] = None
             return []
@@ -500,6 +506,8 @@ class Gossip:
         return [DocumentUnavailableFromPeer(conn.conn_id, message.document_id)]
 
     def _on_ephemeral(self, conn: Connection, message: Ephemeral) -> list[Event]:
+        if self._summaries.receive(conn, message):
+            return []
         document_id = message.document_id
         conn.check_document_count(document_id, self._max_documents)
         if not conn.peer_info.may_read(document_id):
@@ -513,7 +521,10 @@ class Gossip:
     def _connect(self, conn: Connection, peer: PeerInfo) -> None:
         conn.peer = peer
         conn.state = ConnectionState.CONNECTED
+        summary = peer.is_server and self._summaries.start(conn)
         for document_id in self._store.shared_documents(peer):
+            if summary and self._summaries.holds(document_id):
+                continue  # domains wait for the summary's verdict
             if peer.may_read(document_id):
                 conn.link(document_id)
                 conn.dirty[document_id] = None
@@ -523,17 +534,9 @@ class Gossip:
         return ConnectionFailed(conn.conn_id, message)
 
     def _sync_messages(self, conn: Connection) -> list[bytes]:
-        frames: list[bytes] = []
-        for document_id in list(conn.dirty):
-            if self._hold.is_held(document_id):
-                continue  # stays dirty until persisted
-            del conn.dirty[document_id]
-            frames.extend(
-                conn.sync_frames(
-                    document_id,
-                    self._store.get_document,
-                    local_peer_id=self.local_peer_id,
-                    max_frame_size=self._max_sync_message_size,
-                )
-            )
-        return frames
+        return conn.sync_messages(
+            self.is_held,
+            self._store.get_document,
+            local_peer_id=self.local_peer_id,
+            max_frame_size=self._max_sync_message_size,
+        )

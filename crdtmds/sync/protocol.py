@@ -19,6 +19,7 @@ Document ids are 16 random bytes, base58check-encoded; their URL form is
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -185,6 +186,15 @@ def _base58check_bytes(text: object, size: int, what: str) -> bytes:
 
 def document_id_to_bytes(doc_id: str) -> bytes:
     """The 16 bytes a document id stands for; raises ProtocolError if it is not one."""
+    if isinstance(doc_id, str):
+        return _known_document_id_bytes(doc_id)
+    return _base58check_bytes(doc_id, DOCUMENT_ID_BYTES, "document id")
+
+
+@functools.lru_cache(maxsize=4096)
+def _known_document_id_bytes(doc_id: str) -> bytes:
+    """Remembered: every sync frame names its document, a server sees few ids again and
+    again, and base58check costs more than the rest of a frame's header."""
     return _base58check_bytes(doc_id, DOCUMENT_ID_BYTES, "document id")
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -143,7 +143,8 @@ class _Refused(Exception):
 
 class WebApiDoor:
     """What the Web API serves: an aiohttp `Application` turning each POST into one
-    `AdminAPI.execute` call. `url()` names the door in login replies."""
+    `AdminAPI.execute` call. `url()` names the door in login replies; `routes` are
+    served besides the commands (the console's pages, `transports/console.py`)."""
 
     def __init__(
         self,
@@ -152,6 +153,7 @@ class WebApiDoor:
         max_body: int,
         timeout: float,
         url: Callable[[], str] = lambda: "",
+        routes: Iterable[web.RouteDef] = (),
     ) -> None:
         self.api = api
         self.max_body = max_body
@@ -160,6 +162,7 @@ class WebApiDoor:
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(WEB_API_PATH + "/{command}", self.handle)
         self.app.router.add_post(WEB_API_PATH + "/v{version}/{command}", self.handle)
+        self.app.router.add_routes(list(routes))  # other pages served alongside (the console)
         self.app.router.add_route("*", "/{tail:.*}", self.elsewhere)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

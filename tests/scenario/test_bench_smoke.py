@@ -7,6 +7,7 @@ checked is that each script exits 0 and writes the keys its README section descr
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,17 @@ def test_rulebase_scaling(tmp_path: Path) -> None:
     assert document["targets"] == {"add_publish_ratio_at_most": 2.0}
 
 
+def test_snapshot_load(tmp_path: Path) -> None:
+    document = run_bench("snapshot_load.py", tmp_path, "--sizes", "5,40", "--reps", "1")
+    results = document["results"]
+    assert set(results["ratio_restarted_to_never"]) == {
+        f"{size} add {where} + publish" for size in (5, 40) for where in ("top", "bottom")
+    }
+    assert all(value["wall"] > 0 for value in results["ratio_restarted_to_never"].values())
+    assert results["automerge_median_seconds"]["as storage loads it insert at end"]["wall"] > 0
+    assert document["targets"] == {"ratio_at_most": 1.2}
+
+
 def test_merge_throughput(tmp_path: Path) -> None:
     document = run_bench(
         "merge_throughput.py", tmp_path, "--changes", "60", "--domains", "2", "--reps", "1"
@@ -92,9 +104,12 @@ def test_merge_throughput(tmp_path: Path) -> None:
 def test_convergence(tmp_path: Path) -> None:
     document = run_bench(
         "convergence.py", tmp_path,
-        "--sizes", "3", "--duration", "1", "--rate", "10", "--warmup", "0",
+        "--sizes", "3", "--duration", "1", "--rate", "10", "--warmup", "0", "--origins", "1",
     )  # fmt: skip
     (cluster,) = document["results"]["clusters"]
+    assert cluster["receiving_servers"] == [1, 2]
+    assert len(cluster["each_server_cpu_ms_per_publish"]) == 3
+    assert cluster["receive_floor_ms"] > 0
     assert cluster["servers"] == 3
     assert cluster["errors"] == 0
     assert cluster["not_visible_in_time"] == 0
@@ -105,26 +120,50 @@ def test_convergence(tmp_path: Path) -> None:
     assert 0 < cluster["observer_cpu_ms_per_publish"] < cluster["bench_cpu_ms_per_publish"]
 
 
+def _js_servers_installed() -> bool:
+    """Whether node and bench/js's npm packages are here (the benchmark would otherwise
+    try to install them, which needs the network)."""
+    packages = BENCH / "js" / "node_modules" / "@automerge"
+    return shutil.which("node") is not None and all(
+        (packages / name).is_dir()
+        for name in (
+            "automerge-repo",
+            "automerge-repo-network-websocket",
+            "automerge-repo-storage-nodefs",
+        )
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("writer", ["prebuilt", "live"])
 def test_peers(tmp_path: Path, writer: str) -> None:
+    systems = ["crdtmds", "automerge.repo"]
+    if writer == "prebuilt" and _js_servers_installed():
+        systems += ["js-repo-nodefs", "js-repo-memory"]
     document = run_bench(
         "peers.py", tmp_path,
         "--changes", "20", "--reps", "1", "--batches", "5", "--writer", writer,
+        "--systems", ",".join(systems), *([] if writer == "prebuilt" else ["--warmup", "0"]),
     )  # fmt: skip
     assert document["parameters"]["writer"] == writer
     results = document["results"]
     cases = {"chain, 5 per message", "star, 5 per message"}
-    for system in ("crdtmds", "automerge.repo"):
+    assert set(results["median_changes_per_second"]) == set(systems)
+    for system in systems:
         assert set(results["median_changes_per_second"][system]) == cases
         assert all(v > 0 for v in results["median_changes_per_second"][system].values())
-    assert set(results["ratio"]) == cases
+    assert set(results["ratio"]) == set(systems) - {"crdtmds"}
+    assert all(set(by_case) == cases for by_case in results["ratio"].values())
     for by_case in results["runs"].values():
         for runs in by_case.values():
             assert all(0 < run["write_seconds"] <= run["seconds"] for run in runs)
-    for key in ("median_bench_cpu_ms_per_change", "median_observer_cpu_ms_per_change"):
+    for key in (
+        "median_bench_cpu_ms_per_change",
+        "median_observer_cpu_ms_per_change",
+        "median_peers_cpu_ms_per_change",
+    ):
         assert all(v > 0 for v in results[key]["crdtmds"].values())
-        assert set(results[key]["automerge.repo"]) == cases
+        assert all(set(results[key][system]) == cases for system in systems)
 
 
 def test_web_api(tmp_path: Path) -> None:
@@ -173,3 +212,19 @@ def test_history_server(tmp_path: Path) -> None:
     assert set(results["median_cpu_ms"]) == {"5", "25"}
     assert set(results["ratios"]) == {"epochs", "one document"}
     assert results["epoch_steps_cpu_s"] > 0
+
+
+def test_domains_scale(tmp_path: Path) -> None:
+    document = run_bench(
+        "domains_scale.py", tmp_path, "--domains", "6", "--few", "2", "--used", "2",
+        "--changed", "2", "--rules", "40", "--missing", "1", "--reps", "1",
+    )  # fmt: skip
+    results = document["results"]
+    assert results["startup"].keys() == {"process", "in_process"}
+    assert results["memory"]["median_rss_kib"].keys() == {
+        "many, few used", "only the used", "many, all loaded",
+    }  # fmt: skip
+    for key in ("reconnect", "big_domain"):
+        assert results[key]["summary"]["b_loaded_on_reconnect"] <= 2
+        assert results[key]["plain"]["bytes"] > 0
+    assert results["big_domain_ratios"]["summary"]["domain"] > 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import crdtmds
 from crdtmds.api.call import Access, Call, Command, command
+from crdtmds.api.commands.revisions import revision_changes
 from crdtmds.api.params import (
     PAGING,
     boolean,
@@ -23,6 +24,7 @@ from crdtmds.api.replies import domain_ref, summary, timestamp
 from crdtmds.app.logins import DEFAULT_SESSION_TIMEOUT, Login, LoginRequest
 from crdtmds.core import model, names
 from crdtmds.core.cluster import SUPERUSER
+from crdtmds.core.domain_state import DomainState
 from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError, MissingParameter, NotImplementedHere, ObjectNotFound
 
@@ -207,26 +209,35 @@ async def _show_sessions(call: Call) -> dict[str, Any]:
 
 
 async def _show_changes(call: Call) -> dict[str, Any]:
+    """The login's unpublished changes; with `to-session` (a revision's uid or its
+    session's), the changes that revision published."""
     call.domain_entry()
     session = call.login.session
-    changes = session.show_changes() if session is not None else {}
+    published = optional_string(call.params, "to-session")
+    if published is not None:
+        changes, base, view = revision_changes(call, published)
+    elif session is not None:
+        changes, base, view = session.show_changes(), session.base, session.view
+    else:
+        changes, base, view = {}, None, None
     added, modified, deleted = (changes.get(k, []) for k in ("added", "modified", "deleted"))
     return {
-        "session": call.login.uid,
+        "session": published or call.login.uid,
         "added-objects": added,
         "modified-objects": modified,
         "deleted-objects": deleted,
         "total": len(added) + len(modified) + len(deleted),
-        "objects-dictionary": _changes_dictionary(session, [*added, *modified, *deleted]),
+        "objects-dictionary": _changes_dictionary(view, base, [*added, *modified, *deleted]),
     }
 
 
 def _changes_dictionary(
-    session: Session | None, items: Iterable[Mapping[str, Any]]
+    view: DomainState | None, base: DomainState | None, items: Iterable[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """`{uid, name, type}` of every object the changes refer to (members, rule columns),
-    as the draft sees it, or as its base did for objects the draft deleted."""
-    if session is None:
+    as `view` (the draft, or the revision) sees it, or as `base` did for objects it
+    deleted."""
+    if view is None or base is None:
         return []
     uids: dict[str, None] = {}
     for item in items:
@@ -236,9 +247,7 @@ def _changes_dictionary(
         for value in values:
             if isinstance(value, list):
                 uids.update(dict.fromkeys(u for u in value if isinstance(u, str)))
-    return [
-        summary(session.view if uid in session.view.objects else session.base, uid) for uid in uids
-    ]
+    return [summary(view if uid in view.objects else base, uid) for uid in uids]
 
 
 COMMANDS: dict[str, Command] = {
@@ -251,5 +260,5 @@ COMMANDS: dict[str, Command] = {
     "show-task": command(_show_task, Access.LOGGED_IN, "task-id details-level"),
     "show-session": command(_show_session, Access.LOGGED_IN, "uid"),
     "show-sessions": command(_show_sessions, Access.LOGGED_IN, "", PAGING),
-    "show-changes": command(_show_changes, Access.READ, "details-level"),
+    "show-changes": command(_show_changes, Access.READ, "details-level to-session"),
 }

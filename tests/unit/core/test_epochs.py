@@ -19,6 +19,7 @@ from crdtmds.core.epochs import (
     cut_of,
     start_epoch,
 )
+from crdtmds.core.revert import revision_state
 from crdtmds.core.session import Session
 from crdtmds.errors import ValidationError
 from tests.unit.core.test_revisions import content, publish
@@ -163,8 +164,7 @@ def test_publishes_concurrent_with_the_cut_are_carried_by_every_server() -> None
 def test_every_revision_of_every_epoch_is_listed_once_and_readable() -> None:
     a, b = _history()
     old_revisions = list(a.state.revisions)
-    recorded = {r["uid"]: content(a.state_at(bytes.fromhex(h) for h in r["heads"]))
-                for r in old_revisions}  # fmt: skip
+    recorded = {r["uid"]: content(revision_state(a, r)) for r in old_revisions}
     cut = Cut(1, a.document_id, tuple(a.heads()))
     ea = _epoch_domain(a, cut)
     ea.doc.set_actor(new_actor())

@@ -29,6 +29,7 @@ from crdtmds.storage import (
     SessionRecord,
     Storage,
 )
+from crdtmds.storage.document_reader import DocumentReader
 
 Opener = Callable[[], Awaitable[Storage]]
 ChangePair = tuple[bytes, bytes]
@@ -551,6 +552,80 @@ async def test_compaction_leaves_one_snapshot_row_with_its_heads(tmp_path: Path)
     [rows] = raw_sqlite(path, ("SELECT document_id, heads FROM snapshots", ()))
     assert len(doc.get_heads()) == 2
     assert rows == [("doc", b"".join(doc.get_heads()))]
+
+
+def bulk_edit(doc: am.Document, prefix: str, count: int = 200) -> ChangePair:
+    """One change writing ``count`` keys: a change as big as its share of a saved document."""
+    with doc.transaction() as tx:
+        for i in range(count):
+            tx.put(am.ROOT, f"{prefix}{i}", am.ScalarType.Str, f"{prefix}-value-{i}")
+    change = doc.get_last_local_change()
+    return change.hash, change.bytes
+
+
+def stored_snapshot(path: Path) -> bytes:
+    [[(data,)]] = raw_sqlite(path, ("SELECT data FROM snapshots", ()))
+    return bytes(data)
+
+
+async def test_compaction_keeps_big_changes_as_their_log(tmp_path: Path) -> None:
+    """A log about the size of the saved document is what is kept: a document loaded from
+    its changes edits as fast as one built in memory, a loaded saved document does not."""
+    path = tmp_path / DB_NAME
+    doc = am.Document()
+    storage = await Storage.open(path)
+    expected = b""
+    for round_number in range(2):
+        pairs = [bulk_edit(doc, f"r{round_number}c{i}") for i in range(3)]
+        await storage.append_changes("doc", pairs)
+        await storage.save_snapshot("doc", doc.save(), [h for h, _ in pairs])
+        expected += b"".join(data for _, data in pairs)
+        assert stored_snapshot(path) == expected  # the earlier log, then the new rows
+    late = [bulk_edit(doc, "late")]
+    await storage.append_changes("doc", late)
+    await storage.close()
+    storage = await Storage.open(path)
+    try:
+        loaded = await storage.load_all()
+        assert loaded.problems == []
+        assert_same_document(loaded.documents["doc"], doc)
+        assert await storage.uncompacted_count("doc") == 1
+    finally:
+        await storage.close()
+    reader = DocumentReader(path)  # the lazy load on first use reads the same rows
+    try:
+        lazily = reader.load("doc")
+        assert lazily is not None
+        assert_same_document(lazily[0], doc)
+    finally:
+        reader.close()
+    [[(row_id,)]] = raw_sqlite(path, ("SELECT id FROM snapshots", ()))
+    raw_sqlite(path, ("UPDATE snapshots SET data = ? WHERE id = ?", (expected[:-5], row_id)))
+    storage = await Storage.open(path)
+    try:
+        (problem,) = (await storage.load_all()).problems
+        assert (problem.table, problem.row_id) == ("snapshots", row_id)
+    finally:
+        await storage.close()
+
+
+async def test_compaction_of_many_small_changes_keeps_the_saved_document(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB_NAME
+    doc = am.Document()
+    storage = await Storage.open(path)
+    pairs = edits(doc, 300)
+    await storage.append_changes("doc", pairs)
+    snapshot = doc.save()
+    await storage.save_snapshot("doc", snapshot, [h for h, _ in pairs])
+    assert stored_snapshot(path) == snapshot
+    more = edits(doc, 300, "more")  # a saved document's changes cannot be rebuilt from rows
+    await storage.append_changes("doc", more)
+    await storage.save_snapshot("doc", doc.save(), [h for h, _ in more])
+    assert stored_snapshot(path) == doc.save()
+    assert_same_document(await storage.load_document("doc"), doc)
+    await storage.close()
 
 
 async def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
