@@ -136,10 +136,12 @@ class Admission:
         return info, {"isEphemeral": False, METADATA_KEY: identity}
 
     def _repo_client_reader(self, may_read: Callable[[str], bool]) -> Callable[[str], bool]:
-        """Domains only (never the cluster document, which holds password hashes)."""
+        """Domains only (never the cluster document, which holds password hashes), with
+        the documents of their later epochs (`crdtmds.core.epochs`)."""
 
         def reader(document_id: str) -> bool:
-            return document_id in self.documents.listed_domain_ids() and bool(may_read(document_id))
+            domain_id = self.documents.epochs.domain_id(document_id)
+            return domain_id in self.documents.listed_domain_ids() and bool(may_read(document_id))
 
         return reader
 

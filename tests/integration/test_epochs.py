@@ -69,6 +69,10 @@ async def test_epochs_roll_and_every_revision_stays_listed_and_revertable(
         assert node.documents.epochs.chain_ids(first)[-1] == newest
         assert node.documents.domain("acme").document_id == newest
         assert not node.documents.is_loaded(first)
+        # A stock repo client that may read the domain may read each of its epochs.
+        reader = node.admission._repo_client_reader(lambda _document_id: True)
+        assert reader(first) and reader(newest)
+        assert not reader(node.documents.cluster.document_id)
         admin = connect(node.api)
         await admin.login("root")
         after = await _revision_uids(admin)
