@@ -72,6 +72,8 @@ class Epochs:
         self._worker: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
         """The worker while it runs (the server awaits it when it stops)."""
+        self._busy: set[str] = set()
+        documents.residency.pin_while(self.is_busy)
         self._carried: dict[str, list[bytes]] = {}
         """Per earlier epoch's document id, its heads this server has compared with the
         next epoch (carried, or found to hold nothing to carry)."""
@@ -107,6 +109,13 @@ class Epochs:
                 if not is_core_error(exc):
                     raise
                 log.error("epoch step of %s failed in the Automerge core: %r", document_id, exc)
+            finally:
+                self._busy.clear()
+
+    def is_busy(self, document_id: str) -> bool:
+        """Whether the worker's step uses the document (it stays loaded meanwhile: a
+        change merged into a copy unloaded and loaded again would miss the live one)."""
+        return document_id in self._busy
 
     async def _step(self, document_id: str) -> None:
         if not self.documents.is_loaded(document_id):
@@ -114,10 +123,12 @@ class Epochs:
         domain = self.documents.domains.get(document_id)
         if domain is None or not domain.is_domain_document():
             return
+        self._busy.add(document_id)
         self.documents.epochs.learn(domain)
         await self._propose(domain)
         successor = await self._start_next(domain)
         if successor is not None:
+            self._busy.add(successor.document_id)
             await self._carry(domain, successor)
             await self._step(successor.document_id)
 
