@@ -102,7 +102,10 @@ class ConsoleDoor:
         await response.prepare(request)
         mine = (login.domain or {}).get("document-id")
         cluster_id = self.documents.cluster.document_id
-        subscription = self.events.subscribe(lambda doc_id: doc_id in (mine, cluster_id))
+        epochs = self.documents.epochs  # a domain's later epochs are documents of their own
+        subscription = self.events.subscribe(
+            lambda doc_id: doc_id == cluster_id or epochs.domain_id(doc_id) == mine
+        )
         try:
             await _send(response, "ready", {"domain": _domain_name(login)})
             while not subscription.closed:
@@ -127,9 +130,10 @@ class ConsoleDoor:
             await _send(response, "cluster", {"origin": update.origin, "at": update.at})
             return
         doc = self.documents.document(update.document_id)
+        domain_id = self.documents.epochs.domain_id(update.document_id)
         entry = next(
             (e for e in self.documents.cluster.domains().values()
-             if e.get("document-id") == update.document_id),
+             if e.get("document-id") == domain_id),
             {},
         )  # fmt: skip
         await _send(

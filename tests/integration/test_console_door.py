@@ -164,3 +164,25 @@ async def test_show_changes_of_a_published_revision(client: TestClient, node: Se
         "/web_api/show-changes", json={"to-session": "nope"}, headers={"X-chkp-sid": sid}
     )
     assert refused.status == 404
+
+
+async def test_publishes_into_a_later_epoch_are_streamed(client: TestClient, node: Server) -> None:
+    node.epochs.publishes_per_epoch = 2  # the domain rolls after two publishes
+    editor = await login(client)
+    for index in range(3):
+        await call(client, editor, "add-host", name=f"e{index}",
+                   **{"ipv4-address": f"192.0.2.{index + 1}"})  # fmt: skip
+        await call(client, editor, "publish")
+        await node.epochs.idle()
+    first = node.documents.cluster.domains()["acme"]["document-id"]
+    newest = node.documents.domain("acme")
+    assert newest.document_id != first
+    watcher = await login(client)
+    stream = await client.get("/console/events", headers={"X-chkp-sid": watcher})
+    assert await next_event(stream) == ("ready", {"domain": "acme"})
+    await call(client, editor, "add-host", name="late", **{"ipv4-address": "192.0.2.9"})
+    await call(client, editor, "publish")
+    event, data = await next_event(stream)
+    assert (event, data["domain"], data["origin"]) == ("domain", "acme", "here")
+    assert data["heads"] == sorted(h.hex() for h in newest.heads())
+    await call(client, watcher, "logout")
