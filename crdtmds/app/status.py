@@ -46,20 +46,23 @@ class StatusView:
     def changes_missing(self, document_id: str, heads: list[str]) -> int | None:
         """How many changes of the document this server holds that a server at `heads`
         (hex) lacks: 0 when the heads are this server's; None when they name changes
-        this server does not hold (this one is behind)."""
-        doc = self.documents.document(document_id)
+        this server does not hold (this one is behind). `heads` cover every epoch's
+        document of the domain (`domain_heads`): each is compared with its own."""
         try:
             wanted = {bytes.fromhex(h) for h in heads}
         except (TypeError, ValueError):
             return None
-        if doc is None:
-            return None
-        mine = set(doc.get_heads())
-        if wanted == mine:
-            return 0
-        if not has_heads(doc, list(wanted - mine)):
-            return None
-        return len(doc.get_changes(list(wanted)))
+        missing = 0
+        for epoch_document in self.documents.epochs.held_chain_ids(document_id):
+            doc = self.documents.document(epoch_document)
+            if doc is None:
+                return None
+            mine = set(doc.get_heads())
+            theirs = {h for h in wanted if h in mine or has_heads(doc, [h])}
+            wanted -= theirs
+            if theirs != mine:
+                missing += len(doc.get_changes(sorted(theirs)))
+        return None if wanted else missing
 
     def health(self) -> dict[str, Any]:
         """What anyone may know without a login: the server is up (a load balancer's

@@ -186,3 +186,10 @@ async def test_publishes_into_a_later_epoch_are_streamed(client: TestClient, nod
     assert (event, data["domain"], data["origin"]) == ("domain", "acme", "here")
     assert data["heads"] == sorted(h.hex() for h in newest.heads())
     await call(client, watcher, "logout")
+    # show-cluster-status compares each epoch's document with its own heads.
+    status = node.status
+    every = status.domain_heads()["acme"]["heads"]
+    assert status.changes_missing(first, every) == 0
+    newest_heads = {h.hex() for h in newest.heads()}
+    earlier = [h for h in every if h not in newest_heads]
+    assert status.changes_missing(first, earlier) == len(newest.doc.get_changes([]))
