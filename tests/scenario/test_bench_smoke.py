@@ -21,9 +21,10 @@ COMMON_KEYS = {"benchmark", "date", "machine", "parameters", "results", "targets
 RULEBASE_STEPS = (
     "add + publish",
     "move + publish",
+    "new session add + publish",
     "read view",
     "read document",
-    "automerge floor",
+    "floor",
 )
 
 
@@ -73,8 +74,12 @@ def test_rulebase_scaling(tmp_path: Path) -> None:
     for step in RULEBASE_STEPS:
         assert results["median_seconds"]["40"][step]["wall"] > 0
     assert results["ratio_largest_to_smallest"]["add + publish"]["wall"] > 0
-    assert results["floor_at_largest_to_add_publish_at_smallest"] > 0
-    assert document["targets"] == {"add_publish_ratio_at_most": 2.0}
+    assert results["new_session_to_held_at_largest"] > 0
+    assert document["targets"] == {
+        "add_publish_ratio_at_most": 2.0,
+        "move_publish_ratio_at_most": 2.5,
+        "new_session_to_held_at_most": 1.3,
+    }
 
 
 def test_snapshot_load(tmp_path: Path) -> None:
