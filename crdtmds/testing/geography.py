@@ -36,6 +36,8 @@ LOCAL_MS = 1.0
 """One-way delay between two servers of one region."""
 QUIET_START_ARGS = ("--log-level", "warning")
 POLL_SECONDS = 0.2
+START_TIMEOUT = 180.0
+"""Bound of each step of starting the servers: sixteen processes start at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,19 +116,20 @@ class GeoCluster:
             for b, other in enumerate(servers):
                 if a != b:
                     server.start_args += ["--dial-url", f"{other.name}={self.links[a, b].url}"]
-        self.cluster.start()
+        self.cluster.start(START_TIMEOUT)
         for (_, b), link in self.links.items():
             link.target_port = urlsplit(servers[b].url).port or 0
         return self
 
     def cut(self, region: str) -> None:
         """Cut `region` off: every link between it and another region drops and refuses."""
-        self.proxies.cut(self._crossing(region))
+        self.proxies.cut(self.crossing(region))
 
     def heal(self, region: str) -> None:
-        self.proxies.heal(self._crossing(region))
+        self.proxies.heal(self.crossing(region))
 
-    def _crossing(self, region: str) -> list[ProxyLink]:
+    def crossing(self, region: str) -> list[ProxyLink]:
+        """The proxies of the links between `region` and the other regions."""
         inside = set(self.in_region(region))
         return [link for (a, b), link in self.links.items() if (a in inside) != (b in inside)]
 

@@ -29,8 +29,11 @@ class Publish:
     index: int
     server: int
     started: float = 0.0
+    """When a client of its server took it (`time.perf_counter`, as every time here)."""
+    sent: float = 0.0
+    """When its `publish` command went (after its `add-host`)."""
     acknowledged: float = 0.0
-    """When its reply came (time.monotonic), 0 if none did."""
+    """When the reply to `publish` came, 0 if none did."""
     change: bytes = b""
     """The hash of the publish's change (its revision's head)."""
     error: str = ""
@@ -68,13 +71,14 @@ class Publishers:
         publish = Publish(len(self.done), server)
         self.done.append(publish)
         client = await self.idle[server].get()
-        publish.started = time.monotonic()
+        publish.started = time.perf_counter()
         try:
             index = publish.index
             address = f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
             await client.call("add-host", name=publish.host, **{"ipv4-address": address})
+            publish.sent = time.perf_counter()
             reply = await client.call("publish")
-            publish.acknowledged = time.monotonic()
+            publish.acknowledged = time.perf_counter()
             publish.change = bytes.fromhex(reply["revision"]["heads"][0])
         except Exception as exc:  # recorded: a publish without a reply is not counted
             publish.error = f"{type(exc).__name__}: {exc}"
