@@ -43,7 +43,7 @@ from lib.command_line import base_parser, run
 from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD, admin_login_query
 from lib.observers import arrival_times, start_observer
 from lib.report import print_table, verdict, write_results
-from lib.resources import cpu_seconds
+from lib.resources import cpu_seconds, run_queue_seconds
 from lib.stats import ratio, summary
 from lib.sync_peer import SyncPeer
 
@@ -104,6 +104,29 @@ class Observers:
         await asyncio.gather(*(peer.close() for peer in self.peers))
 
 
+@dataclass(slots=True)
+class ServerUse:
+    """CPU seconds the servers used, and seconds their event loops waited for a CPU
+    (runnable, not running: the machine's other load), from `since` to `stop`."""
+
+    pids: list[int]
+    wall: float
+    cpu: float
+    waited: float
+
+    @classmethod
+    def since(cls, pids: list[int]) -> ServerUse:
+        return cls(pids, -time.perf_counter(), -cpu_seconds(pids), -run_queue_seconds(pids))
+
+    def stop(self) -> None:
+        self.wall += time.perf_counter()
+        self.cpu += cpu_seconds(self.pids)
+        self.waited += run_queue_seconds(self.pids)
+
+    def figures(self) -> dict[str, float]:
+        return {"wall_seconds": self.wall, "cpu_seconds": self.cpu, "waited_seconds": self.waited}
+
+
 async def domain_document_id(geo: GeoCluster) -> str:
     statuses = await geo.statuses()
     assert statuses[0] is not None
@@ -126,19 +149,22 @@ async def measure(args: argparse.Namespace, geo: GeoCluster) -> dict[str, Any]:
     try:
         await observers.attach(geo.urls, await domain_document_id(geo))
         await publishers.login(CLIENTS_PER_SERVER)
-        cpu_before, bench_before = cpu_seconds(pids), time.process_time()
+        steady_use = ServerUse.since(pids)
+        bench_before = time.process_time()
         steady = await publishers.steadily(args.rate, args.steady, everyone, rng)
         await observers.wait_all(steady, WAIT)
-        servers_cpu = cpu_seconds(pids) - cpu_before
+        steady_use.stop()
         bench_cpu = time.process_time() - bench_before
         geo.cut(args.cut)
         cut_at = time.perf_counter()
         during = await publishers.steadily(args.rate, args.partition, everyone, rng)
         geo.heal(args.cut)
         healed_at = time.perf_counter()
+        heal_use = ServerUse.since(pids)
         relinked = asyncio.create_task(first_link_across(geo, args.cut))
         after = await publishers.steadily(args.rate, args.after, everyone, rng)
         all_seen = await observers.wait_all([*steady, *during, *after], WAIT)
+        heal_use.stop()
     finally:
         await publishers.close()
         await observers.close()
@@ -154,7 +180,10 @@ async def measure(args: argparse.Namespace, geo: GeoCluster) -> dict[str, Any]:
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "connected_seconds": connected,
         "steady": latencies(steady, observers),
-        "steady_servers_cpu_per_second": ratio(servers_cpu, args.steady),
+        "steady_servers": steady_use.figures(),
+        "steady_servers_cpu_per_second": ratio(steady_use.cpu, steady_use.wall),
+        "steady_servers_cpu_ms_per_publish": 1000 * ratio(steady_use.cpu, len(steady)),
+        "after_heal_servers": heal_use.figures(),
         "steady_bench_cpu_per_second": ratio(bench_cpu, args.steady),
         "partition_seconds": healed_at - cut_at,
         "published_during_cut": {
@@ -244,6 +273,12 @@ def report(args: argparse.Namespace, geo: GeoCluster, result: dict[str, Any]) ->
         f" converged, s: island {[round(per_server[i], 2) for i in island]},"
         f" others {[round(t, 2) for i, t in enumerate(per_server) if i not in island]}"
     )
+    for phase in ("steady", "after_heal"):
+        use = result[f"{phase}_servers"]
+        print(
+            f"{phase}: {use['wall_seconds']:.1f} s, the 16 servers used {use['cpu_seconds']:.1f}"
+            f" s of CPU and their event loops waited {use['waited_seconds']:.1f} s for one"
+        )
     during = result["published_during_cut"]
     print(
         f"\nacknowledged {result['acknowledged']} of {result['publishes']} publishes"
@@ -251,7 +286,8 @@ def report(args: argparse.Namespace, geo: GeoCluster, result: dict[str, Any]) ->
         f" errors {result['errors']}; identical heads"
         f" {result['identical_heads_after_stop_seconds']:.1f} s after publishing stopped;"
         f" servers' CPU {result['steady_servers_cpu_per_second']:.2f}"
-        f" s/s and this process's {result['steady_bench_cpu_per_second']:.2f} s/s while steady;"
+        f" s/s ({result['steady_servers_cpu_ms_per_publish']:.0f} ms per publish) and this"
+        f" process's {result['steady_bench_cpu_per_second']:.2f} s/s while steady;"
         f" all connected {result['connected_seconds']:.1f} s after start; load average"
         f" {result['load_average_1min'][0]:.1f} before and {result['load_average_1min'][1]:.1f}"
         f" after (the machine has {os.cpu_count()} cores)"
