@@ -157,7 +157,9 @@ async def measure(args: argparse.Namespace, geo: GeoCluster) -> dict[str, Any]:
         bench_cpu = time.process_time() - bench_before
         geo.cut(args.cut)
         cut_at = time.perf_counter()
+        cut_use = ServerUse.since(pids)
         during = await publishers.steadily(args.rate, args.partition, everyone, rng)
+        cut_use.stop()
         geo.heal(args.cut)
         healed_at = time.perf_counter()
         heal_use = ServerUse.since(pids)
@@ -183,6 +185,8 @@ async def measure(args: argparse.Namespace, geo: GeoCluster) -> dict[str, Any]:
         "steady_servers": steady_use.figures(),
         "steady_servers_cpu_per_second": ratio(steady_use.cpu, steady_use.wall),
         "steady_servers_cpu_ms_per_publish": 1000 * ratio(steady_use.cpu, len(steady)),
+        "cut_servers": cut_use.figures(),
+        "cut_servers_cpu_ms_per_publish": 1000 * ratio(cut_use.cpu, len(during)),
         "after_heal_servers": heal_use.figures(),
         "steady_bench_cpu_per_second": ratio(bench_cpu, args.steady),
         "partition_seconds": healed_at - cut_at,
@@ -273,7 +277,7 @@ def report(args: argparse.Namespace, geo: GeoCluster, result: dict[str, Any]) ->
         f" converged, s: island {[round(per_server[i], 2) for i in island]},"
         f" others {[round(t, 2) for i, t in enumerate(per_server) if i not in island]}"
     )
-    for phase in ("steady", "after_heal"):
+    for phase in ("steady", "cut", "after_heal"):
         use = result[f"{phase}_servers"]
         print(
             f"{phase}: {use['wall_seconds']:.1f} s, the 16 servers used {use['cpu_seconds']:.1f}"
