@@ -199,20 +199,16 @@ class Server:
     # ------------------------------------------------------------ running
 
     async def start(
-        self,
-        *,
-        listen: bool = True,
-        mesh: bool = True,
-        peers: Iterable[str] = (),
+        self, *, listen: bool = True, mesh: bool = True, peers: Iterable[str] = (),
         dial_urls: Mapping[str, str] | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """Listen (unless `listen` is False), then dial the servers and peers to dial.
 
         Every server of the cluster document is dialed when `mesh` is true (at its URL in
-        `dial_urls` when named there); besides them, or alone when it is false, the
-        configured peers and `peers`. Port 0 binds a free
-        port; the port and the URL it gives are saved in the configuration and in the
-        cluster document, so a restart listens where the other servers dial.
+        `dial_urls` if named there); besides them, or alone when it is false, the
+        configured peers and `peers`. Port 0 binds a free port; the port and the URL it
+        gives are saved in the configuration and in the cluster document, so a restart
+        listens where the other servers dial.
         """
         if self.running:
             raise RuntimeError("the server is already started")
@@ -246,13 +242,9 @@ class Server:
         self._stop_requested.set()
 
     async def serve_forever(
-        self,
-        *,
-        on_ready: Callable[[str], None] | None = None,
-        mesh: bool = True,
-        peers: Iterable[str] = (),
-        dial_urls: Mapping[str, str] | None = None,
-    ) -> None:
+        self, *, on_ready: Callable[[str], None] | None = None, mesh: bool = True,
+        peers: Iterable[str] = (), dial_urls: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """Run until SIGINT or SIGTERM (or `request_stop`), then shut down gracefully.
 
         `on_ready(url)` is called once the listener is bound. Raises the storage error that

@@ -105,7 +105,8 @@ class GeoCluster:
 
     def start(self) -> GeoCluster:
         """Make the proxies, then init, join and start the servers (see `LocalCluster`);
-        a server joins through its own URL, which its `--dial-url` reroutes later."""
+        a server joins through the first one's own URL, which its `--dial-url` reroutes
+        from then on (the join's peer is dialed at every start)."""
         self.proxies.start()
         servers = self.servers
         for a, b in itertools.permutations(range(len(servers)), 2):
