@@ -43,7 +43,7 @@ from lib.command_line import base_parser, run
 from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD, admin_login_query
 from lib.observers import arrival_times, start_observer
 from lib.report import print_table, verdict, write_results
-from lib.resources import cpu_seconds, run_queue_seconds
+from lib.resources import cpu_seconds, machine_busy_seconds, run_queue_seconds
 from lib.stats import ratio, summary
 from lib.sync_peer import SyncPeer
 
@@ -114,18 +114,33 @@ class ServerUse:
     wall: float
     cpu: float
     waited: float
+    machine: float
+    """CPU seconds the whole machine was busy (every process, every core)."""
+    here: float
+    """CPU seconds of this process (clients, observers, proxies)."""
 
     @classmethod
     def since(cls, pids: list[int]) -> ServerUse:
-        return cls(pids, -time.perf_counter(), -cpu_seconds(pids), -run_queue_seconds(pids))
+        return cls(
+            pids, -time.perf_counter(), -cpu_seconds(pids), -run_queue_seconds(pids),
+            -machine_busy_seconds(), -time.process_time(),
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.wall += time.perf_counter()
         self.cpu += cpu_seconds(self.pids)
         self.waited += run_queue_seconds(self.pids)
+        self.machine += machine_busy_seconds()
+        self.here += time.process_time()
 
     def figures(self) -> dict[str, float]:
-        return {"wall_seconds": self.wall, "cpu_seconds": self.cpu, "waited_seconds": self.waited}
+        return {
+            "wall_seconds": self.wall,
+            "cpu_seconds": self.cpu,
+            "waited_seconds": self.waited,
+            "machine_busy_seconds": self.machine,
+            "other_processes_cpu_seconds": self.machine - self.cpu - self.here,
+        }
 
 
 async def domain_document_id(geo: GeoCluster) -> str:
@@ -283,7 +298,8 @@ def report(args: argparse.Namespace, geo: GeoCluster, result: dict[str, Any]) ->
         use = result[f"{phase}_servers"]
         print(
             f"{phase}: {use['wall_seconds']:.1f} s, the servers used {use['cpu_seconds']:.1f}"
-            f" s of CPU and their event loops waited {use['waited_seconds']:.1f} s for one"
+            f" s of CPU and their event loops waited {use['waited_seconds']:.1f} s for one;"
+            f" other processes used {use['other_processes_cpu_seconds']:.1f} s"
         )
     during = result["published_during_cut"]
     print(
