@@ -211,3 +211,18 @@ def test_domains_scale(tmp_path: Path) -> None:
         assert results[key]["summary"]["b_loaded_on_reconnect"] <= 2
         assert results[key]["plain"]["bytes"] > 0
     assert results["big_domain_ratios"]["summary"]["domain"] > 0
+
+
+@pytest.mark.slow
+def test_geography(tmp_path: Path) -> None:
+    document = run_bench(
+        "geography.py", tmp_path,
+        "--per-region", "1", "--rate", "4", "--steady", "1", "--partition", "1", "--after", "1",
+    )  # fmt: skip
+    results = document["results"]
+    assert results["publishes"] == results["acknowledged"] == 12
+    assert results["lost"] == 0 and results["errors"] == []
+    assert results["all_seen_by_observers"]
+    assert results["steady"]["count"] == 4 and results["steady"]["not_seen"] == 0
+    assert results["converged_after_heal_seconds"] >= 0
+    assert len(results["converged_after_heal_per_server_seconds"]) == 4
