@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from crdtmds.testing.delay_proxies import DelayProxies, ProxyLink
 from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD
-from lib.delay_proxies import DelayProxies, ProxyLink
 from lib.node_dirs import read_node_config
 from lib.timing import now
 

@@ -21,9 +21,10 @@ COMMON_KEYS = {"benchmark", "date", "machine", "parameters", "results", "targets
 RULEBASE_STEPS = (
     "add + publish",
     "move + publish",
+    "new session add + publish",
     "read view",
     "read document",
-    "automerge floor",
+    "floor",
 )
 
 
@@ -73,8 +74,12 @@ def test_rulebase_scaling(tmp_path: Path) -> None:
     for step in RULEBASE_STEPS:
         assert results["median_seconds"]["40"][step]["wall"] > 0
     assert results["ratio_largest_to_smallest"]["add + publish"]["wall"] > 0
-    assert results["floor_at_largest_to_add_publish_at_smallest"] > 0
-    assert document["targets"] == {"add_publish_ratio_at_most": 2.0}
+    assert results["new_session_to_held_at_largest"] > 0
+    assert document["targets"] == {
+        "add_publish_ratio_at_most": 2.0,
+        "move_publish_ratio_at_most": 2.5,
+        "new_session_to_held_at_most": 1.3,
+    }
 
 
 def test_snapshot_load(tmp_path: Path) -> None:
@@ -228,3 +233,18 @@ def test_domains_scale(tmp_path: Path) -> None:
         assert results[key]["summary"]["b_loaded_on_reconnect"] <= 2
         assert results[key]["plain"]["bytes"] > 0
     assert results["big_domain_ratios"]["summary"]["domain"] > 0
+
+
+@pytest.mark.slow
+def test_geography(tmp_path: Path) -> None:
+    document = run_bench(
+        "geography.py", tmp_path,
+        "--per-region", "1", "--rate", "4", "--steady", "1", "--partition", "1", "--after", "1",
+    )  # fmt: skip
+    results = document["results"]
+    assert results["publishes"] == results["acknowledged"] == 12
+    assert results["lost"] == 0 and results["errors"] == []
+    assert results["all_seen_by_observers"]
+    assert results["steady"]["count"] == 4 and results["steady"]["not_seen"] == 0
+    assert results["converged_after_heal_seconds"] >= 0
+    assert len(results["converged_after_heal_per_server_seconds"]) == 4
