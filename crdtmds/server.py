@@ -114,6 +114,7 @@ class Server:
         self.logins = Logins(documents, self.sessions, config.secret, throttle=throttle)
         self.lifecycle = Lifecycle(documents, self.sessions, self.logins, persister)
         self.status = StatusView(config, documents)
+        self.status.epoch_pending = self.epochs.is_pending
         self.live_events = LiveEvents(documents)
         _pin_busy_domains(documents, self.sessions, self.hub, self.persister)
         self.api = AdminAPI(

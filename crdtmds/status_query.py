@@ -142,6 +142,7 @@ def _heads_by_server(statuses: dict[str, dict[str, Any]], domain: str | None) ->
     heads: dict[str, list[str] | None] = {}
     epochs: dict[str, str | None] = {}
     """Per server, the document of the domain's newest epoch there (`app/epochs.py`)."""
+    settled = True
     document_id = None
     for name, status in statuses.items():
         entry = (
@@ -151,9 +152,11 @@ def _heads_by_server(statuses: dict[str, dict[str, Any]], domain: str | None) ->
         )
         heads[name] = entry.get("heads") if entry else None
         epochs[name] = (entry or {}).get("epoch-document-id")
+        settled = settled and (entry or {}).get("epochs-settled", True)
         document_id = document_id or (entry or {}).get("document-id")
     distinct = {tuple(h) for h in heads.values() if h is not None}
     converged = None not in heads.values() and len(distinct) == 1 and () not in distinct
+    converged = converged and settled  # no server still starting or carrying an epoch
     row = {"document-id": document_id, "heads": heads, "converged": converged}
     if domain is not None:
         row["epoch-document-id"] = epochs

@@ -112,6 +112,10 @@ class Epochs:
             finally:
                 self._busy.clear()
 
+    def is_pending(self, document_id: str) -> bool:
+        """Whether a step on the document is waiting or running (`status` says so)."""
+        return document_id in self._dirty or document_id in self._busy
+
     def is_busy(self, document_id: str) -> bool:
         """Whether the worker's step uses the document (it stays loaded meanwhile: a
         change merged into a copy unloaded and loaded again would miss the live one)."""

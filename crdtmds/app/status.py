@@ -38,6 +38,8 @@ class StatusView:
         """The Web API door's URL and certificate fingerprints, once it listens."""
         self.heard: dict[str, float] = {}
         """When each other server last answered a status query from here (wall clock)."""
+        self.epoch_pending: Callable[[str], bool] = lambda _document_id: False
+        """Whether the epoch worker (`app/epochs.py`) has a step to run on a document."""
 
     def note_heard(self, names: Iterable[str]) -> None:
         now = time.time()
@@ -89,12 +91,15 @@ class StatusView:
             document_id = entry.get("document-id", "")
             heads: list[str] = []
             newest = None
-            for epoch_document in documents.epochs.held_chain_ids(document_id):
+            chain = documents.epochs.held_chain_ids(document_id)
+            for epoch_document in chain:
                 known = self._heads(epoch_document)
                 heads.extend(h.hex() for h in known)
                 newest = epoch_document if known else newest
+            # A start or a carry still to run: equal heads everywhere are not the end yet.
+            settled = not any(self.epoch_pending(d) for d in chain)
             result[name] = {"document-id": entry.get("document-id"), "heads": sorted(heads),
-                            "epoch-document-id": newest}  # fmt: skip
+                            "epoch-document-id": newest, "epochs-settled": settled}  # fmt: skip
         return result
 
     def _heads(self, document_id: str) -> list[bytes]:
