@@ -187,17 +187,25 @@ class Epochs:
             await self._save_links()  # it came from a peer meanwhile
             return successor
         fresh.set_actor(new_actor())
+        self._busy.add(document_id)
+        documents = self.documents
+
+        def install() -> None:
+            # Looked up again: a peer may have delivered the document during the write
+            # (an empty copy it fills, where sessions may publish already). It is merged
+            # into, never replaced.
+            held = documents.domains.get(document_id) if documents.holds(document_id) else None
+            if held is None:
+                documents.add_domain(Domain(document_id, fresh))
+            else:
+                with held.lock:
+                    held.doc.merge(fresh)
+
+        await self._store_then_apply(document_id, _all_changes(fresh), install)
+        successor = documents.domains.get(document_id)
         if successor is None:
-            successor = Domain(document_id, fresh)
-            await self._store_then_apply(
-                document_id, _all_changes(fresh), lambda: self.documents.add_domain(successor)
-            )
-        else:  # an empty copy a peer is filling: the same change, merged
-            copy_of = successor
-            await self._store_then_apply(
-                document_id, _all_changes(fresh), lambda: copy_of.doc.merge(fresh)
-            )
-        self.documents.epochs.learn(successor)
+            return None
+        documents.epochs.learn(successor)
         await self._save_links()
         log.info("domain %s: started epoch %d", domain.name, cut.epoch)
         return successor
