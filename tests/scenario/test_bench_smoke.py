@@ -169,7 +169,8 @@ def test_peers(tmp_path: Path, writer: str) -> None:
         "median_observer_cpu_ms_per_change",
         "median_peers_cpu_ms_per_change",
     ):
-        assert all(v > 0 for v in results[key]["crdtmds"].values())
+        # CPU clocks tick every 10 ms: 20 changes may cost less than one tick
+        assert all(v >= 0 for v in results[key]["crdtmds"].values())
         assert all(set(results[key][system]) == cases for system in systems)
 
 
