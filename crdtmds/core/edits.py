@@ -353,11 +353,14 @@ def _all(writes: list[Write]) -> Write | None:
 
 def pin_position(layer: Layer, uid: str) -> Any:
     """Where entry `uid` now stands, as a position that finds the same place again: below
-    the existing entry before it in the stored order, or the top."""
+    the existing entry before it in the stored order, or the top. A repeat left by
+    concurrent moves is passed over: "below" finds an entry's first occurrence, the one
+    readers see, so anchoring on a repeat would land elsewhere when run again."""
     order = layer.order
     index = order.index(uid)
-    for before in reversed(order[:index]):
-        if before in layer.rules or before in layer.sections:
+    for at in range(index - 1, -1, -1):
+        before = order[at]
+        if (before in layer.rules or before in layer.sections) and order.index(before) == at:
             return {"below": before}
     return "top"
 

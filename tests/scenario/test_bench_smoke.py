@@ -142,7 +142,9 @@ def _js_servers_installed() -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("writer", ["prebuilt", "live"])
 def test_peers(tmp_path: Path, writer: str) -> None:
-    systems = ["crdtmds", "automerge.repo"]
+    systems = ["crdtmds"]  # the contestants once, with the default writer
+    if writer == "prebuilt":
+        systems.append("automerge.repo")
     if writer == "prebuilt" and _js_servers_installed():
         systems += ["js-repo-nodefs", "js-repo-memory"]
     document = run_bench(
@@ -167,7 +169,8 @@ def test_peers(tmp_path: Path, writer: str) -> None:
         "median_observer_cpu_ms_per_change",
         "median_peers_cpu_ms_per_change",
     ):
-        assert all(v > 0 for v in results[key]["crdtmds"].values())
+        # CPU clocks tick every 10 ms: 20 changes may cost less than one tick
+        assert all(v >= 0 for v in results[key]["crdtmds"].values())
         assert all(set(results[key][system]) == cases for system in systems)
 
 

@@ -9,7 +9,7 @@ import copy
 from typing import Any
 
 from automerge.core import Document
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from crdtmds.core.docdata import new_actor, unhex_heads
@@ -150,6 +150,12 @@ STEPS = st.lists(
     st.integers(2, 4),
     STEPS,
     st.lists(st.tuples(st.integers(0, 3), st.lists(EDITS, min_size=1, max_size=3)), max_size=3),
+)
+@example(  # a rule added after a duplicate left by two concurrent moves of one rule
+    server_count=2,
+    session_count=2,
+    steps=[(0, [("move-rule", 2, 0)], False), (1, [("move-rule", 2, 1)], True)],
+    unpublished=[(0, [("add-rule", 1, 0)])],
 )
 def test_every_revision_reads_and_reverts_and_drafts_survive_a_restart(
     server_count: int,
