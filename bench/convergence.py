@@ -176,7 +176,7 @@ class Publishers:
             publish.sent = now()
             reply = await client.call("publish")
             publish.acknowledged = now()
-            publish.change = bytes.fromhex(reply["revision"]["heads"][0])
+            publish.change = bytes.fromhex(reply["revision"]["change"])
         except Exception as exc:  # recorded and reported, the run goes on
             publish.error = f"{type(exc).__name__}: {exc}"
         finally:

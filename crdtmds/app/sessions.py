@@ -268,7 +268,9 @@ class Sessions:
         if moved or session.uid in self._moved:  # the stored draft, empty, names the epoch
             await self._save_moved(session)
         await self.persister.compact_if_due(document_id, count)
-        return published.revision
+        # The reply also names the publish's own change: the entry is inside it, so
+        # cannot name it, and it is what a caller waits to see on other servers.
+        return {**published.revision, "change": published.change[0].hex()}
 
     async def _write(
         self, session: Session, comments: str, actor: bytes, runner: Runner | None

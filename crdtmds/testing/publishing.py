@@ -79,7 +79,7 @@ class Publishers:
             publish.sent = time.perf_counter()
             reply = await client.call("publish")
             publish.acknowledged = time.perf_counter()
-            publish.change = bytes.fromhex(reply["revision"]["heads"][0])
+            publish.change = bytes.fromhex(reply["revision"]["change"])
         except Exception as exc:  # recorded: a publish without a reply is not counted
             publish.error = f"{type(exc).__name__}: {exc}"
         finally:

@@ -586,6 +586,20 @@ async def test_a_publish_whose_rebase_fails_is_refused_and_keeps_the_draft(api: 
     assert (await alice.ok("verify-policy"))["total"] == 0
 
 
+async def test_a_publish_reply_names_its_own_change(api: AdminAPI) -> None:
+    alice = connect(api)
+    await alice.login("alice")
+    await alice.ok("add-host", **host("web", "192.0.2.10"))
+    document = api.services.documents.domain("acme").doc
+    before = [h.hex() for h in document.get_heads()]
+    revision = (await alice.ok("publish"))["revision"]
+    after = [h.hex() for h in api.services.documents.domain("acme").doc.get_heads()]
+    assert revision["heads"] == before  # the entry names the heads it was written on
+    assert after == [revision["change"]]  # the reply names the change it made
+    listed = (await alice.ok("show-revisions"))["objects"]
+    assert "change" not in listed[0]  # only the publish's reply: entries cannot hold it
+
+
 async def test_publishes_of_many_sessions_add_no_actor_per_session(api: AdminAPI) -> None:
     document = api.services.documents.domain("acme").doc
     before = {change.actor_id for change in document.get_changes([])}
