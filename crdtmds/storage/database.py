@@ -17,9 +17,26 @@ from pathlib import Path
 import aiosqlite
 
 from crdtmds.errors import StorageError, StorageVersionError
-from crdtmds.storage.heads_records import create_heads_tables
 
 SCHEMA_VERSION = 1
+
+# Tables added after schema version 1, created when missing (additive: an older
+# crdtmds ignores them): each document's heads and, per peer, the heads both held
+# alike (`crdtmds.storage.heads_records`).
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS document_heads (
+    document_id TEXT PRIMARY KEY,
+    heads BLOB NOT NULL,
+    through_change INTEGER NOT NULL,
+    through_snapshot INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peer_heads (
+    peer TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    heads BLOB NOT NULL,
+    PRIMARY KEY (peer, document_id)
+)
+"""
 
 _SCHEMA = """
 CREATE TABLE changes (
@@ -215,7 +232,8 @@ async def _prepare_database(connection: aiosqlite.Connection, path: Path) -> Non
         await connection.execute("PRAGMA foreign_keys = ON")
         if version == 0:
             await _create_schema(connection)
-        await create_heads_tables(connection)
+        for statement in _ADDED_TABLES.split(";"):
+            await connection.execute(statement)
     except sqlite3.Error as exc:
         if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _READ_ONLY_CODES:
             raise _not_writable_error(path, exc) from exc

@@ -12,29 +12,12 @@ unknown (it is loaded to be compared).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiosqlite
 
+from crdtmds.storage.database import Database
 from crdtmds.storage.document_chunk import join_heads, split_heads
-
-if TYPE_CHECKING:
-    from crdtmds.storage.database import Database
-
-HEADS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS document_heads (
-    document_id TEXT PRIMARY KEY,
-    heads BLOB NOT NULL,
-    through_change INTEGER NOT NULL,
-    through_snapshot INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS peer_heads (
-    peer TEXT NOT NULL,
-    document_id TEXT NOT NULL,
-    heads BLOB NOT NULL,
-    PRIMARY KEY (peer, document_id)
-)
-"""
 
 _SAVE_HEADS = """
 INSERT OR REPLACE INTO document_heads (document_id, heads, through_change, through_snapshot)
@@ -42,7 +25,6 @@ SELECT ?, ?,
        (SELECT coalesce(max(id), 0) FROM changes WHERE document_id = ?),
        (SELECT coalesce(max(id), 0) FROM snapshots WHERE document_id = ?)
 """
-
 
 
 class HeadsRecords:
@@ -75,11 +57,6 @@ class HeadsRecords:
         if rows:
             async with self._database.write("record peer heads") as connection:
                 await write_peer_heads(connection, rows)
-
-
-async def create_heads_tables(connection: aiosqlite.Connection) -> None:
-    for statement in HEADS_SCHEMA.split(";"):
-        await connection.execute(statement)
 
 
 async def read_catalogue(connection: aiosqlite.Connection) -> dict[str, list[bytes] | None]:
