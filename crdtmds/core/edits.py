@@ -205,19 +205,11 @@ def _set_rule(state: DomainState, edit: Edit) -> Outcome:
         pinned.pop("name", None)  # it named the rule; a rename elsewhere must survive
     pinned.update(uid=uid, layer=layer.uid)
     pinned.update(_pinned_references(params, rule, model.RULE_REFERENCE_FIELDS))
-    writes: list[Write] = []
-    touched = Touched()
-    if rule != current:
-        layer = state.writable_layer(layer)
-        layer.replace_rule(rule)
-        touched.rules.add((layer.uid, uid))
-        writes.append(_record_fields(layer.uid, uid, current, rule))
-    if target is not None:
-        layer = state.writable_layer(layer)
-        writes.append(move_entry(layer, uid, target, touched))
-        pinned["new-position"] = pin_position(layer, uid)
+    layer, write, touched = _change_entry(
+        state, layer, current, rule, target, pinned, put=Layer.replace_rule
+    )
     result = numbered(layer, layer.rules[uid])
-    return Outcome(result, Edit(edit.kind, pinned), _all(writes), touched)
+    return Outcome(result, Edit(edit.kind, pinned), write, touched)
 
 
 def _delete_rule(state: DomainState, edit: Edit) -> Outcome:
@@ -261,18 +253,10 @@ def _set_section(state: DomainState, edit: Edit) -> Outcome:
         target = sections.raw_index(layer, position, state.get_rule, moving=uid)
     pinned = {k: v for k, v in params.items() if k != "name"}
     pinned.update(uid=uid, layer=layer.uid)
-    writes: list[Write] = []
-    touched = Touched()
-    if section != current:
-        layer = state.writable_layer(layer)
-        layer.put_section(section)
-        touched.rules.add((layer.uid, uid))
-        writes.append(_record_fields(layer.uid, uid, current, section))
-    if target is not None:
-        layer = state.writable_layer(layer)
-        writes.append(move_entry(layer, uid, target, touched))
-        pinned["new-position"] = pin_position(layer, uid)
-    return Outcome(section, Edit(edit.kind, pinned), _all(writes), touched)
+    _, write, touched = _change_entry(
+        state, layer, current, section, target, pinned, put=Layer.put_section
+    )
+    return Outcome(section, Edit(edit.kind, pinned), write, touched)
 
 
 def _delete_section(state: DomainState, edit: Edit) -> Outcome:
@@ -288,6 +272,34 @@ def _delete_section(state: DomainState, edit: Edit) -> Outcome:
 
 
 # ---------------------------------------------------------------- shared steps
+
+
+def _change_entry(
+    state: DomainState,
+    layer: Layer,
+    current: dict[str, Any],
+    record: dict[str, Any],
+    target: int | None,
+    pinned: dict[str, Any],
+    *,
+    put: Callable[[Layer, dict[str, Any]], None],
+) -> tuple[Layer, Write | None, Touched]:
+    """A rule or section edited in place (`put` stores the new record) and then moved
+    to raw index `target`, if given (its place pinned in `pinned`); returns the layer as
+    the draft now has it, the writes and what was touched."""
+    uid = record["uid"]
+    writes: list[Write] = []
+    touched = Touched()
+    if record != current:
+        layer = state.writable_layer(layer)
+        put(layer, record)
+        touched.rules.add((layer.uid, uid))
+        writes.append(_record_fields(layer.uid, uid, current, record))
+    if target is not None:
+        layer = state.writable_layer(layer)
+        writes.append(move_entry(layer, uid, target, touched))
+        pinned["new-position"] = pin_position(layer, uid)
+    return layer, _all(writes), touched
 
 
 def _insert_entry(layer_uid: str, record: dict[str, Any], index: int) -> Write:
