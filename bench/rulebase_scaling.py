@@ -37,9 +37,9 @@ from lib.command_line import base_parser, int_list, run
 from lib.credentials import BENCH_ADMIN
 from lib.node_dirs import init_node_dir
 from lib.report import plot, print_table, verdict, write_results
+from lib.rulebases import build_rule_domain, layer_list_ids
 from lib.stats import ratio
 from lib.timing import Samples, Timing, measured, now
-from lib.workload import EditGenerator, apply_edit, apply_edits
 
 from crdtmds.core import model
 from crdtmds.core.docdata import child_id, insert_value, put_value, read
@@ -89,53 +89,9 @@ def parse_args() -> argparse.Namespace:
 
 async def build_domain(node: Server, size: int, args: argparse.Namespace) -> str:
     """A domain whose default layer holds `size` rules over some hosts and services."""
-    name = f"rules-{size}"
-    await node.cluster_admin.create_domain(name, created_by=BENCH_ADMIN)
-    generator = EditGenerator(seed=args.seed + size, prefix=f"s{size}")
-    session = await node.sessions.open(name, admin=BENCH_ADMIN)
-    for _ in range(50):
-        apply_edit(session, *generator.add_host())
-    apply_edits(session, generator, 10)
-    await node.sessions.publish(session)
-    await node.sessions.close(session)
-    domain = node.documents.domain(name)
-    objects = domain.state.find_object
-    layer_uid = domain.state.get_layer(None).uid
-    rng = random.Random(args.seed)
-    hosts = generator.hosts
-    for start in range(0, size, args.rules_per_change):
-        count = min(args.rules_per_change, size - start)
-        rules = [
-            model.build_rule(
-                {
-                    "name": f"bulk-{start + i}",
-                    "source": rng.sample(hosts, 2),
-                    "destination": [rng.choice(hosts)],
-                    "action": rng.choice(model.ACTIONS),
-                    "track": "Log",
-                },
-                objects,
-            )
-            for i in range(count)
-        ]
-        await append_rules(node, domain, layer_uid, rules)
-    return name
-
-
-async def append_rules(node: Server, domain: Any, layer_uid: str, rules: list[Any]) -> None:
-    """Append rules to a layer in one change, persisted like a change from a peer.
-
-    The domain's plain-data view is left alone here: it catches up once, when the
-    benchmark's session opens.
-    """
-    rules_id, order_id = layer_list_ids(domain.doc, layer_uid)
-    end = domain.doc.length(order_id)
-    before = domain.heads()
-    with domain.doc.transaction() as tx:
-        for offset, rule in enumerate(rules):
-            put_value(tx, rules_id, rule["uid"], rule)
-            insert_value(tx, order_id, end + offset, rule["uid"])
-    await node.persister.persist_received(domain.document_id, before)
+    return await build_rule_domain(
+        node, size, seed=args.seed, rules_per_change=args.rules_per_change, other_edits=10
+    )
 
 
 # ---------------------------------------------------------------- one measured round
@@ -224,12 +180,6 @@ class LayerBench:
         new_state.append_revision(revision)
         domain.adopt_state(new_state)
         return timing
-
-
-def layer_list_ids(doc: Any, layer_uid: str) -> tuple[bytes, bytes]:
-    """The Automerge ids of a layer's rules map and order list."""
-    layer_id = child_id(doc, child_id(doc, ROOT, "layers"), layer_uid)
-    return child_id(doc, layer_id, "rules"), child_id(doc, layer_id, "order")
 
 
 def read_layer_from_document(domain: Any) -> list[dict[str, Any]]:

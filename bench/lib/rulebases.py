@@ -11,20 +11,24 @@ from automerge.core import ROOT
 from crdtmds.core import model
 from crdtmds.core.docdata import child_id, insert_value, put_value
 from lib.credentials import BENCH_ADMIN
-from lib.workload import EditGenerator, apply_edit
+from lib.workload import EditGenerator, apply_edit, apply_edits
 
 HOSTS = 50
 """Hosts published first, for the bulk rules to refer to."""
 
 
-async def build_rule_domain(node: Any, size: int, *, seed: int, rules_per_change: int) -> str:
-    """A domain named ``rules-<size>`` whose default layer holds `size` rules."""
+async def build_rule_domain(
+    node: Any, size: int, *, seed: int, rules_per_change: int, other_edits: int = 0
+) -> str:
+    """A domain named ``rules-<size>`` whose default layer holds `size` rules, over
+    `HOSTS` hosts and `other_edits` random edits (services, groups, ...)."""
     name = f"rules-{size}"
     await node.cluster_admin.create_domain(name, created_by=BENCH_ADMIN)
     generator = EditGenerator(seed=seed + size, prefix=f"s{size}")
     session = await node.sessions.open(name, admin=BENCH_ADMIN)
     for _ in range(HOSTS):
         apply_edit(session, *generator.add_host())
+    apply_edits(session, generator, other_edits)
     await node.sessions.publish(session)
     await node.sessions.close(session)
     domain = node.documents.domain(name)
@@ -44,11 +48,11 @@ async def build_rule_domain(node: Any, size: int, *, seed: int, rules_per_change
             )
             for i in range(min(rules_per_change, size - start))
         ]
-        await _append_rules(node, domain, layer_uid, rules)
+        await append_rules(node, domain, layer_uid, rules)
     return name
 
 
-async def _append_rules(node: Any, domain: Any, layer_uid: str, rules: list[Any]) -> None:
+async def append_rules(node: Any, domain: Any, layer_uid: str, rules: list[Any]) -> None:
     """Append rules to a layer in one change, persisted like a change from a peer (the
     domain's view catches up when a session next opens)."""
     rules_id, order_id = layer_list_ids(domain.doc, layer_uid)
