@@ -76,12 +76,12 @@ class Layer:
 
     def indices_of(self, uid: str) -> list[int]:
         """Where `uid` stands in the stored order (more than once after concurrent moves)."""
-        if self._is_clean():  # every rule once: found in C
+        if self.is_clean():  # every rule once: found in C
             return [self.order.index(uid)] if uid in self.rules else []
         return [i for i, u in enumerate(self.order) if u == uid]
 
     def remove_rule(self, uid: str) -> None:
-        if self._is_clean() and uid in self.rules:
+        if self.is_clean() and uid in self.rules:
             del self.rules[uid]
             self.order.remove(uid)
             return
@@ -91,14 +91,14 @@ class Layer:
 
     def move_rule(self, uid: str, index: int) -> None:
         """Rule `uid` to `index` of the stored order without it (repeats dropped)."""
-        if self._is_clean() and uid in self.rules:
+        if self.is_clean() and uid in self.rules:
             self.order.remove(uid)
         else:
             self.order[:] = [u for u in self.order if u != uid]
         self.order.insert(index, uid)
         self._keep_if_clean()
 
-    def _is_clean(self) -> bool:
+    def is_clean(self) -> bool:
         """Whether the stored order is known to hold every rule once and nothing else."""
         return self._visible is self.order
 

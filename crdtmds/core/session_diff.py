@@ -105,6 +105,8 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
     difference is searched: the rules before and after it kept their places, and a move
     or two in a big layer leaves most of the layer there."""
     old_middle, new_middle = _differing_stretch(old_order, new_order)
+    if (one := _moved_across(old_middle, new_middle)) is not None:
+        return one  # the usual case, found without building sets of the stretch
     if len(old_middle) != len(new_middle) or set(old_middle) != set(new_middle):
         # Rules were added or deleted too: compare the rules both orders hold.
         old_set, new_set = set(old_order), set(new_order)
@@ -113,14 +115,23 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
         old_middle, new_middle = _differing_stretch(old_kept, new_kept)
     if not old_middle:
         return set()
-    # One rule moved across the whole stretch: up (checked first, so that of two rules
-    # that swapped, the later one is the one that moved, as the longest run has it) or down.
-    if old_middle[:-1] == new_middle[1:]:
-        return {old_middle[-1]}
-    if old_middle[1:] == new_middle[:-1]:
-        return {old_middle[0]}
+    if (one := _moved_across(old_middle, new_middle)) is not None:
+        return one
     rank = {u: n for n, u in enumerate(old_middle)}
     return set(new_middle) - _longest_increasing(new_middle, rank.__getitem__)
+
+
+def _moved_across(old: list[str], new: list[str]) -> set[str] | None:
+    """The one rule that moved across the whole stretch, if one did: up (checked first,
+    so that of two rules that swapped, the later one is the one that moved, as the
+    longest run has it) or down; None otherwise."""
+    if len(old) != len(new) or not old:
+        return None
+    if old[-1] == new[0] and old[:-1] == new[1:]:
+        return {old[-1]}
+    if old[0] == new[-1] and old[1:] == new[:-1]:
+        return {old[0]}
+    return None
 
 
 _CHUNK = 256
