@@ -258,8 +258,8 @@ class Sessions:
             self._end_hold(document_id, held)
             session.published(published)
             self.actors.release(document_id, actor)
-            if session.domain.note_local_change(len(published.change[1])):
-                session.domain.reform()  # after bulk writes here: see `Domain.reform`
+            if held and session.domain.note_local_change(len(published.change[1])):
+                session.domain.reform()  # after bulk publishes (a revert's stays off the loop)
         # Off the reply's path: a crash before this rewrite leaves an entry that the next
         # start recognises as published (`lost_drafts.reconcile`).
         self.journal.update_soon(remove=[session.uid])

@@ -24,8 +24,8 @@ Change = tuple[bytes, bytes]
 """(hash, bytes) of one Automerge change."""
 
 BULK_CHANGE_BYTES = 4096
-"""A change this server writes of at least this size (some 40 rules or 50 hosts: an
-import, a revert) counts towards re-forming the live document (`Domain.reform`)."""
+"""A change this server publishes of at least this size (some 40 rules or 50 hosts: an
+import) counts towards re-forming the live document (`Domain.reform`)."""
 REFORM_MIN_BYTES = 256 * 1024
 """Bulk changes written since the document was loaded that make it due for a re-form,
 at least; a quarter of the size it was loaded from, if more (see `Domain.reform`)."""
