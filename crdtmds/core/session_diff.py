@@ -153,6 +153,7 @@ def _common_prefix(first: list[str], second: list[str]) -> int:
     start = 0
     while start < limit and first[start : start + _CHUNK] == second[start : start + _CHUNK]:
         start += _CHUNK
+    start = min(start, limit)  # two equal lists end on a whole chunk
     low, high = start, min(start + _CHUNK, limit)
     while low < high:
         middle = (low + high + 1) // 2
