@@ -5,10 +5,11 @@ the server starts: a first publish with one host (the revision reverted to), the
 hosts written as one change and published. With the server running, one client polls
 `show-status` (logged in, so the full status is computed) every ~20 ms on its own
 connection while another reverts the domain to its first revision (N hosts deleted),
-then back to the bulk revision (N hosts written again). Printed for each revert: its
-duration and the p50/p99/max latency of the polls whose wait overlapped it.
+then back to the bulk revision (N hosts written again), `--rounds` times (3). Printed for
+each kind of revert: the durations and the p50/p99/max latency of the polls whose wait
+overlapped one of them.
 
-    .venv/bin/python bench/responsiveness.py [--hosts 20000] [--code DIR]
+    .venv/bin/python bench/responsiveness.py [--hosts 20000] [--rounds 3] [--code DIR]
 
 `--code DIR` runs the server from another checkout (e.g. /work/main, the code before a
 change); the domain is built by this checkout's code (the storage format is the same).
@@ -42,6 +43,7 @@ def parse_args() -> Any:
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--hosts", type=int, default=20_000, help="hosts in the domain")
     parser.add_argument("--code", type=Path, help="checkout to run the server from")
+    parser.add_argument("--rounds", type=int, default=3, help="reverts of each kind")
     return parser.parse_args()
 
 
@@ -63,9 +65,9 @@ async def build(data_dir: Path, hosts: int) -> None:
         await node.close()
 
 
-async def measure(url: str) -> dict[str, Any]:
+async def measure(url: str, rounds_wanted: int) -> dict[str, Any]:
     """Revert to the first revision (20k hosts deleted), then back to the bulk one (20k
-    hosts written again), each while `show-status` is polled."""
+    hosts written again), each while `show-status` is polled; `rounds_wanted` times."""
     url = api_url(url)
     poller, reverter = ApiSocket(timeout=30), ApiSocket(timeout=30)
     login = {"user": BENCH_ADMIN, "password": BENCH_PASSWORD}
@@ -73,13 +75,29 @@ async def measure(url: str) -> dict[str, Any]:
     sid = (await reverter.request(url, "login", {**login, "domain": DOMAIN}, None))["sid"]
     revisions = (await reverter.request(url, "show-revisions", {}, sid))["objects"]
     by_comment = {r["comments"]: r["uid"] for r in revisions}
-    results = {}
-    for label, target in (("to empty", "first"), ("to full", "bulk")):
-        results[label] = await _timed_revert(poller, poll_sid, reverter, sid, url,
-                                             by_comment[target])  # fmt: skip
+    rounds: dict[str, list[dict[str, Any]]] = {"to empty": [], "to full": []}
+    for _ in range(rounds_wanted):
+        for label, target in (("to empty", "first"), ("to full", "bulk")):
+            rounds[label].append(await _timed_revert(poller, poll_sid, reverter, sid, url,
+                                                     by_comment[target]))  # fmt: skip
     await poller.close()
     await reverter.close()
-    return results
+    return {label: _summary(each) for label, each in rounds.items()}
+
+
+def _summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one revert together: every poll that overlapped one of them."""
+    during = [lat for r in rounds for lat in r.pop("during")]
+    idle = [lat for r in rounds for lat in r.pop("idle")]
+    return {
+        "rounds": len(rounds),
+        "revert_s": [r["revert_s"] for r in rounds],
+        "polls_during": len(during),
+        "p50_ms": 1000 * percentile(during, 50),
+        "p99_ms": 1000 * percentile(during, 99),
+        "max_ms": 1000 * max(during, default=float("nan")),
+        "idle_p50_ms": 1000 * percentile(idle, 50),
+    }
 
 
 async def _timed_revert(
@@ -105,14 +123,7 @@ async def _timed_revert(
     # Every poll whose wait overlapped the revert.
     during = [lat for sent, lat in samples if sent < end and sent + lat > start]
     idle = [lat for sent, lat in samples if sent + lat < start]
-    return {
-        "revert_s": end - start,
-        "polls_during": len(during),
-        "p50_ms": 1000 * percentile(during, 50),
-        "p99_ms": 1000 * percentile(during, 99),
-        "max_ms": 1000 * max(during, default=float("nan")),
-        "idle_p50_ms": 1000 * percentile(idle, 50),
-    }
+    return {"revert_s": end - start, "during": during, "idle": idle}
 
 
 async def main() -> None:
@@ -130,19 +141,22 @@ async def main() -> None:
         url = server.start(timeout=300)
         print(f"server started in {time.perf_counter() - t0:.1f} s")
         try:
-            result = await measure(url)
+            result = await measure(url, args.rounds)
         finally:
             server.stop()
     for label, r in result.items():
         print(
-            f"revert {label} ({args.hosts} hosts): {r['revert_s']:.2f} s; show-status during "
-            f"it ({r['polls_during']} polls): p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} "
+            f"revert {label} ({args.hosts} hosts, {r['rounds']} times): "
+            f"{', '.join(f'{s:.2f}' for s in r['revert_s'])} s; show-status during "
+            f"them ({r['polls_during']} polls): p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} "
             f"ms, max {r['max_ms']:.1f} ms (idle p50 {r['idle_p50_ms']:.1f} ms)"
         )
     write_results(
         args.out,
         NAME,
-        parameters={"hosts": args.hosts, "code": str(args.code or "this checkout")},
+        parameters={
+            "hosts": args.hosts, "rounds": args.rounds, "code": str(args.code or "this checkout")
+        },
         results=result,
         targets={"p99_ms": "< 100"},
     )

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from crdtmds.app.documents import Documents
 from crdtmds.core.changes import applied_chunks
+from crdtmds.core.domain import Domain
 from crdtmds.errors import StorageError
 from crdtmds.storage import Storage
 
@@ -76,6 +77,16 @@ class Persister:
         await self.persist(document_id, changes)
         self.documents.received(document_id)
         return len(changes)
+
+    async def recall_revision_change(self, domain: Domain, uid: str) -> None:
+        """Tell `domain` which change wrote the revision `uid`, when it was published here
+        (stored with the publish), so that reading the revision does not list every
+        change after it (`crdtmds.core.revision_changes`)."""
+        known = domain.revision_changes
+        if known.known(uid) is None:
+            change = await self.storage.revisions.change_of(domain.document_id, uid)
+            if change is not None:
+                known.note_revision(uid, change)
 
     def note_appended(self, document_id: str, changes: list[Change]) -> None:
         """Changes of the document were appended to storage (by `persist`, or by a

@@ -21,6 +21,7 @@ database holds (`app/lost_drafts.py`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -128,19 +129,12 @@ class Sessions:
             records,
             now=time.time(),
             deleted=cluster.is_deleted,
-            published_since=self._published_since,
+            published_since=functools.partial(_published_since, self.documents),
         )
         for entry in result.newly_lost:
             log.warning("%s", lost_drafts.start_warning(entry))
         self.journal = journal
         await journal.replace_all(result.entries)
-
-    def _published_since(self, entry: JournalEntry) -> bool:
-        domain = self.documents.domains.get(entry.document_id)
-        if domain is None:
-            return False
-        revisions = self.documents.epoch_chain(domain).revisions()
-        return lost_drafts.published_after(revisions, entry)
 
     async def take_lost(self, admin: str, document_id: str) -> list[JournalEntry]:
         """The drafts of `admin` in the domain that a start found lost, forgotten once
@@ -295,6 +289,7 @@ class Sessions:
                 session_uid=session.uid,
                 base_heads=session.domain.heads(),
                 last_active=session.last_active,
+                revision=(published.revision["uid"], published.change[0]),
             )
         except BaseException:
             session.abort_publish(published)
@@ -357,6 +352,14 @@ def _entry_of(session: Session) -> JournalEntry:
         since=time.time(),
         last_active=session.last_active,
     )
+
+
+def _published_since(documents: Documents, entry: JournalEntry) -> bool:
+    """Whether the session of a journal entry was published since (it is not lost)."""
+    domain = documents.domains.get(entry.document_id)
+    if domain is None:
+        return False
+    return lost_drafts.published_after(documents.epoch_chain(domain).revisions(), entry)
 
 
 def _record_of(session: Session) -> SessionRecord:

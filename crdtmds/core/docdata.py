@@ -157,11 +157,16 @@ def fork_with_actor(doc: Document, actor: bytes) -> Document:
 
 def has_heads(doc: Document, heads: Sequence[bytes]) -> bool:
     """Whether `doc` holds every change named by `heads` (reads at unknown heads quietly
-    return nothing, so past states are checked first)."""
-    wanted = set(heads)
-    if not wanted:
+    return nothing, so past states are checked first).
+
+    A head at which the root holds a key is known: one short read each. Only the others
+    (an empty document's first change) are looked for in the list of every change,
+    which Automerge re-encodes from the operations, holding the GIL for a time that
+    grows with the history (0.1 s for 20,000 objects)."""
+    unsure = {head for head in heads if not doc.keys(ROOT, [head])}
+    if not unsure:
         return True
-    return wanted <= {change.hash for change in doc.get_changes([])}
+    return unsure <= {change.hash for change in doc.get_changes([])}
 
 
 def rebuild_at(

@@ -17,6 +17,7 @@ from automerge.core import ROOT, Document
 from crdtmds.core import model, names
 from crdtmds.core.docdata import child_id, has_heads, new_actor, put_value, read
 from crdtmds.core.domain_state import DomainState
+from crdtmds.core.revision_changes import RevisionChanges
 from crdtmds.core.view_refresh import StateRefresher
 from crdtmds.errors import PublishFailed, ValidationError
 
@@ -43,6 +44,8 @@ class Domain:
         self._state: DomainState | None = None
         self._state_heads: list[bytes] = []
         self._refresher = StateRefresher()
+        self.revision_changes = RevisionChanges()
+        """The changes known to have written revision entries (read by a revert)."""
         self._formed_bytes = formed_bytes
         """Size of the changes or snapshot the document was last loaded from."""
         self._bulk_written = 0
@@ -99,6 +102,8 @@ class Domain:
                 self._refresher.index.seen_heads = heads
             elif heads != self._state_heads:
                 self._state = self._refresher.refresh(self.doc, self._state, self._state_heads)
+                for change, deps in self._refresher.take_new_changes():
+                    self.revision_changes.note_change(change, deps)
             self._state_heads = heads
             return self._state
 
@@ -116,6 +121,7 @@ class Domain:
                 self.doc.set_actor(own)
             if change is None or change.actor_id != actor:
                 raise PublishFailed("the publish wrote no change")
+            self.revision_changes.note_change(change.hash, change.deps)
             return change.hash, change.bytes
 
     def drop_change(self, change_hash: bytes) -> None:

@@ -74,7 +74,7 @@ def plan_revert(
         fork = fork_with_actor(domain.doc, new_actor())
         before = domain.state
     if target is None:
-        target = state_at(fork, content_heads(fork, unhex_heads(heads), revision.get("uid")))
+        target = state_at(fork, revision_content_heads(domain, fork, revision))
     return RevertPlan(revision, fork.get_heads(), before, target, fork)
 
 
@@ -85,7 +85,7 @@ def revision_state(domain: Domain, revision: Mapping[str, Any]) -> DomainState:
         raise ValidationError(f"revision '{revision.get('uid')}' has no content heads")
     with domain.lock:
         doc = domain.doc
-        return state_at(doc, content_heads(doc, unhex_heads(heads), revision.get("uid")))
+        return state_at(doc, revision_content_heads(domain, doc, revision))
 
 
 def plan_stored_changes(domain: Domain, heads: list[bytes], chunks: Sequence[bytes]) -> RevertPlan:
@@ -117,19 +117,44 @@ def write_revert(tx: Any, plan: RevertPlan) -> None:
     write_layers_like(tx, layers, plan.before, plan.target)
 
 
-def content_heads(doc: Document, heads: Sequence[bytes], uid: Any) -> list[bytes]:
+def revision_content_heads(
+    domain: Domain, doc: Document, revision: Mapping[str, Any]
+) -> list[bytes]:
+    """`content_heads` of a revision listed in `doc` (the domain's document or a fork of
+    it), helped by the changes the domain knows (`RevisionChanges`), and remembered."""
+    uid = revision.get("uid")
+    heads = unhex_heads(revision["heads"])
+    known = domain.revision_changes
+    found = content_heads(doc, heads, uid, known.candidates(str(uid), heads))
+    if found != heads:
+        known.note_revision(str(uid), found[0])
+    return found
+
+
+def content_heads(
+    doc: Document, heads: Sequence[bytes], uid: Any, candidates: Sequence[bytes] = ()
+) -> list[bytes]:
     """The heads whose content is that of the revision `uid`, written on `heads`.
 
     A publish writes its edits and its revision entry as one change on the heads its
     entry names: the content is that change's. Entries written before that design name
     the heads of their edits, with the entry in a change of its own after them; reading
     at that change gives the same content.
+
+    `candidates`, changes known to have been written on `heads` or to have written the
+    entry, are tried first: listing the changes after `heads` costs Automerge a
+    re-encoding of each (see `crdtmds.core.revision_changes`).
     """
     heads = list(heads)
-    wanted = sorted(heads)
+    wanted = set(heads)
     revisions = child_id(doc, ROOT, "revisions")
+    for candidate in candidates:
+        if _carries(doc, revisions, candidate, uid):
+            return [candidate]
+    # Listed in causal order: the first that carries the entry wrote it. Its deps may
+    # also name an earlier change of its actor, which `heads` already reach.
     for change in doc.get_changes(heads):
-        if sorted(change.deps) == wanted and _carries(doc, revisions, change.hash, uid):
+        if wanted <= set(change.deps) and _carries(doc, revisions, change.hash, uid):
             return [change.hash]
     return heads
 

@@ -179,6 +179,7 @@ class Session:
         draft starts again, empty, from the live domain."""
         if published.fork is not None:
             self.domain.adopt_or_merge(published.fork, published.state, published.heads_before)
+        self.domain.revision_changes.note_revision(published.revision["uid"], published.change[0])
         self.draft.empty()
 
     def abort_publish(self, published: Published) -> None:

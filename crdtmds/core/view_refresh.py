@@ -192,6 +192,7 @@ class StateRefresher:
 
     def __init__(self) -> None:
         self.index = ObjectIndex()
+        self._new_changes: list[tuple[bytes, tuple[bytes, ...]]] = []
 
     def refresh(self, doc: Document, state: DomainState, since: list[bytes]) -> DomainState:
         """`state` (valid at heads `since`) brought to the document's current heads.
@@ -208,8 +209,14 @@ class StateRefresher:
         self.index.seen_heads = heads
         return DomainState.from_plain(read(doc)) if fresh is None else fresh
 
+    def take_new_changes(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """(hash, deps) of the changes the last refreshes read, once."""
+        new, self._new_changes = self._new_changes, []
+        return new
+
     def _touches(self, doc: Document, since: list[bytes]) -> set[Touch] | None:
         new = [decode_change(change.raw_bytes) for change in doc.get_changes(since)]
+        self._new_changes.extend((change.hash, change.deps) for change in new)
         ops = [op for change in new for op in change.ops]
         made = self._made_before(doc, since, {change.hash for change in new})
         made.update(made_by(ops))

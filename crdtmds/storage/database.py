@@ -22,7 +22,8 @@ SCHEMA_VERSION = 1
 
 # Tables added after schema version 1, created when missing (additive: an older
 # crdtmds ignores them): each document's heads and, per peer, the heads both held
-# alike (`crdtmds.storage.heads_records`).
+# alike (`crdtmds.storage.heads_records`); the change of each revision published here
+# (`crdtmds.core.revision_changes`).
 _ADDED_TABLES = """
 CREATE TABLE IF NOT EXISTS document_heads (
     document_id TEXT PRIMARY KEY,
@@ -35,6 +36,12 @@ CREATE TABLE IF NOT EXISTS peer_heads (
     document_id TEXT NOT NULL,
     heads BLOB NOT NULL,
     PRIMARY KEY (peer, document_id)
+);
+CREATE TABLE IF NOT EXISTS revision_changes (
+    document_id TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    change BLOB NOT NULL,
+    PRIMARY KEY (document_id, revision)
 )
 """
 

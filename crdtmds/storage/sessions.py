@@ -105,6 +105,22 @@ async def _insert_session_changes(
     )
 
 
+def session_row(record: SessionRecord) -> tuple[Any, ...]:
+    """The ``sessions`` row of a record, in `UPSERT_SESSION`'s order (its changes apart)."""
+    return (
+        record.uid,
+        record.document_id,
+        record.domain,
+        record.admin,
+        record.name,
+        record.description,
+        join_heads(record.base_heads),
+        record.actor,
+        record.created_at,
+        record.last_active,
+    )
+
+
 def session_from_row(row: sqlite3.Row | tuple[Any, ...], changes: list[bytes]) -> SessionRecord:
     (uid, document_id, domain, admin, name, description, heads, actor, created, active) = row
     return SessionRecord(

@@ -40,12 +40,14 @@ from crdtmds.storage.loading import (
     corruption_error,
     diagnose,
 )
+from crdtmds.storage.revision_records import RevisionRecords, record_revision_change
 from crdtmds.storage.sessions import (
     UPSERT_SESSION,
     SessionRecord,
     rebase_session,
     require_session,
     session_from_row,
+    session_row,
     update_draft_metadata,
 )
 
@@ -74,6 +76,7 @@ class Storage:
         """Change rows per document, once counted (see `_append_changes`)."""
         self.path = database.path
         self.heads = HeadsRecords(database)  # heads known without loading documents
+        self.revisions = RevisionRecords(database)  # the change of each revision published
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -115,13 +118,16 @@ class Storage:
         session_uid: str,
         base_heads: list[bytes],
         last_active: float,
+        revision: tuple[str, bytes],
     ) -> int:
         """A session's publish in one transaction: its changes join the document's (as
-        `append_changes`) and the saved session starts over, empty, from ``base_heads``
-        (heads the published changes reach). Returns as `append_changes`."""
+        `append_changes`), the saved session starts over, empty, from ``base_heads``
+        (heads the published changes reach), and `revision` (uid, hash of the change
+        that wrote its entry) is recorded. Returns as `append_changes`."""
         async with self._database.write(f"publish to {document_id}") as connection:
             count = await self._append_changes(connection, document_id, changes)
             await rebase_session(connection, session_uid, base_heads, [], last_active)
+            await record_revision_change(connection, document_id, revision)
         self._change_rows[document_id] = count
         return count
 
@@ -253,20 +259,8 @@ class Storage:
 
     async def save_session(self, record: SessionRecord) -> None:
         """Insert or update a session's metadata; its changes are left as stored."""
-        row = (
-            record.uid,
-            record.document_id,
-            record.domain,
-            record.admin,
-            record.name,
-            record.description,
-            join_heads(record.base_heads),
-            record.actor,
-            record.created_at,
-            record.last_active,
-        )
         async with self._database.write(f"save session {record.uid}") as connection:
-            await connection.execute(UPSERT_SESSION, row)
+            await connection.execute(UPSERT_SESSION, session_row(record))
 
     async def append_session_changes(
         self,
@@ -386,11 +380,12 @@ def _change_params(document_id: str, changes: Sequence[tuple[bytes, bytes]]) -> 
 
 async def _delete_document_rows(connection: aiosqlite.Connection, document_id: str) -> int:
     removed = 0
-    for table in ("changes", "snapshots", "sessions"):  # session_changes go by cascade
+    # session_changes go by cascade; the count is that of the document's rows
+    for table in ("changes", "snapshots", "sessions", "revision_changes"):
         cursor = await connection.execute(
             f"DELETE FROM {table} WHERE document_id = ?", (document_id,)
         )
-        removed += max(cursor.rowcount, 0) if table != "sessions" else 0
+        removed += max(cursor.rowcount, 0) if table in ("changes", "snapshots") else 0
     return removed
 
 

@@ -10,10 +10,11 @@ import pytest
 
 from crdtmds.api.dispatch import AdminAPI
 from crdtmds.core import model
+from crdtmds.core import revert as revert_module
 from crdtmds.core.docdata import ROOT, child_id, new_actor, put_value
 from crdtmds.core.session import Session
 from crdtmds.server import Server
-from tests.helpers.api_doors import connect
+from tests.helpers.api_doors import admin_api, connect
 
 HOSTS = 3000
 
@@ -81,5 +82,44 @@ async def test_show_status_is_answered_while_a_large_revert_runs(
     assert status["name"] == "s1"
     reverted = await revert
     assert finished.is_set()
-    assert (await alice.ok("show-hosts", limit=1))["total"] == HOSTS
+    # The full revision: the hosts and the marker its publish added.
+    assert (await alice.ok("show-hosts", limit=1))["total"] == HOSTS + 1
     assert reverted["revision"]["comments"].startswith("revert to revision")
+
+
+async def test_a_revert_after_a_restart_reads_the_revision_at_its_stored_change(
+    node: Server, tmp_path: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change of a revision published here is stored with the publish: after a
+    restart the revert reads the revision there, without listing the changes after it."""
+    session = await node.sessions.open("acme", admin="alice")
+    session.add_object("host", {"name": "kept", "ip-address": "10.0.0.1"})
+    first = await node.sessions.publish(session, "first")
+    for i in range(20):
+        session.add_object("host", {"name": f"later{i}", "ip-address": f"10.0.1.{i}"})
+    await node.sessions.publish(session, "later")
+    await node.sessions.close(session)
+    document_id = session.domain.document_id
+    assert await node.storage.revisions.change_of(document_id, first["uid"]) == bytes.fromhex(
+        first["change"]
+    )
+    await node.close()
+
+    restarted = await Server.open(tmp_path)
+    try:
+        tried: list[list[bytes]] = []
+        original = revert_module.content_heads
+
+        def spy(doc: Any, heads: Any, uid: Any, candidates: Any = ()) -> list[bytes]:
+            tried.append(list(candidates))
+            return original(doc, heads, uid, candidates)
+
+        monkeypatch.setattr(revert_module, "content_heads", spy)
+        alice = connect(admin_api(restarted, clock=clock))
+        await alice.login("alice")
+        await alice.ok("revert-to-revision", **{"to-revision": first["uid"]})
+        assert tried == [[bytes.fromhex(first["change"])]]
+        hosts = await alice.ok("show-hosts")
+        assert [h["name"] for h in hosts["objects"]] == ["kept"]
+    finally:
+        await restarted.close()

@@ -251,3 +251,12 @@ def test_geography(tmp_path: Path) -> None:
     assert results["steady"]["count"] == 4 and results["steady"]["not_seen"] == 0
     assert results["converged_after_heal_seconds"] >= 0
     assert len(results["converged_after_heal_per_server_seconds"]) == 4
+
+
+def test_responsiveness(tmp_path: Path) -> None:
+    document = run_bench("responsiveness.py", tmp_path, "--hosts", "200", "--rounds", "2")
+    for label in ("to empty", "to full"):
+        result = document["results"][label]
+        assert result["rounds"] == 2 and all(s > 0 for s in result["revert_s"])
+        # A revert of 200 hosts may fall between two polls: no latency is required.
+        assert {"polls_during", "p50_ms", "p99_ms", "max_ms", "idle_p50_ms"} <= result.keys()
