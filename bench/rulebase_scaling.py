@@ -18,8 +18,12 @@ Targets: add + publish at 10,000 rules <= 2x the same at 10 rules, move + publis
 2.5x, and a brand-new session's first add + publish <= 1.3x a held session's
 (administrators of commercial managers report ~90 s per rule change at ~700 rules).
 
-The big layers are written into the live documents directly (many rules per change) and
-persisted as received changes, which is much faster than one session edit per rule.
+The layers are built as an import in chunks: a session adds `--rules-per-change` rules
+and publishes, again and again. Until December 5 they were written straight into the
+live documents and persisted as received changes; such a document is slower to edit than
+the one a server keeps after bulk publishes of its own (it re-forms it, see
+`crdtmds.core.domain.Domain.reform`), so the largest layer is also built that old way
+and its floor printed beside the new one, for comparison.
 
     .venv/bin/python bench/rulebase_scaling.py [--sizes 10,1000,10000] [--reps 15]
 """
@@ -60,6 +64,8 @@ STEPS = (
     "read document",
     "floor",
 )
+OLD_FLOOR = "floor, old build"
+"""The floor on the largest layer built the old way (written straight into the document)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,10 +93,19 @@ def parse_args() -> argparse.Namespace:
 # ---------------------------------------------------------------- building the layers
 
 
-async def build_domain(node: Server, size: int, args: argparse.Namespace) -> str:
-    """A domain whose default layer holds `size` rules over some hosts and services."""
+async def build_domain(
+    node: Server, size: int, args: argparse.Namespace, *, direct: bool = False
+) -> str:
+    """A domain whose default layer holds `size` rules over some hosts and services,
+    published in chunks (`direct`: written straight into the document, the old way)."""
     return await build_rule_domain(
-        node, size, seed=args.seed, rules_per_change=args.rules_per_change, other_edits=10
+        node,
+        size,
+        seed=args.seed,
+        rules_per_change=args.rules_per_change,
+        other_edits=10,
+        direct=direct,
+        name=f"rules-{size}-direct" if direct else "",
     )
 
 
@@ -203,13 +218,22 @@ async def benchmark(args: argparse.Namespace) -> None:
                 print(f"layer of {size} rules built in {now() - start:.1f} s", flush=True)
                 benches[size] = LayerBench(node, name, args.seed + size)
                 await benches[size].open()
+            largest = max(args.sizes)
+            start = now()
+            old = LayerBench(node, await build_domain(node, largest, args, direct=True), 0)
+            await old.open()
+            print(f"layer of {largest} rules built the old way in {now() - start:.1f} s")
             samples = {size: {step: Samples() for step in STEPS} for size in args.sizes}
+            samples[largest][OLD_FLOOR] = Samples()
             for repetition in range(args.reps):
                 order = args.sizes if repetition % 2 == 0 else args.sizes[::-1]
                 for size in order:
                     timings = await benches[size].round(
                         read_document=repetition < args.document_reads
                     )
+                    if size == largest:
+                        domain = node.documents.domain(old.domain_name)
+                        timings[OLD_FLOOR] = await old.floor(domain)
                     for step, timing in timings.items():
                         samples[size][step].add(timing)
         finally:
@@ -251,6 +275,17 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> 
         ],
     )
     smallest, largest = min(medians), max(medians)
+    old_floor, new_floor = medians[largest][OLD_FLOOR], medians[largest]["floor"]
+    print_table(
+        f"The floor at {largest} rules on the layer built as a server builds it (publishes"
+        " of its own) and built the old way (written straight into the document)",
+        ["build", "floor ms (wall)", "cpu ms", f"ratio to the floor at {smallest}"],
+        [
+            [build, floor["wall"] * 1000, floor["cpu"] * 1000,
+             ratio(floor["wall"], medians[smallest]["floor"]["wall"])]
+            for build, floor in (("publishes (new)", new_floor), ("direct (old)", old_floor))
+        ],
+    )  # fmt: skip
     ratios = {
         step: {
             clock: ratio(medians[largest][step][clock], medians[smallest][step][clock])

@@ -1,5 +1,11 @@
-"""Domains with big rulebases, built fast: rules written straight into the live document,
-many per change, and persisted as if a peer had sent them."""
+"""Domains with big rulebases, built fast: many rules per publish, by an administrator's
+session (an import in chunks), or, for comparison, written straight into the live
+document and persisted as if a peer had sent them (the builder before December 5).
+
+The two give the same content but not the same document in memory: Automerge edits a
+document that took many operations through local transactions more slowly than the same
+document loaded or received, and a server re-forms its live document after bulk
+publishes of its own (`crdtmds.core.domain.Domain.reform`), which direct writes bypass."""
 
 from __future__ import annotations
 
@@ -18,11 +24,20 @@ HOSTS = 50
 
 
 async def build_rule_domain(
-    node: Any, size: int, *, seed: int, rules_per_change: int, other_edits: int = 0
+    node: Any,
+    size: int,
+    *,
+    seed: int,
+    rules_per_change: int,
+    other_edits: int = 0,
+    direct: bool = False,
+    name: str = "",
 ) -> str:
-    """A domain named ``rules-<size>`` whose default layer holds `size` rules, over
-    `HOSTS` hosts and `other_edits` random edits (services, groups, ...)."""
-    name = f"rules-{size}"
+    """A domain named `name` (``rules-<size>`` by default) whose default layer holds
+    `size` rules, over `HOSTS` hosts and `other_edits` random edits (services, groups,
+    ...); the rules published `rules_per_change` at a time, or written straight into the
+    document with `direct`."""
+    name = name or f"rules-{size}"
     await node.cluster_admin.create_domain(name, created_by=BENCH_ADMIN)
     generator = EditGenerator(seed=seed + size, prefix=f"s{size}")
     session = await node.sessions.open(name, admin=BENCH_ADMIN)
@@ -30,25 +45,29 @@ async def build_rule_domain(
         apply_edit(session, *generator.add_host())
     apply_edits(session, generator, other_edits)
     await node.sessions.publish(session)
-    await node.sessions.close(session)
     domain = node.documents.domain(name)
     layer_uid = domain.state.get_layer(None).uid
     rng = random.Random(seed)
     for start in range(0, size, rules_per_change):
-        rules = [
-            model.build_rule(
-                {
-                    "name": f"bulk-{start + i}",
-                    "source": rng.sample(generator.hosts, 2),
-                    "destination": [rng.choice(generator.hosts)],
-                    "action": rng.choice(model.ACTIONS),
-                    "track": "Log",
-                },
-                domain.state.find_object,
-            )
+        params = [
+            {
+                "name": f"bulk-{start + i}",
+                "source": rng.sample(generator.hosts, 2),
+                "destination": [rng.choice(generator.hosts)],
+                "action": rng.choice(model.ACTIONS),
+                "track": "Log",
+                "position": "bottom",
+            }
             for i in range(min(rules_per_change, size - start))
         ]
-        await append_rules(node, domain, layer_uid, rules)
+        if direct:
+            rules = [model.build_rule(p, domain.state.find_object) for p in params]
+            await append_rules(node, domain, layer_uid, rules)
+            continue
+        for rule in params:
+            session.add_rule(rule)
+        await node.sessions.publish(session)
+    await node.sessions.close(session)
     return name
 
 

@@ -7,8 +7,10 @@ edits and its revision entry written as one change of the live document (rebased
 when others published since the draft started, see `core/draft.py`); that change durable
 on this server (one storage write, which also empties the stored draft); the document
 released to the hub, which is told of the change (it travels in the next message to each
-peer), and the listeners; compaction if due. A storage write that fails takes the change
-back out of the live document, retires the actor, and leaves the draft as it was.
+peer), and the listeners; compaction if due. After bulk publishes (an import) the live
+document is re-formed first (`Domain.reform`: later publishes cost less). A storage
+write that fails takes the change back out of the live document, retires the actor, and
+leaves the draft as it was.
 
 Beside the database, the session journal lists the drafts with stored changes (see
 `storage/session_journal.py`); it changes when a draft gains its first stored change and
@@ -164,11 +166,8 @@ class Sessions:
 
     def of(self, admin: str, document_id: str | None = None) -> list[Session]:
         """The sessions of `admin` (in one domain, given its document id)."""
-        return [
-            s
-            for s in self.by_uid.values()
-            if s.admin == admin and (document_id is None or s.domain.domain_id == document_id)
-        ]
+        held = self.by_uid.values()
+        return [s for s in held if s.admin == admin and document_id in (None, s.domain.domain_id)]
 
     async def save_edits(self, session: Session) -> None:
         """Persist the draft's new changes, so an unpublished session survives a restart.
@@ -253,6 +252,8 @@ class Sessions:
             self._end_hold(document_id, held)
             session.published(published)
             self.actors.release(document_id, actor)
+            if held and session.domain.note_local_change(len(published.change[1])):
+                session.domain.reform()  # after bulk publishes (a revert's stays off the loop)
         # Off the reply's path: a crash before this rewrite leaves an entry that the next
         # start recognises as published (`lost_drafts.reconcile`).
         self.journal.update_soon(remove=[session.uid])

@@ -370,6 +370,8 @@ def pin_position(layer: Layer, uid: str) -> Any:
     readers see, so anchoring on a repeat would land elsewhere when run again."""
     order = layer.order
     index = order.index(uid)
+    if layer.is_clean():  # every entry once: the one before is the anchor
+        return {"below": order[index - 1]} if index else "top"
     for at in range(index - 1, -1, -1):
         before = order[at]
         if (before in layer.rules or before in layer.sections) and order.index(before) == at:

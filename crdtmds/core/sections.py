@@ -157,20 +157,32 @@ class _Without:
         self.items = items
         self.left_out = left_out
         self._count = items.count(left_out) if left_out is not None else 0
+        self._first: int | None = None
 
     def __len__(self) -> int:
         return len(self.items) - self._count
 
+    def first_left_out(self) -> int:
+        """Where the left-out entry first stands (it does: `_count` > 0)."""
+        if self._first is None:
+            self._first = self.items.index(self.left_out)
+        return self._first
+
     def index(self, item: str) -> int | None:
         """Where `item` first stands in the list without the entry; None if absent."""
-        if item == self.left_out or item not in self.items:
+        if item == self.left_out:
             return None
-        index = self.items.index(item)
+        try:
+            index = self.items.index(item)
+        except ValueError:
+            return None
+        if self._count == 1:  # the usual case: no slice to count in
+            return index - (self.first_left_out() < index)
         return index - (self.items[:index].count(self.left_out) if self._count else 0)
 
     def at(self, position: int) -> str:
         """The entry at `position` (0-based) of the list without the left-out entry."""
         if not self._count:
             return self.items[position]
-        first = self.items.index(self.left_out)  # ordered_uids: at most once
+        first = self.first_left_out()  # ordered_uids: at most once
         return self.items[position if position < first else position + 1]

@@ -105,6 +105,8 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
     difference is searched: the rules before and after it kept their places, and a move
     or two in a big layer leaves most of the layer there."""
     old_middle, new_middle = _differing_stretch(old_order, new_order)
+    if (one := _moved_across(old_middle, new_middle)) is not None:
+        return one  # the usual case, found without building sets of the stretch
     if len(old_middle) != len(new_middle) or set(old_middle) != set(new_middle):
         # Rules were added or deleted too: compare the rules both orders hold.
         old_set, new_set = set(old_order), set(new_order)
@@ -113,29 +115,69 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
         old_middle, new_middle = _differing_stretch(old_kept, new_kept)
     if not old_middle:
         return set()
-    # One rule moved across the whole stretch: up (checked first, so that of two rules
-    # that swapped, the later one is the one that moved, as the longest run has it) or down.
-    if old_middle[:-1] == new_middle[1:]:
-        return {old_middle[-1]}
-    if old_middle[1:] == new_middle[:-1]:
-        return {old_middle[0]}
+    if (one := _moved_across(old_middle, new_middle)) is not None:
+        return one
     rank = {u: n for n, u in enumerate(old_middle)}
     return set(new_middle) - _longest_increasing(new_middle, rank.__getitem__)
+
+
+def _moved_across(old: list[str], new: list[str]) -> set[str] | None:
+    """The one rule that moved across the whole stretch, if one did: up (checked first,
+    so that of two rules that swapped, the later one is the one that moved, as the
+    longest run has it) or down; None otherwise."""
+    if len(old) != len(new) or not old:
+        return None
+    if old[-1] == new[0] and old[:-1] == new[1:]:
+        return {old[-1]}
+    if old[0] == new[-1] and old[1:] == new[:-1]:
+        return {old[0]}
+    return None
+
+
+_CHUNK = 256
+"""Items compared per slice while looking for where two orders differ."""
 
 
 def _differing_stretch(old: list[str], new: list[str]) -> tuple[list[str], list[str]]:
     """Both lists without the items they share at their start and at their end."""
     start = _common_prefix(old, new)
-    end = _common_prefix(old[start:][::-1], new[start:][::-1])
+    end = _common_suffix(old, new, start)
     return old[start : len(old) - end], new[start : len(new) - end]
 
 
 def _common_prefix(first: list[str], second: list[str]) -> int:
-    """How many leading items two lists share (slices compare in C: bisect on them)."""
-    low, high = 0, min(len(first), len(second))
+    """How many leading items two lists share. Slices compare in C (and the same
+    string objects by identity): chunk by chunk, then a bisection within the chunk
+    that differs. A bisection over whole prefixes copied O(n log n) items."""
+    limit = min(len(first), len(second))
+    start = 0
+    while start < limit and first[start : start + _CHUNK] == second[start : start + _CHUNK]:
+        start += _CHUNK
+    start = min(start, limit)  # two equal lists end on a whole chunk
+    low, high = start, min(start + _CHUNK, limit)
     while low < high:
         middle = (low + high + 1) // 2
-        if first[:middle] == second[:middle]:
+        if first[start:middle] == second[start:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _common_suffix(first: list[str], second: list[str], prefix: int) -> int:
+    """How many trailing items two lists share, not counting into their first `prefix`."""
+    limit = min(len(first), len(second)) - prefix
+    a, b = len(first), len(second)
+    end = 0
+    while end < limit:
+        step = min(_CHUNK, limit - end)
+        if first[a - end - step : a - end] != second[b - end - step : b - end]:
+            break
+        end += step
+    low, high = end, min(end + _CHUNK, limit)
+    while low < high:  # the longest shared tail of the chunk that differs
+        middle = (low + high + 1) // 2
+        if first[a - middle : a - end] == second[b - middle : b - end]:
             low = middle
         else:
             high = middle - 1

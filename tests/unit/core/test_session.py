@@ -290,6 +290,31 @@ def test_moved_rules_are_the_fewest_whose_relative_order_changed(
     assert len(kept) - len(moved) == longest_increasing_length([rank[u] for u in kept])
 
 
+@given(
+    size=st.integers(250, 800),
+    moves=st.lists(st.tuples(st.integers(0, 799), st.integers(0, 799)), max_size=3),
+    gone=st.lists(st.integers(0, 799), max_size=2),
+)
+def test_moved_rules_in_long_orders(
+    size: int, moves: list[tuple[int, int]], gone: list[int]
+) -> None:
+    """Orders longer than the chunks the search compares at a time (`_CHUNK`)."""
+    old_order = [f"r{n}" for n in range(size)]
+    new_order = list(old_order)
+    for source, target in moves:
+        new_order.insert(target % size, new_order.pop(source % size))
+    for index in gone:
+        new_order.pop(index % len(new_order))
+    moved = moved_rules(old_order, new_order)
+    rank = {u: n for n, u in enumerate(old_order)}
+    staying = [rank[u] for u in new_order if u not in moved]
+    assert staying == sorted(staying)
+    assert len(new_order) - len(moved) == longest_increasing_length([rank[u] for u in new_order])
+    if len(moves) == 1 and not gone:
+        source, target = moves[0]
+        assert len(moved) == (source % size != target % size)
+
+
 def longest_increasing_length(values: list[int]) -> int:
     """By brute force over every earlier end: quadratic, plainly right."""
     best: list[int] = []
