@@ -20,10 +20,8 @@ Targets: add + publish at 10,000 rules <= 2x the same at 10 rules, move + publis
 
 The layers are built as an import in chunks: a session adds `--rules-per-change` rules
 and publishes, again and again. Until December 5 they were written straight into the
-live documents and persisted as received changes; such a document is slower to edit than
-the one a server keeps after bulk publishes of its own (it re-forms it, see
-`crdtmds.core.domain.Domain.reform`), so the largest layer is also built that old way
-and its floor printed beside the new one, for comparison.
+live documents and persisted as received changes; the largest layer is also built that
+old way and its floor printed beside the new one, for comparison.
 
     .venv/bin/python bench/rulebase_scaling.py [--sizes 10,1000,10000] [--reps 15]
 """

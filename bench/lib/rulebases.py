@@ -2,10 +2,9 @@
 session (an import in chunks), or, for comparison, written straight into the live
 document and persisted as if a peer had sent them (the builder before December 5).
 
-The two give the same content but not the same document in memory: Automerge edits a
-document that took many operations through local transactions more slowly than the same
-document loaded or received, and a server re-forms its live document after bulk
-publishes of its own (`crdtmds.core.domain.Domain.reform`), which direct writes bypass."""
+Both are local transactions of the server that imports: Automerge edits such a document
+more slowly than the same changes loaded or received (bench/README.md, "Why the floor
+grew")."""
 
 from __future__ import annotations
 

@@ -145,8 +145,7 @@ class Documents:
             return None
         self.loads += 1
         log.debug("loaded domain %s (%d stored bytes)", document_id, loaded[1])
-        domain = Domain(document_id, loaded[0], formed_bytes=loaded[1])
-        domain = self._install(domain, loaded[1])
+        domain = self._install(Domain(document_id, loaded[0]), loaded[1])
         for listener in self._loaded_listeners:
             listener(document_id)
         self.unload_over_limits(keep=document_id)

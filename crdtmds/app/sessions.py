@@ -7,10 +7,8 @@ edits and its revision entry written as one change of the live document (rebased
 when others published since the draft started, see `core/draft.py`); that change durable
 on this server (one storage write, which also empties the stored draft); the document
 released to the hub, which is told of the change (it travels in the next message to each
-peer), and the listeners; compaction if due. After bulk publishes (an import) the live
-document is re-formed first (`Domain.reform`: later publishes cost less). A storage
-write that fails takes the change back out of the live document, retires the actor, and
-leaves the draft as it was.
+peer), and the listeners; compaction if due. A storage write that fails takes the change
+back out of the live document, retires the actor, and leaves the draft as it was.
 
 Beside the database, the session journal lists the drafts with stored changes (see
 `storage/session_journal.py`); it changes when a draft gains its first stored change and
@@ -252,8 +250,6 @@ class Sessions:
             self._end_hold(document_id, held)
             session.published(published)
             self.actors.release(document_id, actor)
-            if held and session.domain.note_local_change(len(published.change[1])):
-                session.domain.reform()  # after bulk publishes (a revert's stays off the loop)
         # Off the reply's path: a crash before this rewrite leaves an entry that the next
         # start recognises as published (`lost_drafts.reconcile`).
         self.journal.update_soon(remove=[session.uid])

@@ -24,18 +24,11 @@ from crdtmds.errors import PublishFailed, ValidationError
 Change = tuple[bytes, bytes]
 """(hash, bytes) of one Automerge change."""
 
-BULK_CHANGE_BYTES = 4096
-"""A change this server publishes of at least this size (some 40 rules or 50 hosts: an
-import) counts towards re-forming the live document (`Domain.reform`)."""
-REFORM_MIN_BYTES = 256 * 1024
-"""Bulk changes written since the document was loaded that make it due for a re-form,
-at least; a quarter of the size it was loaded from, if more (see `Domain.reform`)."""
-
 
 class Domain:
     """The live document of one domain and its plain-data view."""
 
-    def __init__(self, document_id: str, doc: Document, *, formed_bytes: int = 0) -> None:
+    def __init__(self, document_id: str, doc: Document) -> None:
         self.document_id = document_id
         self.domain_id = document_id
         """The domain's identity: the document id its cluster entry names, that of its
@@ -46,10 +39,6 @@ class Domain:
         self._refresher = StateRefresher()
         self.revision_changes = RevisionChanges()
         """The changes known to have written revision entries (read by a revert)."""
-        self._formed_bytes = formed_bytes
-        """Size of the changes or snapshot the document was last loaded from."""
-        self._bulk_written = 0
-        """Bytes of bulk changes written here since (see `note_local_change`)."""
         self.lock = threading.RLock()
         """Held around the view's refresh and any multi-call write of the live document.
         A revert runs in a worker thread (`api/commands/revisions.py`) while the event
@@ -128,38 +117,12 @@ class Domain:
         """Take back a change this server wrote that could not be made durable (nothing
         was sent: nothing can depend on it). Rebuilds the document from its changes."""
         with self.lock:
-            self._load_changes(lambda change: change.hash != change_hash)
+            chunks = [c.bytes for c in self.doc.get_changes([]) if c.hash != change_hash]
+            actor = self.doc.get_actor()
+            self.doc = Document.load(b"".join(chunks)) if chunks else Document()
+            self.doc.set_actor(actor)
             self._state = None
             self._refresher = StateRefresher()
-
-    def note_local_change(self, size: int) -> bool:
-        """A change of `size` bytes that this server wrote into the live document is
-        durable; returns whether the document is due for `reform`."""
-        if size >= BULK_CHANGE_BYTES:
-            self._bulk_written += size
-        return self._bulk_written >= max(REFORM_MIN_BYTES, self._formed_bytes // 4)
-
-    def reform(self) -> None:
-        """Load the live document afresh from its own changes: the same changes, heads
-        and view, laid out in memory as a loaded document is.
-
-        Automerge 0.7's transactions copy the whole document as their rollback point,
-        and a document that took many operations through local transactions (an import,
-        a bulk build) copies and edits slower than the same document loaded: at 10,000
-        rules a one-rule publish costs 3.3-3.9 ms against 1.9-2.2 ms, in 15% more
-        instructions and several times the cache misses (bench/README.md, rulebase
-        section). Changes received from peers leave it as fast as a load, and small
-        publishes barely move it, so only bulk changes written here count."""
-        with self.lock:
-            self._load_changes(lambda change: True)
-
-    def _load_changes(self, keep: Callable[[Any], bool]) -> None:
-        chunks = [c.bytes for c in self.doc.get_changes([]) if keep(c)]
-        actor = self.doc.get_actor()
-        data = b"".join(chunks)
-        self.doc = Document.load(data) if chunks else Document()
-        self.doc.set_actor(actor)
-        self._formed_bytes, self._bulk_written = len(data), 0
 
     def adopt_or_merge(self, doc: Document, state: DomainState, base_heads: list[bytes]) -> None:
         """Take a durable fork written on `base_heads` (a revert): as the live document

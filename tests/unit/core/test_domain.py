@@ -741,38 +741,3 @@ def test_a_record_edited_then_deleted_is_found_without_a_deep_scan() -> None:
     assert refreshed == full_read(domain.doc)
     assert refreshed.find_object("https") is None
     assert [c.args[1] for c in scans.call_args_list] == ["skeleton", "records", "records"]
-
-
-def test_a_re_formed_document_keeps_its_changes_heads_actor_and_view() -> None:
-    """`Domain.reform` loads the live document afresh from its own changes: nothing a
-    reader or a peer can see changes, and the next publish builds on it as before."""
-    domain = build_base()
-    actor, heads, state = domain.doc.get_actor(), domain.heads(), domain.state
-    changes = {c.hash for c in domain.doc.get_changes([])}
-    before = domain.doc
-    domain.reform()
-    assert domain.doc is not before
-    assert domain.doc.get_actor() == actor
-    assert domain.heads() == heads
-    assert {c.hash for c in domain.doc.get_changes([])} == changes
-    assert domain.state is state  # the same heads: the view is kept
-    session = Session.open(domain, admin="alice", server="s1")
-    session.add_rule({"name": "E", "position": "bottom"})
-    publish(session)
-    assert rule_names(domain.state) == ["A", "B", "C", "D", "E"]
-    assert full_read(domain.doc) == domain.state
-
-
-def test_only_bulk_changes_written_here_make_a_document_due_for_a_re_form() -> None:
-    """Small publishes never count (they barely slow a document down); bulk ones add up
-    to the larger of `REFORM_MIN_BYTES` and a quarter of the size it was loaded from."""
-    from crdtmds.core.domain import BULK_CHANGE_BYTES, REFORM_MIN_BYTES
-
-    fresh = Domain("doc", Document())
-    small = BULK_CHANGE_BYTES - 1
-    assert not any(fresh.note_local_change(small) for _ in range(REFORM_MIN_BYTES // small + 1))
-    chunks = -(-REFORM_MIN_BYTES // BULK_CHANGE_BYTES)  # rounded up
-    assert [fresh.note_local_change(BULK_CHANGE_BYTES) for _ in range(chunks)][-2:] == [False, True]
-    loaded = Domain("doc", Document(), formed_bytes=8 * REFORM_MIN_BYTES)
-    assert not loaded.note_local_change(REFORM_MIN_BYTES)
-    assert loaded.note_local_change(REFORM_MIN_BYTES)  # 2 x min = a quarter of 8 x min
