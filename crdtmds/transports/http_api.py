@@ -36,6 +36,7 @@ from crdtmds.api.dispatch import AdminAPI
 from crdtmds.app.logins import host_of
 from crdtmds.errors import CrdtmdsError, size_text
 from crdtmds.net.urls import format_address, url_host
+from crdtmds.transports.tls_sockets import TlsServer
 
 log = logging.getLogger("crdtmds.web_api")
 
@@ -341,7 +342,7 @@ class HttpsListener:
         self.ssl = ssl
         self.timeout = timeout
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._server: TlsServer | None = None
 
     async def start(self) -> str:
         """Bind (port 0 picks a free port); returns `https://HOST:PORT` of the bound port."""
@@ -365,14 +366,8 @@ class HttpsListener:
                 access_log=None,
             )
 
-        self._server = await loop.create_server(
-            connection,
-            self.host or None,
-            self.port,
-            ssl=self.ssl,
-            ssl_handshake_timeout=self.timeout,
-            reuse_address=True,
-        )
+        self._server = TlsServer(connection, self.ssl, handshake_timeout=self.timeout)
+        await self._server.bind(self.host or None, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         host = self.host if self.host not in ("", "0.0.0.0", "::") else socket.getfqdn()
         return f"https://{url_host(host)}:{self.port}"
