@@ -30,8 +30,9 @@ from typing import Any
 
 log = logging.getLogger("crdtmds.web_api")
 
-READ_SIZE = 256 * 1024
-"""Bytes asked of one read: one TLS record (16 KiB) at most comes back per call."""
+READ_SIZE = 16 * 1024
+"""Bytes asked of one read: the most a TLS record carries (a read returns one record at
+most; what a larger record would leave is taken while `pending()`)."""
 HIGH_WATER = 64 * 1024
 """Bytes queued for sending above which the protocol is asked to pause writing."""
 CLOSE_TIMEOUT = 30.0
@@ -280,6 +281,8 @@ class TlsTransport(asyncio.Transport):
             if self._reading and not self._closing:
                 self._loop.add_reader(self._fd, self._read_ready)
                 self._read_ready()
+            if self._lost:
+                return
         try:
             while self._queue:
                 first = self._queue[0]
