@@ -46,7 +46,8 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 class TlsServer:
-    """Accepts on one listening socket and runs each connection's TLS handshake."""
+    """Accepts on its listening sockets (one per address of the host) and runs each
+    connection's TLS handshake."""
 
     def __init__(
         self, factory: ProtocolFactory, context: ssl.SSLContext, *, handshake_timeout: float
@@ -66,7 +67,10 @@ class TlsServer:
         for family, kind, proto, _name, address in dict.fromkeys(
             (i[0], i[1], i[2], "", i[4]) for i in infos
         ):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this host lacks (IPv6 turned off): the others serve
+                continue
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
@@ -81,6 +85,8 @@ class TlsServer:
             self.sockets.append(sock)
             if port == 0:  # the other addresses take the port picked for the first
                 port = sock.getsockname()[1]
+        if not self.sockets:
+            raise OSError(f"no address to listen on for {host}:{port}")
         for sock in self.sockets:
             loop.add_reader(sock.fileno(), self._accept, sock)
 
@@ -108,14 +114,15 @@ class TlsServer:
             self._handshake(sock)
 
     def _pause_accepting(self, listening: socket.socket) -> None:
-        assert self._loop is not None
-        self._loop.remove_reader(listening.fileno())
+        loop = self._loop
+        assert loop is not None
+        loop.remove_reader(listening.fileno())
 
         def resume() -> None:
             if listening in self.sockets:
-                self._loop.add_reader(listening.fileno(), self._accept, listening)  # type: ignore[union-attr]
+                loop.add_reader(listening.fileno(), self._accept, listening)
 
-        self._loop.call_later(ACCEPT_RETRY, resume)
+        loop.call_later(ACCEPT_RETRY, resume)
 
     def _handshake(self, sock: socket.socket) -> None:
         sock.setblocking(False)
