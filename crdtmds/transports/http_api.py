@@ -12,7 +12,8 @@ and the HTTP status of `STATUS_BY_CODE` (docs/web-api.md has the wire contract):
     await listener.stop()
 
 What is served (`WebApiDoor`, an aiohttp `Application`) is kept apart from where it
-listens (`HttpsListener`), which runs aiohttp inside the server's event loop. The usual
+listens (`HttpsListener`), which runs aiohttp inside the server's event loop, on the TLS
+connections of `transports/tls_sockets.py`. The usual
 request, a POST of a command, skips the application's router (`WebApiDoor.shortcut`): a
 small command costs about as much in routing as in running.
 """
