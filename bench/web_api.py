@@ -23,7 +23,12 @@ run to run, and they tell the server's share of a door's cost from the client's.
 
 Targets: ratio >= 0.8 for both kinds; p99 of a publish over HTTPS < 50 ms.
 
-    .venv/bin/python bench/web_api.py [--ops 200] [--show-ops 1000] [--reps 9] [--quick] [--wss]
+With `--one-core` the server's threads and this process are pinned to one CPU for the
+timed blocks: a request's time is then the server's and the client's CPU added up, the
+same way for every client, whichever core the scheduler would have woken each on.
+
+    .venv/bin/python bench/web_api.py [--ops 200] [--show-ops 1000] [--reps 9] [--quick]
+        [--wss] [--one-core]
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from lib.cluster import BenchCluster, wait_for_status
 from lib.command_line import base_parser, run
 from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD
 from lib.report import plot, print_table, verdict, write_results
-from lib.resources import process_cpu_seconds
+from lib.resources import pin_to_cpu, process_cpu_seconds
 from lib.stats import median, ratio, summary
 from lib.timing import now
 
@@ -80,6 +85,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--wss", action="store_true", help="the WebSocket /api over TLS too (wss://)"
+    )
+    parser.add_argument(
+        "--one-core",
+        action="store_true",
+        help="the server and this process on one CPU (the same for every client)",
     )
     args = parser.parse_args()
     if args.quick:
@@ -367,6 +377,10 @@ async def measure(args: argparse.Namespace, cluster: BenchCluster, web_url: str,
             flush=True,
         )
         assert server.process is not None
+        if args.one_core:
+            cpu = min(os.sched_getaffinity(0))
+            pin_to_cpu(server.process.pid, cpu)
+            pin_to_cpu(0, cpu)
         samples = await timed_blocks(args, doors, server.process.pid)
     finally:
         await socket_client.close()
@@ -397,6 +411,7 @@ async def main() -> None:
             "warmup": args.warmup,
             "quick": args.quick,
             "wss": args.wss,
+            "one_core": args.one_core,
         },
         results={
             "throughput": per_kind,

@@ -66,3 +66,12 @@ def machine_busy_seconds() -> float:
         return math.nan
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def pin_to_cpu(pid: int, cpu: int) -> None:
+    """Every thread of process `pid` (0: this one) to run on `cpu` only; threads it
+    starts later inherit that."""
+    task_dir = Path(f"/proc/{pid or os.getpid()}/task")
+    for task in task_dir.iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(task.name), {cpu})

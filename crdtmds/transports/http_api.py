@@ -12,7 +12,8 @@ and the HTTP status of `STATUS_BY_CODE` (docs/web-api.md has the wire contract):
     await listener.stop()
 
 What is served (`WebApiDoor`, an aiohttp `Application`) is kept apart from where it
-listens (`HttpsListener`), which runs aiohttp inside the server's event loop. The usual
+listens (`HttpsListener`), which runs aiohttp inside the server's event loop, on the TLS
+connections of `transports/tls_sockets.py`. The usual
 request, a POST of a command, skips the application's router (`WebApiDoor.shortcut`): a
 small command costs about as much in routing as in running.
 """
@@ -36,6 +37,7 @@ from crdtmds.api.dispatch import AdminAPI
 from crdtmds.app.logins import host_of
 from crdtmds.errors import CrdtmdsError, size_text
 from crdtmds.net.urls import format_address, url_host
+from crdtmds.transports.tls_sockets import TlsServer
 
 log = logging.getLogger("crdtmds.web_api")
 
@@ -233,7 +235,7 @@ class WebApiDoor:
                 f"the body must be application/json, not {request.content_type or 'untyped'}",
             )
         try:
-            params = json.loads(body)
+            params = json.loads(_json_text(body))
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Refused(INVALID_SYNTAX, f"the body is not valid JSON: {exc}") from None
         except RecursionError:
@@ -259,6 +261,15 @@ class WebApiDoor:
             raise _Refused(
                 TIMED_OUT, f"the request took over {self.timeout:g} s", close=True
             ) from None
+
+
+def _json_text(body: bytes) -> str | bytes:
+    """What `json.loads` reads fastest: ASCII without NUL bytes (what JSON is in practice)
+    decoded here, as json would decode it after its slower check for a BOM or UTF-16/32;
+    anything else is left to that check."""
+    if body.isascii() and b"\x00" not in body:
+        return body.decode("ascii")
+    return body
 
 
 def _too_large(limit: int) -> str:
@@ -309,6 +320,13 @@ class _Connection(RequestHandler):
         super().connection_made(transport)
         self.caller_host = host_of(_source(transport) or "unknown")
 
+    def resume_reading(self, *args: Any, **kwargs: Any) -> None:
+        """aiohttp's body reader asks this after every read and at the body's end;
+        unless reading was paused (a large body), there is nothing to resume, and
+        aiohttp would run its parser on no data twice per request."""
+        if self._reading_paused:
+            super().resume_reading(*args, **kwargs)
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -341,7 +359,7 @@ class HttpsListener:
         self.ssl = ssl
         self.timeout = timeout
         self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._server: TlsServer | None = None
 
     async def start(self) -> str:
         """Bind (port 0 picks a free port); returns `https://HOST:PORT` of the bound port."""
@@ -365,14 +383,8 @@ class HttpsListener:
                 access_log=None,
             )
 
-        self._server = await loop.create_server(
-            connection,
-            self.host or None,
-            self.port,
-            ssl=self.ssl,
-            ssl_handshake_timeout=self.timeout,
-            reuse_address=True,
-        )
+        self._server = TlsServer(connection, self.ssl, handshake_timeout=self.timeout)
+        await self._server.bind(self.host or None, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         host = self.host if self.host not in ("", "0.0.0.0", "::") else socket.getfqdn()
         return f"https://{url_host(host)}:{self.port}"
