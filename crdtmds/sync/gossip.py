@@ -38,7 +38,13 @@ The rules :class:`Gossip` follows:
    With ``persisted(..., relay_later=True)``, changes that came from servers only are
    made dirty at once for their senders and for repo clients, and for the other
    servers at the next ``release_relays`` (in a full mesh those got them from their
-   origin). The bookkeeping is `crdtmds.sync.relay_hold.RelayHold`.
+   origin). With ``replies_may_wait`` set (the same condition), the
+   reply to a server's message that leaves the heads alone, asks for no change and
+   follows one already heard on the link waits for ``release_relays`` too: between
+   servers that all hear each change from its origin, such messages are relays and
+   acknowledgements, and answering each at once keeps a pair of servers trading
+   messages about changes both already hold for as long as publishes go on. The
+   bookkeeping is `crdtmds.sync.relay_hold.RelayHold`.
 4. A peer with ``may_write=False`` whose sync message carries changes is refused with
    an error ("changes refused: ...") and :class:`ConnectionFailed`; the changes never
    reach the live document (see `crdtmds.sync.sync_message.sync_message_has_changes`).
@@ -245,6 +251,8 @@ class Gossip:
     """Every peer connection of one node and their per-(peer, document) sync states,
     following the rules of the module docstring."""
 
+    replies_may_wait = False  # set by the caller (rule 3)
+
     def __init__(
         self,
         local_peer_id: str,
@@ -390,9 +398,7 @@ class Gossip:
         """Whether ``data_to_send`` may return frames (a queued frame or a dirty document
         that is not held)."""
         conn = self._connections.get(conn_id)
-        if conn is None:
-            return False
-        return bool(conn.outbox) or any(not self._hold.is_held(d) for d in conn.dirty)
+        return conn is not None and conn.has_data_to_send(self._hold.is_held)
 
     def is_warm(self, conn_id: str) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it:
@@ -484,7 +490,7 @@ class Gossip:
         self, conn: Connection, doc: Document, document_id: str, data: bytes
     ) -> list[Event]:
         link = conn.link(document_id)
-        link.heard_from_peer = True
+        warm, link.heard_from_peer = link.heard_from_peer, True
         before_heads = doc.get_heads()
         try:
             doc.receive_sync_message(link.sync_state, Message.decode(data))
@@ -495,7 +501,7 @@ class Gossip:
         if link.note_peer_heads(data, doc.get_heads()):
             self._summaries.settled(conn, document_id, doc.get_heads())
         if sorted(doc.get_heads()) == sorted(before_heads):
-            conn.dirty[document_id] = None
+            self._hold.answer(conn, document_id, data, may_wait=warm and self.replies_may_wait)
             return []
         fields = try_parse_sync_message(data)
         self._hold.hold(document_id, conn.conn_id)

@@ -5,7 +5,8 @@ A document whose heads a peer's message moved is held once per such message, and
 out of every connection's sync messages until each one is persisted. Then it goes to
 every peer that follows it, or, when the node relays later and only servers brought the
 changes, to the senders and repo clients now and to the other servers at the next
-release (in a full mesh those got the changes from their origin). No I/O.
+release (in a full mesh those got the changes from their origin). Likewise the reply to a
+server's message that changed nothing (`answer`). No I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from crdtmds.sync.connection import Connection, ConnectionState
+from crdtmds.sync.sync_message import try_parse_sync_message
 
 
 class RelayHold:
@@ -60,6 +62,18 @@ class RelayHold:
                 else:
                     self._relays.setdefault(document_id, set()).add(conn.conn_id)
         return False
+
+    def answer(self, conn: Connection, document_id: str, data: bytes, *, may_wait: bool) -> None:
+        """The sync message `data` on `conn` left the document's heads alone: the reply is
+        due now, or, when `may_wait` and the peer is a server, the message asks for no
+        change and no reply is due already, at the next ``release`` along with whatever
+        else is due to that server by then."""
+        waits = may_wait and conn.peer_info.is_server and document_id not in conn.dirty
+        message = try_parse_sync_message(data) if waits else None
+        if message is not None and not message.need:
+            self._relays.setdefault(document_id, set()).add(conn.conn_id)
+        else:
+            conn.dirty[document_id] = None
 
     def forget_relays(self, document_id: str) -> None:
         """The document is due to every peer anyway: no server waits for it any more."""
