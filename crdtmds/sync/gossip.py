@@ -36,14 +36,15 @@ The rules :class:`Gossip` follows:
    :class:`DocumentChanged`; it is then dirty for every peer that follows it. A message
    that leaves the heads alone marks only its sender dirty (the protocol's reply).
    With ``persisted(..., relay_later=True)``, changes that came from servers only are
-   made dirty at once for their senders and for repo clients, and for the other
-   servers at the next ``release_relays`` (in a full mesh those got them from their
-   origin). With ``replies_may_wait`` set (the same condition), the
+   made dirty at once for repo clients, and for the servers, their senders included,
+   at the next ``release_relays`` (in a full mesh the others got them from their
+   origin; a sender does not need our answer to go on, as Automerge sends only changes
+   newer than those it sent). With ``replies_may_wait`` set (the same condition), the
    reply to a server's message that leaves the heads alone, asks for no change and
-   follows one already heard on the link waits for ``release_relays`` too: between
-   servers that all hear each change from its origin, such messages are relays and
-   acknowledgements, and answering each at once keeps a pair of servers trading
-   messages about changes both already hold for as long as publishes go on. The
+   follows one already heard on the link waits for ``release_relays`` too. Between
+   servers that all hear each change from its origin such messages are relays and
+   answers, and answering each at once would cost a frame each way per change and
+   server, and keep pairs of servers trading messages about changes both hold. The
    bookkeeping is `crdtmds.sync.relay_hold.RelayHold`.
 4. A peer with ``may_write=False`` whose sync message carries changes is refused with
    an error ("changes refused: ...") and :class:`ConnectionFailed`; the changes never
@@ -380,8 +381,8 @@ class Gossip:
         When every such event of the document is persisted, it is dirty for every peer.
         With `relay_later` (the node has a live link to every server of its cluster, so
         changes from a server most likely reached the others straight from their origin),
-        changes that came from servers only go to the other servers at the next
-        ``release_relays``. Changes from repo clients never wait.
+        changes that came from servers only go to servers, their senders included, at the
+        next ``release_relays``. Changes from repo clients never wait.
         """
         if self._hold.persisted(document_id, relay_later=relay_later):
             self.document_changed(document_id)

@@ -4,9 +4,10 @@ send on yet, and which servers wait for a document until the next relay release.
 A document whose heads a peer's message moved is held once per such message, and stays
 out of every connection's sync messages until each one is persisted. Then it goes to
 every peer that follows it, or, when the node relays later and only servers brought the
-changes, to the senders and repo clients now and to the other servers at the next
-release (in a full mesh those got the changes from their origin). Likewise the reply to a
-server's message that changed nothing (`answer`). No I/O.
+changes, to repo clients now and to the servers, their senders included, at the next
+release (in a full mesh the others got the changes from their origin, and a sender goes
+on without an answer). Likewise the reply to a server's message that changed nothing
+(`answer`). No I/O.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class RelayHold:
     def persisted(self, document_id: str, *, relay_later: bool) -> bool:
         """One held message of the document is on disk. True when the document is now due
         to every peer that follows it (the caller marks it changed); otherwise it is still
-        held, or it was marked dirty here for its senders and repo clients and the other
-        servers wait for ``release``."""
+        held, or it was marked dirty here for repo clients and the servers wait for
+        ``release``."""
         holds = self._holds.get(document_id, 0)
         if holds == 0:
             raise RuntimeError(f"persisted({document_id!r}) without a pending DocumentChanged")
@@ -53,11 +54,13 @@ class RelayHold:
         sources = self._sources.pop(document_id, set())
         if not relay_later or not all(self._from_server(c) for c in sources):
             return True
-        # The senders hear our new heads now (so they stop offering the changes); other
-        # servers get them at the next release, along with whatever else came by then.
+        # Repo clients hear of the changes now; servers, the senders included, at the next
+        # release, along with whatever else came by then. A sender needs no answer to go
+        # on: Automerge remembers what it sent and sends only newer changes meanwhile, so
+        # an answer per change would only be a frame more each way.
         for conn in self._connections.values():
             if conn.state is ConnectionState.CONNECTED and conn.should_sync(document_id):
-                if conn.conn_id in sources or not conn.peer_info.is_server:
+                if not conn.peer_info.is_server:
                     conn.dirty[document_id] = None
                 else:
                     self._relays.setdefault(document_id, set()).add(conn.conn_id)

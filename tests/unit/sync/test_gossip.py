@@ -395,19 +395,32 @@ def _relaying_mesh() -> tuple[Network, Hub, Hub, Hub, Hub, str]:
     return net, a, b, c, client, doc_id
 
 
-def test_relay_later_answers_the_sender_and_clients_and_waits_for_other_servers() -> None:
+def test_relay_later_answers_clients_and_waits_for_servers_the_sender_included() -> None:
     net, a, b, c, client, doc_id = _relaying_mesh()
+    answers = len(net.messages(b, a))
     a.publish(doc_id, rule="allow")
     net.pump()
     assert b.read(doc_id) == client.read(doc_id) == {"name": "base", "rule": "allow"}
     assert c.read(doc_id) == {"name": "base"}
     assert b.gossip.relays_pending()
-    # The sender heard b's new heads: it does not offer the change again.
+    assert len(net.messages(b, a)) == answers
+    # Unanswered, the sender does not offer the change again, and its next message
+    # carries only the next change.
     assert a.gossip.data_to_send("to-b") == []
+    a.publish(doc_id, rule="deny")
+    frames = a.gossip.data_to_send("to-b")
+    assert len(frames) == 1
+    message = decode(frames[0])
+    assert isinstance(message, Sync)
+    assert len(parse_sync_message(message.data).changes) == 1
+    net.deliver(b, "from-a", frames[0])
+    net.pump()
+    assert len(net.messages(b, a)) == answers
     b.gossip.release_relays()
     assert not b.gossip.relays_pending()
     net.pump()
-    assert c.heads(doc_id) == a.heads(doc_id)
+    assert len(net.messages(b, a)) > answers
+    assert c.heads(doc_id) == b.heads(doc_id) == a.heads(doc_id)
 
 
 def test_replies_to_a_servers_relay_wait_for_the_relay_release() -> None:
