@@ -1,21 +1,34 @@
-"""Propagation throughput: crdtmds servers vs Python `automerge.repo.Repo` peers.
+"""Propagation throughput: crdtmds servers vs JavaScript automerge-repo servers and Python
+`automerge.repo.Repo` peers.
 
-Both systems get the same workload through the same door, in one run. Three crdtmds
-servers and three Python repos (``automerge.repo.Repo`` with
-``automerge.transports.WebSocketServer`` / ``WebSocketClientTransport``), each a process
-of its own, are wired alike: a hub that the two others dial. A writer in this process
-connects to one of them over the automerge-repo protocol (to the servers, as a server of
-their cluster) and streams N changes into a new document, each change one host record,
-as fast as it can, one change per sync message or a batch of them
-(``--batches``: 1 is a stream of single changes, 10 is closer to publishes of several
-edits); one observer connection per peer notes when that peer holds all of them. The
-observers keep only the change graph (``--observer document`` makes them apply every
-change, for comparison). Throughput is N divided by the time from the first write until
-every peer holds every change. The servers serve every run; each run of the Python
-repos gets three fresh processes (they keep working for seconds after every peer holds
-everything, and one kept through many runs stopped accepting connections). Before each
-run the script waits until the peer processes are idle, so no backlog takes a core from
-the run.
+Every system gets the same workload through the same door, in one run (`--systems`
+picks some). Three peers of each system, each a process of its own, are wired alike: a
+hub that the two others dial.
+
+- crdtmds: three servers (`--no-mesh`); each commits every change to SQLite before
+  forwarding it;
+- js-repo-nodefs: the stock JavaScript `@automerge/automerge-repo` 2.5 `Repo` with its
+  WebSocket server adapter and its NodeFS storage adapter (`bench/js/repo_server.mjs`,
+  a folder per server), which writes a document's new changes to a file at most every
+  100 ms;
+- js-repo-memory: the same servers without storage;
+- automerge.repo: Python's ``automerge.repo.Repo`` with
+  ``automerge.transports.WebSocketServer`` / ``WebSocketClientTransport``, in memory.
+
+A writer in this process connects to one of them over the automerge-repo protocol (to the
+crdtmds servers, as a server of their cluster) and streams N changes into a new document,
+each change one host record, as fast as it can, one change per sync message or a batch
+of them (``--batches``: 1 is a stream of single changes, 10 is closer to publishes of
+several edits); one observer connection per peer notes when that peer holds all of
+them. The observers keep only the change graph (``--observer document`` makes them
+apply every change, for comparison). Throughput is N divided by the time from the first
+write until every peer holds every change. The crdtmds and JavaScript servers serve
+every run; each run of the Python repos gets three fresh processes (they keep working
+for seconds after every peer holds everything, and one kept through many runs stopped
+accepting connections). Before each run the script waits until the peer processes are
+idle, so no backlog takes a core from the run. The JavaScript servers need `bench/js`'s
+npm packages: the script installs them at the versions of its lock file
+(`npm install --prefix bench/js`) when they are missing.
 
 The writer (``--writer``):
 
@@ -25,7 +38,7 @@ The writer (``--writer``):
   (its first change) is announced and held by every peer before the clock too. Timed,
   the writer only hands the ready frames to its socket, one after another, and answers
   the peer's replies as Automerge's sync state would (`GraphSync`): a few
-  microseconds per change, the same for both systems, so the figure is the peers'.
+  microseconds per change, the same for every system, so the figure is the peers'.
 - live: the changes are made during the timed window, each an Automerge transaction, and
   the writer's Automerge sync state (through `crdtmds.sync.gossip.Gossip`) generates the
   messages: about a millisecond of this process per change, which bounds what a fast
@@ -34,12 +47,12 @@ The writer (``--writer``):
 - chain: the writer feeds a leaf; changes go leaf -> hub -> other leaf (two hops);
 - star: the writer feeds the hub; changes go to both leaves at once (one hop).
 
-Target: crdtmds at least 10x the throughput of the Python Repo. The crdtmds
-servers also commit every change to SQLite before forwarding it; the repos keep theirs
-in memory.
+Targets: crdtmds at least 1.5x the throughput of the durable JavaScript servers
+(js-repo-nodefs) and 10x that of the Python Repo; the in-memory JavaScript figure is
+reported without a target.
 
     .venv/bin/python bench/peers.py [--changes 1000] [--reps 3] [--writer prebuilt|live]
-        [--observer graph|document]
+        [--observer graph|document] [--systems crdtmds,js-repo-nodefs,...]
 """
 
 from __future__ import annotations
@@ -47,7 +60,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +76,7 @@ from lib.command_line import base_parser, int_list, run
 from lib.credentials import server_join_metadata
 from lib.node_dirs import read_node_config
 from lib.observers import GraphPeer, add_observer_option, observer_holds, start_observer
+from lib.repo_processes import ensure_js_packages, js_server_command, start_star
 from lib.report import print_table, verdict, write_results
 from lib.resources import cpu_seconds
 from lib.stats import median, ratio
@@ -73,9 +86,11 @@ from lib.timing import now, wait_until
 from crdtmds.sync.protocol import new_document_id
 
 NAME = "peers"
-TARGET_RATIO = 10.0
 TOPOLOGIES = ("chain", "star")
-SYSTEMS = ("crdtmds", "automerge.repo")
+SYSTEMS = ("crdtmds", "js-repo-nodefs", "js-repo-memory", "automerge.repo")
+JS_SYSTEMS = ("js-repo-nodefs", "js-repo-memory")
+TARGET_RATIOS = {"js-repo-nodefs": 1.5, "automerge.repo": 10.0}
+"""crdtmds' throughput over each system's, at least; systems not here have no target."""
 WRITER_KINDS = ("prebuilt", "live")
 QUIET_WINDOW = 0.25
 QUIET_CPU_SHARE = 0.05
@@ -98,10 +113,26 @@ def parse_args() -> argparse.Namespace:
         default="prebuilt",
         help="changes and messages built before the clock (default) or made while timed",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="uncounted runs of the first case before the others, for the peers that serve"
+        " every run (default 1)",
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"systems to run, comma-separated; crdtmds always runs (default {','.join(SYSTEMS)})",
+    )
     parser.add_argument("--repo-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dial", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = int_list(args.batches)
+    chosen = {name.strip() for name in args.systems.split(",") if name.strip()}
+    if chosen - set(SYSTEMS):
+        parser.error(f"--systems: unknown {', '.join(sorted(chosen - set(SYSTEMS)))}")
+    args.systems = [system for system in SYSTEMS if system in chosen | {"crdtmds"}]
     return args
 
 
@@ -128,37 +159,12 @@ async def repo_child(dial: list[str]) -> None:
     await loop.run_in_executor(None, sys.stdin.read)
 
 
-@dataclass
-class RepoProcess:
-    process: subprocess.Popen[str]
-    url: str
-
-
-def start_repo(dial: list[str], log: Path) -> RepoProcess:
+def repo_child_command(dial: list[str], role: str) -> list[str]:
+    """The command line of one `repo_child` process (for `start_star`)."""
     command = [sys.executable, __file__, "--repo-child"]
     for url in dial:
         command += ["--dial", url]
-    with log.open("a") as errors:
-        process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True
-        )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.startswith("listening on "):
-        process.kill()
-        raise RuntimeError(f"the repo process did not start: {log.read_text()[-2000:]}")
-    return RepoProcess(process, line.removeprefix("listening on ").strip())
-
-
-def stop_repo(repo: RepoProcess) -> None:
-    with contextlib.suppress(OSError):
-        assert repo.process.stdin is not None
-        repo.process.stdin.close()
-    try:
-        repo.process.wait(5)
-    except subprocess.TimeoutExpired:
-        repo.process.kill()
-        repo.process.wait(5)
+    return command
 
 
 # ---------------------------------------------------------------- the peers under test
@@ -184,22 +190,32 @@ async def crdtmds_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
     return Peers("crdtmds", cluster.urls, pids, lambda name: server_join_metadata(config, name))
 
 
-def repo_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
-    root.mkdir(parents=True, exist_ok=True)
-    hub = start_repo([], root / "repo-hub.log")
-    stack.callback(stop_repo, hub)
-    leaves = []
-    for index in (1, 2):
-        leaf = start_repo([hub.url], root / f"repo-leaf-{index}.log")
-        stack.callback(stop_repo, leaf)
-        leaves.append(leaf)
-    repos = [hub, *leaves]
+def process_peers(
+    system: str,
+    command: Callable[[list[str], str], list[str]],
+    root: Path,
+    stack: contextlib.ExitStack,
+) -> Peers:
+    """Three processes of another implementation (see `start_star`), stopped with `stack`."""
+    started = start_star(command, root, stack)
     return Peers(
-        "automerge.repo",
-        [repo.url for repo in repos],
-        [repo.process.pid for repo in repos],
+        system,
+        [peer.url for peer in started],
+        [peer.process.pid for peer in started],
         lambda name: None,
     )
+
+
+def repo_peers(root: Path, stack: contextlib.ExitStack) -> Peers:
+    """Three fresh Python `automerge.repo.Repo` processes."""
+    return process_peers("automerge.repo", repo_child_command, root, stack)
+
+
+def js_peers(system: str, root: Path, stack: contextlib.ExitStack) -> Peers:
+    """Three JavaScript automerge-repo servers: with NodeFS storage under `root` for
+    js-repo-nodefs, in memory for js-repo-memory."""
+    storage = root / "storage" if system == "js-repo-nodefs" else None
+    return process_peers(system, js_server_command(storage), root, stack)
 
 
 async def settle(pids: list[int], timeout: float) -> float:
@@ -324,6 +340,7 @@ async def propagate(
             offers = prebuilt_offers(writer, document_id, source, objects, changes, batch)
         start = now()
         cpu_start = time.process_time()
+        peers_cpu_start = cpu_seconds(peers.pids)
         observers_cpu_start = sum(o.handling_cpu for o in observers)
         if isinstance(writer, GraphPeer):
             await writer.stream(document_id, offers)
@@ -344,6 +361,7 @@ async def propagate(
             raise RuntimeError(f"a {peers.system} peer dropped a connection: {failures[0]}")
         seconds = now() - start
         cpu = time.process_time() - cpu_start
+        peers_cpu = cpu_seconds(peers.pids) - peers_cpu_start
         observers_cpu = sum(o.handling_cpu for o in observers) - observers_cpu_start
     finally:
         await asyncio.gather(writer.close(), *(o.close() for o in observers))
@@ -354,6 +372,7 @@ async def propagate(
         "bench_cpu_seconds": cpu,
         "bench_cpu_ms_per_change": 1000 * cpu / changes,
         "observer_cpu_ms_per_change": 1000 * observers_cpu / changes,
+        "peers_cpu_ms_per_change": 1000 * peers_cpu / changes,
     }
 
 
@@ -367,39 +386,80 @@ def case_name(batch: int, topology: str) -> str:
 async def benchmark(args: argparse.Namespace) -> None:
     cases = [(batch, topology) for batch in args.batches for topology in TOPOLOGIES]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        system: {case_name(*case): [] for case in cases} for system in SYSTEMS
+        system: {case_name(*case): [] for case in cases} for system in args.systems
     }
+    if any(system in JS_SYSTEMS for system in args.systems):
+        try:
+            ensure_js_packages()
+        except RuntimeError as exc:
+            raise SystemExit(f"peers.py: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="crdtmds-bench-peers-") as tmp:
         root = Path(tmp)
         with contextlib.ExitStack() as stack:
-            print("starting 3 crdtmds servers ...", flush=True)
-            servers = await crdtmds_peers(root, stack)
+            resident = await start_resident(args.systems, root, stack)
+            await warm_up(resident, cases[0], args)
             count = 0
             for repetition in range(args.reps):
                 for batch, topology in cases:
-                    order = SYSTEMS if repetition % 2 == 0 else SYSTEMS[::-1]
+                    order = args.systems if repetition % 2 == 0 else args.systems[::-1]
                     for system in order:
                         count += 1
                         folder = root / f"run-{count}"
-                        result = await run_case(folder, servers, system, topology, batch, args)
+                        result = await run_case(folder, resident, system, topology, batch, args)
                         runs[system][case_name(batch, topology)].append(result)
     report(args, runs)
 
 
+async def start_resident(
+    systems: list[str], root: Path, stack: contextlib.ExitStack
+) -> dict[str, Peers]:
+    """The peers that serve every run: the crdtmds servers and the JavaScript servers."""
+    resident: dict[str, Peers] = {}
+    for system in systems:
+        if system == "crdtmds":
+            print("starting 3 crdtmds servers ...", flush=True)
+            resident[system] = await crdtmds_peers(root, stack)
+        elif system in JS_SYSTEMS:
+            print(f"starting 3 {system} servers ...", flush=True)
+            resident[system] = js_peers(system, root / system, stack)
+    return resident
+
+
+async def warm_up(
+    resident: dict[str, Peers], case: tuple[int, str], args: argparse.Namespace
+) -> None:
+    """`--warmup` runs of `case` for each system whose peers serve every run, not counted:
+    a fresh node process runs its first thousand changes several times slower than later
+    ones (its JIT compilers), a server that has run for a while would not."""
+    batch, topology = case
+    for _ in range(args.warmup):
+        for system, peers in resident.items():
+            pids = sorted(pid for other in resident.values() for pid in other.pids)
+            await settle(pids, args.timeout)
+            result = await propagate(peers, topology, args.changes, batch, args)
+            print(
+                f"  {system:15s} warm-up, {case_name(batch, topology):22s}"
+                f" {result['changes_per_second']:,.0f} changes/s (not counted)",
+                flush=True,
+            )
+
+
 async def run_case(
     folder: Path,
-    servers: Peers,
+    resident: dict[str, Peers],
     system: str,
     topology: str,
     batch: int,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """One run of one system, printed. The servers serve every run; each run of the
-    Python repos gets three fresh processes (logs in `folder`): a repo kept through many
-    runs stopped answering new connections after a few of them."""
+    """One run of one system, printed. The crdtmds and JavaScript servers serve every run
+    (`resident`); each run of the Python repos gets three fresh processes (logs in
+    `folder`): a repo kept through many runs stopped answering new connections after a
+    few of them. Every peer process, of any system, must be idle before the clock starts."""
     with contextlib.ExitStack() as stack:
-        peers = servers if system == "crdtmds" else repo_peers(folder, stack)
-        settled = await settle(sorted({*servers.pids, *peers.pids}), args.timeout)
+        peers = resident[system] if system in resident else repo_peers(folder, stack)
+        pids = {*peers.pids, *(pid for other in resident.values() for pid in other.pids)}
+        settled = await settle(sorted(pids), args.timeout)
         result = await propagate(peers, topology, args.changes, batch, args)
     result["settle_seconds"] = settled
     print(
@@ -409,7 +469,8 @@ async def run_case(
         f" the writer itself took {result['write_seconds']:.3f} s;"
         f" this process {result['bench_cpu_ms_per_change']:.3f} ms CPU"
         f" per change, its observers"
-        f" {result['observer_cpu_ms_per_change']:.3f};"
+        f" {result['observer_cpu_ms_per_change']:.3f}; the 3 peers"
+        f" {result['peers_cpu_ms_per_change']:.3f};"
         f" peers idle after {settled:.1f} s)",
         flush=True,
     )
@@ -417,6 +478,8 @@ async def run_case(
 
 
 def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+    systems = list(runs)
+    others = systems[1:]
     medians = {
         system: {
             case: median([r["changes_per_second"] for r in results])
@@ -426,21 +489,20 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
     }
     cases = list(medians["crdtmds"])
     ratios = {
-        case: ratio(medians["crdtmds"][case], medians["automerge.repo"][case]) for case in cases
+        system: {case: ratio(medians["crdtmds"][case], medians[system][case]) for case in cases}
+        for system in others
     }
     print_table(
         f"Propagation of {args.changes} changes to 3 peers ({args.writer} writer),"
         f" median changes/s of {args.reps} runs",
-        ["case", "crdtmds", "automerge.repo", "ratio", "target >=", "verdict"],
+        ["case", *systems],
+        [[case, *(medians[system][case] for system in systems)] for case in cases],
+    )
+    print_table(
+        "crdtmds / each system, median changes/s (targets: at least)",
+        ["case", *(heading for system in others for heading in ratio_headings(system))],
         [
-            [
-                case,
-                medians["crdtmds"][case],
-                medians["automerge.repo"][case],
-                ratios[case],
-                TARGET_RATIO,
-                verdict(ratios[case], TARGET_RATIO, at_least=True),
-            ]
+            [case, *(cell for system in others for cell in ratio_cells(system, ratios, case))]
             for case in cases
         ],
     )
@@ -452,13 +514,18 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
             }
             for system, by_case in runs.items()
         }
-        for key in ("bench", "observer")
+        for key in ("bench", "observer", "peers")
     }
     print_table(
+        "CPU of the 3 peer processes while timed, median ms per change",
+        ["case", *systems],
+        [[case, *(cpu["peers"][s][case] for s in systems)] for case in cases],
+    )
+    print_table(
         f"CPU of this process, median ms per change ({args.observer} observers)",
-        ["case", *(f"{s}: {part}" for s in SYSTEMS for part in ("all", "observers"))],
+        ["case", *(f"{s}: {part}" for s in systems for part in ("all", "observers"))],
         [
-            [case, *(cpu[key][s][case] for s in SYSTEMS for key in ("bench", "observer"))]
+            [case, *(cpu[key][s][case] for s in systems for key in ("bench", "observer"))]
             for case in cases
         ],
     )
@@ -472,9 +539,24 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, list[dict[str, An
             "ratio": ratios,
             "median_bench_cpu_ms_per_change": cpu["bench"],
             "median_observer_cpu_ms_per_change": cpu["observer"],
+            "median_peers_cpu_ms_per_change": cpu["peers"],
         },
-        targets={"ratio_at_least": TARGET_RATIO},
+        targets={"ratio_at_least": {s: TARGET_RATIOS[s] for s in others if s in TARGET_RATIOS}},
     )
+
+
+def ratio_headings(system: str) -> list[str]:
+    if system in TARGET_RATIOS:
+        return [f"vs {system}", "target", "verdict"]
+    return [f"vs {system}"]
+
+
+def ratio_cells(system: str, ratios: dict[str, dict[str, float]], case: str) -> list[Any]:
+    value = ratios[system][case]
+    if system in TARGET_RATIOS:
+        target = TARGET_RATIOS[system]
+        return [value, target, verdict(value, target, at_least=True)]
+    return [value]
 
 
 def main() -> None:

@@ -30,8 +30,6 @@ from lib.report import write_results
 from lib.stats import percentile
 
 from crdtmds.api_socket import ApiSocket, api_url
-from crdtmds.core import model
-from crdtmds.core.docdata import put_value
 from crdtmds.server import Server
 from crdtmds.testing.localcluster import LocalServer
 
@@ -56,24 +54,9 @@ async def build(data_dir: Path, hosts: int) -> None:
         session = await node.sessions.open(DOMAIN, admin=BENCH_ADMIN)
         session.add_object("host", {"name": "first", "ip-address": "10.0.0.1"})
         await node.sessions.publish(session, "first")
-        draft = session.draft
-        draft.ready_to_edit()
-        records = [
-            model.build_object(
-                "host",
-                {"name": f"h{i}", "ip-address": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"},
-                session.view.find_object,
-            )
-            for i in range(hosts)
-        ]
-        objects = draft.objects_id()
-
-        def write(tx: Any) -> None:
-            for record in records:
-                put_value(tx, objects, record["uid"], record)
-
-        draft.commit(write)
-        draft.reread_view()
+        for i in range(hosts):  # one draft of `hosts` edits, published as one change
+            address = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+            session.add_object("host", {"name": f"h{i}", "ip-address": address})
         await node.sessions.publish(session, "bulk")
         await node.sessions.close(session)
     finally:

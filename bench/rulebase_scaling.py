@@ -7,11 +7,15 @@ interleaved repetitions, an administrator's session:
 - moves one rule to another position and publishes;
 - reads the whole rulebase (every rule with its number) from the domain's view;
 
+- opens a brand-new session, adds one rule and publishes (its first add + publish);
+
 and, for comparison, the same rulebase is extracted straight from the Automerge document,
-and the Automerge work alone that an add + publish cannot do without is timed on a
-throwaway fork: forking the document, one transaction adding a rule, one appending a
-revision entry, and freeing the fork (its "Automerge floor").
-Target: an edit + publish at 10,000 rules costs at most 2x the same at 10 rules
+and the floor of the best pattern for "add a rule and publish it durably" is timed: one
+transaction on the live document, by an actor it already holds, that adds the rule and
+appends the revision entry, plus the SQLite INSERT and COMMIT of that change (the
+"floor"). Every operation is also printed as a multiple of the floor at its size.
+Targets: add + publish at 10,000 rules <= 2x the same at 10 rules, move + publish <=
+2.5x, and a brand-new session's first add + publish <= 1.3x a held session's
 (administrators of commercial managers report ~90 s per rule change at ~700 rules).
 
 The big layers are written into the live documents directly (many rules per change) and
@@ -38,20 +42,23 @@ from lib.timing import Samples, Timing, measured, now
 from lib.workload import EditGenerator, apply_edit, apply_edits
 
 from crdtmds.core import model
-from crdtmds.core.docdata import child_id, fork_with_actor, insert_value, put_value, read
+from crdtmds.core.docdata import child_id, insert_value, put_value, read
 from crdtmds.core.session import revision_entry
 from crdtmds.server import Server
 
 NAME = "rulebase_scaling"
 TARGET_RATIO = 2.0
+MOVE_TARGET_RATIO = 2.5
+NEW_SESSION_TARGET = 1.3
 STEPS = (
     "add",
     "publish add",
     "move",
     "publish move",
+    "new session add + publish",
     "read view",
     "read document",
-    "automerge floor",
+    "floor",
 )
 
 
@@ -162,38 +169,61 @@ class LayerBench:
         }
         times["move"] = await measured(lambda: self.session.set_rule(move))
         times["publish move"] = await measured(lambda: self.node.sessions.publish(self.session))
+        times["new session add + publish"] = await self.new_session_add_publish()
         domain = self.node.documents.domain(self.domain_name)
         times["read view"] = await measured(lambda: domain.state.rulebase())
         if read_document:
             times["read document"] = await measured(lambda: read_layer_from_document(domain))
-        floor = self.floor_inputs(domain)
-        times["automerge floor"] = await measured(lambda: automerge_floor(domain, *floor))
+        times["floor"] = await self.floor(domain)
         return times
 
-    def floor_inputs(self, domain: Any) -> tuple[bytes, dict[str, Any], dict[str, Any]]:
-        """The session's actor (known to the document: no actor renumbering), a rule and
-        the revision entry the session would write for it."""
-        rule = model.build_rule(
-            {"name": f"floor-{self.added}", "action": "Accept"}, domain.state.find_object
-        )
+    async def new_session_add_publish(self) -> Timing:
+        """A brand-new session's first add + publish (opening and closing it untimed)."""
+        session = await self.node.sessions.open(self.domain_name, admin=BENCH_ADMIN)
+        rule = {"name": f"fresh-{self.added}", "action": "Accept", "position": "top"}
+
+        async def add_publish() -> None:
+            session.add_rule(rule)
+            await self.node.sessions.publish(session)
+
+        timing = await measured(add_publish)
+        await self.node.sessions.close(session)
+        return timing
+
+    async def floor(self, domain: Any) -> Timing:
+        """The best pattern's floor: one transaction on the live document by an actor it
+        holds (this server's publishing actor) adding a rule at the top and appending its
+        revision entry, then the SQLite INSERT and COMMIT of that change. It is a real
+        publish: the domain's view takes the rule afterwards, untimed."""
+        node, document_id = self.node, domain.document_id
+        state = domain.state
+        layer = state.get_layer(None)
+        rule = model.build_rule({"name": f"floor-{self.added}", "action": "Accept"},
+                                state.find_object)  # fmt: skip
         revision = revision_entry(self.session, domain.heads(), "", 1)
-        return self.session.actor, rule, revision
+        rules_id, order_id = layer_list_ids(domain.doc, layer.uid)
+        revisions_id = child_id(domain.doc, ROOT, "revisions")
+        actor = node.sessions.actors.acquire(document_id)
 
+        def write(tx: Any) -> None:
+            put_value(tx, rules_id, rule["uid"], rule)
+            insert_value(tx, order_id, 0, rule["uid"])
+            insert_value(tx, revisions_id, tx.length(revisions_id), revision)
 
-def automerge_floor(
-    domain: Any, actor: bytes, rule: dict[str, Any], revision: dict[str, Any]
-) -> None:
-    """Automerge's part of an add + publish, on a fork that is dropped at once (so what it
-    writes reaches nobody): fork, add the rule at the top, append the revision entry, free."""
-    fork = fork_with_actor(domain.doc, actor)
-    rules_id, order_id = layer_list_ids(fork, domain.state.get_layer(None).uid)
-    with fork.transaction() as tx:
-        put_value(tx, rules_id, rule["uid"], rule)
-        insert_value(tx, order_id, 0, rule["uid"])
-    revisions = child_id(fork, ROOT, "revisions")
-    with fork.transaction() as tx:
-        insert_value(tx, revisions, fork.length(revisions), revision)
-    del fork
+        changes: list[Any] = []
+
+        async def publish() -> None:
+            changes.append(domain.write(actor, write))
+            await node.storage.append_changes(document_id, changes)
+
+        timing = await measured(publish)
+        node.sessions.actors.release(document_id, actor)
+        node.persister.note_appended(document_id, changes)
+        new_state = state.copy()
+        new_state.writable_layer(layer).insert_rule(rule, 0)
+        new_state.append_revision(revision)
+        domain.adopt_state(new_state)
+        return timing
 
 
 def layer_list_ids(doc: Any, layer_uid: str) -> tuple[bytes, bytes]:
@@ -252,12 +282,23 @@ def combined(first: Samples, second: Samples) -> Samples:
 
 def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> None:
     medians = step_medians(samples)
-    columns = ["add", "publish add", "add + publish", "move", "move + publish", "read view"]
-    columns += ["read document", "automerge floor"]
+    columns = ["add", "publish add", "add + publish", "move", "move + publish"]
+    columns += ["new session add + publish", "read view", "read document", "floor"]
     print_table(
         f"Rulebase scaling: median wall ms over {args.reps} interleaved repetitions",
         ["rules", *columns],
         [[size, *(medians[size][c]["wall"] * 1000 for c in columns)] for size in medians],
+    )
+    multiples = ["add + publish", "move + publish", "new session add + publish"]
+    print_table(
+        "Each operation as a multiple of the floor at its size (one transaction on the live"
+        " document by a held actor + the SQLite commit; median wall)",
+        ["rules", "floor ms", *multiples],
+        [
+            [size, medians[size]["floor"]["wall"] * 1000]
+            + [ratio(medians[size][c]["wall"], medians[size]["floor"]["wall"]) for c in multiples]
+            for size in medians
+        ],
     )
     smallest, largest = min(medians), max(medians)
     ratios = {
@@ -265,30 +306,31 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> 
             clock: ratio(medians[largest][step][clock], medians[smallest][step][clock])
             for clock in ("wall", "cpu")
         }
-        for step in ("add + publish", "move + publish", "read view", "automerge floor")
+        for step in ("add + publish", "move + publish", "read view", "floor")
     }
+    targets = {"add + publish": TARGET_RATIO, "move + publish": MOVE_TARGET_RATIO}
     print_table(
-        f"Cost at {largest} rules relative to {smallest} rules (target: add + publish)",
-        ["operation", "wall ratio", "cpu ratio", "verdict (wall)"],
+        f"Cost at {largest} rules relative to {smallest} rules",
+        ["operation", "wall ratio", "cpu ratio", "target", "verdict (wall)"],
         [
             [
                 step,
                 value["wall"],
                 value["cpu"],
-                verdict(value["wall"], TARGET_RATIO, at_least=False)
-                if step == "add + publish"
-                else "",
+                targets.get(step, ""),
+                verdict(value["wall"], targets[step], at_least=False) if step in targets else "",
             ]
             for step, value in ratios.items()
         ],
     )
-    print(f"target: add + publish at {largest} rules <= {TARGET_RATIO}x the cost at {smallest}")
-    floor_share = ratio(
-        medians[largest]["automerge floor"]["wall"], medians[smallest]["add + publish"]["wall"]
+    new_vs_held = ratio(
+        medians[largest]["new session add + publish"]["wall"],
+        medians[largest]["add + publish"]["wall"],
     )
     print(
-        f"Automerge floor at {largest} rules alone: {floor_share:.2f}x the whole add + publish"
-        f" at {smallest} rules"
+        f"new session's first add + publish at {largest} rules: {new_vs_held:.2f}x a held"
+        f" session's (target <= {NEW_SESSION_TARGET}):"
+        f" {verdict(new_vs_held, NEW_SESSION_TARGET, at_least=False)}"
     )
     write_results(
         args.out,
@@ -301,9 +343,13 @@ def report(args: argparse.Namespace, samples: dict[int, dict[str, Samples]]) -> 
                 for size, steps in samples.items()
             },
             "ratio_largest_to_smallest": ratios,
-            "floor_at_largest_to_add_publish_at_smallest": floor_share,
+            "new_session_to_held_at_largest": new_vs_held,
         },
-        targets={"add_publish_ratio_at_most": TARGET_RATIO},
+        targets={
+            "add_publish_ratio_at_most": TARGET_RATIO,
+            "move_publish_ratio_at_most": MOVE_TARGET_RATIO,
+            "new_session_to_held_at_most": NEW_SESSION_TARGET,
+        },
     )
     plot_costs(args, medians)
 
@@ -332,7 +378,7 @@ def plot_costs(args: argparse.Namespace, medians: dict[int, dict[str, dict[str, 
             "move + publish",
             "read view",
             "read document",
-            "automerge floor",
+            "floor",
         ):
             values = [medians[size][step]["wall"] * 1000 for size in sizes]
             axes.plot(sizes, values, marker="o", label=step)

@@ -11,7 +11,8 @@ clients, one login each, one request at a time:
 - *web api, http.client*: the same over one keep-alive ``http.client.HTTPSConnection``
   (blocking calls, harmless here: nothing else runs meanwhile in this process);
 - *websocket*: the JSON API over the WebSocket ``/api`` (plain ``ws://`` on loopback),
-  from the Python client ``crdtmds.client.Client``.
+  from the Python client ``crdtmds.client.Client``. With ``--wss`` the server has a
+  certificate (``init --tls-cert``) and this is ``wss://``: both doors then pay for TLS.
 
 Every repetition times one block per client and kind of work, in an order reversed every
 other repetition. Throughput = block size / median block time; *ratio* = Web API /
@@ -22,7 +23,7 @@ run to run, and they tell the server's share of a door's cost from the client's.
 
 Targets: ratio >= 0.8 for both kinds; p99 of a publish over HTTPS < 50 ms.
 
-    .venv/bin/python bench/web_api.py [--ops 200] [--show-ops 1000] [--reps 9] [--quick]
+    .venv/bin/python bench/web_api.py [--ops 200] [--show-ops 1000] [--reps 9] [--quick] [--wss]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import ssl
 import tempfile
 import time
@@ -50,6 +52,7 @@ from lib.timing import now
 from crdtmds.client import Client
 from crdtmds.config import WEB_API_CERT_FILE
 from crdtmds.status_query import query_status
+from crdtmds.tls import make_self_signed
 
 NAME = "web_api"
 DOMAIN = "web-bench"
@@ -75,6 +78,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="a tiny run (the smoke test): 5 ops, 2 reps"
     )
+    parser.add_argument(
+        "--wss", action="store_true", help="the WebSocket /api over TLS too (wss://)"
+    )
     args = parser.parse_args()
     if args.quick:
         for key, value in QUICK.items():
@@ -86,24 +92,33 @@ class WebApiFailed(RuntimeError):
     pass
 
 
+class CountingConnector(aiohttp.TCPConnector):
+    """A connector that notes the connections it hands out (a trace config would, but
+    its callbacks would cost every request some of the client's time)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.protocols: set[Any] = set()
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        connection = await super().connect(req, traces, timeout)
+        self.protocols.add(connection.protocol)
+        return connection
+
+
 class WebApiClient:
     """One login over HTTPS, one keep-alive connection: POST /web_api/COMMAND."""
 
     def __init__(self, url: str, cafile: Path) -> None:
         context = ssl.create_default_context(cafile=str(cafile))
         self.base = url.rstrip("/") + "/web_api/"
-        self.connections = 0
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_create_end.append(self._connected)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, ssl=context, force_close=False),
-            trace_configs=[trace],
-            json_serialize=json.dumps,
-        )
+        self.connector = CountingConnector(limit=1, ssl=context, force_close=False)
+        self.session = aiohttp.ClientSession(connector=self.connector, json_serialize=json.dumps)
         self.headers: dict[str, str] = {}
 
-    async def _connected(self, *_: Any) -> None:
-        self.connections += 1
+    @property
+    def connections(self) -> int:
+        return len(self.connector.protocols)
 
     async def call(self, command: str, **params: Any) -> dict[str, Any]:
         async with self.session.post(
@@ -127,13 +142,28 @@ class WebApiClient:
             await self.session.close()
 
 
+class OneWriteHTTPSConnection(http.client.HTTPSConnection):
+    """`http.client` sends a request's head and its body in two writes (two TLS records,
+    two packets, two wake-ups of the server); this sends them in one, as curl, Go's
+    `net/http` and aiohttp's client do, and as the WebSocket client sends one frame."""
+
+    def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
+        if not isinstance(message_body, bytes):
+            super()._send_output(message_body, encode_chunked)
+            return
+        self._buffer.extend((b"", b""))  # the blank line ending the head
+        head = b"\r\n".join(self._buffer)
+        del self._buffer[:]
+        self.send(head + message_body)
+
+
 class BlockingWebApiClient:
     """One login over HTTPS on one keep-alive `http.client` connection."""
 
     def __init__(self, url: str, cafile: Path) -> None:
         parts = urlsplit(url)
         context = ssl.create_default_context(cafile=str(cafile))
-        self.connection = http.client.HTTPSConnection(
+        self.connection = OneWriteHTTPSConnection(
             parts.hostname or "127.0.0.1", parts.port, context=context, timeout=30.0
         )
         self.connections = 0
@@ -290,11 +320,19 @@ def report(per_kind: dict[str, Any], publishes: dict[str, dict[str, float]]) -> 
         )
 
 
-async def start_server(root: Path) -> tuple[BenchCluster, str, Path]:
+async def start_server(root: Path, *, wss: bool = False) -> tuple[BenchCluster, str, Path]:
     """One server with a Web API on a free port; returns it, the Web API's URL (from
-    `show-status`) and its certificate."""
+    `show-status`) and its certificate. With `wss`, the server's certificate serves the
+    WebSocket too (and the Web API)."""
     cluster = BenchCluster(root, 1)
     cluster.servers[0].start_args = ["--web-api", "127.0.0.1:0"]
+    cafile = cluster.servers[0].data_dir / WEB_API_CERT_FILE
+    if wss:
+        cafile, key = root / "tls-cert.pem", root / "tls-key.pem"
+        make_self_signed(cafile, key, ["127.0.0.1", "localhost"])
+        cluster.init_args = ["--tls-cert", str(cafile), "--tls-key", str(key)]
+        # crdtmds.client trusts the system's store, which this variable extends.
+        os.environ["SSL_CERT_FILE"] = str(cafile)
     cluster.start()
     server = cluster.servers[0]
     credentials = (BENCH_ADMIN, BENCH_PASSWORD)
@@ -302,7 +340,7 @@ async def start_server(root: Path) -> tuple[BenchCluster, str, Path]:
     if not isinstance(web, dict) or not web.get("url"):
         cluster.stop()
         raise RuntimeError(f"the server reports no Web API: {web!r}")
-    return cluster, str(web["url"]), server.data_dir / WEB_API_CERT_FILE
+    return cluster, str(web["url"]), cafile
 
 
 async def measure(args: argparse.Namespace, cluster: BenchCluster, web_url: str, cafile: Path):
@@ -342,7 +380,7 @@ async def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="crdtmds-web-bench-") as tmp:
         print("starting the server ...", flush=True)
-        cluster, web_url, cafile = await start_server(Path(tmp))
+        cluster, web_url, cafile = await start_server(Path(tmp), wss=args.wss)
         with cluster:
             doors, samples, connections = await measure(args, cluster, web_url, cafile)
     per_kind = summarise(args, samples)
@@ -358,6 +396,7 @@ async def main() -> None:
             "reps": args.reps,
             "warmup": args.warmup,
             "quick": args.quick,
+            "wss": args.wss,
         },
         results={
             "throughput": per_kind,

@@ -15,7 +15,7 @@ import secrets
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from automerge.core import Document
@@ -199,14 +199,16 @@ class Server:
     # ------------------------------------------------------------ running
 
     async def start(
-        self, *, listen: bool = True, mesh: bool = True, peers: Iterable[str] = ()
-    ) -> None:
+        self, *, listen: bool = True, mesh: bool = True, peers: Iterable[str] = (),
+        dial_urls: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """Listen (unless `listen` is False), then dial the servers and peers to dial.
 
-        Every server of the cluster document is dialed when `mesh` is true; besides them,
-        or alone when it is false, the configured peers and `peers`. Port 0 binds a free
-        port; the port and the URL it gives are saved in the configuration and in the
-        cluster document, so a restart listens where the other servers dial.
+        Every server of the cluster document is dialed when `mesh` is true (at its URL in
+        `dial_urls` if named there); besides them, or alone when it is false, the
+        configured peers and `peers`. Port 0 binds a free port; the port and the URL it
+        gives are saved in the configuration and in the cluster document, so a restart
+        listens where the other servers dial.
         """
         if self.running:
             raise RuntimeError("the server is already started")
@@ -218,7 +220,7 @@ class Server:
             await self._listen()
             await self._listen_web_api()
             await self.cluster_admin.register_self()
-        self.mesh.start(full=mesh, peers=peers)
+        self.mesh.start(full=mesh, peers=peers, dial_urls=dial_urls)
         self.heads.start_flushing(HEADS_FLUSH_INTERVAL)
 
     async def stop(self) -> None:
@@ -240,12 +242,9 @@ class Server:
         self._stop_requested.set()
 
     async def serve_forever(
-        self,
-        *,
-        on_ready: Callable[[str], None] | None = None,
-        mesh: bool = True,
-        peers: Iterable[str] = (),
-    ) -> None:
+        self, *, on_ready: Callable[[str], None] | None = None, mesh: bool = True,
+        peers: Iterable[str] = (), dial_urls: Mapping[str, str] | None = None,
+    ) -> None:  # fmt: skip
         """Run until SIGINT or SIGTERM (or `request_stop`), then shut down gracefully.
 
         `on_ready(url)` is called once the listener is bound. Raises the storage error that
@@ -256,7 +255,7 @@ class Server:
         for signum in signals:
             loop.add_signal_handler(signum, self.request_stop)
         try:
-            await self.start(mesh=mesh, peers=peers)
+            await self.start(mesh=mesh, peers=peers, dial_urls=dial_urls)
             if on_ready is not None:
                 on_ready(self.config.url)
             await self._stop_requested.wait()

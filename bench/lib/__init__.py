@@ -10,8 +10,9 @@ installed).
 - `stats`, `timing`, `resources`, `report`: percentiles, timed calls, CPU and memory of
   processes, tables and result files;
 - `workload`: an administrator's edits and publishes;
-- `credentials`, `node_dirs`, `cluster`, `delay_proxies`: servers in this process and in
-  processes of their own, and the proxies that delay their links;
+- `credentials`, `node_dirs`, `cluster`: servers in this process and in
+  processes of their own (the proxies that delay their links are in
+  `crdtmds.testing.delay_proxies`);
 - `sync_codec`, `change_graph`, `sync_peer`, `observers`: the automerge-repo connections
   this process keeps to servers, to write to them and to watch them.
 

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from crdtmds.testing.delay_proxies import DelayProxies, ProxyLink
 from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD
-from lib.delay_proxies import DelayProxies, ProxyLink
 from lib.node_dirs import read_node_config
 from lib.timing import now
 
@@ -95,6 +95,8 @@ class BenchCluster:
         ]
         self.proxies: DelayProxies | None = None
         self.links: dict[tuple[int, int], ProxyLink] = {}
+        self.init_args: list[str] = []
+        """Extra `crdtmds init` options of the first server, e.g. `--tls-cert F --tls-key K`."""
         if star:
             for server in self.servers:
                 server.start_args = ["--no-mesh"]
@@ -111,7 +113,7 @@ class BenchCluster:
         run_cli(
             "init", "--data", str(first.data_dir), "--name", first.name,
             "--listen", "127.0.0.1:0", "--region", first.region,
-            "--admin", BENCH_ADMIN, "--password", BENCH_PASSWORD, "--json",
+            "--admin", BENCH_ADMIN, "--password", BENCH_PASSWORD, "--json", *self.init_args,
         )  # fmt: skip
         self._start_server(0)
         for index in range(1, self.size):

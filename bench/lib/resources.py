@@ -46,6 +46,28 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(seconds for seconds in map(process_cpu_seconds, pids) if not math.isnan(seconds))
 
 
+def run_queue_seconds(pids: list[int]) -> float:
+    """Seconds the processes `pids` (their main threads) have spent runnable but waiting for
+    a CPU so far (Linux /proc/PID/schedstat): on a shared machine, how much the others'
+    load held them back. A process that is gone counts 0."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy so far, all processes
+    together (Linux /proc/stat: all but idle and iowait)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return math.nan
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def process_syscalls(pid: int) -> tuple[int, int]:
     """(read, write) system calls another process has made so far (Linux /proc/PID/io);
     (0, 0) when unreadable. A sent WebSocket frame is one write, a socket wakeup one read

@@ -134,7 +134,7 @@ def build_domain_documents(
     """Domains made by sessions and publishes in memory (no storage): document id -> doc.
 
     Each domain gets publishes of `edits_per_publish` generated edits (one change each,
-    plus the revision entry) until it holds at least `changes_per_domain` changes.
+    with its revision entry) until it holds at least `changes_per_domain` changes.
     """
     from crdtmds.core.domain import Domain
     from crdtmds.core.session import Session
@@ -149,9 +149,8 @@ def build_domain_documents(
         while made < changes_per_domain:
             edits = min(edits_per_publish, max(1, changes_per_domain - made - 1))
             apply_edits(session, generator, edits)
-            session.prepare_publish()
-            session.complete_publish()
-            made += edits + 1
+            session.publish_in_memory()
+            made = len(domain.doc.get_changes([]))
         docs[domain.document_id] = domain.doc
     return docs
 

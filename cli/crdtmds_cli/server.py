@@ -218,6 +218,15 @@ NoMeshOption = Annotated[
 PeersOption = Annotated[
     list[str] | None, typer.Option("--peer", help="Another URL to dial (repeatable).")
 ]
+DialUrlOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dial-url",
+        metavar="NAME=URL",
+        help="Dial the server NAME at URL instead of the URL it advertises (repeatable): "
+        "a tunnel, a proxy, an address of its own region. The mesh stays a full mesh.",
+    ),
+]
 CompactThresholdOption = Annotated[
     int | None,
     typer.Option(
@@ -265,6 +274,7 @@ def start_command() -> Callable[..., None]:
         keyword("log_level", LogLevelOption, "info"),
         keyword("no_mesh", NoMeshOption, False),
         keyword("peer", PeersOption),
+        keyword("dial_url", DialUrlOption),
         keyword("web_api", StartWebApiOption),
         keyword("listen", StartListenOption),
         keyword("url", StartUrlOption),
@@ -279,6 +289,7 @@ def _start(
     log_level: str,
     no_mesh: bool,
     peer: list[str] | None,
+    dial_url: list[str] | None,
     web_api: str | None,
     listen: str | None,
     url: str | None,
@@ -286,6 +297,7 @@ def _start(
     **limit_values: Any,
 ) -> None:
     _check_start_options(log_level, peer or [])
+    dial_urls = _parse_dial_urls(dial_url or [])
     web_api_address = _parse_listen(web_api, "--web-api") if web_api else None
     host, port = _parse_listen(listen) if listen else (None, None)
     _check_url(url)
@@ -308,7 +320,9 @@ def _start(
             if web is not None:
                 print(f"web api on {web['url']} sha1 {web['fingerprint-sha1']}", flush=True)
 
-        await server.serve_forever(on_ready=ready, mesh=not no_mesh, peers=peer or [])
+        await server.serve_forever(
+            on_ready=ready, mesh=not no_mesh, peers=peer or [], dial_urls=dial_urls
+        )
 
     _run(serve())
 
@@ -512,6 +526,19 @@ def _check_start_options(log_level: str, peers: list[str]) -> None:
         if problem is not None:
             typer.echo(f"error: --peer {url!r}: {problem}", err=True)
             raise typer.Exit(2)
+
+
+def _parse_dial_urls(options: list[str]) -> dict[str, str]:
+    """`--dial-url NAME=URL` options as a mapping; exits on a malformed one."""
+    dial_urls = {}
+    for option in options:
+        name, _, url = option.partition("=")
+        problem = "expected NAME=URL" if not name.strip() else peer_url_problem(url)
+        if problem is not None:
+            typer.echo(f"error: --dial-url {option!r}: {problem}", err=True)
+            raise typer.Exit(2)
+        dial_urls[name.strip()] = url.strip()
+    return dial_urls
 
 
 def _check_tls(cert: Path | None, key: Path | None) -> None:

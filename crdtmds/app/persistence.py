@@ -35,6 +35,9 @@ class Persister:
         unknown (rows stored before this server started: compaction covers them all)."""
         self._compacted: dict[str, int] = {}
         """Change rows folded into snapshots per document since this server started."""
+        self.publishing: set[str] = set()
+        """Documents whose live copy holds a local publish not yet durable: a snapshot
+        taken now could hold a change that is then taken back (see `Sessions.publish`)."""
 
     def track_loaded(self, document_ids: Iterable[str]) -> None:
         """Documents loaded from storage: their stored rows are not known one by one."""
@@ -98,7 +101,7 @@ class Persister:
     async def compact(self, document_id: str) -> None:
         """Write a snapshot of the document and drop the change rows it covers."""
         doc = self.documents.document(document_id)
-        if doc is None:
+        if doc is None or document_id in self.publishing:
             return
         snapshot = doc.save()
         tracked = self._uncompacted.get(document_id)

@@ -1,11 +1,14 @@
 """Administrators' sessions on one server: their drafts, stored so that they survive a
 restart, and the whole publish protocol in one place.
 
-A publish is, in this order: the revision entry written to the draft; the draft's changes
-durable on this server (one storage write, which also empties the stored draft); the hub
-told of them (they travel in the next message to each peer); the live document taking
-them (listeners told); compaction if due. Anything failing before the write leaves the
-draft as it was.
+A publish is, in this order, one at a time per domain: an actor taken from this
+server's pool (`core/actor_pool.py`) and the document held back from gossip; the draft's
+edits and its revision entry written as one change of the live document (rebased first
+when others published since the draft started, see `core/draft.py`); that change durable
+on this server (one storage write, which also empties the stored draft); the document
+released to the hub, which is told of the change (it travels in the next message to each
+peer), and the listeners; compaction if due. A storage write that fails takes the change
+back out of the live document, retires the actor, and leaves the draft as it was.
 
 Beside the database, the session journal lists the drafts with stored changes (see
 `storage/session_journal.py`); it changes when a draft gains its first stored change and
@@ -15,14 +18,18 @@ database holds (`app/lost_drafts.py`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from crdtmds.app import lost_drafts
 from crdtmds.app.documents import Documents
 from crdtmds.app.persistence import Persister
+from crdtmds.core.actor_pool import ActorPool
+from crdtmds.core.draft import Published
 from crdtmds.core.session import Session
 from crdtmds.errors import SessionError, StorageCorruption, StorageError, is_core_error
 from crdtmds.storage import JournalEntry, SessionJournal, SessionRecord, Storage
@@ -31,6 +38,10 @@ from crdtmds.sync.gossip import Gossip
 log = logging.getLogger("crdtmds.sessions")
 PROGRESS_INTERVAL = 2.0
 """Seconds between two progress lines of a long start."""
+ACTOR_POOL_KEY = "actor-pool"
+"""Meta row of this server's publishing actors (`ActorPool.to_meta`)."""
+Runner = Callable[[Callable[[], Published]], Awaitable[Published]]
+"""Runs the writing of a publish (in a worker thread, for a revert)."""
 
 
 class Sessions:
@@ -51,11 +62,16 @@ class Sessions:
         self.server_name = server_name
         self.by_uid: dict[str, Session] = {}
         self.journal = SessionJournal()  # in memory until `restore_stored` opens the file
+        self.actors = ActorPool()  # read from storage by `restore_stored`
+        self._publishing: dict[str, asyncio.Lock] = {}
+        """Per domain: publishes are written and made durable one at a time (a change
+        taken back must be the last one written)."""
 
     async def restore_stored(self, data_dir: Path) -> None:
         """Rebuild the drafts stored before a restart; a draft that does not rebuild stops
         the start (serving without it would lose an administrator's work silently). Then
         check the session journal: a draft it lists that the database lost is logged."""
+        self.actors = ActorPool.from_meta(await self.storage.get_meta(ACTOR_POOL_KEY))
         records = await self.storage.load_sessions()
         started = last_said = time.monotonic()
         for done, record in enumerate(records):
@@ -73,7 +89,6 @@ class Sessions:
                     admin=record.admin,
                     server=self.server_name,
                     base_heads=record.base_heads,
-                    actor=record.actor,
                     changes=record.changes,
                     name=record.name,
                     description=record.description,
@@ -190,34 +205,83 @@ class Sessions:
             raise SessionError("the session has unpublished changes")
         session.discard()
 
-    async def publish(self, session: Session, comments: str = "") -> dict[str, Any]:
-        """Durable on this server before it returns (one write), then gossiped."""
-        pending = session.prepare_publish(comments)
-        # The draft's unsaved changes are among the published ones; kept should it fail.
-        unsaved = session.take_unsaved_changes()
+    async def publish(
+        self, session: Session, comments: str = "", *, runner: Runner | None = None
+    ) -> dict[str, Any]:
+        """Durable on this server before it returns (one write), then gossiped. `runner`
+        runs the writing of the change (a revert's, in a worker thread)."""
         document_id = session.domain.document_id
-        try:
-            count = await self.storage.publish_changes(
-                document_id,
-                pending.changes,
-                session_uid=session.uid,
-                base_heads=session.fork.get_heads(),
-                last_active=session.last_active,
-            )
-        except BaseException:
-            session.abort_publish()
-            session.return_unsaved_changes(unsaved)
-            raise
+        lock = self._publishing.setdefault(document_id, asyncio.Lock())
+        async with lock:
+            actor = self.actors.acquire(document_id)
+            published = await self._write(session, comments, actor, runner)
+            # Written to the live document (no await since): held back from gossip and
+            # from snapshots until durable. A revert's fork is adopted only once durable.
+            held = published.fork is None
+            if held:
+                self.hub.hold_local(document_id)
+                self.persister.publishing.add(document_id)
+            try:
+                count = await self._make_durable(session, published, actor)
+            except BaseException:
+                self._end_hold(document_id, held)
+                self.documents.changed(document_id)  # peers that asked meanwhile get answers
+                raise
+            self._end_hold(document_id, held)
+            session.published(published)
+            self.actors.release(document_id, actor)
         # Off the reply's path: a crash before this rewrite leaves an entry that the next
         # start recognises as published (`lost_drafts.reconcile`).
         self.journal.update_soon(remove=[session.uid])
-        self.persister.note_appended(document_id, pending.changes)
-        self.hub.local_changes(document_id, pending.changes)
-        # The hub learns of the publish as soon as the live document holds it, before the
-        # session is rebased onto it.
-        revision = session.complete_publish(on_merged=lambda: self.documents.changed(document_id))
+        self.hub.local_changes(document_id, [published.change])
+        self.documents.changed(document_id)
+        await self._save_actors()
         await self.persister.compact_if_due(document_id, count)
-        return revision
+        return published.revision
+
+    async def _write(
+        self, session: Session, comments: str, actor: bytes, runner: Runner | None
+    ) -> Published:
+        try:
+            if runner is None:
+                return session.publish(comments, actor)
+            return await runner(lambda: session.publish(comments, actor))
+        except BaseException:
+            self.actors.release(session.domain.document_id, actor)  # nothing was written
+            raise
+
+    async def _make_durable(self, session: Session, published: Published, actor: bytes) -> int:
+        """Store the publish's change, emptying the stored draft; undo it on failure."""
+        document_id = session.domain.document_id
+        unsaved = session.take_unsaved_changes()
+        try:
+            count = await self.storage.publish_changes(
+                document_id,
+                [published.change],
+                session_uid=session.uid,
+                base_heads=session.domain.heads(),
+                last_active=session.last_active,
+            )
+        except BaseException:
+            session.abort_publish(published)
+            session.return_unsaved_changes(unsaved)
+            self.actors.retire(actor)
+            raise
+        self.persister.note_appended(document_id, [published.change])
+        return count
+
+    def _end_hold(self, document_id: str, held: bool) -> None:
+        if held:
+            self.persister.publishing.discard(document_id)
+            self.hub.hold_local(document_id, held=False)
+
+    async def _save_actors(self) -> None:
+        if self.actors.changed:
+            try:
+                await self.storage.set_meta(ACTOR_POOL_KEY, self.actors.to_meta())
+            except StorageError as exc:  # kept in memory; written with the next change
+                self.actors.changed = True
+                log.warning("cannot store the publishing actors: %s", exc)
 
     async def discard(self, session: Session) -> int:
         # The journal first: a crash between the two writes leaves the draft stored and
@@ -263,7 +327,7 @@ def _record_of(session: Session) -> SessionRecord:
         name=session.name,
         description=session.description,
         base_heads=session.base_heads,
-        actor=session.actor,
+        actor=b"",
         created_at=session.created_at,
         last_active=session.last_active,
     )

@@ -9,15 +9,19 @@ the entities their patches touch (`crdtmds.core.view_refresh`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from automerge.core import ROOT, Document
 
 from crdtmds.core import model, names
-from crdtmds.core.docdata import child_id, has_heads, put_value, read
+from crdtmds.core.docdata import child_id, has_heads, new_actor, put_value, read
 from crdtmds.core.domain_state import DomainState
 from crdtmds.core.view_refresh import StateRefresher
-from crdtmds.errors import ValidationError
+from crdtmds.errors import PublishFailed, ValidationError
+
+Change = tuple[bytes, bytes]
+"""(hash, bytes) of one Automerge change."""
 
 
 class Domain:
@@ -36,10 +40,13 @@ class Domain:
         once, and a Document inside a transaction refuses every other call."""
 
     @classmethod
-    def create(cls, name: str, document_id: str) -> Domain:
-        """A new domain with the default access layer, in one change."""
+    def create(cls, name: str, document_id: str, actor: bytes | None = None) -> Domain:
+        """A new domain with the default access layer, in one change by `actor`. A
+        clock-prefixed actor (`new_actor`) by default: later actors, which are made
+        later, then sort after it and never renumber the document (see `new_actor`)."""
         name = names.check_name(name, "name")
         doc = Document()
+        doc.set_actor(actor or new_actor())
         layer_uid = model.new_uid()
         with doc.transaction() as tx:
             put_value(tx, ROOT, "name", name)
@@ -80,6 +87,42 @@ class Domain:
                 self._state = self._refresher.refresh(self.doc, self._state, self._state_heads)
             self._state_heads = heads
             return self._state
+
+    def write(self, actor: bytes, write: Callable[[Any], None]) -> Change:
+        """Run `write(tx)` as one change of the live document by `actor`; the document
+        keeps its own actor for every other write."""
+        with self.lock:
+            own = self.doc.get_actor()
+            self.doc.set_actor(actor)
+            try:
+                with self.doc.transaction() as tx:
+                    write(tx)
+                change = self.doc.get_last_local_change()
+            finally:
+                self.doc.set_actor(own)
+            if change is None or change.actor_id != actor:
+                raise PublishFailed("the publish wrote no change")
+            return change.hash, change.bytes
+
+    def drop_change(self, change_hash: bytes) -> None:
+        """Take back a change this server wrote that could not be made durable (nothing
+        was sent: nothing can depend on it). Rebuilds the document from its changes."""
+        with self.lock:
+            chunks = [c.bytes for c in self.doc.get_changes([]) if c.hash != change_hash]
+            actor = self.doc.get_actor()
+            self.doc = Document.load(b"".join(chunks)) if chunks else Document()
+            self.doc.set_actor(actor)
+            self._state = None
+            self._refresher = StateRefresher()
+
+    def adopt_or_merge(self, doc: Document, state: DomainState, base_heads: list[bytes]) -> None:
+        """Take a durable fork written on `base_heads` (a revert): as the live document
+        when nothing else arrived since, else merged into it."""
+        with self.lock:
+            if sorted(self.doc.get_heads()) == sorted(base_heads):
+                self.adopt_document(doc, state)
+            else:
+                self.doc.merge(doc)
 
     def adopt_document(self, doc: Document, state: DomainState) -> None:
         """Take `doc`, this document plus changes nobody raced, as the live document. It

@@ -76,18 +76,31 @@ class Layer:
 
     def indices_of(self, uid: str) -> list[int]:
         """Where `uid` stands in the stored order (more than once after concurrent moves)."""
+        if self._is_clean():  # every rule once: found in C
+            return [self.order.index(uid)] if uid in self.rules else []
         return [i for i, u in enumerate(self.order) if u == uid]
 
     def remove_rule(self, uid: str) -> None:
+        if self._is_clean() and uid in self.rules:
+            del self.rules[uid]
+            self.order.remove(uid)
+            return
         self.rules.pop(uid, None)
         self.order[:] = [u for u in self.order if u != uid]
         self._keep_if_clean()
 
     def move_rule(self, uid: str, index: int) -> None:
         """Rule `uid` to `index` of the stored order without it (repeats dropped)."""
-        self.order[:] = [u for u in self.order if u != uid]
+        if self._is_clean() and uid in self.rules:
+            self.order.remove(uid)
+        else:
+            self.order[:] = [u for u in self.order if u != uid]
         self.order.insert(index, uid)
         self._keep_if_clean()
+
+    def _is_clean(self) -> bool:
+        """Whether the stored order is known to hold every rule once and nothing else."""
+        return self._visible is self.order
 
     def set_order(self, order: list[str]) -> None:
         self.order = order
@@ -149,6 +162,9 @@ class DomainState:
     revisions: list[dict[str, Any]] = field(default_factory=list)
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Object name -> uids holding it (more than one only after concurrent creates)."""
+    _shared: set[str] = field(default_factory=set, repr=False, compare=False)
+    """Parts held in common with a copy, to be copied before they are written: "objects"
+    (with `names`), "revisions", and layer uids (see `copy`)."""
 
     @classmethod
     def from_plain(cls, root: Mapping[str, Any]) -> DomainState:
@@ -166,17 +182,44 @@ class DomainState:
         return state
 
     def copy(self) -> DomainState:
+        """A copy that shares every part with this state until one of the two writes it
+        (copy on write): a draft's first edit after a publish copies the one layer or
+        the object map it edits, never a whole 10,000-rule view. Write a shared state
+        only through the methods below and the layer `writable_layer` returns."""
+        shared = {"objects", "revisions", *self.layers}
+        self._shared |= shared
         return DomainState(
             name=self.name,
-            objects=dict(self.objects),
-            layers={uid: layer.copy() for uid, layer in self.layers.items()},
-            revisions=list(self.revisions),
-            names=dict(self.names),
+            objects=self.objects,
+            layers=dict(self.layers),
+            revisions=self.revisions,
+            names=self.names,
+            _shared=set(shared),
         )
+
+    def writable_layer(self, layer: Layer) -> Layer:
+        """`layer` of this state, made this state's own first if it is shared."""
+        if layer.uid in self._shared:
+            self._shared.discard(layer.uid)
+            layer = self.layers[layer.uid] = layer.copy()
+        return layer
+
+    def append_revision(self, revision: dict[str, Any]) -> None:
+        if "revisions" in self._shared:
+            self._shared.discard("revisions")
+            self.revisions = list(self.revisions)
+        self.revisions.append(revision)
+
+    def _own_objects(self) -> None:
+        if "objects" in self._shared:
+            self._shared.discard("objects")
+            self.objects = dict(self.objects)
+            self.names = dict(self.names)
 
     # -- maintenance of the name index
 
     def put_object(self, uid: str, record: dict[str, Any]) -> None:
+        self._own_objects()
         old = self.objects.get(uid)
         if old is not None:
             self._unindex(uid, old.get("name"))
@@ -186,6 +229,7 @@ class DomainState:
             self.names[name] = tuple(sorted((*self.names.get(name, ()), uid)))
 
     def remove_object(self, uid: str) -> None:
+        self._own_objects()
         old = self.objects.pop(uid, None)
         if old is not None:
             self._unindex(uid, old.get("name"))

@@ -440,11 +440,13 @@ def build_rule(
     resolve: Resolver,
     *,
     existing: Mapping[str, Any] | None = None,
+    uid: str | None = None,
 ) -> dict[str, Any]:
-    """A validated access rule record; `existing` for `set-access-rule`."""
+    """A validated access rule record; `existing` for `set-access-rule`; `uid` for a new
+    rule whose uid is already chosen (a draft's edit re-run at publish)."""
     if existing is None:
         rule: dict[str, Any] = {
-            "uid": new_uid(),
+            "uid": uid or new_uid(),
             "name": "",
             "source": [ANY_UID],
             "destination": [ANY_UID],

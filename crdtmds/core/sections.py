@@ -34,11 +34,14 @@ class Group:
 
 
 def build_section(
-    params: Mapping[str, Any], existing: Mapping[str, Any] | None = None
+    params: Mapping[str, Any],
+    existing: Mapping[str, Any] | None = None,
+    uid: str | None = None,
 ) -> dict[str, Any]:
-    """A validated section record; `existing` for `set-access-section`."""
+    """A validated section record; `existing` for `set-access-section`; `uid` for a new
+    section whose uid is already chosen."""
     if existing is None:
-        record: dict[str, Any] = {"uid": model.new_uid(), "type": SECTION_TYPE, "name": ""}
+        record: dict[str, Any] = {"uid": uid or model.new_uid(), "type": SECTION_TYPE, "name": ""}
         record["name"] = names.check_label(model.require(params, "name"), "name")
     else:
         record = dict(existing)
@@ -89,15 +92,15 @@ def raw_index(layer: Layer, position: Any, find_rule: Any, *, moving: str | None
     `moving`, the index is in the order list once that rule or marker is taken out of it,
     and a rule number is where the moved entry ends up.
     """
-    order = [u for u in layer.order if u != moving]
+    order = _Without(layer.order, moving)
     if position == "top":
         return 0
     if position == "bottom":
         return len(order)
     if isinstance(position, int):
-        visible = [u for u in layer.ordered_uids() if u != moving]
+        visible = _Without(layer.ordered_uids(), moving)
         _check_within(layer, position, len(visible))
-        anchor = visible[position - 1] if position <= len(visible) else None
+        anchor = visible.at(position - 1) if position <= len(visible) else None
         return _index_in(order, anchor, "above")
     ((where, ref),) = position.items()
     anchor, is_section = _anchor(layer, where, ref, find_rule)
@@ -138,9 +141,36 @@ def _next_section(layer: Layer, section: str, moving: str | None) -> str | None:
     return next((u for u in after if u in layer.sections), None)
 
 
-def _index_in(order: list[str], anchor: str | None, where: str) -> int:
+def _index_in(order: _Without, anchor: str | None, where: str) -> int:
     # Entries missing from the order list are shown last, after everything in it.
-    if anchor is None or anchor not in order:
+    index = order.index(anchor) if anchor is not None else None
+    if index is None:
         return len(order)
-    index = order.index(anchor)
     return index if where == "above" else index + 1
+
+
+class _Without:
+    """A list as it would be without every occurrence of one entry, read without copying
+    it (a layer's order holds up to tens of thousands of uids; searches run in C)."""
+
+    def __init__(self, items: list[str], left_out: str | None) -> None:
+        self.items = items
+        self.left_out = left_out
+        self._count = items.count(left_out) if left_out is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.items) - self._count
+
+    def index(self, item: str) -> int | None:
+        """Where `item` first stands in the list without the entry; None if absent."""
+        if item == self.left_out or item not in self.items:
+            return None
+        index = self.items.index(item)
+        return index - (self.items[:index].count(self.left_out) if self._count else 0)
+
+    def at(self, position: int) -> str:
+        """The entry at `position` (0-based) of the list without the left-out entry."""
+        if not self._count:
+            return self.items[position]
+        first = self.items.index(self.left_out)  # ordered_uids: at most once
+        return self.items[position if position < first else position + 1]

@@ -104,12 +104,13 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
     longest run that kept its order. Only the stretch between the first and the last
     difference is searched: the rules before and after it kept their places, and a move
     or two in a big layer leaves most of the layer there."""
-    old_set, new_set = set(old_order), set(new_order)
-    old_kept = [u for u in old_order if u in new_set]
-    new_kept = [u for u in new_order if u in old_set]
-    start = _common_prefix(old_kept, new_kept)
-    end = len(new_kept) - _common_prefix(old_kept[start:][::-1], new_kept[start:][::-1])
-    old_middle, new_middle = old_kept[start:end], new_kept[start:end]
+    old_middle, new_middle = _differing_stretch(old_order, new_order)
+    if len(old_middle) != len(new_middle) or set(old_middle) != set(new_middle):
+        # Rules were added or deleted too: compare the rules both orders hold.
+        old_set, new_set = set(old_order), set(new_order)
+        old_kept = [u for u in old_order if u in new_set]
+        new_kept = [u for u in new_order if u in old_set]
+        old_middle, new_middle = _differing_stretch(old_kept, new_kept)
     if not old_middle:
         return set()
     # One rule moved across the whole stretch: up (checked first, so that of two rules
@@ -120,6 +121,13 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
         return {old_middle[0]}
     rank = {u: n for n, u in enumerate(old_middle)}
     return set(new_middle) - _longest_increasing(new_middle, rank.__getitem__)
+
+
+def _differing_stretch(old: list[str], new: list[str]) -> tuple[list[str], list[str]]:
+    """Both lists without the items they share at their start and at their end."""
+    start = _common_prefix(old, new)
+    end = _common_prefix(old[start:][::-1], new[start:][::-1])
+    return old[start : len(old) - end], new[start : len(new) - end]
 
 
 def _common_prefix(first: list[str], second: list[str]) -> int:

@@ -1,9 +1,11 @@
 """The mesh of dialers: one per server URL this server keeps a link to.
 
-Every server of the cluster document is dialed in a full mesh; besides them, or alone
-without the mesh, the configured peers. A dialer redials with capped exponential backoff
-and jitter. When two servers dial each other, the one with the larger name drops its own
-outgoing link once the other is warm (see `_drop_duplicate_links`).
+Every server of the cluster document is dialed in a full mesh (at the URL it advertises
+there, or at one given for it, `dial_urls`: a tunnel, a proxy, an address of its own
+region); besides them, or alone without the mesh, the configured peers. A dialer redials
+with capped exponential backoff and jitter. When two servers dial each other, the one
+with the larger name drops its own outgoing link once the other is warm (see
+`_drop_duplicate_links`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -58,15 +60,20 @@ class Mesh:
         self.full = True
         """Whether every server of the cluster document is dialed."""
         self.extra_peers: list[str] = []
+        self.dial_urls: dict[str, str] = {}
+        """Server name -> the URL to dial it at instead of the one it advertises."""
         self.dialers: dict[str, asyncio.Task[None]] = {}
         self.retired: set[asyncio.Task[None]] = set()
         self.url_names: dict[str, str] = {}
         """Server names learned per dialed URL (from the cluster document or a handshake)."""
 
-    def start(self, *, full: bool, peers: Iterable[str] = ()) -> None:
+    def start(
+        self, *, full: bool, peers: Iterable[str] = (), dial_urls: Mapping[str, str] | None = None
+    ) -> None:
         self.running = True
         self.full = full
         self.extra_peers = [normalise_url(url) for url in peers]
+        self.dial_urls = {name: normalise_url(url) for name, url in (dial_urls or {}).items()}
         self.refresh()
 
     async def stop(self) -> None:
@@ -95,10 +102,8 @@ class Mesh:
                 task.cancel()
                 self.retired.add(task)
                 task.add_done_callback(self.retired.discard)
-        if self.full:
-            for name, entry in self.documents.cluster.servers().items():
-                if isinstance(entry.get("url"), str) and name != self.config.name:
-                    self.url_names.setdefault(normalise_url(entry["url"]), name)
+        for url, name in self._mesh_urls().items():
+            self.url_names.setdefault(url, name)
         for url in sorted(wanted - self.dialers.keys()):
             self.dialers[url] = asyncio.create_task(self._dial_forever(url), name=f"dial {url}")
 
@@ -113,14 +118,30 @@ class Mesh:
 
     def _targets(self) -> set[str]:
         config = self.config
-        targets = {normalise_url(url) for url in config.peers} | set(self.extra_peers)
-        if self.full:
-            for name, entry in self.documents.cluster.servers().items():
-                url = entry.get("url")
-                if name != config.name and isinstance(url, str):
-                    targets.add(normalise_url(url))
+        # A configured peer (the server a join went through) that is dialed elsewhere
+        # is dialed there too.
+        rerouted = {
+            normalise_url(entry["url"]): self.dial_urls[name]
+            for name, entry in self.documents.cluster.servers().items()
+            if name in self.dial_urls and isinstance(entry.get("url"), str)
+        }
+        peers = [normalise_url(url) for url in config.peers]
+        targets = {rerouted.get(url, url) for url in peers} | set(self.extra_peers)
+        targets |= self._mesh_urls().keys()
         targets.discard(normalise_url(config.url))
         return {url for url in targets if dialable(url)}
+
+    def _mesh_urls(self) -> dict[str, str]:
+        """URL to dial -> name, of every other server of the cluster document, in a full
+        mesh."""
+        if not self.full:
+            return {}
+        urls = {}
+        for name, entry in self.documents.cluster.servers().items():
+            url = self.dial_urls.get(name, entry.get("url"))
+            if name != self.config.name and isinstance(url, str):
+                urls[normalise_url(url)] = name
+        return urls
 
     def _close_removed(self) -> None:
         """Close the links of servers removed from the cluster since they were admitted."""

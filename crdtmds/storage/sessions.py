@@ -1,5 +1,7 @@
-"""The stored drafts: each administrator session's row and the change chunks of its fork,
-in order, read and written within a transaction of the caller's."""
+"""The stored drafts: each administrator session's row and its draft's edits, in order
+(each a command in the form `crdtmds.core.edits.Edit` stores; drafts stored by earlier
+versions hold the Automerge changes of a fork instead), read and written within a
+transaction of the caller's."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ ON CONFLICT (uid) DO UPDATE SET
 
 @dataclass(slots=True)
 class SessionRecord:
-    """An administrator session: its metadata and the change chunks of its fork, in order."""
+    """An administrator session: its metadata and its stored draft rows, in order. `actor`
+    is unused since drafts became edits (publishes take the server's actors)."""
 
     uid: str
     document_id: str

@@ -3,7 +3,7 @@
 Every Automerge document is an append-only log of change chunks (``changes``, keyed by
 ``(document_id, change hash)``) plus at most one snapshot (``snapshots``) written by
 compaction; a document loads in one ``Document.load`` of the snapshot followed by its
-change rows. Administrator sessions are kept with their fork's changes
+change rows. Administrator sessions are kept with their draft's edits
 (`crdtmds.storage.sessions`), server metadata as JSON values (``meta``).
 
 Compaction is the caller's decision: `Storage.append_changes` returns how many change rows
@@ -276,7 +276,7 @@ class Storage:
         base_heads: list[bytes] | None = None,
         last_active: float | None = None,
     ) -> None:
-        """Append change chunks to a saved session's fork, after those already stored, in
+        """Append edits to a saved session's draft, after those already stored, in
         one transaction with its new ``base_heads`` (a draft that was empty may have been
         moved onto newer heads) and ``last_active``, when given."""
         async with self._database.write(f"append changes to session {uid}") as connection:
@@ -295,7 +295,7 @@ class Storage:
     async def replace_session_changes(
         self, uid: str, base_heads: list[bytes], changes: Sequence[bytes]
     ) -> None:
-        """Rebase a saved session: new base heads and the fork's whole new change list."""
+        """Rebase a saved session: new base heads and the draft's whole new edit list."""
         async with self._database.write(f"replace changes of session {uid}") as connection:
             await rebase_session(connection, uid, base_heads, changes)
 

@@ -274,6 +274,7 @@ class Gossip:
         self._connections: dict[str, Connection] = {}
         self._hold = RelayHold(self._connections)
         """Persist before forward (rule 3): held documents and relays that wait."""
+        self.hold_local, self.is_held = self._hold.hold_local, self._hold.is_held
         self._fresh: dict[str, list[tuple[bytes, bytes]]] = {}
         """Per document, the changes of `local_changes` for the next `document_changed`."""
         self._ephemeral = EphemeralRelay(local_peer_id)
@@ -399,7 +400,7 @@ class Gossip:
         """Whether ``data_to_send`` may return frames (a queued frame or a dirty document
         that is not held)."""
         conn = self._connections.get(conn_id)
-        return conn is not None and conn.has_data_to_send(self._hold.is_held)
+        return conn is not None and conn.has_data_to_send(self.is_held)
 
     def is_warm(self, conn_id: str) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it:
@@ -407,9 +408,6 @@ class Gossip:
         holds)."""
         conn = self._connections.get(conn_id)
         return conn is not None and conn.is_warm()
-
-    def is_held(self, document_id: str) -> bool:
-        return self._hold.is_held(document_id)
 
     def is_syncing(self, document_id: str) -> bool:
         """Whether a sync of the document is in flight on some connection."""
@@ -544,7 +542,7 @@ class Gossip:
 
     def _sync_messages(self, conn: Connection) -> list[bytes]:
         return conn.sync_messages(
-            self._hold.is_held,
+            self.is_held,
             self._store.get_document,
             local_peer_id=self.local_peer_id,
             max_frame_size=self._max_sync_message_size,

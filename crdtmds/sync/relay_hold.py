@@ -30,6 +30,8 @@ class RelayHold:
         """Per held document, the connections whose messages brought the changes."""
         self._relays: dict[str, set[str]] = {}
         """Per document, servers to send it to at ``release``."""
+        self._local: dict[str, int] = {}
+        """Per document, local publishes written to it and not yet durable."""
 
     def hold(self, document_id: str, conn_id: str) -> None:
         """A message on `conn_id` changed the document: hold it until persisted."""
@@ -37,7 +39,12 @@ class RelayHold:
         self._sources.setdefault(document_id, set()).add(conn_id)
 
     def is_held(self, document_id: str) -> bool:
-        return document_id in self._holds
+        return document_id in self._holds or document_id in self._local
+
+    def hold_local(self, document_id: str, held: bool = True) -> None:
+        """Send none of the document while a local publish is not durable (`held`)."""
+        count = self._local.pop(document_id, 0) + (1 if held else -1)
+        self._local.update({document_id: count} if count > 0 else {})
 
     def persisted(self, document_id: str, *, relay_later: bool) -> bool:
         """One held message of the document is on disk. True when the document is now due

@@ -198,10 +198,11 @@ class LocalCluster:
     def urls(self) -> list[str]:
         return [s.url for s in self.servers]
 
-    def start(self) -> LocalCluster:
+    def start(self, timeout: float = START_TIMEOUT) -> LocalCluster:
         """Initialise and start the Primary, then join and start every Secondary.
 
         The Secondaries join, and then start, in parallel: each is its own process.
+        `timeout` bounds each step (many servers on few cores need more).
         """
         primary = self.servers[0]
         output = _run_cli(
@@ -210,15 +211,15 @@ class LocalCluster:
             "--admin", self.admin, "--password", self.password, "--json",
         )  # fmt: skip
         self.secret = json.loads(output)["secret"]
-        primary.start()
+        primary.start(timeout=timeout)
         secondaries = self.servers[1:]
         joins = [self._launch_join(server, peer=primary.url) for server in secondaries]
         for join in joins:
-            _finish_cli(join, "join", START_TIMEOUT)
+            _finish_cli(join, "join", timeout)
         for server in secondaries:
             server.launch()
         for server in secondaries:
-            server.wait_ready()
+            server.wait_ready(timeout)
         return self
 
     def join(self, server: LocalServer, *, peer: str) -> None:

@@ -564,19 +564,40 @@ async def test_concurrent_edits_of_one_host_converge_and_verify_clean(api: Admin
     }
 
 
-async def test_concurrent_creation_of_one_name_is_reported_by_verify(api: AdminAPI) -> None:
+async def test_a_publish_whose_rebase_fails_is_refused_and_keeps_the_draft(api: AdminAPI) -> None:
+    # On one server a publish rebases the draft's edits onto what was published since it
+    # started: a name taken meanwhile refuses it (servers apart merge, and verify-policy
+    # reports the duplicate: see the cluster scenarios).
     alice, root = connect(api), connect(api)
     await alice.login("alice")
     await root.login("root")
-    one = await alice.ok("add-host", **host("dup", "192.0.2.1"))
+    await alice.ok("add-host", **host("dup", "192.0.2.1"))
     two = await root.ok("add-host", **host("dup", "192.0.2.2"))
+    await root.ok("add-host", **host("other", "192.0.2.3"))
     await alice.ok("publish")
-    await root.ok("publish")
-    report = await alice.ok("verify-policy")
-    assert report["total"] == 1
-    assert report["problems"][0]["type"] == "duplicate-name"
-    assert report["problems"][0]["name"] == "dup"
-    assert sorted(report["problems"][0]["uids"]) == sorted([one["uid"], two["uid"]])
+    reply = await root.send("publish", {})
+    assert reply["error"]["code"] == "err_validation_failed"
+    [conflict] = reply["error"]["details"]["conflicts"]
+    assert (conflict["command"], conflict["name"]) == ("add-object", "dup")
+    assert "already in use" in conflict["reason"]
+    added = (await root.ok("show-changes"))["added-objects"]
+    assert sorted(entry["uid"] for entry in added if entry["name"] == "dup") == [two["uid"]]
+    assert await root.ok("discard")
+    assert (await alice.ok("verify-policy"))["total"] == 0
+
+
+async def test_publishes_of_many_sessions_add_no_actor_per_session(api: AdminAPI) -> None:
+    document = api.services.documents.domain("acme").doc
+    before = {change.actor_id for change in document.get_changes([])}
+    for number in range(4):
+        login = connect(api)
+        await login.login("alice" if number % 2 else "root")
+        await login.ok("add-host", **host(f"h{number}", f"192.0.2.{number + 1}"))
+        await login.ok("publish")
+        await login.ok("logout")
+    document = api.services.documents.domain("acme").doc
+    new = {change.actor_id for change in document.get_changes([])} - before
+    assert len(new) <= 1 and new <= set(api.services.sessions.actors.actors)
 
 
 async def test_an_idle_session_sees_and_builds_on_newer_publishes(api: AdminAPI) -> None:

@@ -349,8 +349,7 @@ def domain() -> Domain:
 
 
 def publish(session: Session) -> None:
-    session.prepare_publish()
-    session.complete_publish()
+    session.publish_in_memory()
 
 
 def copy_of(domain: Domain) -> Domain:

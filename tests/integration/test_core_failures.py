@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from crdtmds.core.docdata import ROOT, child_id, fork_with_actor, insert_value, new_actor, put_value
 from crdtmds.core.domain import Domain
 from crdtmds.core.session import Session
 from crdtmds.errors import is_core_error, is_core_panic
@@ -15,23 +16,30 @@ from tests.helpers.api_doors import connect, host
 
 
 def genuine_panic() -> BaseException:
-    """A real `PanicException` from the core: `fork_at` panics on the history of two
-    sessions publishing in turn (the reason crdtmds no longer calls it)."""
+    """A real `PanicException` from the core: `fork_at` panics on the history drafts made
+    before publishes became one change (the reason crdtmds never calls it): two writers
+    publishing in turn, each on a fork of the live document taken with its own actor,
+    change by change, then the fork adopted as the live document."""
     for number in range(20):
-        domain = Domain.create("acme", f"doc-{number}")
-        sessions = [Session.open(domain, admin=name, server="s1") for name in ("a", "b")]
-        count = 0
+        live = Domain.create("acme", f"doc-{number}").doc
+        actors, written, count = [new_actor(), new_actor()], [], 0
         for _ in range(3):
-            for session in sessions:
+            for actor in actors:
+                fork = fork_with_actor(live, actor)
+                objects = child_id(fork, ROOT, "objects")
                 for _ in range(3):
                     count += 1
-                    session.add_object("host", {"name": f"h{count}", "ipv4-address": "10.0.0.1"})
-                session.prepare_publish("")
-                session.complete_publish()
-        for revision in domain.state.revisions:
-            heads = [bytes.fromhex(h) for h in revision["heads"]]
+                    with fork.transaction() as tx:
+                        put_value(tx, objects, f"h{count}", {"name": f"h{count}"})
+                written.append(fork.get_heads())
+                revisions = child_id(fork, ROOT, "revisions")
+                with fork.transaction() as tx:
+                    insert_value(tx, revisions, fork.length(revisions), {"n": count})
+                fork.set_actor(live.get_actor())
+                live = fork
+        for heads in written:
             try:
-                domain.doc.fork_at(heads)
+                live.fork_at(heads)
             except BaseException as exc:
                 return exc
     pytest.fail("the core no longer panics on this history: the test needs another trigger")

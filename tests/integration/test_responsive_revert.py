@@ -10,7 +10,7 @@ import pytest
 
 from crdtmds.api.dispatch import AdminAPI
 from crdtmds.core import model
-from crdtmds.core.docdata import put_value
+from crdtmds.core.docdata import ROOT, child_id, new_actor, put_value
 from crdtmds.core.session import Session
 from crdtmds.server import Server
 from tests.helpers.api_doors import connect
@@ -30,14 +30,18 @@ async def _domain_of_many_hosts(node: Server) -> str:
         )
         for i in range(HOSTS)
     ]
-    objects = session.draft.objects_id()
+    await node.sessions.publish(session, "empty")
+    domain = session.domain
 
     def write(tx: Any) -> None:
+        objects = child_id(tx, ROOT, "objects")
         for record in records:
             put_value(tx, objects, record["uid"], record)
 
-    session.draft.commit(write)
-    session.draft.reread_view()
+    change = domain.write(new_actor(), write)  # many hosts in one change, as from a peer
+    await node.persister.persist(domain.document_id, [change])
+    node.documents.changed(domain.document_id)
+    session.add_object("host", {"name": "marker", "ip-address": "10.9.9.8"})
     full = await node.sessions.publish(session, "full")
     session.add_object("host", {"name": "extra", "ip-address": "10.9.9.9"})
     await node.sessions.publish(session, "one more")

@@ -174,6 +174,24 @@ def test_status_line_keep_alive_and_connection_close(pair: Pair) -> None:
     api.close()
 
 
+def test_router_answers_expect_continue_and_odd_paths(pair: Pair) -> None:
+    request = (
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n%s\r\n{}"
+    )
+    data = raw_exchange(
+        pair.url,
+        request % (b"/web_api/show-status", b"Expect: 100-continue\r\n")
+        + request % (b"/web_api/show%2Dstatus", b"")
+        + request % (b"/web_api/a%2Fb", b"Connection: close\r\n"),
+    )
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), data[:300]
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 2, data[:600]
+    last = data[data.rindex(b"HTTP/1.1 ") :]
+    assert last.startswith(b"HTTP/1.1 404 Not Found\r\n"), last[:300]
+    assert json.loads(last.split(b"\r\n\r\n", 1)[1])["code"] == "generic_err_command_not_found"
+
+
 def test_bare_tls_handshakes_cost_nothing(pair: Pair) -> None:
     log_before = len(pair.first.log())
     for _ in range(3):

@@ -16,8 +16,7 @@ def session() -> Session:
     setup = Session.open(domain, admin="setup", server="s1")
     for name in "ABC":
         setup.add_rule({"name": name, "position": "bottom"})
-    setup.prepare_publish("base")
-    setup.complete_publish()
+    setup.publish_in_memory("base")
     return Session.open(domain, admin="alice", server="s1")
 
 

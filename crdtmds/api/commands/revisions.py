@@ -13,8 +13,8 @@ from crdtmds.api.params import (
 )
 from crdtmds.api.replies import domain_ref
 from crdtmds.core import names
-from crdtmds.core.docdata import unhex_heads
 from crdtmds.core.domain_state import DomainState
+from crdtmds.core.revert import revision_state
 from crdtmds.core.session_diff import state_changes
 from crdtmds.errors import InvalidParameter, MissingParameter, ObjectNotFound, ValidationError
 
@@ -38,17 +38,15 @@ async def _revert_to_revision(call: Call) -> dict[str, Any]:
                 "the session has unpublished changes: publish or discard them before a revert"
             )
         revision = _find_revision(session.view, target)
-        # The domain's view and the fork are brought up to date here, on the event loop;
-        # the revert itself (reads at the revision's heads, one put per field: seconds on
-        # a large domain) runs in a worker thread and touches only the draft.
+        # The domain's view is brought up to date here, on the event loop; the revert
+        # (reads at the revision's heads on a fork of its own, then one put per field,
+        # seconds on a large domain) runs in a worker thread and touches only the draft.
         session.draft.ready_to_edit()
-        _ = session.fork
         await call.off_loop(session.revert_to, revision["uid"])
         note = comments or f"revert to revision {revision['uid']}"
-        # Writing the revision entry counts every changed object: in the worker too. The
-        # publish then takes it as prepared, and keeps its order (durable, then gossip).
-        await call.off_loop(session.prepare_publish, note)
-        published = await call.services.sessions.publish(session, note)
+        # Writing the revert and its revision entry as one change: in the worker too.
+        # The publish keeps its order (durable, then gossip).
+        published = await call.services.sessions.publish(session, note, runner=call.off_loop)
     task = call.services.tasks.record(call.login.admin, "Revert operation", {"revision": published})
     return {"message": "OK", "task-id": task["task-id"], "revision": published}
 
@@ -91,20 +89,14 @@ def revision_changes(
     )  # fmt: skip
     if index is None:
         raise ObjectNotFound(f"revision '{ref}' not found", details={"reference": ref})
-    after = domain.state_at(_content_heads(revisions[index], ref))
+    after = revision_state(domain, revisions[index])
     before = (
-        domain.state_at(_content_heads(revisions[index - 1], ref))
+        revision_state(domain, revisions[index - 1])
         if index > 0
         else DomainState(name=after.name)
     )
     return state_changes(before, after), before, after
 
-
-def _content_heads(revision: Mapping[str, Any], ref: str) -> list[bytes]:
-    heads = revision.get("heads")
-    if not isinstance(heads, list) or not all(isinstance(h, str) for h in heads):
-        raise ValidationError(f"revision '{ref}' has no content heads")
-    return unhex_heads(heads)
 
 
 async def _verify_policy(call: Call) -> dict[str, Any]:

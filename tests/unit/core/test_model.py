@@ -1,7 +1,7 @@
 """Validation rules of the policy model, checked directly and through a Session.
 
 Every rejection through a session must carry the documented error code and write
-nothing: neither the live domain nor the session's fork may change.
+nothing: neither the live domain nor the session's draft may change.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ def domain() -> Domain:
     setup.add_object("service-tcp", {"name": "https", "port": 443})
     setup.add_object("group", {"name": "servers", "members": ["web"]})
     setup.add_rule({"name": "r1", "source": ["web"], "service": ["https"], "action": "Accept"})
-    setup.prepare_publish("base")
-    setup.complete_publish()
+    setup.publish_in_memory("base")
     return domain
 
 
@@ -51,9 +50,7 @@ def rejects(session: Session, code: str, edit: Callable[..., Any], *args: Any) -
     session.take_unsaved_changes()
     live_heads = session.domain.heads()
     live_content = read(session.domain.doc)
-    fork_heads = session.fork.get_heads()
-    fork_content = read(session.fork)
-    own = session.own_change_bytes
+    own = session.stored_edits
     rulebase = session.view.rulebase()
     objects = dict(session.view.objects)
     with pytest.raises(CrdtmdsError) as caught:
@@ -61,9 +58,7 @@ def rejects(session: Session, code: str, edit: Callable[..., Any], *args: Any) -
     assert caught.value.code == code, caught.value
     assert session.domain.heads() == live_heads
     assert read(session.domain.doc) == live_content
-    assert session.fork.get_heads() == fork_heads
-    assert read(session.fork) == fork_content
-    assert session.own_change_bytes == own
+    assert session.stored_edits == own
     assert session.take_unsaved_changes() == []
     assert session.view.rulebase() == rulebase
     assert session.view.objects == objects
@@ -499,7 +494,8 @@ def test_enabled_is_stored_as_a_boolean(session: Session) -> None:
     rule = session.add_rule({"name": "off", "enabled": False})
     assert rule["enabled"] is False
     layer = session.view.get_layer()
-    stored = read(session.fork)["layers"][layer.uid]["rules"][rule["uid"]]
+    session.publish_in_memory()
+    stored = read(session.domain.doc)["layers"][layer.uid]["rules"][rule["uid"]]
     assert stored["enabled"] is False
 
 
@@ -596,7 +592,7 @@ def test_text_that_cannot_be_stored(session: Session) -> None:
     rejects(session, INVALID, session.set_object, "host", {"name": "web", "new-name": bad})
     rejects(session, INVALID, session.add_rule, {"name": bad})
     rejects(session, INVALID, session.set_rule, {"name": "r1", "comments": bad})
-    rejects(session, INVALID, session.prepare_publish, bad)
+    rejects(session, INVALID, session.publish, bad, b"\x01" * 16)
 
 
 def test_unknown_object_type(session: Session) -> None:

@@ -28,7 +28,6 @@ from crdtmds.bootstrap import init_cluster
 from crdtmds.client import Client
 from crdtmds.core import auth, model, names
 from crdtmds.core.cluster import ClusterDocument
-from crdtmds.core.docdata import read
 from crdtmds.core.domain import Domain
 from crdtmds.core.session import Session
 from crdtmds.errors import CrdtmdsError
@@ -97,11 +96,10 @@ def session(domain: Domain) -> Session:
 
 def assert_nothing_written(session: Session, edit: Callable[[], Any], char: str) -> None:
     session.take_unsaved_changes()
-    fork_heads = session.fork.get_heads()
-    fork_content = read(session.fork)
+    edits, view = session.stored_edits, session.view.copy()
     expect_refusal(edit, char)
-    assert session.fork.get_heads() == fork_heads
-    assert read(session.fork) == fork_content
+    assert session.stored_edits == edits
+    assert session.view == view
     assert session.take_unsaved_changes() == []
 
 
@@ -165,7 +163,7 @@ def test_comments_keep_tabs_and_newlines_but_refuse_other_controls(
     assert_nothing_written(
         session, lambda: session.set_rule({"uid": rule["uid"], "comments": char}), char
     )
-    expect_refusal(lambda: session.prepare_publish(f"publish{char}"), char)
+    expect_refusal(lambda: session.publish(f"publish{char}", b"\x01" * 16), char)
 
 
 @pytest.mark.parametrize("name", ["Any", "ANY", "any", " aNy ", "ANy"])
@@ -243,8 +241,7 @@ def test_names_stored_before_the_checks_still_load_and_update(
         cluster.add_server("eu\x1b1", "ws://127.0.0.1:1", "eu", "primary")
         setup = Session.open(domain, admin="setup", server="s1")
         setup.add_object("host", {"name": "old\x1b[2J", "ipv4-address": "192.0.2.1"})
-        setup.prepare_publish("")
-        setup.complete_publish()
+        setup.publish_in_memory("")
     # The server re-registers a new URL under its old name (register_self at start).
     cluster.add_server("eu\x1b1", "ws://127.0.0.1:9", "eu", "primary")
     assert cluster.servers()["eu\x1b1"]["url"] == "ws://127.0.0.1:9"

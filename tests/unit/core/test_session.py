@@ -12,9 +12,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtmds.core import model
-from crdtmds.core.docdata import hex_heads, read, rebuild_at
+from crdtmds.core.docdata import (
+    ROOT,
+    child_id,
+    fork_with_actor,
+    hex_heads,
+    new_actor,
+    put_value,
+    read,
+    rebuild_at,
+)
 from crdtmds.core.domain import Domain
 from crdtmds.core.domain_state import DomainState
+from crdtmds.core.draft import PublishConflict
 from crdtmds.core.session import Session
 from crdtmds.core.session_diff import moved_rules
 from crdtmds.errors import CrdtmdsError
@@ -25,8 +35,30 @@ def full_read(doc: Document) -> DomainState:
 
 
 def assert_view_is_fork(session: Session) -> None:
-    """The session's incremental view says exactly what its fork holds."""
-    assert session.view == full_read(session.fork)
+    """The session's view says exactly what its publish writes (tried on a copy of the
+    live document, restored from the stored edits)."""
+    copy = Domain(session.domain.document_id, session.domain.doc.fork())
+    trial = Session.restore(
+        copy, uid=session.uid, admin=session.admin, server=session.server,
+        base_heads=session.base_heads, changes=session.stored_edits,
+    )  # fmt: skip
+    assert trial.view == session.view
+    trial.publish_in_memory()
+    written = full_read(copy.doc)
+    assert (written.objects, written.layers) == (session.view.objects, session.view.layers)
+
+
+def second_server(domain: Domain) -> Domain:
+    """The same domain on another server: a copy of its live document."""
+    return Domain(domain.document_id, domain.doc.fork())
+
+
+def sync(*domains: Domain) -> None:
+    """Bring every copy of the domain up to date with the others (gossip)."""
+    for one in domains:
+        for other in domains:
+            if one is not other:
+                one.doc.merge(other.doc)
 
 
 def rule_names(state: DomainState) -> list[str]:
@@ -34,8 +66,7 @@ def rule_names(state: DomainState) -> list[str]:
 
 
 def publish(session: Session, comments: str = "") -> dict[str, Any]:
-    session.prepare_publish(comments)
-    return session.complete_publish()
+    return session.publish_in_memory(comments)
 
 
 @pytest.fixture
@@ -82,14 +113,14 @@ def test_add_set_delete_each_object_type(
         value = [session.view.find_object(n)["uid"] for n in change[field]]
     added = session.add_object(obj_type, {"name": "obj", "comments": "new", **add})
     assert added["type"] == obj_type
-    assert read(session.fork)["objects"][added["uid"]] == added
+    assert session.view.objects[added["uid"]] == added
     assert session.show_changes()["added"] == [added]
     assert_view_is_fork(session)
 
     changed = session.set_object(obj_type, {"uid": added["uid"], "color": "red", **change})
     assert changed[field] == value
     assert changed["color"] == "red"
-    assert read(session.fork)["objects"][added["uid"]] == changed
+    assert session.view.objects[added["uid"]] == changed
     assert_view_is_fork(session)
 
     renamed = session.set_object(obj_type, {"name": "obj", "new-name": "obj2"})
@@ -97,7 +128,7 @@ def test_add_set_delete_each_object_type(
     assert_view_is_fork(session)
 
     session.delete_object(obj_type, {"name": "obj2"})
-    assert added["uid"] not in read(session.fork)["objects"]
+    assert added["uid"] not in session.view.objects
     assert session.view.find_object("obj2") is None
     assert session.show_changes() == {"added": [], "modified": [], "deleted": []}
     assert_view_is_fork(session)
@@ -105,11 +136,10 @@ def test_add_set_delete_each_object_type(
 
 
 def test_set_without_a_change_writes_nothing(session: Session) -> None:
-    before = session.fork.get_heads()
     record = session.set_object("host", {"name": "web", "ipv4-address": "10.0.0.1"})
     assert record == session.view.find_object("web")
     session.set_rule({"name": "A", "action": "Drop"})
-    assert session.fork.get_heads() == before
+    assert session.stored_edits == []
     assert not session.has_changes()
 
 
@@ -188,7 +218,7 @@ def test_set_rule_fields_and_move_together(session: Session) -> None:
 def test_delete_rule(session: Session) -> None:
     deleted = session.delete_rule({"name": "B"})
     assert rule_names(session.view) == ["A", "C"]
-    assert deleted["uid"] not in read(session.fork)["layers"][session.view.get_layer().uid]["rules"]
+    assert deleted["uid"] not in session.view.get_layer().rules
     session.delete_rule({"rule-number": 2})
     assert rule_names(session.view) == ["A"]
     assert_view_is_fork(session)
@@ -294,7 +324,7 @@ def test_discard(domain: Domain, session: Session) -> None:
     assert session.discard() == 3
     assert read(domain.doc) == live
     assert session.view == domain.state
-    assert session.fork.get_heads() == domain.heads()
+    assert session.base_heads == domain.heads()
     assert not session.has_changes()
     assert session.take_unsaved_changes() == []
     assert session.show_changes() == {"added": [], "modified": [], "deleted": []}
@@ -318,8 +348,7 @@ def test_other_sessions_never_see_a_draft(domain: Domain, session: Session) -> N
     publish(session)
     # A session sees the published work when it opens or after its own publish.
     assert Session.open(domain, admin="dave", server="s1").view.find_object("secret")
-    assert other.view.find_object("secret") is None
-    publish(other)
+    # A draft without edits follows the live domain.
     assert other.view.find_object("secret") is not None
 
 
@@ -355,14 +384,14 @@ def test_delete_refused_with_where_used(session: Session) -> None:
 
 def test_publish_appends_a_revision(domain: Domain, session: Session) -> None:
     base_bytes = domain.doc.save()
+    heads_before = domain.heads()
     count = len(domain.state.revisions)
     session.add_object("host", {"name": "new", "ip-address": "10.9.9.9"})
     session.set_rule({"name": "B", "action": "Accept"})
-    pending = session.prepare_publish("first change")
-    assert session.prepare_publish("ignored") is pending
-    revision = session.complete_publish()
+    published = session.publish("first change", new_actor())
+    session.published(published)
+    revision = published.revision
 
-    assert revision == pending.revision
     assert domain.state.revisions[-1] == revision
     assert read(domain.doc)["revisions"][-1] == revision
     assert len(domain.state.revisions) == count + 1
@@ -375,9 +404,10 @@ def test_publish_appends_a_revision(domain: Domain, session: Session) -> None:
     assert revision["changes"] == 2
     assert isinstance(revision["uid"], str) and revision["uid"]
     assert datetime.fromisoformat(revision["published-at"]).tzinfo is not None
-    assert revision["heads"] == hex_heads(pending.heads_before_revision)
-    # The persisted changes alone rebuild the published document.
-    rebuilt = Document.load(base_bytes + b"".join(data for _, data in pending.changes))
+    # One change holds the edits and the entry, written on the heads the entry names.
+    assert revision["heads"] == hex_heads(heads_before)
+    assert len(domain.doc.get_changes(heads_before)) == 1
+    rebuilt = Document.load(base_bytes + published.change[1])
     assert sorted(rebuilt.get_heads()) == sorted(domain.heads())
     assert domain.state == full_read(domain.doc)
     # The session goes on from what it published.
@@ -388,30 +418,30 @@ def test_publish_appends_a_revision(domain: Domain, session: Session) -> None:
     assert [r["uid"] for r in domain.state.revisions[-2:]] == [revision["uid"], second["uid"]]
 
 
-def test_an_unraced_publish_keeps_the_draft_apart_from_the_live_document(
+def test_a_publish_writes_the_live_document_as_the_given_actor(
     domain: Domain, session: Session
 ) -> None:
+    own = domain.doc.get_actor()
+    actor = new_actor()
     session.add_object("host", {"name": "first", "ip-address": "10.9.9.1"})
-    publish(session)
-    published = domain.heads()
-    assert session.fork is not domain.doc
-    # The live document never writes as the session's actor.
-    assert domain.doc.get_actor() != session.actor
+    published = session.publish("", actor)
+    session.published(published)
+    [change] = domain.doc.get_changes(published.heads_before)
+    assert change.actor_id == actor
+    # The live document keeps its own actor for other writes.
+    assert domain.doc.get_actor() == own
     session.add_object("host", {"name": "second", "ip-address": "10.9.9.2"})
     # The next draft edit stays private to the session.
-    assert domain.heads() == published
     assert domain.state.find_object("second") is None
-    assert session.view.find_object("second") is not None
     assert_view_is_fork(session)
-    publish(session)
+    session.published(session.publish("", actor))  # the same actor goes on
     assert domain.state.find_object("second") is not None
     assert domain.state == full_read(domain.doc)
 
 
-def test_documents_adopted_by_publishes_stay_whole(domain: Domain, session: Session) -> None:
-    # Repeated unraced publishes hand their forks over as the live document; its history
-    # must stay usable: past heads can be read and rebuilt, and it saves and loads to the
-    # same heads.
+def test_documents_written_by_publishes_stay_whole(domain: Domain, session: Session) -> None:
+    # Past heads can be read and rebuilt, and the document saves and loads to the same
+    # heads.
     for round_ in range(4):
         session.add_object("host", {"name": f"h{round_}", "ip-address": f"10.8.0.{round_}"})
         publish(session)
@@ -420,33 +450,37 @@ def test_documents_adopted_by_publishes_stay_whole(domain: Domain, session: Sess
         assert domain.state_at(heads) == full_read(domain.doc)
         loaded = Document.load(domain.doc.save())
         assert sorted(loaded.get_heads()) == sorted(heads)
-        assert sorted(rebuild_at(loaded, heads).get_heads()) == sorted(heads)
     assert domain.state == full_read(domain.doc)
 
 
-def test_sessions_write_as_actors_that_sort_after_earlier_ones(domain: Domain) -> None:
-    first = Session.open(domain, admin="alice", server="s1")
-    second = Session.open(domain, admin="bob", server="s1")
-    assert first.actor < second.actor
-    first.add_object("host", {"name": "a", "ip-address": "10.9.9.3"})
-    actor = first.actor
-    first.discard()
-    # A discard takes a new actor: the dropped changes keep their sequence numbers.
-    assert first.actor != actor and first.actor > second.actor
-
-
-def test_edits_are_refused_while_a_publish_is_pending(session: Session) -> None:
-    session.add_object("host", {"name": "new", "ip-address": "10.9.9.9"})
-    session.prepare_publish()
-    with pytest.raises(CrdtmdsError) as caught:
-        session.add_object("host", {"name": "other", "ip-address": "10.9.9.8"})
-    assert caught.value.code == "err_publish_failed"
-
-
-def test_complete_without_prepare_fails(session: Session) -> None:
-    with pytest.raises(CrdtmdsError) as caught:
-        session.complete_publish()
-    assert caught.value.code == "err_publish_failed"
+def test_a_rebase_that_fails_refuses_the_publish_and_keeps_the_draft(
+    domain: Domain, session: Session
+) -> None:
+    session.set_object("host", {"name": "web", "comments": "mine"})
+    session.add_object("host", {"name": "taken", "ip-address": "10.9.9.1"})
+    session.add_rule({"name": "D", "position": "bottom"})
+    other = Session.open(domain, admin="bob", server="s1")
+    other.set_object("host", {"name": "web", "new-name": "www"})  # a rename survives
+    other.add_object("network", {"name": "taken", "subnet4": "10.5.0.0", "mask-length4": 16})
+    publish(other)
+    heads, edits = domain.heads(), session.stored_edits
+    with pytest.raises(PublishConflict) as caught:
+        session.publish("", new_actor())
+    [conflict] = caught.value.details["conflicts"]
+    assert (conflict["command"], conflict["name"]) == ("add-object", "taken")
+    assert "already in use" in conflict["reason"]
+    assert domain.heads() == heads and session.stored_edits == edits
+    # The administrator starts again from what is live now.
+    session.discard()
+    session.set_object("host", {"name": "www", "comments": "mine"})
+    session.add_object("host", {"name": "free", "ip-address": "10.9.9.1"})
+    session.add_rule({"name": "D", "position": "bottom"})
+    publish(session)
+    web = domain.state.find_object("www")
+    assert web["comments"] == "mine"
+    assert rule_names(domain.state)[-1] == "D"
+    assert domain.state.find_object("free") is not None
+    assert domain.state == full_read(domain.doc)
 
 
 def test_publish_after_another_publish_merges_both(domain: Domain, session: Session) -> None:
@@ -464,18 +498,17 @@ def test_publish_after_another_publish_merges_both(domain: Domain, session: Sess
 
 
 def test_abort_publish_leaves_the_session_able_to_publish(domain: Domain, session: Session) -> None:
-    live = read(domain.doc)
+    live, heads = read(domain.doc), domain.heads()
     session.add_object("host", {"name": "new", "ip-address": "10.9.9.9"})
     saved = session.take_unsaved_changes()
     view_before = session.view.copy()
-    heads_before = session.fork.get_heads()
-    aborted = session.prepare_publish("try")
-    saved += session.take_unsaved_changes()
-    session.abort_publish()
-    session.abort_publish()  # harmless when nothing is pending
+    aborted = session.publish("try", new_actor())
+    assert domain.state.find_object("new") is not None
+    session.abort_publish(aborted)
 
     assert read(domain.doc) == live
-    assert session.fork.get_heads() == heads_before
+    assert domain.heads() == heads
+    assert domain.state == full_read(domain.doc)
     assert session.view == view_before
     assert_view_is_fork(session)
     assert session.has_changes()
@@ -485,7 +518,7 @@ def test_abort_publish_leaves_the_session_able_to_publish(domain: Domain, sessio
     # The draft as persisted is still whole, without the aborted revision.
     restored = Session.restore(
         domain, uid=session.uid, admin="alice", server="s1", base_heads=session.base_heads,
-        actor=session.actor, changes=saved,
+        changes=saved,
     )  # fmt: skip
     assert restored.view == session.view
     assert restored.view.revisions == domain.state.revisions
@@ -495,16 +528,6 @@ def test_abort_publish_leaves_the_session_able_to_publish(domain: Domain, sessio
     assert revision["uid"] in uids and aborted.revision["uid"] not in uids
     assert {"new", "more"} <= set(domain.state.names)
     assert domain.state == full_read(domain.doc)
-
-
-def test_discard_drops_a_pending_publish(domain: Domain, session: Session) -> None:
-    session.add_object("host", {"name": "new", "ip-address": "10.9.9.9"})
-    session.prepare_publish()
-    assert session.discard() == 1
-    session.add_object("host", {"name": "after", "ip-address": "10.9.9.8"})
-    publish(session)
-    assert domain.state.find_object("after") is not None
-    assert domain.state.find_object("new") is None
 
 
 # ---------------------------------------------------------------- revert
@@ -525,7 +548,6 @@ def test_revert_to_a_revision(domain: Domain, session: Session) -> None:
     assert session.view.objects == target.objects
     assert rule_names(session.view) == ["A", "B", "C"]
     assert session.view.rulebase() == target.rulebase()
-    assert_view_is_fork(session)
     changes = session.show_changes()
     assert [d["name"] for d in changes["deleted"]] == ["later", "D"]
     modified = {m["name"]: m["fields"] for m in changes["modified"]}
@@ -533,11 +555,11 @@ def test_revert_to_a_revision(domain: Domain, session: Session) -> None:
     assert modified["C"]["action"] == {"old": "Accept", "new": "Drop"}
     assert [a["name"] for a in changes["added"]] == ["B"]
 
-    own = session.own_change_bytes
     session.revert_to(first["uid"])
-    assert session.own_change_bytes == own
+    assert session.view.objects == target.objects
 
     revision = publish(session, "revert")
+    assert revision["heads"] == hex_heads(domain.doc.get_changes([])[-1].deps)
     assert domain.state.revisions[-1] == revision
     assert len(domain.state.revisions) == len(target.revisions) + 2
     assert domain.state.objects == target.objects
@@ -564,7 +586,8 @@ def test_revert_keeps_concurrent_work_on_rules(domain: Domain) -> None:
     # The concurrent rule stays in the order list (not only in the rule map)...
     assert sorted(model.effective_order(layer.order, layer.rules)) == sorted(layer.rules)
     assert {layer.rules[u]["name"] for u in layer.order if u in layer.rules} == {"A", "B", "C", "N"}
-    assert rule_names(state)[:3] == ["A", "B", "C"]
+    # N was added below B; the revert before it put A, B, C back in order.
+    assert rule_names(state) == ["A", "B", "N", "C"]
     # ...and the reverted rule keeps the other session's edit of another field.
     rule_a = state.get_rule(layer, "A")
     assert (rule_a["action"], rule_a["comments"]) == ("Drop", "kept")
@@ -572,7 +595,7 @@ def test_revert_keeps_concurrent_work_on_rules(domain: Domain) -> None:
     after = Session.open(domain, admin="carol", server="s1")
     after.add_rule({"name": "X", "position": {"below": "N"}})
     after.add_rule({"name": "Y", "position": {"above": "N"}})
-    assert rule_names(after.view)[-3:] == ["Y", "N", "X"]
+    assert rule_names(after.view) == ["A", "B", "Y", "N", "X", "C"]
 
 
 def test_revert_to_an_unknown_revision(session: Session) -> None:
@@ -598,16 +621,14 @@ def edit_a_lot(session: Session) -> None:
 def test_restore_gives_the_same_draft(domain: Domain, session: Session) -> None:
     edit_a_lot(session)
     saved = session.take_unsaved_changes()
-    assert saved == session.own_change_bytes
+    assert saved == session.stored_edits
     restored = Session.restore(
         domain, uid=session.uid, admin="alice", server="s1", base_heads=session.base_heads,
-        actor=session.actor, changes=saved, name="work", created_at=session.created_at,
+        changes=saved, name="work", created_at=session.created_at,
     )  # fmt: skip
     assert restored.view == session.view
     assert restored.base == session.base
-    assert sorted(restored.fork.get_heads()) == sorted(session.fork.get_heads())
-    assert restored.actor == session.actor
-    assert restored.own_change_bytes == session.own_change_bytes
+    assert restored.stored_edits == session.stored_edits
     assert restored.show_changes() == session.show_changes()
     assert restored.change_count() == session.change_count()
     assert (restored.uid, restored.name, restored.created_at) == (
@@ -618,7 +639,7 @@ def test_restore_gives_the_same_draft(domain: Domain, session: Session) -> None:
     restored.add_object("host", {"name": "after", "ip-address": "10.9.9.7"})
     again = Session.restore(
         domain, uid=session.uid, admin="alice", server="s1", base_heads=restored.base_heads,
-        actor=restored.actor, changes=saved + restored.take_unsaved_changes(),
+        changes=saved + restored.take_unsaved_changes(),
     )  # fmt: skip
     assert again.view == restored.view
     publish(again)
@@ -634,7 +655,7 @@ def test_restore_after_others_published(domain: Domain, session: Session) -> Non
     publish(other)
     restored = Session.restore(
         domain, uid=session.uid, admin="alice", server="s1", base_heads=session.base_heads,
-        actor=session.actor, changes=saved,
+        changes=saved,
     )  # fmt: skip
     assert restored.view == session.view
     assert restored.view.find_object("theirs") is None
@@ -647,7 +668,7 @@ def test_restore_after_others_published(domain: Domain, session: Session) -> Non
 def test_restore_of_an_empty_draft(domain: Domain) -> None:
     restored = Session.restore(
         domain, uid="s", admin="a", server="s1", base_heads=domain.heads(),
-        actor=bytes(16), changes=[],
+        changes=[],
     )  # fmt: skip
     assert restored.view == domain.state
     assert not restored.has_changes()
@@ -694,8 +715,11 @@ def test_concurrent_edits_of_different_fields_both_survive(domain: Domain) -> No
 
 
 def test_concurrent_delete_and_new_reference_is_reported(domain: Domain) -> None:
+    # On one server the later publish would be refused (its rebase fails): concurrent
+    # publishes on two servers merge per field, and verify reports what they leave.
+    elsewhere = second_server(domain)
     deleter = Session.open(domain, admin="alice", server="s1")
-    user = Session.open(domain, admin="bob", server="s2")
+    user = Session.open(elsewhere, admin="bob", server="s2")
     db = domain.state.find_object("db")
     deleter.delete_object("host", {"name": "db"})
     rule = user.add_rule({"name": "to-db", "destination": ["db"]})
@@ -703,6 +727,8 @@ def test_concurrent_delete_and_new_reference_is_reported(domain: Domain) -> None
     assert domain.state.verify() == []
     publish(deleter)
     publish(user)
+    sync(domain, elsewhere)
+    assert sorted(domain.heads()) == sorted(elsewhere.heads())
     problems = domain.state.verify()
     assert {
         "type": "dangling-reference",
@@ -721,12 +747,14 @@ def test_concurrent_delete_and_new_reference_is_reported(domain: Domain) -> None
 
 
 def test_concurrent_creation_of_one_name_is_reported(domain: Domain) -> None:
+    elsewhere = second_server(domain)
     first = Session.open(domain, admin="alice", server="s1")
-    second = Session.open(domain, admin="bob", server="s2")
+    second = Session.open(elsewhere, admin="bob", server="s2")
     a = first.add_object("host", {"name": "dup", "ip-address": "10.7.7.1"})
     b = second.add_object("service-tcp", {"name": "dup", "port": 7})
     publish(first)
     publish(second)
+    sync(domain, elsewhere)
     uids = sorted([a["uid"], b["uid"]])
     assert domain.state.verify() == [{"type": "duplicate-name", "name": "dup", "uids": uids}]
     assert domain.state.find_object("dup")["uid"] == uids[0]
@@ -746,12 +774,14 @@ def test_concurrent_group_cycle_is_reported(domain: Domain) -> None:
     b = setup.add_object("group", {"name": "b"})
     c = setup.add_object("group", {"name": "c", "members": ["a"]})
     publish(setup)
+    elsewhere = second_server(domain)
     first = Session.open(domain, admin="alice", server="s1")
-    second = Session.open(domain, admin="bob", server="s2")
+    second = Session.open(elsewhere, admin="bob", server="s2")
     first.set_object("group", {"name": "a", "members": ["b"]})
     second.set_object("group", {"name": "b", "members": ["a"]})
     publish(first)
     publish(second)
+    sync(domain, elsewhere)
     assert domain.state.verify() == [{"type": "group-cycle", "uids": sorted([a["uid"], b["uid"]])}]
     assert c["uid"] not in domain.state.verify()[0]["uids"]
     # With the cycle in place, edits still validate, and none can add to it.
@@ -769,3 +799,36 @@ def test_any_is_never_dangling(domain: Domain, session: Session) -> None:
     publish(session)
     assert domain.state.verify() == []
     assert model.ANY_UID not in domain.state.objects
+
+
+def test_a_draft_stored_as_changes_by_an_earlier_version_is_restored(domain: Domain) -> None:
+    # Before publishes became one change, a draft was stored as the changes of its fork.
+    base_heads = domain.heads()
+    fork = fork_with_actor(domain.doc, new_actor())
+    objects = child_id(fork, ROOT, "objects")
+    record = model.build_object("host", {"name": "old", "ip-address": "10.6.6.6"},
+                                domain.state.find_object)  # fmt: skip
+    web = domain.state.find_object("web")
+    with fork.transaction() as tx:
+        put_value(tx, objects, record["uid"], record)
+    with fork.transaction() as tx:
+        put_value(tx, child_id(fork, objects, web["uid"]), "comments", "drafted")
+    chunks = [change.bytes for change in fork.get_changes(base_heads)]
+    later = Session.open(domain, admin="bob", server="s1")
+    later.add_object("host", {"name": "later", "ip-address": "10.6.6.7"})
+    publish(later)
+
+    restored = Session.restore(
+        domain, uid="old-draft", admin="alice", server="s1", base_heads=base_heads,
+        changes=chunks,
+    )  # fmt: skip
+    assert restored.has_changes()
+    changes = restored.show_changes()
+    assert [entry["name"] for entry in changes["added"]] == ["old"]
+    assert [entry["name"] for entry in changes["modified"]] == ["web"]
+    restored.add_object("host", {"name": "new", "ip-address": "10.6.6.8"})
+    publish(restored)
+    state = domain.state
+    assert {"old", "new", "later"} <= set(state.names)
+    assert state.find_object("web")["comments"] == "drafted"
+    assert state == full_read(domain.doc)

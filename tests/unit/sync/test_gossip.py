@@ -358,6 +358,24 @@ def test_held_document_is_not_forwarded_before_persisted() -> None:
     assert c.heads(doc_id) == a.heads(doc_id)
 
 
+def test_a_local_publish_not_yet_durable_is_sent_to_nobody() -> None:
+    net = Network()
+    a, b = Hub("a"), Hub("b")
+    doc_id = a.create(name="base")
+    net.connect(a, b)
+    net.pump()
+    a.gossip.hold_local(doc_id)
+    a.edit(doc_id, rule="written, not yet durable")
+    b.publish(doc_id, other="asks")  # even a peer's message gets no reply with it
+    net.pump()
+    assert b.read(doc_id) == {"name": "base", "other": "asks"}
+    a.gossip.hold_local(doc_id, held=False)
+    a.gossip.document_changed(doc_id)
+    net.pump()
+    assert b.read(doc_id) == {"name": "base", "other": "asks", "rule": "written, not yet durable"}
+    assert a.heads(doc_id) == b.heads(doc_id)
+
+
 def test_document_stays_held_until_every_change_event_is_persisted() -> None:
     net = Network()
     a, b = Hub("a"), Hub("b", auto_persist=False)

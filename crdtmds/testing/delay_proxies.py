@@ -1,5 +1,5 @@
 """TCP proxies on loopback that delay every byte by a fixed time in each direction, to
-put servers of different regions far apart."""
+put servers of different regions far apart, and that can be cut to partition them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import asyncio
 import contextlib
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+CALL_TIMEOUT = 10.0
+CHUNK = 64 * 1024
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class ProxyLink:
     """One listening port forwarding to 127.0.0.1:`target_port` with a one-way delay."""
 
@@ -18,6 +21,11 @@ class ProxyLink:
     port: int = 0
     target_port: int = 0
     """Settable at any time: the target of connections accepted from then on."""
+    open: bool = True
+    """False while cut: connections are dropped and new ones refused."""
+    connections_accepted: int = 0
+    transports: set[asyncio.BaseTransport] = field(default_factory=set)
+    """Both sockets of every connection it forwards."""
 
     @property
     def url(self) -> str:
@@ -27,17 +35,19 @@ class ProxyLink:
 class DelayProxies:
     """TCP proxies on 127.0.0.1 that hold every chunk for a fixed delay in each direction.
 
-    They run on their own event loop in a background thread, so the benchmark's own loop
+    They run on their own event loop in a background thread, so the caller's own loop
     does not slow them down. Order is kept and bandwidth is not limited: the delay is a
     pure one-way latency, like a long link. A connection accepted before its target is
-    known is refused (closed), and the server dialing it retries.
+    known, or while its link is cut, is refused (closed), and the server dialing it
+    retries. `cut` drops a link's connections at once, bytes in flight included, as a
+    failed route would (without the wait for a timeout that a silent one costs).
     """
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._servers: list[asyncio.Server] = []
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._links: list[ProxyLink] = []
 
     def start(self) -> DelayProxies:
         self._thread.start()
@@ -45,17 +55,25 @@ class DelayProxies:
 
     def add(self, delay: float) -> ProxyLink:
         link = ProxyLink(delay)
-        future = asyncio.run_coroutine_threadsafe(self._listen(link), self._loop)
-        future.result(10)
+        asyncio.run_coroutine_threadsafe(self._listen(link), self._loop).result(CALL_TIMEOUT)
         return link
+
+    def cut(self, links: list[ProxyLink]) -> None:
+        """Drop every connection of `links` and refuse new ones until `heal`."""
+        asyncio.run_coroutine_threadsafe(self._cut(links), self._loop).result(CALL_TIMEOUT)
+
+    def heal(self, links: list[ProxyLink]) -> None:
+        """Forward new connections of `links` again."""
+        for link in links:
+            link.open = True
 
     def close(self) -> None:
         if not self._thread.is_alive():
             return
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(CALL_TIMEOUT)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._thread.join(CALL_TIMEOUT)
         self._loop.close()
 
     async def _listen(self, link: ProxyLink) -> None:
@@ -65,11 +83,13 @@ class DelayProxies:
         server = await asyncio.start_server(accept, "127.0.0.1", 0)
         link.port = server.sockets[0].getsockname()[1]
         self._servers.append(server)
+        self._links.append(link)
 
     async def _forward(
         self, link: ProxyLink, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        if not link.target_port:
+        link.connections_accepted += 1
+        if not link.target_port or not link.open:
             writer.transport.abort()
             return
         try:
@@ -79,9 +99,13 @@ class DelayProxies:
         except OSError:
             writer.transport.abort()
             return
+        if not link.open:  # cut while connecting
+            for w in (writer, upstream_writer):
+                w.transport.abort()
+            return
         for w in (writer, upstream_writer):
             _set_nodelay(w)
-            self._transports.add(w.transport)
+            link.transports.add(w.transport)
         try:
             await asyncio.gather(
                 _delayed_pump(reader, upstream_writer, link.delay),
@@ -89,14 +113,20 @@ class DelayProxies:
             )
         finally:
             for w in (writer, upstream_writer):
-                self._transports.discard(w.transport)
+                link.transports.discard(w.transport)
                 w.transport.abort()
+
+    async def _cut(self, links: list[ProxyLink]) -> None:
+        for link in links:
+            link.open = False
+            for transport in list(link.transports):
+                transport.abort()
+            link.transports.clear()
 
     async def _shutdown(self) -> None:
         for server in self._servers:
             server.close()
-        for transport in list(self._transports):
-            transport.abort()
+        await self._cut(self._links)
 
 
 def _set_nodelay(writer: asyncio.StreamWriter) -> None:
@@ -126,7 +156,7 @@ async def _delayed_pump(
 
     delivering = asyncio.create_task(deliver())
     try:
-        while data := await reader.read(64 * 1024):
+        while data := await reader.read(CHUNK):
             queue.put_nowait((loop.time() + delay, data))
         queue.put_nowait((loop.time(), b""))
         await delivering
