@@ -51,7 +51,7 @@ from lib.credentials import BENCH_ADMIN, BENCH_PASSWORD, admin_login_query
 from lib.observers import add_observer_option, arrival_times, start_observer
 from lib.receive_floor import receive_floor_seconds
 from lib.report import plot, print_table, verdict, write_results
-from lib.resources import cpu_seconds, process_syscalls
+from lib.resources import cpu_seconds
 from lib.stats import ratio, summary
 from lib.sync_peer import SyncPeer
 from lib.timing import now, wait_until
@@ -265,21 +265,14 @@ class BenchCpu:
     observers: float
     servers: float
     each: list[float]
-    syscalls: list[tuple[int, int]]
-    """Per server, (read, write) system calls: a proxy for frames and wakeups."""
 
     @classmethod
     def start(cls, observer: Observer, pids: list[int]) -> BenchCpu:
         each = [-cpu_seconds([pid]) for pid in pids]
-        syscalls = [process_syscalls(pid) for pid in pids]
-        return cls(-time.process_time(), -observer.handling_cpu(), sum(each), each, syscalls)
+        return cls(-time.process_time(), -observer.handling_cpu(), sum(each), each)
 
     def stop(self, observer: Observer, pids: list[int]) -> None:
         self.each = [start + cpu_seconds([pid]) for start, pid in zip(self.each, pids, strict=True)]
-        self.syscalls = [
-            (end[0] - start[0], end[1] - start[1])
-            for start, end in zip(self.syscalls, map(process_syscalls, pids), strict=True)
-        ]
         self.process += time.process_time()
         self.observers += observer.handling_cpu()
         self.servers += cpu_seconds(pids)
@@ -292,9 +285,6 @@ class BenchCpu:
             "servers_cpu_seconds": self.servers,
             "servers_cpu_ms_per_publish": 1000 * ratio(self.servers, publishes),
             "each_server_cpu_ms_per_publish": [1000 * ratio(c, publishes) for c in self.each],
-            "each_server_syscalls_per_publish": [
-                (ratio(r, publishes), ratio(w, publishes)) for r, w in self.syscalls
-            ],
         }
 
 
@@ -422,14 +412,11 @@ def print_receive_table(args: argparse.Namespace, results: list[dict[str, Any]])
     for r in results:
         receiving = [r["each_server_cpu_ms_per_publish"][i] for i in r["receiving_servers"]]
         worst = max(receiving)
-        calls = [r["each_server_syscalls_per_publish"][i] for i in r["receiving_servers"]]
-        reads = sum(c[0] for c in calls) / len(calls)
-        writes = sum(c[1] for c in calls) / len(calls)
         multiple = ratio(worst, r["receive_floor_ms"])
         met = verdict(multiple, TARGET_FLOOR_MULTIPLE, at_least=False)
         rows.append([
             r["servers"], r["receive_floor_publishes"], len(receiving), min(receiving), worst,
-            r["receive_floor_ms"], multiple, met, reads, writes,
+            r["receive_floor_ms"], multiple, met,
         ])  # fmt: skip
     if args.origins:
         origins = f"servers {args.origins + 1} and up only receive"
@@ -438,7 +425,7 @@ def print_receive_table(args: argparse.Namespace, results: list[dict[str, Any]])
     print_table(
         f"CPU per publish of the receiving servers against the receive floor, ms ({origins})",
         ["servers", "publishes in domain", "receivers", "min", "max", "floor", "max / floor",
-         "verdict", "reads/publish", "writes/publish"],
+         "verdict"],
         rows,
     )  # fmt: skip
 

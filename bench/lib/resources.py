@@ -75,15 +75,3 @@ def pin_to_cpu(pid: int, cpu: int) -> None:
     for task in task_dir.iterdir():
         with contextlib.suppress(ProcessLookupError):  # a thread that just ended
             os.sched_setaffinity(int(task.name), {cpu})
-
-
-def process_syscalls(pid: int) -> tuple[int, int]:
-    """(read, write) system calls another process has made so far (Linux /proc/PID/io);
-    (0, 0) when unreadable. A sent WebSocket frame is one write, a socket wakeup one read
-    or more, an SQLite commit a few writes."""
-    found: dict[str, int] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            key, _, value = line.partition(":")
-            found[key] = int(value)
-    return found.get("syscr", 0), found.get("syscw", 0)

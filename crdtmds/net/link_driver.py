@@ -165,8 +165,6 @@ class LinkDriver:
 
     async def _apply_frames(self, link: SyncLink, batch: list[str | bytes | None]) -> bool:
         """Apply a batch of frames; False once the link is over."""
-        # Replies to servers' relays may wait for the relay timer, as relays do (Relays).
-        self.hub.replies_may_wait = self.relays.can_wait()
         changes = _BatchChanges()
         going_on = True
         for frame in batch:

@@ -97,10 +97,6 @@ class Connection:
             return False
         return peer.is_server or document_id in self.links
 
-    def has_data_to_send(self, is_held: Callable[[str], bool]) -> bool:
-        """Whether a frame is queued or a document that is not held is dirty."""
-        return bool(self.outbox) or any(not is_held(d) for d in self.dirty)
-
     def is_warm(self) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it."""
         return self.is_connected and all(link.heard_from_peer for link in self.links.values())

@@ -36,16 +36,9 @@ The rules :class:`Gossip` follows:
    :class:`DocumentChanged`; it is then dirty for every peer that follows it. A message
    that leaves the heads alone marks only its sender dirty (the protocol's reply).
    With ``persisted(..., relay_later=True)``, changes that came from servers only are
-   made dirty at once for repo clients, and for the servers, their senders included,
-   at the next ``release_relays`` (in a full mesh the others got them from their
-   origin; a sender does not need our answer to go on, as Automerge sends only changes
-   newer than those it sent). With ``replies_may_wait`` set (the same condition), the
-   reply to a server's message that leaves the heads alone, asks for no change and
-   follows one already heard on the link waits for ``release_relays`` too. Between
-   servers that all hear each change from its origin such messages are relays and
-   answers, and answering each at once would cost a frame each way per change and
-   server, and keep pairs of servers trading messages about changes both hold. The
-   bookkeeping is `crdtmds.sync.relay_hold.RelayHold`.
+   made dirty at once for their senders and for repo clients, and for the other
+   servers at the next ``release_relays`` (in a full mesh those got them from their
+   origin). The bookkeeping is `crdtmds.sync.relay_hold.RelayHold`.
 4. A peer with ``may_write=False`` whose sync message carries changes is refused with
    an error ("changes refused: ...") and :class:`ConnectionFailed`; the changes never
    reach the live document (see `crdtmds.sync.sync_message.sync_message_has_changes`).
@@ -252,8 +245,6 @@ class Gossip:
     """Every peer connection of one node and their per-(peer, document) sync states,
     following the rules of the module docstring."""
 
-    replies_may_wait = False  # set by the caller (rule 3)
-
     def __init__(
         self,
         local_peer_id: str,
@@ -382,8 +373,8 @@ class Gossip:
         When every such event of the document is persisted, it is dirty for every peer.
         With `relay_later` (the node has a live link to every server of its cluster, so
         changes from a server most likely reached the others straight from their origin),
-        changes that came from servers only go to servers, their senders included, at the
-        next ``release_relays``. Changes from repo clients never wait.
+        changes that came from servers only go to the other servers at the next
+        ``release_relays``. Changes from repo clients never wait.
         """
         if self._hold.persisted(document_id, relay_later=relay_later):
             self.document_changed(document_id)
@@ -400,7 +391,9 @@ class Gossip:
         """Whether ``data_to_send`` may return frames (a queued frame or a dirty document
         that is not held)."""
         conn = self._connections.get(conn_id)
-        return conn is not None and conn.has_data_to_send(self.is_held)
+        if conn is None:
+            return False
+        return bool(conn.outbox) or any(not self.is_held(d) for d in conn.dirty)
 
     def is_warm(self, conn_id: str) -> bool:
         """Whether the peer has sent a sync message about every document we sync with it:
@@ -489,7 +482,7 @@ class Gossip:
         self, conn: Connection, doc: Document, document_id: str, data: bytes
     ) -> list[Event]:
         link = conn.link(document_id)
-        warm, link.heard_from_peer = link.heard_from_peer, True
+        link.heard_from_peer = True
         before_heads = doc.get_heads()
         try:
             doc.receive_sync_message(link.sync_state, Message.decode(data))
@@ -500,7 +493,7 @@ class Gossip:
         if link.note_peer_heads(data, doc.get_heads()):
             self._summaries.settled(conn, document_id, doc.get_heads())
         if sorted(doc.get_heads()) == sorted(before_heads):
-            self._hold.answer(conn, document_id, data, may_wait=warm and self.replies_may_wait)
+            conn.dirty[document_id] = None
             return []
         fields = try_parse_sync_message(data)
         self._hold.hold(document_id, conn.conn_id)

@@ -4,10 +4,8 @@ send on yet, and which servers wait for a document until the next relay release.
 A document whose heads a peer's message moved is held once per such message, and stays
 out of every connection's sync messages until each one is persisted. Then it goes to
 every peer that follows it, or, when the node relays later and only servers brought the
-changes, to repo clients now and to the servers, their senders included, at the next
-release (in a full mesh the others got the changes from their origin, and a sender goes
-on without an answer). Likewise the reply to a server's message that changed nothing
-(`answer`). No I/O.
+changes, to the senders and repo clients now and to the other servers at the next
+release (in a full mesh those got the changes from their origin). No I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from crdtmds.sync.connection import Connection, ConnectionState
-from crdtmds.sync.sync_message import try_parse_sync_message
 
 
 class RelayHold:
@@ -49,8 +46,8 @@ class RelayHold:
     def persisted(self, document_id: str, *, relay_later: bool) -> bool:
         """One held message of the document is on disk. True when the document is now due
         to every peer that follows it (the caller marks it changed); otherwise it is still
-        held, or it was marked dirty here for repo clients and the servers wait for
-        ``release``."""
+        held, or it was marked dirty here for its senders and repo clients and the other
+        servers wait for ``release``."""
         holds = self._holds.get(document_id, 0)
         if holds == 0:
             raise RuntimeError(f"persisted({document_id!r}) without a pending DocumentChanged")
@@ -61,29 +58,15 @@ class RelayHold:
         sources = self._sources.pop(document_id, set())
         if not relay_later or not all(self._from_server(c) for c in sources):
             return True
-        # Repo clients hear of the changes now; servers, the senders included, at the next
-        # release, along with whatever else came by then. A sender needs no answer to go
-        # on: Automerge remembers what it sent and sends only newer changes meanwhile, so
-        # an answer per change would only be a frame more each way.
+        # The senders hear our new heads now (so they stop offering the changes); other
+        # servers get them at the next release, along with whatever else came by then.
         for conn in self._connections.values():
             if conn.state is ConnectionState.CONNECTED and conn.should_sync(document_id):
-                if not conn.peer_info.is_server:
+                if conn.conn_id in sources or not conn.peer_info.is_server:
                     conn.dirty[document_id] = None
                 else:
                     self._relays.setdefault(document_id, set()).add(conn.conn_id)
         return False
-
-    def answer(self, conn: Connection, document_id: str, data: bytes, *, may_wait: bool) -> None:
-        """The sync message `data` on `conn` left the document's heads alone: the reply is
-        due now, or, when `may_wait` and the peer is a server, the message asks for no
-        change and no reply is due already, at the next ``release`` along with whatever
-        else is due to that server by then."""
-        waits = may_wait and conn.peer_info.is_server and document_id not in conn.dirty
-        message = try_parse_sync_message(data) if waits else None
-        if message is not None and not message.need:
-            self._relays.setdefault(document_id, set()).add(conn.conn_id)
-        else:
-            conn.dirty[document_id] = None
 
     def forget_relays(self, document_id: str) -> None:
         """The document is due to every peer anyway: no server waits for it any more."""
