@@ -3,9 +3,11 @@ domain from a crdtmds server and sees later publishes arrive."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,23 @@ def _sync_url(server_url: str, user: str, password: str) -> str:
     return f"{server_url}/sync?user={user}&password={password}"
 
 
+async def _until_listed(url: str, cluster: LocalCluster, host: str) -> None:
+    """Wait (10 s at most) until the server at `url` lists `host` in acme."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            async with Client(
+                [url], user=cluster.admin, password=cluster.password, domain="acme"
+            ) as reader:
+                hosts = (await reader.call("show-hosts"))["objects"]
+            if host in [h["name"] for h in hosts]:
+                return
+        except Exception:  # the domain has not reached that server yet: ask again
+            pass
+        assert time.monotonic() < deadline, f"{url} never listed {host}"
+        await asyncio.sleep(0.1)
+
+
 async def test_js_repo_client_finds_a_domain_and_sees_a_later_publish(tmp_path: Path) -> None:
     with LocalCluster(tmp_path, 2).start() as cluster:
         first, second = cluster.urls
@@ -45,6 +64,9 @@ async def test_js_repo_client_finds_a_domain_and_sees_a_later_publish(tmp_path: 
         ) as editor:
             await editor.call("add-host", **{"name": "before", "ipv4-address": "192.0.2.1"})
             await editor.call("publish")
+            # The JS client asks the second server, which must hold the domain by then (a
+            # repo client takes "not here" from its only peer as unavailable).
+            await _until_listed(second, cluster, "before")
             js = subprocess.Popen(
                 [
                     "node",
