@@ -78,15 +78,13 @@ class Persister:
         self.documents.received(document_id)
         return len(changes)
 
-    async def recall_revision_change(self, domain: Domain, uid: str) -> None:
-        """Tell `domain` which change wrote the revision `uid`, when it was published here
-        (stored with the publish), so that reading the revision does not list every
-        change after it (`crdtmds.core.revision_changes`)."""
-        known = domain.revision_changes
-        if known.known(uid) is None:
-            change = await self.storage.revisions.change_of(domain.document_id, uid)
-            if change is not None:
-                known.note_revision(uid, change)
+    async def recall_revision_changes(self, domain: Domain) -> None:
+        """Tell `domain`, once, which change wrote each revision published here (stored
+        with the publish), so that reading a revision does not list every change after
+        it (`crdtmds.core.revision_changes`)."""
+        if not domain.revision_changes.stored_read:
+            stored = await self.storage.revisions.changes_of(domain.document_id)
+            domain.revision_changes.note_stored(stored)
 
     def note_appended(self, document_id: str, changes: list[Change]) -> None:
         """Changes of the document were appended to storage (by `persist`, or by a

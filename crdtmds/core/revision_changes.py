@@ -12,7 +12,7 @@ the rest are found among the children of the revision's heads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class RevisionChanges:
@@ -22,6 +22,8 @@ class RevisionChanges:
     def __init__(self) -> None:
         self._by_uid: dict[str, bytes] = {}
         self._children: dict[bytes, list[tuple[bytes, frozenset[bytes]]]] = {}
+        self.stored_read = False
+        """Whether the changes stored with this server's publishes were taken in."""
 
     def note_change(self, change: bytes, deps: Iterable[bytes]) -> None:
         """A change of the document, written on `deps` (which may also name an earlier
@@ -35,6 +37,12 @@ class RevisionChanges:
     def note_revision(self, uid: str, change: bytes) -> None:
         """The change that wrote the revision entry `uid`."""
         self._by_uid[uid] = change
+
+    def note_stored(self, changes: Mapping[str, bytes]) -> None:
+        """The changes stored with this server's publishes, by revision uid."""
+        for uid, change in changes.items():
+            self._by_uid.setdefault(uid, change)
+        self.stored_read = True
 
     def known(self, uid: str) -> bytes | None:
         return self._by_uid.get(uid)

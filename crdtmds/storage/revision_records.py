@@ -17,15 +17,14 @@ class RevisionRecords:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    async def change_of(self, document_id: str, revision: str) -> bytes | None:
-        """The change that wrote the entry of `revision`, if it was published here."""
-        async with self._database.read(f"read a revision of {document_id}") as connection:
-            cursor = await connection.execute(
-                "SELECT change FROM revision_changes WHERE document_id = ? AND revision = ?",
-                (document_id, revision),
+    async def changes_of(self, document_id: str) -> dict[str, bytes]:
+        """By revision uid, the change that wrote each entry published here."""
+        async with self._database.read(f"read the revisions of {document_id}") as connection:
+            rows = await connection.execute_fetchall(
+                "SELECT revision, change FROM revision_changes WHERE document_id = ?",
+                (document_id,),
             )
-            row = await cursor.fetchone()
-        return None if row is None else bytes(row[0])
+        return {revision: bytes(change) for revision, change in rows}
 
 
 async def record_revision_change(

@@ -47,9 +47,7 @@ async def _revert_to_revision(call: Call) -> dict[str, Any]:
         # (reads at the revision's heads on a fork of its own, then one put per field,
         # seconds on a large domain) runs in a worker thread and touches only the draft.
         session.draft.ready_to_edit()
-        await call.services.sessions.persister.recall_revision_change(
-            session.domain, revision["uid"]
-        )
+        await call.services.sessions.persister.recall_revision_changes(session.domain)
         past = _earlier_revision(call, session.domain, revision, session.view.revisions)
         await call.off_loop(session.revert_to, revision["uid"], past)
         note = comments or f"revert to revision {revision['uid']}"

@@ -215,6 +215,8 @@ async def _show_changes(call: Call) -> dict[str, Any]:
     session = call.login.session
     published = optional_string(call.params, "to-session")
     if published is not None:
+        domain = call.services.documents.domain(call.domain_entry()["document-id"])
+        await call.services.sessions.persister.recall_revision_changes(domain)
         changes, base, view = revision_changes(call, published)
     elif session is not None:
         changes, base, view = session.show_changes(), session.base, session.view

@@ -384,7 +384,7 @@ async def test_publish_changes_stores_the_changes_and_empties_the_draft_at_once(
     assert count == 2
     (s1,) = await storage.load_sessions()
     assert (s1.base_heads, s1.changes, s1.last_active) == (published, [], 70.0)
-    assert await storage.revisions.change_of("doc-1", "rev-1") == bytes([2]) * 32
+    assert await storage.revisions.changes_of("doc-1") == {"rev-1": bytes([2]) * 32}
     # A publish for a session that is not stored changes nothing.
     with pytest.raises(StorageError):
         await storage.publish_changes(
@@ -392,9 +392,9 @@ async def test_publish_changes_stores_the_changes_and_empties_the_draft_at_once(
             base_heads=published, last_active=1.0, revision=("rev-2", bytes([3]) * 32),
         )  # fmt: skip
     assert await storage.uncompacted_count("doc-1") == 2
-    assert await storage.revisions.change_of("doc-1", "rev-2") is None
+    assert "rev-2" not in await storage.revisions.changes_of("doc-1")
     assert await storage.delete_document("doc-1") == 2
-    assert await storage.revisions.change_of("doc-1", "rev-1") is None  # gone with it
+    assert await storage.revisions.changes_of("doc-1") == {}  # gone with it
 
 
 async def test_changes_of_unknown_session_are_refused(storage: Storage) -> None:
