@@ -215,12 +215,7 @@ def _set_rule(state: DomainState, edit: Edit) -> Outcome:
 def _delete_rule(state: DomainState, edit: Edit) -> Outcome:
     layer = state.get_layer(edit.params.get("layer"))
     rule = state.get_rule(layer, rule_ref(edit.params))
-    uid = rule["uid"]
-    layer = state.writable_layer(layer)
-    write = _remove_entry(layer, uid)
-    layer.remove_rule(uid)
-    pinned = Edit(edit.kind, {"uid": uid, "layer": layer.uid})
-    return Outcome(rule, pinned, write, Touched(rules={(layer.uid, uid)}))
+    return _delete_entry(state, edit, layer, rule, remove=Layer.remove_rule)
 
 
 # ---------------------------------------------------------------- sections
@@ -263,12 +258,7 @@ def _delete_section(state: DomainState, edit: Edit) -> Outcome:
     """Its rules stay where they are (in the section before it)."""
     layer = state.get_layer(edit.params.get("layer"))
     section = sections.find_section(layer, section_ref(edit.params))
-    uid = section["uid"]
-    layer = state.writable_layer(layer)
-    write = _remove_entry(layer, uid)
-    layer.remove_section(uid)
-    pinned = Edit(edit.kind, {"uid": uid, "layer": layer.uid})
-    return Outcome(section, pinned, write, Touched(rules={(layer.uid, uid)}))
+    return _delete_entry(state, edit, layer, section, remove=Layer.remove_section)
 
 
 # ---------------------------------------------------------------- shared steps
@@ -300,6 +290,23 @@ def _change_entry(
         writes.append(move_entry(layer, uid, target, touched))
         pinned["new-position"] = pin_position(layer, uid)
     return layer, _all(writes), touched
+
+
+def _delete_entry(
+    state: DomainState,
+    edit: Edit,
+    layer: Layer,
+    record: dict[str, Any],
+    *,
+    remove: Callable[[Layer, str], None],
+) -> Outcome:
+    """A rule or section deleted (`remove` takes it out of the layer), pinned by uid."""
+    uid = record["uid"]
+    layer = state.writable_layer(layer)
+    write = _remove_entry(layer, uid)
+    remove(layer, uid)
+    pinned = Edit(edit.kind, {"uid": uid, "layer": layer.uid})
+    return Outcome(record, pinned, write, Touched(rules={(layer.uid, uid)}))
 
 
 def _insert_entry(layer_uid: str, record: dict[str, Any], index: int) -> Write:
