@@ -54,17 +54,16 @@ from lib.report import plot, print_table, verdict, write_results
 from lib.resources import cpu_seconds
 from lib.stats import ratio, summary
 from lib.sync_peer import SyncPeer
-from lib.timing import now, wait_until
+from lib.timing import wait_until
 
 from crdtmds.client import Client
+from crdtmds.testing.publishing import Publish, Publishers
 
 NAME = "convergence"
 DOMAIN = "convergence"
 TARGET_P99_SECONDS = 0.050
 TARGET_SIZE = 5
 TARGET_FLOOR_MULTIPLE = 2.0
-PREFILL_INDEX = 1_000_000
-"""Index of the first `--prefill` publish (their hosts' names must not clash)."""
 CLIENTS_PER_SERVER = 4
 
 
@@ -128,66 +127,6 @@ class Observer:
 # ---------------------------------------------------------------- publishing
 
 
-@dataclass(slots=True)
-class Publish:
-    index: int
-    server: int
-    due: float = 0.0
-    started: float = 0.0
-    sent: float = 0.0
-    acknowledged: float = 0.0
-    change: bytes = b""
-    error: str = ""
-
-
-class Publishers:
-    """Logged-in API clients per server, all logged in before the measurement starts.
-
-    A publish waits for an idle client of its server rather than logging in anew: a
-    login costs a deliberately slow password hash on the server, which must not be
-    mistaken for the cost of publishing. Time spent waiting is reported as queueing.
-    """
-
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
-        self.idle: list[asyncio.Queue[Client]] = [asyncio.Queue() for _ in urls]
-        self.all: list[Client] = []
-
-    async def prepare(self, per_server: int) -> None:
-        for server, url in enumerate(self.urls):
-            for _ in range(per_server):
-                client = Client([url], user=BENCH_ADMIN, password=BENCH_PASSWORD, domain=DOMAIN)
-                await client.login()
-                self.all.append(client)
-                self.idle[server].put_nowait(client)
-
-    async def publish(self, publish: Publish, size: int) -> None:
-        publish.due = now()
-        pool = self.idle[publish.server]
-        client = await pool.get()
-        publish.started = now()
-        try:
-            octets = f"{publish.index >> 8 & 255}.{publish.index & 255}"
-            await client.call(
-                "add-host",
-                name=f"c{size}-{publish.index}",
-                **{"ipv4-address": f"10.{size}.{octets}"},
-            )
-            publish.sent = now()
-            reply = await client.call("publish")
-            publish.acknowledged = now()
-            publish.change = bytes.fromhex(reply["revision"]["change"])
-        except Exception as exc:  # recorded and reported, the run goes on
-            publish.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            pool.put_nowait(client)
-
-    async def close(self) -> None:
-        for client in self.all:
-            with contextlib.suppress(Exception):
-                await client.close()
-
-
 # ---------------------------------------------------------------- one cluster
 
 
@@ -219,11 +158,13 @@ async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[s
             await admin.call("add-domain", name=DOMAIN)
         await wait_domain_everywhere(urls)
         observer = Observer(args.observer)
-        publishers = Publishers(urls)
+        publishers = Publishers(
+            urls, DOMAIN, user=BENCH_ADMIN, password=BENCH_PASSWORD, host_prefix=f"c{size}"
+        )
         try:
             await observer.attach(urls, await domain_document_id(urls[0]))
-            await publishers.prepare(CLIENTS_PER_SERVER)
-            await prefill(args, publishers, observer, size)
+            await publishers.login(CLIENTS_PER_SERVER)
+            await prefill(args, publishers, observer)
             pids = [server.process.pid for server in cluster.servers if server.process]
             cpu = BenchCpu.start(observer, pids)
             publishes = await steady_publishing(size, args, publishers)
@@ -241,16 +182,12 @@ async def run_cluster(size: int, args: argparse.Namespace, root: Path) -> dict[s
     return results
 
 
-async def prefill(
-    args: argparse.Namespace, publishers: Publishers, observer: Observer, size: int
-) -> None:
+async def prefill(args: argparse.Namespace, publishers: Publishers, observer: Observer) -> None:
     """`--prefill` publishes on the first server, one after the other, all visible
     everywhere before the clock starts."""
     if not args.prefill:
         return
-    made = [Publish(PREFILL_INDEX + index, 0) for index in range(args.prefill)]
-    for publish in made:
-        await publishers.publish(publish, size)
+    made = [await publishers.publish(0) for _ in range(args.prefill)]
     await wait_all_visible(observer, made, args.timeout)
     print(f"  {args.prefill} publishes made before the clock", flush=True)
 
@@ -291,20 +228,10 @@ class BenchCpu:
 async def steady_publishing(
     size: int, args: argparse.Namespace, publishers: Publishers
 ) -> list[Publish]:
-    """Start one publish every 1/rate seconds on a random server (open loop)."""
+    """One publish every 1/rate seconds on a random origin server (open loop)."""
     rng = random.Random(args.seed + size)
-    count = int(args.duration * args.rate)
     origins = min(size, args.origins) if args.origins > 0 else size
-    publishes = [Publish(index, rng.randrange(origins)) for index in range(count)]
-    tasks = []
-    start = now()
-    for publish in publishes:
-        delay = start + publish.index / args.rate - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(publishers.publish(publish, size)))
-    await asyncio.gather(*tasks)
-    return publishes
+    return await publishers.steadily(args.rate, args.duration, range(origins), rng)
 
 
 async def wait_all_visible(observer: Observer, publishes: list[Publish], timeout: float) -> None:

@@ -28,8 +28,13 @@ class Publish:
 
     index: int
     server: int
+    host: str = ""
+    """The name of the host it adds."""
+    due: float = 0.0
+    """When it was asked for (`time.perf_counter`, as every time here); it waits for an
+    idle client of its server until `started`."""
     started: float = 0.0
-    """When a client of its server took it (`time.perf_counter`, as every time here)."""
+    """When a client of its server took it."""
     sent: float = 0.0
     """When its `publish` command went (after its `add-host`)."""
     acknowledged: float = 0.0
@@ -38,17 +43,23 @@ class Publish:
     """The hash of the publish's change (its revision's head)."""
     error: str = ""
 
-    @property
-    def host(self) -> str:
-        return f"geo-{self.index}"
-
 
 class Publishers:
-    """`per_server` logged-in clients of `domain` on each of `urls`."""
+    """`per_server` logged-in clients of `domain` on each of `urls`; the hosts they add
+    are named `host_prefix`-N."""
 
-    def __init__(self, urls: Sequence[str], domain: str, *, user: str, password: str) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        domain: str,
+        *,
+        user: str,
+        password: str,
+        host_prefix: str = "geo",
+    ) -> None:
         self.urls = list(urls)
         self.domain = domain
+        self.host_prefix = host_prefix
         self.user = user
         self.password = password
         self.idle: list[asyncio.Queue[Client]] = [asyncio.Queue() for _ in self.urls]
@@ -68,12 +79,12 @@ class Publishers:
 
     async def publish(self, server: int) -> Publish:
         """Add one host on `server` and publish it (waiting for an idle client there)."""
-        publish = Publish(len(self.done), server)
+        index = len(self.done)
+        publish = Publish(index, server, f"{self.host_prefix}-{index}", time.perf_counter())
         self.done.append(publish)
         client = await self.idle[server].get()
         publish.started = time.perf_counter()
         try:
-            index = publish.index
             address = f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}"
             await client.call("add-host", name=publish.host, **{"ipv4-address": address})
             publish.sent = time.perf_counter()
