@@ -93,6 +93,33 @@ def test_snapshot_load(tmp_path: Path) -> None:
     assert document["targets"] == {"ratio_at_most": 1.2}
 
 
+def test_transaction_cost_repro() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "transaction_cost_repro.py"),
+            "--sizes",
+            "5,150",
+            "--reps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.split() for line in completed.stdout.splitlines() if line[:6].strip().isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("5", "written"),
+        ("5", "loaded"),
+        ("150", "written"),
+        ("150", "loaded"),
+    ]
+    assert all(float(value) > 0 for row in rows for value in row[-3:-1])
+    assert completed.stdout.count("one-put transaction, 150 / 5 rules") == 2
+
+
 def test_merge_throughput(tmp_path: Path) -> None:
     document = run_bench(
         "merge_throughput.py", tmp_path, "--changes", "60", "--domains", "2", "--reps", "1"
