@@ -64,14 +64,26 @@ def _history() -> tuple[Domain, Domain]:
     return a, b
 
 
+def _cut(domain: Domain) -> Cut:
+    """The first epoch's cut at the domain's current heads."""
+    return Cut(1, domain.document_id, tuple(domain.heads()))
+
+
 def _epoch_domain(previous: Domain, cut: Cut) -> Domain:
     return Domain("doc-1", start_epoch(previous.doc, cut))
+
+
+def _writing_epoch(previous: Domain, cut: Cut) -> Domain:
+    """The epoch as a server writing into it holds it: under an actor of its own."""
+    epoch = _epoch_domain(previous, cut)
+    epoch.doc.set_actor(new_actor())
+    return epoch
 
 
 def test_every_server_starts_the_same_epoch_document() -> None:
     a, b = _history()
     assert a.heads() == b.heads()
-    cut = Cut(1, a.document_id, tuple(a.heads()))
+    cut = _cut(a)
     first, second = start_epoch(a.doc, cut), start_epoch(b.doc, cut)
     assert first.get_heads() == second.get_heads()
     assert first.save() == second.save()
@@ -82,7 +94,7 @@ def test_every_server_starts_the_same_epoch_document() -> None:
 
 def test_the_epoch_holds_the_content_at_the_cut_and_no_revisions() -> None:
     a, _ = _history()
-    cut = Cut(1, a.document_id, tuple(a.heads()))
+    cut = _cut(a)
     _add_host(a, "a", "after-cut", "10.0.0.9")  # later than the cut: not in the epoch
     epoch = _epoch_domain(a, cut)
     at_cut = a.state_at(cut.heads)
@@ -103,10 +115,9 @@ def test_a_cut_the_document_does_not_hold_is_refused() -> None:
 
 def test_sessions_publish_into_the_epoch_and_servers_converge() -> None:
     a, b = _history()
-    cut = Cut(1, a.document_id, tuple(a.heads()))
-    ea, eb = _epoch_domain(a, cut), _epoch_domain(b, cut)
-    eb.doc.set_actor(new_actor())  # each server writes as its own actor
-    ea.doc.set_actor(new_actor())
+    cut = _cut(a)
+    eb = _writing_epoch(b, cut)
+    ea = _writing_epoch(a, cut)
     _add_host(ea, "a", "new-a", "10.1.0.1")
     _add_rule(eb, "b", "new-b", "top")
     _exchange(ea, eb)
@@ -118,11 +129,10 @@ def test_sessions_publish_into_the_epoch_and_servers_converge() -> None:
 
 def test_publishes_concurrent_with_the_cut_are_carried_by_every_server() -> None:
     a, b = _history()
-    cut = Cut(1, a.document_id, tuple(a.heads()))
+    cut = _cut(a)
     # a starts the epoch; b, not knowing yet, publishes three more times into the old
     # document: an edit of a field, a new rule on top, a deleted host.
-    ea = _epoch_domain(a, cut)
-    ea.doc.set_actor(new_actor())
+    ea = _writing_epoch(a, cut)
     web = next(uid for uid, o in b.state.objects.items() if o["name"] == "web")
     session = _session(b, "b")
     session.set_object("host", {"uid": web, "comments": "late"})
@@ -140,8 +150,7 @@ def test_publishes_concurrent_with_the_cut_are_carried_by_every_server() -> None
         put_value(tx, ROOT, "name", "renamed")
     # The late changes reach a; b starts the epoch too. Both carry them.
     a.doc.merge(b.doc)
-    eb = _epoch_domain(b, cut)
-    eb.doc.set_actor(new_actor())
+    eb = _writing_epoch(b, cut)
     carried_a = carry_late(a.doc, cut.heads, ea.doc)
     carried_b = carry_late(b.doc, cut.heads, eb.doc)
     assert carried_a == carried_b == a.heads()
@@ -165,9 +174,8 @@ def test_every_revision_of_every_epoch_is_listed_once_and_readable() -> None:
     a, b = _history()
     old_revisions = list(a.state.revisions)
     recorded = {r["uid"]: content(revision_state(a, r)) for r in old_revisions}
-    cut = Cut(1, a.document_id, tuple(a.heads()))
-    ea = _epoch_domain(a, cut)
-    ea.doc.set_actor(new_actor())
+    cut = _cut(a)
+    ea = _writing_epoch(a, cut)
     late = _add_host(b, "b", "late", "10.0.0.7")  # concurrent with the cut
     a.doc.merge(b.doc)
     carry_late(a.doc, cut.heads, ea.doc)
@@ -186,7 +194,7 @@ def test_every_revision_of_every_epoch_is_listed_once_and_readable() -> None:
 
 def test_an_epoch_document_survives_save_and_load() -> None:
     a, _ = _history()
-    cut = Cut(1, a.document_id, tuple(a.heads()))
+    cut = _cut(a)
     epoch = start_epoch(a.doc, cut)
     loaded = Document.load(epoch.save())
     assert loaded.get_heads() == epoch.get_heads()
@@ -196,9 +204,8 @@ def test_an_epoch_document_survives_save_and_load() -> None:
 
 def test_what_one_server_carried_is_not_carried_again_over_later_edits() -> None:
     a, b = _history()
-    cut = Cut(1, a.document_id, tuple(a.heads()))
-    ea = _epoch_domain(a, cut)
-    ea.doc.set_actor(new_actor())
+    cut = _cut(a)
+    ea = _writing_epoch(a, cut)
     web = next(uid for uid, o in b.state.objects.items() if o["name"] == "web")
     session = _session(b, "b")
     session.set_object("host", {"uid": web, "comments": "late"})
