@@ -197,10 +197,12 @@ class Draft:
         self._follow_live()
         listed = next((r for r in self.view.revisions if r.get("uid") == revision_uid), None)
         earlier = past(revision_uid) if listed is None and past is not None else None
-        if earlier is not None:
+        if listed is not None:
+            plan = plan_revert(self.domain, listed)
+        elif earlier is not None:
             plan = plan_revert(self.domain, earlier[0], earlier[1])
         else:
-            plan = plan_revert(self.domain, self.view.revision(revision_uid))
+            plan = plan_revert(self.domain, self.view.revision(revision_uid))  # not found
         self._take_plan(plan)
         self._unsaved = [Edit("revert", {"revision": revision_uid})]
         self.last_write = time.time()

@@ -113,10 +113,10 @@ def moved_rules(old_order: list[str], new_order: list[str]) -> set[str]:
         old_kept = [u for u in old_order if u in new_set]
         new_kept = [u for u in new_order if u in old_set]
         old_middle, new_middle = _differing_stretch(old_kept, new_kept)
+        if (one := _moved_across(old_middle, new_middle)) is not None:
+            return one
     if not old_middle:
         return set()
-    if (one := _moved_across(old_middle, new_middle)) is not None:
-        return one
     rank = {u: n for n, u in enumerate(old_middle)}
     return set(new_middle) - _longest_increasing(new_middle, rank.__getitem__)
 
