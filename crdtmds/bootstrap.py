@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from crdtmds.config import CONFIG_KEY, DATABASE_FILE, ServerConfig, new_server_id
 from crdtmds.core import auth
 from crdtmds.core.cluster import ROLE_PRIMARY, ROLE_SECONDARY, ClusterDocument
+from crdtmds.core.docdata import change_rows
 from crdtmds.errors import AuthenticationFailed, ClusterError
 from crdtmds.net.admission import METADATA_KEY, check_listener_proof
 from crdtmds.net.catchup import JOIN_TIMEOUT
@@ -66,8 +67,7 @@ async def init_cluster(
     cluster = ClusterDocument.create(config.cluster_id, config.cluster_document_id)
     cluster.add_server(name, url, region, ROLE_PRIMARY, config.server_id)
     cluster.add_administrator(admin, auth.hash_password(password), superuser=True)
-    changes = [(c.hash, c.bytes) for c in cluster.doc.get_changes([])]
-    await _create_data_dir(Path(data_dir), config, changes)
+    await _create_data_dir(Path(data_dir), config, change_rows(cluster.doc))
     return config
 
 

@@ -19,7 +19,7 @@ from crdtmds.app.persistence import Change, Persister
 from crdtmds.config import Limits, ServerConfig
 from crdtmds.core import auth
 from crdtmds.core.cluster import ALL_DOMAINS, check_grants
-from crdtmds.core.docdata import put_value
+from crdtmds.core.docdata import change_rows, put_value
 from crdtmds.core.domain import Domain
 from crdtmds.errors import MissingParameter, NameInUse, ObjectNotFound, ValidationError
 from crdtmds.sync.protocol import new_document_id
@@ -83,8 +83,7 @@ class ClusterAdmin:
         domain = Domain.create(name, document_id)
         if domain.name in cluster.domains():
             raise NameInUse(f"domain '{domain.name}' already exists", details={"name": name})
-        changes = [(c.hash, c.bytes) for c in domain.doc.get_changes([])]
-        await self.persister.persist(document_id, changes)
+        await self.persister.persist(document_id, change_rows(domain.doc))
         self.documents.add_domain(domain)
         entry = cluster.add_domain(domain.name, document_id, created_by=created_by)
         await self._write(cluster.last_change())

@@ -26,12 +26,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from automerge.core import Document
-
 from crdtmds.app.documents import Documents
 from crdtmds.app.epoch_index import EPOCH_LINKS_KEY
 from crdtmds.app.persistence import Persister
-from crdtmds.core.docdata import new_actor
+from crdtmds.core.docdata import change_rows, new_actor
 from crdtmds.core.domain import Domain
 from crdtmds.core.domain_state import DomainState
 from crdtmds.core.epochs import (
@@ -201,7 +199,7 @@ class Epochs:
                 with held.lock:
                     held.doc.merge(fresh)
 
-        await self._store_then_apply(document_id, _all_changes(fresh), install)
+        await self._store_then_apply(document_id, change_rows(fresh), install)
         successor = documents.domains.get(document_id)
         if successor is None:
             return None
@@ -225,7 +223,7 @@ class Epochs:
         carried = known or carried_heads(new, old)
         before = new.get_heads()
         heads = await asyncio.to_thread(carry_late, old, carried, new, self.server_name)
-        changes = [(c.hash, c.bytes) for c in new.get_changes(before)]
+        changes = change_rows(new, before)
         if changes:
 
             def merge() -> None:
@@ -256,7 +254,3 @@ class Epochs:
         self.documents.changed(document_id)
         await self.persister.compact_if_due(document_id, count)
 
-
-
-def _all_changes(doc: Document) -> list[Change]:
-    return [(c.hash, c.bytes) for c in doc.get_changes([])]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from crdtmds.app.documents import Documents
 from crdtmds.core.changes import applied_chunks
+from crdtmds.core.docdata import change_rows
 from crdtmds.core.domain import Domain
 from crdtmds.errors import StorageError
 from crdtmds.storage import Storage
@@ -73,7 +74,7 @@ class Persister:
             return 0
         changes = applied_chunks(chunks, before_heads, doc.get_heads()) if chunks else None
         if changes is None:
-            changes = [(c.hash, c.bytes) for c in doc.get_changes(before_heads)]
+            changes = change_rows(doc, before_heads)
         await self.persist(document_id, changes)
         self.documents.received(document_id)
         return len(changes)

@@ -148,6 +148,12 @@ _last_actor_time = 0
 """Nanoseconds in the last actor id made: ids made by one process never tie or go back."""
 
 
+def change_rows(doc: Document, since: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+    """(hash, bytes) of each change of `doc` after `since` (every change by default), as
+    storage and gossip take them."""
+    return [(change.hash, change.bytes) for change in doc.get_changes(list(since))]
+
+
 def fork_with_actor(doc: Document, actor: bytes) -> Document:
     """A copy of `doc` that writes as `actor`."""
     fork = doc.fork()
