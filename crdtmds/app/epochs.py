@@ -171,19 +171,15 @@ class Epochs:
         if proposed is None:
             return None
         cut, document_id = proposed
-        successor = self.documents.domains.get(document_id)
-        if successor is not None and successor.is_domain_document():
-            await self._save_links()  # it may have come from a peer first
-            return successor
+        if (held := await self._held_epoch(document_id)) is not None:
+            return held  # it may have come from a peer first
         # Seconds on a large domain (a read at the cut, one write per field): off the event
         # loop, on a copy, since gossip may write the live document meanwhile.
         with domain.lock:
             copy = domain.doc.fork()
         fresh = await asyncio.to_thread(start_epoch, copy, cut)
-        successor = self.documents.domains.get(document_id)
-        if successor is not None and successor.is_domain_document():
-            await self._save_links()  # it came from a peer meanwhile
-            return successor
+        if (held := await self._held_epoch(document_id)) is not None:
+            return held  # it came from a peer meanwhile
         fresh.set_actor(new_actor())
         self._busy.add(document_id)
         documents = self.documents
@@ -207,6 +203,15 @@ class Epochs:
         await self._save_links()
         log.info("domain %s: started epoch %d", domain.name, cut.epoch)
         return successor
+
+    async def _held_epoch(self, document_id: str) -> Domain | None:
+        """The epoch's document if this server holds it started already (the links
+        saved), else None."""
+        held = self.documents.domains.get(document_id)
+        if held is None or not held.is_domain_document():
+            return None
+        await self._save_links()
+        return held
 
     async def _carry(self, previous: Domain, successor: Domain) -> None:
         if not self._is_proposer():
