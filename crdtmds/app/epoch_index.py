@@ -91,20 +91,23 @@ class EpochIndex:
         for links not known yet, the ones before it)."""
         ids = self.chain_ids(domain.document_id)
         for document_id in reversed(ids[1:]):
-            newer = self._load(document_id) if self._holds(document_id) else None
-            if newer is not None and newer.is_domain_document():
+            if (newer := self._started(document_id)) is not None:
                 self.learn(newer)
                 domain = newer
                 break
         # A link the index did not know yet (a record that came with a change).
         while (proposed := next_epoch(domain.doc)) is not None:
             self._link(domain.document_id, proposed[1])
-            newer = self._load(proposed[1]) if self._holds(proposed[1]) else None
-            if newer is None or not newer.is_domain_document():
+            if (newer := self._started(proposed[1])) is None:
                 break
             self.learn(newer)
             domain = newer
         return domain
+
+    def _started(self, document_id: str) -> Domain | None:
+        """The epoch document `document_id`, loaded, if this server holds it started."""
+        loaded = self._load(document_id) if self._holds(document_id) else None
+        return loaded if loaded is not None and loaded.is_domain_document() else None
 
     def chain(self, domain: Domain) -> EpochChain:
         """The documents of every epoch of `domain` this server has started, oldest first
@@ -113,8 +116,7 @@ class EpochIndex:
         documents = [first]
         newest = self.current(first)
         for document_id in self.chain_ids(first.document_id)[1:]:
-            loaded = self._load(document_id) if self._holds(document_id) else None
-            if loaded is None or not loaded.is_domain_document():
+            if (loaded := self._started(document_id)) is None:
                 break
             documents.append(loaded)
             if loaded is newest:
