@@ -64,6 +64,10 @@ def _history() -> tuple[Domain, Domain]:
     return a, b
 
 
+def _object_uid(domain: Domain, name: str) -> str:
+    return next(uid for uid, o in domain.state.objects.items() if o["name"] == name)
+
+
 def _cut(domain: Domain) -> Cut:
     """The first epoch's cut at the domain's current heads."""
     return Cut(1, domain.document_id, tuple(domain.heads()))
@@ -133,12 +137,12 @@ def test_publishes_concurrent_with_the_cut_are_carried_by_every_server() -> None
     # a starts the epoch; b, not knowing yet, publishes three more times into the old
     # document: an edit of a field, a new rule on top, a deleted host.
     ea = _writing_epoch(a, cut)
-    web = next(uid for uid, o in b.state.objects.items() if o["name"] == "web")
+    web = _object_uid(b, "web")
     session = _session(b, "b")
     session.set_object("host", {"uid": web, "comments": "late"})
     session.add_rule({"name": "late-rule", "position": "top", "action": "Drop"})
     publish(session)
-    db = next(uid for uid, o in b.state.objects.items() if o["name"] == "db")
+    db = _object_uid(b, "db")
     session = _session(b, "b")
     session.delete_object("host", {"uid": db})
     publish(session)
@@ -206,7 +210,7 @@ def test_what_one_server_carried_is_not_carried_again_over_later_edits() -> None
     a, b = _history()
     cut = _cut(a)
     ea = _writing_epoch(a, cut)
-    web = next(uid for uid, o in b.state.objects.items() if o["name"] == "web")
+    web = _object_uid(b, "web")
     session = _session(b, "b")
     session.set_object("host", {"uid": web, "comments": "late"})
     publish(session)  # late: into the previous document
